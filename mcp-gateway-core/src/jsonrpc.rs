@@ -1,0 +1,510 @@
+//! The JSON-RPC 2.0 envelope, parsed without building a `serde_json::Value`.
+//!
+//! Only what routing needs is decoded: the message kind, the id (kept
+//! verbatim as its JSON text), the method and, for the methods that name a
+//! target, `params.name` / `params.uri`, plus the `_meta` protocol version of
+//! 2026-07-28. Every decoded string that has no escapes is a zero-copy slice
+//! of the original body [`Bytes`]; the body itself is never re-serialised.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use mcp_gateway_core::jsonrpc::{Envelope, Method};
+//!
+//! let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#);
+//! let Envelope::Single(msg) = Envelope::parse(body).unwrap() else { unreachable!() };
+//! assert_eq!(msg.method(), Some(&Method::ToolsCall));
+//! assert_eq!(msg.target(), Some("echo"));
+//! assert_eq!(msg.id().unwrap().as_bytes(), b"7");
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::error::{ErrorKind, GatewayError};
+
+/// UTF-8 text that shares the body's buffer when it can.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Text(Bytes);
+
+impl Text {
+    fn from_cow(body: &Bytes, s: Cow<'_, str>) -> Text {
+        match s {
+            Cow::Borrowed(b) => Text(body.slice_ref(b.as_bytes())),
+            Cow::Owned(o) => Text(Bytes::from(o)),
+        }
+    }
+
+    /// Wraps a static string.
+    pub fn from_static(s: &'static str) -> Text {
+        Text(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Always built from a `str`, so this never fails; no `unsafe` needed.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A JSON-RPC id: a number or a string, kept as its exact JSON text so the
+/// response can echo it byte for byte.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(Bytes);
+
+impl RequestId {
+    /// The JSON text (`7`, `"abc"`).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Builds an id from JSON text; `None` unless it is a number or string.
+    pub fn from_raw_json(raw: &[u8]) -> Option<RequestId> {
+        let v: &RawValue = serde_json::from_slice(raw).ok()?;
+        id_kind_ok(v.get()).then(|| RequestId(Bytes::copy_from_slice(v.get().as_bytes())))
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+fn id_kind_ok(raw: &str) -> bool {
+    matches!(raw.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+}
+
+macro_rules! methods {
+    ($($variant:ident => $name:literal,)*) => {
+        /// A JSON-RPC method: the MCP ones the gateway routes on, or any other.
+        #[derive(Clone, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Method {
+            $(#[doc = concat!("`", $name, "`")] $variant,)*
+            /// Any other method, verbatim.
+            Other(Text),
+        }
+
+        impl Method {
+            fn from_text(body: &Bytes, s: Cow<'_, str>) -> Method {
+                match s.as_ref() {
+                    $($name => Method::$variant,)*
+                    _ => Method::Other(Text::from_cow(body, s)),
+                }
+            }
+
+            /// Parses a method name (allocates only for unknown methods).
+            pub fn parse(s: &str) -> Method {
+                match s {
+                    $($name => Method::$variant,)*
+                    _ => Method::Other(Text(Bytes::copy_from_slice(s.as_bytes()))),
+                }
+            }
+
+            /// The method name.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Method::$variant => $name,)*
+                    Method::Other(t) => t.as_str(),
+                }
+            }
+        }
+    };
+}
+
+methods! {
+    Initialize => "initialize",
+    Initialized => "notifications/initialized",
+    Ping => "ping",
+    ServerDiscover => "server/discover",
+    ToolsList => "tools/list",
+    ToolsCall => "tools/call",
+    PromptsList => "prompts/list",
+    PromptsGet => "prompts/get",
+    ResourcesList => "resources/list",
+    ResourcesTemplatesList => "resources/templates/list",
+    ResourcesRead => "resources/read",
+    ResourcesSubscribe => "resources/subscribe",
+    ResourcesUnsubscribe => "resources/unsubscribe",
+    SubscriptionsListen => "subscriptions/listen",
+    CompletionComplete => "completion/complete",
+    LoggingSetLevel => "logging/setLevel",
+    Cancelled => "notifications/cancelled",
+    Progress => "notifications/progress",
+}
+
+impl fmt::Debug for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The four shapes of a JSON-RPC message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// Has `method` and `id`: expects a response.
+    Request,
+    /// Has `method`, no `id`.
+    Notification,
+    /// Has `id` and `result`.
+    Response,
+    /// Has `id` and `error`.
+    Error,
+}
+
+/// One parsed JSON-RPC message: only the routing fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    kind: MessageKind,
+    id: Option<RequestId>,
+    method: Option<Method>,
+    target: Option<Text>,
+    meta_version: Option<Text>,
+    initialize_version: Option<Text>,
+}
+
+impl Message {
+    /// Request, notification, response or error.
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+    /// The id (requests, responses; errors may carry none).
+    pub fn id(&self) -> Option<&RequestId> {
+        self.id.as_ref()
+    }
+    /// The method (requests and notifications).
+    pub fn method(&self) -> Option<&Method> {
+        self.method.as_ref()
+    }
+    /// `params.name` for `tools/call` / `prompts/get`; `params.uri` for
+    /// `resources/read`, `resources/subscribe`, `resources/unsubscribe`.
+    pub fn target(&self) -> Option<&str> {
+        self.target.as_ref().map(Text::as_str)
+    }
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]` (2026-07-28).
+    pub fn meta_protocol_version(&self) -> Option<&str> {
+        self.meta_version.as_ref().map(Text::as_str)
+    }
+    /// `params.protocolVersion` of an `initialize` request.
+    pub fn initialize_protocol_version(&self) -> Option<&str> {
+        self.initialize_version.as_ref().map(Text::as_str)
+    }
+    /// Is this a request (expects a response)?
+    pub fn is_request(&self) -> bool {
+        self.kind == MessageKind::Request
+    }
+    /// Is this the `initialize` request?
+    pub fn is_initialize(&self) -> bool {
+        self.kind == MessageKind::Request && self.method == Some(Method::Initialize)
+    }
+}
+
+/// A parsed POST body: one message or (2025-03-26 and older) a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Envelope {
+    /// A single message.
+    Single(Message),
+    /// A JSON array of messages.
+    Batch(Vec<Message>),
+}
+
+impl Envelope {
+    /// Parses a body. The returned strings borrow `body`'s buffer.
+    ///
+    /// Errors: invalid JSON → -32700; valid JSON of the wrong shape
+    /// (missing `jsonrpc: "2.0"`, an id that is not a number or string, a
+    /// message that is neither request, notification nor response, an empty
+    /// batch) → -32600.
+    pub fn parse(body: Bytes) -> Result<Envelope, GatewayError> {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'[') {
+            let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(classify)?;
+            if items.is_empty() {
+                return Err(GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    "empty JSON-RPC batch",
+                ));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            for raw in items {
+                let wire: Wire<'_> = serde_json::from_str(raw.get()).map_err(classify)?;
+                out.push(wire.into_message(&body)?);
+            }
+            return Ok(Envelope::Batch(out));
+        }
+        let wire: Wire<'_> = serde_json::from_slice(&body).map_err(classify)?;
+        Ok(Envelope::Single(wire.into_message(&body)?))
+    }
+
+    /// The messages, one or many.
+    pub fn messages(&self) -> &[Message] {
+        match self {
+            Envelope::Single(m) => std::slice::from_ref(m),
+            Envelope::Batch(v) => v,
+        }
+    }
+
+    /// The single message, if this is not a batch.
+    pub fn single(&self) -> Option<&Message> {
+        match self {
+            Envelope::Single(m) => Some(m),
+            Envelope::Batch(_) => None,
+        }
+    }
+
+    /// Does the body hold at least one request (so a response is owed)?
+    pub fn has_request(&self) -> bool {
+        self.messages().iter().any(Message::is_request)
+    }
+}
+
+fn classify(e: serde_json::Error) -> GatewayError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            GatewayError::new(ErrorKind::Parse, format!("parse error: {e}"))
+        }
+        Category::Data => {
+            GatewayError::new(ErrorKind::InvalidRequest, format!("invalid request: {e}"))
+        }
+    }
+}
+
+/// Captures `null` as `Some("null")`, which plain `Option<&RawValue>` would
+/// fold into `None`: an `"id": null` request must be rejected, not taken for
+/// a notification.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    params: Option<Params<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+}
+
+/// The few `params` members routing needs; everything else is skipped.
+#[derive(Deserialize)]
+struct Params<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uri: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "protocolVersion")]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "_meta")]
+    meta: Option<Meta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
+    protocol_version: Option<Cow<'a, str>>,
+}
+
+impl<'a> Wire<'a> {
+    fn into_message(self, body: &Bytes) -> Result<Message, GatewayError> {
+        let invalid = |m: &'static str| GatewayError::new(ErrorKind::InvalidRequest, m);
+        if self.jsonrpc.as_deref() != Some("2.0") {
+            return Err(invalid("\"jsonrpc\" must be \"2.0\""));
+        }
+        let id = match self.id {
+            None => None,
+            Some(raw) if id_kind_ok(raw.get()) => {
+                Some(RequestId(body.slice_ref(raw.get().as_bytes())))
+            }
+            Some(raw) if raw.get() == "null" => None,
+            Some(_) => return Err(invalid("\"id\" must be a string or a number")),
+        };
+        let id_was_null = self.id.is_some_and(|r| r.get() == "null");
+        let (kind, method) = match (self.method, self.result.is_some(), self.error.is_some()) {
+            (Some(m), false, false) => {
+                if id_was_null {
+                    return Err(invalid("a request id must not be null"));
+                }
+                let kind = if id.is_some() {
+                    MessageKind::Request
+                } else {
+                    MessageKind::Notification
+                };
+                (kind, Some(Method::from_text(body, m)))
+            }
+            (None, true, false) if id.is_some() => (MessageKind::Response, None),
+            (None, false, true) => (MessageKind::Error, None),
+            _ => return Err(invalid("not a JSON-RPC request, notification or response")),
+        };
+        let (mut target, mut meta_version, mut initialize_version) = (None, None, None);
+        if let (Some(p), Some(m)) = (self.params, method.as_ref()) {
+            target = match m {
+                Method::ToolsCall | Method::PromptsGet => p.name,
+                Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
+                    p.uri
+                }
+                _ => None,
+            }
+            .map(|t| Text::from_cow(body, t));
+            meta_version = p
+                .meta
+                .and_then(|m| m.protocol_version)
+                .map(|t| Text::from_cow(body, t));
+            if *m == Method::Initialize {
+                initialize_version = p.protocol_version.map(|t| Text::from_cow(body, t));
+            }
+        }
+        Ok(Message {
+            kind,
+            id,
+            method,
+            target,
+            meta_version,
+            initialize_version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn one(json: &str) -> Result<Message, GatewayError> {
+        Envelope::parse(Bytes::copy_from_slice(json.as_bytes())).map(|e| match e {
+            Envelope::Single(m) => m,
+            Envelope::Batch(_) => panic!("unexpected batch"),
+        })
+    }
+
+    #[test]
+    fn request_fields() {
+        let m = one(r#"{"jsonrpc":"2.0","id":"a-1","method":"resources/read","params":{"uri":"file:///x"}}"#).unwrap();
+        assert_eq!(m.kind(), MessageKind::Request);
+        assert_eq!(m.id().unwrap().as_bytes(), br#""a-1""#);
+        assert_eq!(m.method(), Some(&Method::ResourcesRead));
+        assert_eq!(m.target(), Some("file:///x"));
+    }
+
+    #[test]
+    fn escaped_names_are_decoded() {
+        let m = one(r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"name":"a\u00e9b"}}"#).unwrap();
+        assert_eq!(m.method(), Some(&Method::ToolsCall));
+        assert_eq!(m.target(), Some("aéb"));
+    }
+
+    #[test]
+    fn notification_response_error() {
+        assert_eq!(
+            one(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap().kind(),
+            MessageKind::Notification
+        );
+        assert_eq!(
+            one(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#).unwrap().kind(),
+            MessageKind::Response
+        );
+        let e = one(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"x"}}"#).unwrap();
+        assert_eq!(e.kind(), MessageKind::Error);
+        assert!(e.id().is_none());
+    }
+
+    #[test]
+    fn meta_and_initialize_versions() {
+        let m = one(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#).unwrap();
+        assert_eq!(m.meta_protocol_version(), Some("2026-07-28"));
+        let i = one(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#).unwrap();
+        assert!(i.is_initialize());
+        assert_eq!(i.initialize_protocol_version(), Some("2025-11-25"));
+    }
+
+    #[test]
+    fn parse_errors_are_32700() {
+        for bad in ["", "{", "{\"jsonrpc\":", "nope", "{\"a\":1}}"] {
+            let e = one(bad).unwrap_err();
+            assert_eq!(e.code(), -32700, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shape_errors_are_32600() {
+        for bad in [
+            r#"{"id":1,"method":"x"}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":true,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#,
+            r#"{"jsonrpc":"2.0","method":1}"#,
+            r#"[1]"#,
+            r#"17"#,
+        ] {
+            let e = Envelope::parse(Bytes::copy_from_slice(bad.as_bytes())).unwrap_err();
+            assert_eq!(e.code(), -32600, "{bad}");
+        }
+        let e = Envelope::parse(Bytes::from_static(b" [ ] ")).unwrap_err();
+        assert_eq!(e.code(), -32600);
+    }
+
+    #[test]
+    fn batch() {
+        let env = Envelope::parse(Bytes::from_static(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+        ))
+        .unwrap();
+        assert_eq!(env.messages().len(), 2);
+        assert!(env.has_request());
+        assert!(env.single().is_none());
+    }
+
+    fn json_string() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 _/éü\\-\"\\\\\u{1F600}]{0,12}"
+    }
+
+    proptest! {
+        /// Whatever the names and ids, the parser recovers exactly what a
+        /// serialiser wrote, and the id text is the serialiser's.
+        #[test]
+        fn recovers_what_was_written(
+            name in json_string(),
+            method in prop_oneof![Just("tools/call".to_string()), Just("prompts/get".to_string()), json_string()],
+            id in prop_oneof![any::<i64>().prop_map(|n| serde_json::json!(n)), json_string().prop_map(|s| serde_json::json!(s))],
+            extra in proptest::collection::vec((json_string(), any::<i32>()), 0..4),
+        ) {
+            let mut params = serde_json::Map::new();
+            params.insert("name".into(), serde_json::json!(name));
+            for (k, v) in &extra { if k != "name" && k != "uri" && k != "_meta" && k != "protocolVersion" { params.insert(k.clone(), serde_json::json!(v)); } }
+            let body = serde_json::json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}).to_string();
+            let m = one(&body).unwrap();
+            prop_assert_eq!(m.method().unwrap().as_str(), method.as_str());
+            let id_text = serde_json::to_string(&id).unwrap();
+            prop_assert_eq!(m.id().unwrap().as_bytes(), id_text.as_bytes());
+            if method == "tools/call" || method == "prompts/get" {
+                prop_assert_eq!(m.target(), Some(name.as_str()));
+            }
+        }
+
+        /// Arbitrary bytes never panic the parser.
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Envelope::parse(Bytes::from(bytes));
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Protocol and policy vocabulary of **mcp-gateway**.
+//!
+//! No async runtime and no HTTP stack: only the types every layer shares.
+//!
+//! - [`jsonrpc`]: the JSON-RPC 2.0 envelope, parsed without `serde_json::Value`;
+//! - [`protocol`]: MCP versions, eras, header names, 2026-07-28 header rules;
+//! - [`sse`]: the incremental, byte-preserving SSE scanner and an encoder;
+//! - [`session`]: session ids, records and the [`session::SessionStore`] trait;
+//! - [`error`]: the one error type that maps every failure to an HTTP status
+//!   and a JSON-RPC error;
+//! - [`request`]: [`McpRequest`], what the parser learned, for later layers.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod jsonrpc;
+pub mod protocol;
+pub mod request;
+pub mod session;
+pub mod sse;
+
+pub use error::{ErrorKind, GatewayError};
+pub use jsonrpc::{Envelope, Message, MessageKind, Method, RequestId};
+pub use protocol::{Era, ProtocolVersion};
+pub use request::McpRequest;

@@ -1,0 +1,468 @@
+//! Gateway sessions: ids, records, and the [`SessionStore`] trait with its
+//! in-memory implementation.
+//!
+//! The gateway mints its own session id for every session it proxies and
+//! maps it to the backend instance and the backend's own session id. Clients
+//! never see a backend's id, so a backend id cannot be replayed against
+//! another instance, and a gateway id is useless anywhere but here.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+use crate::protocol::ProtocolVersion;
+
+/// A gateway session id: 192 bits from the operating system's CSPRNG,
+/// base64url-encoded (32 visible ASCII characters).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(Arc<str>);
+
+impl SessionId {
+    /// A fresh, unguessable id.
+    ///
+    /// # Panics
+    /// If the operating system's random source fails, which leaves no safe
+    /// way to mint an id.
+    pub fn random() -> SessionId {
+        let mut raw = [0u8; 24];
+        getrandom::fill(&mut raw).expect("the OS random number generator failed");
+        let s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        SessionId(Arc::from(s))
+    }
+
+    /// Wraps an existing id (for stores that load records).
+    pub fn from_string(s: impl Into<Arc<str>>) -> SessionId {
+        SessionId(s.into())
+    }
+
+    /// The id text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Session ids are not credentials, but logs need not carry them whole.
+        write!(f, "SessionId({}…)", &self.0[..self.0.len().min(6)])
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Milliseconds on a monotonic clock private to one store.
+fn millis_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+/// What the gateway knows about one session.
+#[derive(Debug)]
+pub struct SessionRecord {
+    id: SessionId,
+    instance: usize,
+    upstream_id: Option<Box<str>>,
+    protocol_version: Option<ProtocolVersion>,
+    owner: Option<Box<str>>,
+    created: Instant,
+    last_seen_ms: AtomicU64,
+}
+
+impl SessionRecord {
+    /// A record for session `id` on backend instance `instance`, whose
+    /// backend session id is `upstream_id` (if the backend issued one).
+    pub fn new(id: SessionId, instance: usize, upstream_id: Option<String>) -> Self {
+        SessionRecord {
+            id,
+            instance,
+            upstream_id: upstream_id.map(String::into_boxed_str),
+            protocol_version: None,
+            owner: None,
+            created: Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Records the protocol version the client asked for in `initialize`.
+    pub fn with_protocol_version(mut self, v: Option<ProtocolVersion>) -> Self {
+        self.protocol_version = v;
+        self
+    }
+
+    /// Binds the session to a principal key; presented by anyone else, the
+    /// id is unknown.
+    pub fn with_owner(mut self, owner: Option<String>) -> Self {
+        self.owner = owner.map(String::into_boxed_str);
+        self
+    }
+
+    /// The gateway session id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+    /// Index of the backend instance the session lives on.
+    pub fn instance(&self) -> usize {
+        self.instance
+    }
+    /// The backend's own session id.
+    pub fn upstream_id(&self) -> Option<&str> {
+        self.upstream_id.as_deref()
+    }
+    /// The protocol version requested at `initialize`.
+    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.protocol_version
+    }
+    /// The principal key the session is bound to.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+    /// When the session started.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+}
+
+/// Why a record could not be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store holds its maximum number of sessions.
+    Full {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The backing store failed (shared stores).
+    Backend(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Full { max } => write!(f, "session table full ({max} sessions)"),
+            StoreError::Backend(e) => write!(f, "session store failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The future a [`SessionStore`] returns: ready at once for in-memory
+/// stores (no allocation on the hot path), boxed for stores that do I/O.
+pub enum StoreFuture<'a, T> {
+    /// The answer is already known.
+    Ready(Option<T>),
+    /// The answer needs I/O.
+    Pending(Pin<Box<dyn Future<Output = T> + Send + 'a>>),
+}
+
+impl<T> StoreFuture<'_, T> {
+    /// An immediate answer.
+    pub fn ready(value: T) -> Self {
+        StoreFuture::Ready(Some(value))
+    }
+}
+
+// The value is never pinned: it is moved out whole on completion.
+impl<T> Unpin for StoreFuture<'_, T> {}
+
+impl<T> Future for StoreFuture<'_, T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.get_mut() {
+            StoreFuture::Ready(v) => Poll::Ready(v.take().expect("StoreFuture polled after completion")),
+            StoreFuture::Pending(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Where session records live. Object-safe; implement it for a shared store
+/// (e.g. Redis) to run several gateway replicas.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Stores a new record; fails when the store is full.
+    fn insert(&self, record: SessionRecord) -> StoreFuture<'_, Result<Arc<SessionRecord>, StoreError>>;
+
+    /// The live record for `id`, marking it used now; `None` if unknown or
+    /// idle past the timeout (an expired record is removed and handed to
+    /// the next [`SessionStore::sweep`] so its backend session can be ended).
+    fn get(&self, id: &str) -> StoreFuture<'_, Option<Arc<SessionRecord>>>;
+
+    /// Removes and returns the record for `id`.
+    fn remove(&self, id: &str) -> StoreFuture<'_, Option<Arc<SessionRecord>>>;
+
+    /// Removes every record idle past the timeout and returns them, with the
+    /// ones `get` found expired since the last sweep.
+    fn sweep(&self) -> StoreFuture<'_, Vec<Arc<SessionRecord>>>;
+
+    /// Number of live records (approximate for shared stores).
+    fn len(&self) -> usize;
+
+    /// True when no session is stored.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Settings of [`InMemorySessionStore`].
+#[derive(Debug, Clone)]
+pub struct InMemoryConfig {
+    /// Sessions idle longer than this expire. Default: 30 minutes.
+    pub idle_timeout: Duration,
+    /// At most this many sessions at once. Default: 100 000.
+    pub max_sessions: usize,
+    /// Number of independently locked shards (rounded up to a power of
+    /// two). Default: 64.
+    pub shards: usize,
+}
+
+impl Default for InMemoryConfig {
+    fn default() -> Self {
+        InMemoryConfig {
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_sessions: 100_000,
+            shards: 64,
+        }
+    }
+}
+
+type Shard = RwLock<HashMap<Arc<str>, Arc<SessionRecord>>>;
+
+/// A sharded in-memory [`SessionStore`]: each request takes one read lock
+/// on one of N shards, so no lock is shared by every request.
+pub struct InMemorySessionStore {
+    shards: Box<[Shard]>,
+    hasher: std::collections::hash_map::RandomState,
+    count: AtomicU64,
+    cfg: InMemoryConfig,
+    epoch: Instant,
+    expired: Mutex<Vec<Arc<SessionRecord>>>,
+}
+
+impl fmt::Debug for InMemorySessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InMemorySessionStore")
+            .field("len", &self.len())
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl Default for InMemorySessionStore {
+    fn default() -> Self {
+        Self::new(InMemoryConfig::default())
+    }
+}
+
+impl InMemorySessionStore {
+    /// A store with these settings.
+    pub fn new(cfg: InMemoryConfig) -> Self {
+        let n = cfg.shards.max(1).next_power_of_two();
+        InMemorySessionStore {
+            shards: (0..n).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            count: AtomicU64::new(0),
+            cfg,
+            epoch: Instant::now(),
+            expired: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &InMemoryConfig {
+        &self.cfg
+    }
+
+    fn shard(&self, id: &str) -> &Shard {
+        let mut h = self.hasher.build_hasher();
+        id.hash(&mut h);
+        &self.shards[(h.finish() as usize) & (self.shards.len() - 1)]
+    }
+
+    fn idle_ms(&self) -> u64 {
+        self.cfg.idle_timeout.as_millis() as u64
+    }
+
+    fn is_expired(&self, rec: &SessionRecord, now: u64) -> bool {
+        now.saturating_sub(rec.last_seen_ms.load(Ordering::Relaxed)) > self.idle_ms()
+    }
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    // A panic while holding a shard lock cannot leave a HashMap half-updated
+    // in a way that matters here; keep serving rather than poisoning forever.
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SessionStore for InMemorySessionStore {
+    fn insert(&self, record: SessionRecord) -> StoreFuture<'_, Result<Arc<SessionRecord>, StoreError>> {
+        let max = self.cfg.max_sessions as u64;
+        // Reserve a slot first so concurrent inserts cannot overshoot.
+        if self.count.fetch_add(1, Ordering::AcqRel) >= max {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return StoreFuture::ready(Err(StoreError::Full { max: max as usize }));
+        }
+        record
+            .last_seen_ms
+            .store(millis_since(self.epoch), Ordering::Relaxed);
+        let rec = Arc::new(record);
+        let key: Arc<str> = rec.id.0.clone();
+        if write(self.shard(&key)).insert(key, rec.clone()).is_some() {
+            // Replaced an existing id (192-bit collision or a reused id from a
+            // shared store): the slot was already counted.
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        StoreFuture::ready(Ok(rec))
+    }
+
+    fn get(&self, id: &str) -> StoreFuture<'_, Option<Arc<SessionRecord>>> {
+        let now = millis_since(self.epoch);
+        let found = read(self.shard(id)).get(id).cloned();
+        let Some(rec) = found else {
+            return StoreFuture::ready(None);
+        };
+        if self.is_expired(&rec, now) {
+            if let Some(gone) = write(self.shard(id)).remove(id) {
+                self.count.fetch_sub(1, Ordering::AcqRel);
+                self.expired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(gone);
+            }
+            return StoreFuture::ready(None);
+        }
+        rec.last_seen_ms.store(now, Ordering::Relaxed);
+        StoreFuture::ready(Some(rec))
+    }
+
+    fn remove(&self, id: &str) -> StoreFuture<'_, Option<Arc<SessionRecord>>> {
+        let gone = write(self.shard(id)).remove(id);
+        if gone.is_some() {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        StoreFuture::ready(gone)
+    }
+
+    fn sweep(&self) -> StoreFuture<'_, Vec<Arc<SessionRecord>>> {
+        let now = millis_since(self.epoch);
+        let mut out = std::mem::take(&mut *self.expired.lock().unwrap_or_else(|e| e.into_inner()));
+        for shard in self.shards.iter() {
+            // Check under the read lock first: most sweeps find nothing.
+            if !read(shard).values().any(|r| self.is_expired(r, now)) {
+                continue;
+            }
+            let mut map = write(shard);
+            let before = map.len();
+            map.retain(|_, r| {
+                let keep = !self.is_expired(r, now);
+                if !keep {
+                    out.push(r.clone());
+                }
+                keep
+            });
+            self.count
+                .fetch_sub((before - map.len()) as u64, Ordering::AcqRel);
+        }
+        StoreFuture::ready(out)
+    }
+
+    fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block<F: Future>(f: F) -> F::Output {
+        // In-memory futures are always ready.
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("in-memory store future was pending"),
+        }
+    }
+
+    #[test]
+    fn ids_are_unique_visible_ascii_and_long() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = SessionId::random();
+            assert!(id.as_str().len() >= 22, "≥128 bits");
+            assert!(id.as_str().bytes().all(|b| (0x21..=0x7e).contains(&b)));
+            assert!(seen.insert(id));
+        }
+    }
+
+    #[test]
+    fn insert_get_remove() {
+        let store = InMemorySessionStore::default();
+        let id = SessionId::random();
+        block(store.insert(SessionRecord::new(id.clone(), 2, Some("up-1".into())))).unwrap();
+        assert_eq!(store.len(), 1);
+        let rec = block(store.get(id.as_str())).unwrap();
+        assert_eq!(rec.instance(), 2);
+        assert_eq!(rec.upstream_id(), Some("up-1"));
+        assert!(block(store.get("nope")).is_none());
+        assert!(block(store.remove(id.as_str())).is_some());
+        assert!(block(store.get(id.as_str())).is_none());
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn cap_is_enforced_and_freed() {
+        let store = InMemorySessionStore::new(InMemoryConfig {
+            max_sessions: 2,
+            ..Default::default()
+        });
+        let a = SessionId::random();
+        block(store.insert(SessionRecord::new(a.clone(), 0, None))).unwrap();
+        block(store.insert(SessionRecord::new(SessionId::random(), 0, None))).unwrap();
+        let err = block(store.insert(SessionRecord::new(SessionId::random(), 0, None))).unwrap_err();
+        assert_eq!(err, StoreError::Full { max: 2 });
+        block(store.remove(a.as_str()));
+        block(store.insert(SessionRecord::new(SessionId::random(), 0, None))).unwrap();
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn idle_sessions_expire_and_are_swept() {
+        let store = InMemorySessionStore::new(InMemoryConfig {
+            idle_timeout: Duration::from_millis(0),
+            ..Default::default()
+        });
+        let a = SessionId::random();
+        let b = SessionId::random();
+        block(store.insert(SessionRecord::new(a.clone(), 0, None))).unwrap();
+        block(store.insert(SessionRecord::new(b.clone(), 0, None))).unwrap();
+        // Wait until the monotonic clock has moved past the (zero) timeout.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(3) {
+            std::hint::spin_loop();
+        }
+        assert!(block(store.get(a.as_str())).is_none(), "expired on lookup");
+        let swept = block(store.sweep());
+        let mut ids: Vec<_> = swept.iter().map(|r| r.id().clone()).collect();
+        ids.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        let mut want = vec![a, b];
+        want.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert_eq!(ids, want, "lazily expired and swept records are both reported");
+        assert!(store.is_empty());
+    }
+}
