@@ -1,1 +1,32 @@
-//! x
+//! The tower layers and upstream services of **mcp-gateway**.
+//!
+//! Each layer is a `FooLayer` building a `Foo<S>`, in the style of
+//! tower-http. All of them speak `Request<`[`Body`]`>` /
+//! `Response<`[`Body`]`>` with `Error = Infallible`: every failure is an HTTP
+//! response carrying a JSON-RPC error, with the status the MCP spec
+//! prescribes.
+//!
+//! | layer | does |
+//! | --- | --- |
+//! | [`origin`] | `Origin` / `Host` validation against DNS rebinding (403) |
+//! | [`jsonrpc`] | reads the bounded body once, parses and validates, puts an `McpRequest` in extensions |
+//! | [`session`] | the session router: gateway session ids, sticky instances, `DELETE`, expiry |
+//! | [`sse`] | the SSE relay: unchanged frames, per-event hook, keep-alive, idle timeout |
+//! | [`upstream`] | pooled HTTP backends, any tower service as a backend, instance sets |
+//!
+//! Stack them with [`ServiceBuilderExt`] (outermost first):
+//! `origin → jsonrpc → session → sse relay → upstreams`.
+#![deny(missing_docs)]
+
+pub mod body;
+pub mod builder;
+pub mod error;
+pub mod jsonrpc;
+pub mod origin;
+pub mod session;
+pub mod sse;
+pub mod upstream;
+
+pub use body::{Body, BoxError};
+pub use builder::ServiceBuilderExt;
+pub use error::error_response;

@@ -1,0 +1,498 @@
+//! The JSON-RPC layer: read the body once, parse the envelope, validate the
+//! transport rules, and hand the same bytes on with an [`McpRequest`] in the
+//! request extensions.
+//!
+//! Checks, in order, each answered with the status and JSON-RPC code the
+//! spec prescribes:
+//! - HTTP method: `POST`, `GET`, `DELETE` (else 405); on 2026-07-28 only `POST`;
+//! - `POST`: `Content-Type: application/json` (415), `Accept` allowing both
+//!   `application/json` and `text/event-stream` (406), body within the limit
+//!   (413), valid JSON (-32700), valid JSON-RPC (-32600), no batch on
+//!   2025-06-18 or later (-32600), a known `MCP-Protocol-Version` (-32022),
+//!   and on 2026-07-28 the header/body consistency rules (-32020);
+//! - `GET`: `Accept` allowing `text/event-stream` (406).
+//!
+//! ```
+//! use mcp_gateway_tower::jsonrpc::{JsonRpcConfig, JsonRpcLayer};
+//! use mcp_gateway_tower::Body;
+//! use mcp_gateway_core::McpRequest;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(JsonRpcLayer::new(JsonRpcConfig::default()))
+//!     .service_fn(|req: http::Request<Body>| async move {
+//!         let mcp = req.extensions().get::<McpRequest>().unwrap();
+//!         assert_eq!(mcp.method().unwrap().as_str(), "tools/list");
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+//!     });
+//! let req = http::Request::post("/mcp")
+//!     .header("content-type", "application/json")
+//!     .header("accept", "application/json, text/event-stream")
+//!     .header("mcp-protocol-version", "2025-11-25")
+//!     .body(Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#))
+//!     .unwrap();
+//! assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Method as HttpMethod, Request, Response};
+use http_body_util::BodyExt;
+use mcp_gateway_core::protocol::{check_stateless_headers, headers, HeaderValue};
+use mcp_gateway_core::{Envelope, ErrorKind, GatewayError, McpRequest, ProtocolVersion};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::{Body, BoxError};
+use crate::error::error_response;
+
+/// Settings of [`JsonRpcLayer`].
+#[derive(Debug, Clone)]
+pub struct JsonRpcConfig {
+    /// Largest request body accepted, in bytes. Default: 4 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for JsonRpcConfig {
+    fn default() -> Self {
+        JsonRpcConfig {
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Parses and validates MCP requests. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct JsonRpcLayer {
+    cfg: JsonRpcConfig,
+}
+
+impl JsonRpcLayer {
+    /// A layer with these settings.
+    pub fn new(cfg: JsonRpcConfig) -> Self {
+        JsonRpcLayer { cfg }
+    }
+}
+
+impl<S> Layer<S> for JsonRpcLayer {
+    type Service = JsonRpc<S>;
+    fn layer(&self, inner: S) -> JsonRpc<S> {
+        JsonRpc {
+            inner,
+            cfg: self.cfg.clone(),
+        }
+    }
+}
+
+/// The service built by [`JsonRpcLayer`].
+#[derive(Debug, Clone)]
+pub struct JsonRpc<S> {
+    inner: S,
+    cfg: JsonRpcConfig,
+}
+
+impl<S> JsonRpc<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, cfg: JsonRpcConfig) -> Self {
+        JsonRpc { inner, cfg }
+    }
+    /// A layer with `cfg`.
+    pub fn layer(cfg: JsonRpcConfig) -> JsonRpcLayer {
+        JsonRpcLayer::new(cfg)
+    }
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl<S, B> Service<Request<B>> for JsonRpc<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> BoxFuture {
+        // Take the service that was driven to readiness; leave a clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let max = self.cfg.max_body_bytes;
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let version = match header_version(&parts.headers) {
+                Ok(v) => v,
+                Err(e) => return Ok(error_response(&e, None)),
+            };
+            match parts.method {
+                HttpMethod::POST => {}
+                HttpMethod::GET | HttpMethod::DELETE => {
+                    if version == Some(ProtocolVersion::V2026_07_28) {
+                        return Ok(error_response(
+                            &GatewayError::new(
+                                ErrorKind::MethodNotAllowed,
+                                "GET and DELETE are not part of the 2026-07-28 transport; use POST",
+                            ),
+                            None,
+                        ));
+                    }
+                    if parts.method == HttpMethod::GET && !accepts(&parts.headers, "text/event-stream") {
+                        return Ok(error_response(
+                            &GatewayError::new(
+                                ErrorKind::NotAcceptable,
+                                "Not Acceptable: GET requires Accept: text/event-stream",
+                            ),
+                            None,
+                        ));
+                    }
+                    return inner
+                        .call(Request::from_parts(parts, Body::empty()))
+                        .await;
+                }
+                _ => {
+                    return Ok(error_response(
+                        &GatewayError::new(ErrorKind::MethodNotAllowed, "Method Not Allowed"),
+                        None,
+                    ))
+                }
+            }
+            if let Err(e) = check_post_headers(&parts.headers) {
+                return Ok(error_response(&e, None));
+            }
+            let bytes = match read_body(&parts.headers, body, max).await {
+                Ok(b) => b,
+                Err(e) => return Ok(error_response(&e, None)),
+            };
+            let envelope = match Envelope::parse(bytes.clone()) {
+                Ok(e) => e,
+                Err(e) => return Ok(error_response(&e, None)),
+            };
+            let first_id = envelope.messages().iter().find_map(|m| m.id()).cloned();
+            let mcp = match validate(&parts.headers, bytes.clone(), envelope, version) {
+                Ok(m) => m,
+                Err(e) => return Ok(error_response(&e, first_id.as_ref())),
+            };
+            let mut req = Request::from_parts(parts, Body::full(bytes));
+            req.extensions_mut().insert(mcp);
+            inner.call(req).await
+        })
+    }
+}
+
+/// The `MCP-Protocol-Version` header, if sent; unknown → -32022.
+fn header_version(h: &HeaderMap) -> Result<Option<ProtocolVersion>, GatewayError> {
+    let Some(raw) = h.get(headers::MCP_PROTOCOL_VERSION) else {
+        return Ok(None);
+    };
+    let s = raw.to_str().unwrap_or("");
+    ProtocolVersion::parse(s.trim()).map(Some).ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::UnsupportedVersion,
+            format!("Unsupported protocol version: {s}"),
+        )
+        .with_data(&serde_json::json!({
+            "supported": ProtocolVersion::supported_strs(),
+            "requested": s,
+        }))
+    })
+}
+
+/// Does `Accept` allow `mime` (directly or by wildcard)?
+fn accepts(h: &HeaderMap, mime: &str) -> bool {
+    let (ty, _) = mime.split_once('/').unwrap_or((mime, ""));
+    h.get_all(ACCEPT).iter().any(|v| {
+        v.to_str().unwrap_or("").split(',').any(|part| {
+            let m = part.split(';').next().unwrap_or("").trim();
+            m.eq_ignore_ascii_case(mime)
+                || m == "*/*"
+                || m.strip_suffix("/*").is_some_and(|t| t.eq_ignore_ascii_case(ty))
+        })
+    })
+}
+
+fn check_post_headers(h: &HeaderMap) -> Result<(), GatewayError> {
+    let ct_ok = h
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !ct_ok {
+        return Err(GatewayError::new(
+            ErrorKind::UnsupportedMediaType,
+            "Unsupported Media Type: Content-Type must be application/json",
+        ));
+    }
+    if !(accepts(h, "application/json") && accepts(h, "text/event-stream")) {
+        return Err(GatewayError::new(
+            ErrorKind::NotAcceptable,
+            "Not Acceptable: Accept must allow both application/json and text/event-stream",
+        ));
+    }
+    Ok(())
+}
+
+async fn read_body<B>(h: &HeaderMap, body: B, max: usize) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("Payload Too Large: request body exceeds {max} bytes"),
+        )
+        .with_data(&serde_json::json!({ "maxBytes": max }))
+    };
+    let declared = h
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(GatewayError::new(
+            ErrorKind::InvalidRequest,
+            format!("could not read request body: {e}"),
+        )),
+    }
+}
+
+/// One header's value for the 2026-07-28 checks: repeated or non-text
+/// values are reported as invalid rather than resolved one way or another.
+fn single<'a>(h: &'a HeaderMap, name: &str) -> HeaderValue<'a> {
+    let mut it = h.get_all(name).iter();
+    match (it.next(), it.next()) {
+        (None, _) => HeaderValue::Absent,
+        (Some(v), None) => v.to_str().map_or(HeaderValue::Invalid, HeaderValue::One),
+        (Some(_), Some(_)) => HeaderValue::Invalid,
+    }
+}
+
+fn validate(
+    h: &HeaderMap,
+    body: Bytes,
+    envelope: Envelope,
+    header_version: Option<ProtocolVersion>,
+) -> Result<McpRequest, GatewayError> {
+    let first = envelope.messages()[0].clone();
+    let version = match header_version {
+        Some(v) => v,
+        None => {
+            if first.meta_protocol_version() == Some(ProtocolVersion::V2026_07_28.as_str()) {
+                return Err(GatewayError::new(
+                    ErrorKind::HeaderMismatch,
+                    "missing MCP-Protocol-Version header (required on 2026-07-28)",
+                )
+                .with_data(&serde_json::json!({ "header": "MCP-Protocol-Version" })));
+            }
+            // An initialize request names its version in the body; anything
+            // else without the header is 2025-03-26 by the spec's rule.
+            first
+                .initialize_protocol_version()
+                .and_then(ProtocolVersion::parse)
+                .filter(|v| *v != ProtocolVersion::V2026_07_28)
+                .unwrap_or(ProtocolVersion::DEFAULT_WITHOUT_HEADER)
+        }
+    };
+    if let Envelope::Batch(msgs) = &envelope {
+        if !version.allows_batch() {
+            return Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
+                format!("JSON-RPC batches are not supported on protocol version {version}"),
+            ));
+        }
+        if msgs.iter().any(|m| m.is_initialize()) && msgs.len() > 1 {
+            return Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
+                "initialize must not be part of a batch",
+            ));
+        }
+    }
+    if version == ProtocolVersion::V2026_07_28 && !first.is_initialize() {
+        check_stateless_headers(
+            &first,
+            single(h, headers::MCP_METHOD),
+            single(h, headers::MCP_NAME),
+            version,
+        )?;
+    }
+    Ok(McpRequest::new(body, envelope, version, header_version.is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    fn svc() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> {
+        JsonRpcLayer::default().layer(tower::service_fn(|req: Request<Body>| async move {
+            let ok = req.extensions().get::<McpRequest>().is_some() || req.method() != HttpMethod::POST;
+            assert!(ok, "POST reached the inner service without McpRequest");
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }))
+    }
+
+    async fn code(req: Request<Body>) -> (u16, Option<i64>) {
+        let res = svc().oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let code = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_i64());
+        (status, code)
+    }
+
+    fn post(body: &str) -> http::request::Builder {
+        let _ = body;
+        Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+    }
+
+    #[tokio::test]
+    async fn good_request_passes() {
+        let b = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        assert_eq!(code(post(b).body(Body::from(b)).unwrap()).await, (200, None));
+    }
+
+    #[tokio::test]
+    async fn bad_inputs_get_their_status_and_code() {
+        let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        // Content-Type
+        let r = Request::post("/mcp")
+            .header("content-type", "text/plain")
+            .header("accept", "application/json, text/event-stream")
+            .body(Body::from(ping))
+            .unwrap();
+        assert_eq!(code(r).await, (415, Some(-32600)));
+        // Accept
+        let r = Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(Body::from(ping))
+            .unwrap();
+        assert_eq!(code(r).await, (406, Some(-32600)));
+        // Malformed JSON
+        assert_eq!(code(post("").body(Body::from("{oops")).unwrap()).await, (400, Some(-32700)));
+        // Wrong JSON-RPC shape
+        assert_eq!(
+            code(post("").body(Body::from(r#"{"jsonrpc":"2.0","id":1}"#)).unwrap()).await,
+            (400, Some(-32600))
+        );
+        // Batch on 2025-06-18+
+        let batch = format!("[{ping}]");
+        let r = post("")
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(Body::from(batch.clone()))
+            .unwrap();
+        assert_eq!(code(r).await, (400, Some(-32600)));
+        // ... but allowed on 2025-03-26
+        let r = post("")
+            .header("mcp-protocol-version", "2025-03-26")
+            .body(Body::from(batch))
+            .unwrap();
+        assert_eq!(code(r).await, (200, None));
+        // Unsupported version
+        let r = post("")
+            .header("mcp-protocol-version", "1999-01-01")
+            .body(Body::from(ping))
+            .unwrap();
+        assert_eq!(code(r).await, (400, Some(-32022)));
+        // Oversized body (declared and streamed)
+        let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":"{}"}}}}"#, "a".repeat(5 << 20));
+        assert_eq!(code(post("").body(Body::from(big.clone())).unwrap()).await, (413, Some(-32600)));
+        let r = post("")
+            .header("content-length", "10")
+            .body(Body::from(big))
+            .unwrap();
+        assert_eq!(code(r).await.0, 413);
+        // Methods
+        let r = Request::put("/mcp").body(Body::empty()).unwrap();
+        assert_eq!(code(r).await, (405, Some(-32000)));
+        let r = Request::get("/mcp")
+            .header("accept", "application/json")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(code(r).await, (406, Some(-32600)));
+        for m in ["GET", "DELETE"] {
+            let r = Request::builder()
+                .method(m)
+                .uri("/mcp")
+                .header("accept", "text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .body(Body::empty())
+                .unwrap();
+            assert_eq!(code(r).await, (405, Some(-32000)), "{m} on 2026-07-28");
+        }
+    }
+
+    const STATELESS_CALL: &str = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+
+    #[tokio::test]
+    async fn stateless_header_rules() {
+        let ok = post("")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "echo")
+            .body(Body::from(STATELESS_CALL))
+            .unwrap();
+        assert_eq!(code(ok).await, (200, None));
+        let mismatch = post("")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "other")
+            .body(Body::from(STATELESS_CALL))
+            .unwrap();
+        assert_eq!(code(mismatch).await, (400, Some(-32020)));
+        let dup = post("")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "echo")
+            .header("mcp-name", "echo")
+            .body(Body::from(STATELESS_CALL))
+            .unwrap();
+        assert_eq!(code(dup).await, (400, Some(-32020)));
+        let no_version_header = post("")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "echo")
+            .body(Body::from(STATELESS_CALL))
+            .unwrap();
+        assert_eq!(code(no_version_header).await, (400, Some(-32020)));
+        let b64 = post("")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "=?base64?ZWNobw==?=")
+            .body(Body::from(STATELESS_CALL))
+            .unwrap();
+        assert_eq!(code(b64).await, (200, None));
+    }
+}

@@ -1,0 +1,419 @@
+//! The session router.
+//!
+//! - `initialize`: a [`BackendSelector`] picks a backend instance; the request
+//!   goes there; the gateway reads the backend's `Mcp-Session-Id`, mints its
+//!   own id, stores the mapping and returns *its* id to the client.
+//! - Later requests (`POST`, `GET` streams, `DELETE`): the gateway id is
+//!   mapped back to (instance, backend id) and the backend id is sent on.
+//!   Missing id → 400; unknown, expired, ended or someone else's → 404.
+//! - `DELETE` ends the backend session and the mapping; a backend that
+//!   forgot a session (404) loses its mapping too, so nothing leaks.
+//! - Idle sessions expire; a background sweep ends them at the backend.
+//! - Stateless 2026-07-28 requests carry no session and are routed per call.
+//!
+//! The router must run after [`JsonRpcLayer`](crate::jsonrpc::JsonRpcLayer),
+//! whose [`McpRequest`] it reads, and before the upstream service, which
+//! reads the [`Instance`] it sets.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use http::{Method as HttpMethod, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use mcp_gateway_core::protocol::headers;
+use mcp_gateway_core::session::{SessionId, SessionRecord, SessionStore, StoreError};
+use mcp_gateway_core::{Era, ErrorKind, GatewayError, McpRequest, ProtocolVersion, RequestId};
+use tower::ServiceExt;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::Body;
+use crate::error::error_response;
+use crate::upstream::Instance;
+
+/// Picks the backend instance for a new session or a stateless call.
+pub trait BackendSelector: Send + Sync + 'static {
+    /// The instance index, or `None` when no instance can take the request.
+    fn select(&self, request: &McpRequest) -> Option<usize>;
+}
+
+impl<F> BackendSelector for F
+where
+    F: Fn(&McpRequest) -> Option<usize> + Send + Sync + 'static,
+{
+    fn select(&self, request: &McpRequest) -> Option<usize> {
+        self(request)
+    }
+}
+
+/// Spreads new sessions and stateless calls over `n` instances in turn.
+#[derive(Debug)]
+pub struct RoundRobin {
+    n: usize,
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    /// Round robin over instances `0..n`.
+    pub fn new(n: usize) -> Self {
+        RoundRobin {
+            n: n.max(1),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl BackendSelector for RoundRobin {
+    fn select(&self, _request: &McpRequest) -> Option<usize> {
+        Some(self.next.fetch_add(1, Ordering::Relaxed) % self.n)
+    }
+}
+
+/// Who a session belongs to. An authentication layer puts this in the
+/// request extensions; a session created with one owner is unknown (404)
+/// to requests carrying another (or none).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionOwner(pub Arc<str>);
+
+struct Shared {
+    store: Arc<dyn SessionStore>,
+    selector: Arc<dyn BackendSelector>,
+    sweep_interval: Duration,
+    sweeper_started: AtomicBool,
+}
+
+/// Builds [`Session`] routers. See the module docs.
+#[derive(Clone)]
+pub struct SessionLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("sessions", &self.shared.store.len())
+            .finish()
+    }
+}
+
+impl SessionLayer {
+    /// A router over `store`, choosing instances with `selector`.
+    pub fn new(store: impl SessionStore, selector: impl BackendSelector) -> Self {
+        Self::from_arcs(Arc::new(store), Arc::new(selector))
+    }
+
+    /// Like [`SessionLayer::new`] with shared handles.
+    pub fn from_arcs(store: Arc<dyn SessionStore>, selector: Arc<dyn BackendSelector>) -> Self {
+        SessionLayer {
+            shared: Arc::new(Shared {
+                store,
+                selector,
+                sweep_interval: Duration::from_secs(30),
+                sweeper_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// How often idle sessions are swept (and ended at their backend).
+    /// Default: 30 s. Must be called before the layer is used.
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.sweep_interval = every;
+        }
+        self
+    }
+
+    /// The session store (for metrics and tests).
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.shared.store
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = Session<S>;
+    fn layer(&self, inner: S) -> Session<S> {
+        Session {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The session router service.
+#[derive(Clone)]
+pub struct Session<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Session<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl<S> Service<Request<Body>> for Session<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> BoxFuture {
+        self.start_sweeper();
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(route(self.shared.clone(), inner, req))
+    }
+}
+
+impl<S> Session<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    fn start_sweeper(&self) {
+        if self.shared.sweeper_started.load(Ordering::Relaxed)
+            || self.shared.sweeper_started.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.shared.sweeper_started.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let inner = self.inner.clone();
+        let every = self.shared.sweep_interval;
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // Stop once every router using this store is gone.
+                let Some(shared) = weak.upgrade() else { break };
+                let expired = shared.store.sweep().await;
+                drop(shared);
+                for rec in expired {
+                    tracing::debug!(session = ?rec.id(), "session expired");
+                    end_upstream(inner.clone(), &rec).await;
+                }
+            }
+        });
+    }
+}
+
+/// Ends a session at its backend (best effort: the mapping is already gone).
+async fn end_upstream<S>(inner: S, rec: &SessionRecord)
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    let Some(upstream) = rec.upstream_id() else { return };
+    let Ok(value) = HeaderValue::from_str(upstream) else { return };
+    let mut req = Request::delete("/")
+        .header(http::header::HOST, "localhost")
+        .header(headers::MCP_SESSION_ID, value)
+        .body(Body::empty())
+        .expect("static request parts are valid");
+    if let Some(v) = rec.protocol_version() {
+        req.headers_mut().insert(
+            headers::MCP_PROTOCOL_VERSION,
+            HeaderValue::from_static(v.as_str()),
+        );
+    }
+    req.extensions_mut().insert(Instance(rec.instance()));
+    let Ok(res) = inner.oneshot(req).await;
+    let _ = res.into_body().collect().await;
+}
+
+fn first_id(req: &Request<Body>) -> Option<RequestId> {
+    req.extensions()
+        .get::<McpRequest>()
+        .and_then(|m| m.envelope().messages().iter().find_map(|m| m.id()).cloned())
+}
+
+async fn route<S>(shared: Arc<Shared>, inner: S, mut req: Request<Body>) -> Result<Response<Body>, Infallible>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    if req.method() == HttpMethod::POST {
+        let Some(mcp) = req.extensions().get::<McpRequest>() else {
+            let e = GatewayError::new(
+                ErrorKind::Internal,
+                "gateway misconfigured: JsonRpcLayer must run before SessionLayer",
+            );
+            return Ok(error_response(&e, None));
+        };
+        if mcp.is_initialize() {
+            return initialize(shared, inner, req).await;
+        }
+        if mcp.era() == Era::Stateless {
+            let Some(i) = shared.selector.select(mcp) else {
+                return Ok(no_instance(first_id(&req)));
+            };
+            // A stateless request has no session; never forward a stray id.
+            req.headers_mut().remove(headers::MCP_SESSION_ID);
+            req.extensions_mut().insert(Instance(i));
+            return inner.oneshot(req).await;
+        }
+    }
+    in_session(shared, inner, req).await
+}
+
+fn no_instance(id: Option<RequestId>) -> Response<Body> {
+    let e = GatewayError::new(ErrorKind::UpstreamUnavailable, "no backend instance available");
+    error_response(&e, id.as_ref())
+}
+
+async fn initialize<S>(shared: Arc<Shared>, inner: S, mut req: Request<Body>) -> Result<Response<Body>, Infallible>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let id = first_id(&req);
+    let (instance, version) = {
+        let mcp = req.extensions().get::<McpRequest>().expect("checked by route");
+        let version = mcp
+            .message()
+            .and_then(|m| m.initialize_protocol_version())
+            .and_then(ProtocolVersion::parse);
+        (shared.selector.select(mcp), version)
+    };
+    let Some(instance) = instance else {
+        return Ok(no_instance(id));
+    };
+    let owner = req.extensions().get::<SessionOwner>().map(|o| o.0.to_string());
+    // initialize starts a new session: an id sent along is not forwarded.
+    req.headers_mut().remove(headers::MCP_SESSION_ID);
+    req.extensions_mut().insert(Instance(instance));
+    let mut res = inner.clone().oneshot(req).await?;
+    if !res.status().is_success() {
+        return Ok(res);
+    }
+    let upstream_id = res
+        .headers()
+        .get(headers::MCP_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let gid = SessionId::random();
+    let record = SessionRecord::new(gid.clone(), instance, upstream_id)
+        .with_protocol_version(version)
+        .with_owner(owner);
+    match shared.store.insert(record).await {
+        Ok(_) => {
+            let v = HeaderValue::from_str(gid.as_str()).expect("session ids are visible ASCII");
+            res.headers_mut().insert(headers::MCP_SESSION_ID, v);
+            tracing::debug!(session = ?gid, instance, "session started");
+            Ok(res)
+        }
+        Err(e) => {
+            // The backend session exists but cannot be tracked: end it.
+            let orphan = SessionRecord::new(
+                gid,
+                instance,
+                res.headers()
+                    .get(headers::MCP_SESSION_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            )
+            .with_protocol_version(version);
+            tokio::spawn(async move { end_upstream(inner, &orphan).await });
+            let kind = match e {
+                StoreError::Full { .. } => ErrorKind::SessionCapacity,
+                _ => ErrorKind::Internal,
+            };
+            let err = GatewayError::new(kind, format!("cannot start a session: {e}"));
+            Ok(error_response(&err, id.as_ref()))
+        }
+    }
+}
+
+async fn in_session<S>(shared: Arc<Shared>, inner: S, mut req: Request<Body>) -> Result<Response<Body>, Infallible>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let id = first_id(&req);
+    let Some(sid) = req
+        .headers()
+        .get(headers::MCP_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        let e = GatewayError::new(
+            ErrorKind::MissingSession,
+            "Bad Request: Mcp-Session-Id header is required",
+        );
+        return Ok(error_response(&e, id.as_ref()));
+    };
+    let not_found = || {
+        let e = GatewayError::new(ErrorKind::SessionNotFound, "Session not found");
+        Ok(error_response(&e, id.as_ref()))
+    };
+    let Some(rec) = shared.store.get(&sid).await else {
+        return not_found();
+    };
+    let owner = req.extensions().get::<SessionOwner>().map(|o| &*o.0);
+    if rec.owner() != owner {
+        // Indistinguishable from an unknown id: no hint that it exists.
+        return not_found();
+    }
+    let is_delete = req.method() == HttpMethod::DELETE;
+    match rec.upstream_id().map(HeaderValue::from_str) {
+        Some(Ok(v)) => {
+            req.headers_mut().insert(headers::MCP_SESSION_ID, v);
+        }
+        _ => {
+            req.headers_mut().remove(headers::MCP_SESSION_ID);
+            if is_delete {
+                // The backend never had a session to end.
+                shared.store.remove(&sid).await;
+                let mut res = Response::new(Body::empty());
+                *res.status_mut() = StatusCode::NO_CONTENT;
+                return Ok(res);
+            }
+        }
+    }
+    req.extensions_mut().insert(Instance(rec.instance()));
+    let mut res = inner.oneshot(req).await?;
+    let status = res.status();
+    if status == StatusCode::NOT_FOUND && rec.upstream_id().is_some() {
+        // The backend no longer knows the session: forget it here as well,
+        // so the client's next initialize starts clean.
+        shared.store.remove(&sid).await;
+    } else if is_delete && status.is_success() {
+        shared.store.remove(&sid).await;
+        tracing::debug!(session = ?rec.id(), "session ended by client");
+    }
+    if res.headers().contains_key(headers::MCP_SESSION_ID) {
+        // Never leak a backend's id to the client.
+        let v = HeaderValue::from_str(rec.id().as_str()).expect("session ids are visible ASCII");
+        res.headers_mut().insert(headers::MCP_SESSION_ID, v);
+    }
+    Ok(res)
+}

@@ -1,0 +1,439 @@
+//! Backends: a pooled HTTP client ([`HttpUpstream`]), an adapter for any
+//! tower service ([`ServiceUpstream`], e.g. rmcp's `StreamableHttpService`
+//! in-process), and [`Upstreams`], the set of instances of one backend that
+//! the session router dispatches to by [`Instance`].
+//!
+//! Every failure is a response: a refused or broken connection is `502`
+//! (-32050), a backend that does not answer in time is `504` (-32051); the
+//! gateway never hangs on a dead backend.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Request, Response, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mcp_gateway_core::{ErrorKind, GatewayError, McpRequest};
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::body::{Body, BoxError};
+use crate::error::error_response;
+
+/// Which instance of the backend serves a request; set by the session
+/// router in the request extensions. Absent means instance 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Instance(pub usize);
+
+/// A type-erased upstream service: what [`Upstreams`] holds.
+pub type BoxUpstream = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// Settings of [`HttpUpstream`].
+#[derive(Debug, Clone)]
+pub struct HttpUpstreamConfig {
+    /// Time allowed to establish a TCP connection. Default: 5 s.
+    pub connect_timeout: Duration,
+    /// Time allowed until the response *headers* arrive. Streams are not cut
+    /// by it (the SSE relay has its own idle timeout). Default: 300 s, since
+    /// a backend may answer a long tool call with plain JSON.
+    pub response_timeout: Duration,
+    /// Idle pooled connections are closed after this. Default: 90 s.
+    pub pool_idle_timeout: Duration,
+    /// Pooled idle connections kept per backend. Default: 256.
+    pub pool_max_idle: usize,
+}
+
+impl Default for HttpUpstreamConfig {
+    fn default() -> Self {
+        HttpUpstreamConfig {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(300),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle: 256,
+        }
+    }
+}
+
+/// A Streamable HTTP backend reached over a pooled hyper-util client.
+///
+/// Per request it: points the URI at the backend URL (keeping the client's
+/// query string when the URL has none), sets `Host` to the backend's
+/// authority, strips hop-by-hop headers and the client's credentials
+/// (`Authorization`, `Cookie`: tokens stop at the gateway), and adds the
+/// headers configured with [`HttpUpstream::with_header`].
+#[derive(Clone, Debug)]
+pub struct HttpUpstream {
+    client: Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: http::uri::Authority,
+    path: PathAndQuery,
+    host: HeaderValue,
+    extra: Arc<HeaderMap>,
+    response_timeout: Duration,
+}
+
+impl HttpUpstream {
+    /// A client for the backend at `url` (`http://host:port/path`).
+    pub fn new(url: &str, cfg: HttpUpstreamConfig) -> Result<Self, BoxError> {
+        let uri: Uri = url.parse()?;
+        let scheme = uri.scheme().cloned().ok_or("upstream URL needs a scheme")?;
+        if scheme != Scheme::HTTP {
+            return Err(format!("unsupported upstream scheme {scheme} (only http:// is built in)").into());
+        }
+        let authority = uri.authority().cloned().ok_or("upstream URL needs a host")?;
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .build(connector);
+        Ok(HttpUpstream {
+            client,
+            host: HeaderValue::from_str(authority.as_str())?,
+            scheme,
+            authority,
+            path,
+            extra: Arc::new(HeaderMap::new()),
+            response_timeout: cfg.response_timeout,
+        })
+    }
+
+    /// Adds a header sent on every request to this backend (for example a
+    /// static credential). Replaces any client value of the same name.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        Arc::make_mut(&mut self.extra).insert(name, value);
+        self
+    }
+
+    /// The backend URL's authority (`host:port`).
+    pub fn authority(&self) -> &str {
+        self.authority.as_str()
+    }
+
+    fn target(&self, incoming: &Uri) -> Uri {
+        let pq = match (self.path.query(), incoming.query()) {
+            (None, Some(q)) => format!("{}?{q}", self.path.path())
+                .parse()
+                .unwrap_or_else(|_| self.path.clone()),
+            _ => self.path.clone(),
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .unwrap_or_default()
+    }
+}
+
+/// Headers meaningful for one hop only (RFC 9110 §7.6.1), plus the client's
+/// credentials, which never travel past the gateway.
+const STRIP: [HeaderName; 10] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+    header::AUTHORIZATION,
+    header::COOKIE,
+];
+
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in &STRIP[..7] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+impl Service<Request<Body>> for HttpUpstream {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The pooled client queues internally; readiness is per connection.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> BoxFuture {
+        let (mut parts, body) = req.into_parts();
+        let id = parts
+            .extensions
+            .get::<McpRequest>()
+            .and_then(|m| m.envelope().messages().iter().find_map(|m| m.id()).cloned());
+        parts.uri = self.target(&parts.uri);
+        strip_hop_by_hop(&mut parts.headers);
+        for n in &STRIP[7..] {
+            parts.headers.remove(n);
+        }
+        parts.headers.insert(header::HOST, self.host.clone());
+        for (k, v) in self.extra.iter() {
+            parts.headers.insert(k.clone(), v.clone());
+        }
+        parts.version = http::Version::HTTP_11;
+        let req = Request::from_parts(parts, body);
+        let fut = self.client.request(req);
+        let timeout = self.response_timeout;
+        let authority = self.authority.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(res)) => {
+                    let (mut parts, body) = res.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Ok(Response::from_parts(parts, Body::new(body)))
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(upstream = %authority, error = %e, "upstream request failed");
+                    let err = GatewayError::new(
+                        ErrorKind::UpstreamUnavailable,
+                        format!("Bad Gateway: upstream {authority} failed: {e}"),
+                    );
+                    Ok(error_response(&err, id.as_ref()))
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
+                    let err = GatewayError::new(
+                        ErrorKind::UpstreamTimeout,
+                        format!("Gateway Timeout: upstream {authority} sent no response within {timeout:?}"),
+                    );
+                    Ok(error_response(&err, id.as_ref()))
+                }
+            }
+        })
+    }
+}
+
+/// Any tower service as a backend (for example rmcp's
+/// `StreamableHttpService` in the same process). Errors become `502`.
+#[derive(Clone, Debug)]
+pub struct ServiceUpstream<S> {
+    inner: S,
+}
+
+impl<S> ServiceUpstream<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        ServiceUpstream { inner }
+    }
+}
+
+impl<S, B> Service<Request<Body>> for ServiceUpstream<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> BoxFuture {
+        let svc = self.inner.clone();
+        Box::pin(async move {
+            match svc.oneshot(req).await {
+                Ok(res) => Ok(res.map(Body::new)),
+                Err(e) => {
+                    let e: BoxError = e.into();
+                    let err = GatewayError::new(
+                        ErrorKind::UpstreamUnavailable,
+                        format!("Bad Gateway: upstream service failed: {e}"),
+                    );
+                    Ok(error_response(&err, None))
+                }
+            }
+        })
+    }
+}
+
+/// The instances of one backend. Dispatches each request to the instance
+/// named by its [`Instance`] extension (0 when absent).
+#[derive(Clone)]
+pub struct Upstreams {
+    instances: Arc<[BoxUpstream]>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("instances", &self.instances.len())
+            .finish()
+    }
+}
+
+impl Upstreams {
+    /// A set of instances (at least one).
+    pub fn new(instances: Vec<BoxUpstream>) -> Self {
+        assert!(!instances.is_empty(), "a backend needs at least one instance");
+        Upstreams {
+            instances: instances.into(),
+        }
+    }
+
+    /// One instance from any upstream service with `Error = Infallible`.
+    pub fn boxed<S>(svc: S) -> BoxUpstream
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        BoxCloneSyncService::new(svc)
+    }
+
+    /// HTTP instances from URLs, with one configuration.
+    pub fn http<I, U>(urls: I, cfg: HttpUpstreamConfig) -> Result<Self, BoxError>
+    where
+        I: IntoIterator<Item = U>,
+        U: AsRef<str>,
+    {
+        let v = urls
+            .into_iter()
+            .map(|u| HttpUpstream::new(u.as_ref(), cfg.clone()).map(Self::boxed))
+            .collect::<Result<Vec<_>, _>>()?;
+        if v.is_empty() {
+            return Err("no upstream URL".into());
+        }
+        Ok(Upstreams::new(v))
+    }
+
+    /// Number of instances.
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Always false: a set has at least one instance.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl Service<Request<Body>> for Upstreams {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = tower::util::Oneshot<BoxUpstream, Request<Body>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let i = req.extensions().get::<Instance>().map_or(0, |i| i.0);
+        // An out-of-range index is a bug in a custom selector; fall back to a
+        // valid instance rather than panic in the request path.
+        let svc = self.instances[i % self.instances.len()].clone();
+        svc.oneshot(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn refused_connection_is_502_with_json_rpc_error() {
+        // Bind then drop a listener to get a port nobody listens on.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let up = HttpUpstream::new(&format!("http://127.0.0.1:{port}/mcp"), Default::default()).unwrap();
+        let res = up
+            .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 502);
+        let v: serde_json::Value =
+            serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(v["error"]["code"], -32050);
+    }
+
+    #[tokio::test]
+    async fn silent_backend_is_504() {
+        // Accepts connections, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                conns.push(s);
+            }
+        });
+        let up = HttpUpstream::new(
+            &format!("http://{addr}/mcp"),
+            HttpUpstreamConfig {
+                response_timeout: Duration::from_millis(200),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let res = up
+            .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 504);
+        hold.abort();
+    }
+
+    #[test]
+    fn hop_by_hop_and_credentials_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close, x-private".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("mcp-session-id", "abc".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-private").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get("mcp-session-id").unwrap(), "abc");
+    }
+
+    #[test]
+    fn target_keeps_client_query_only_when_url_has_none() {
+        let up = HttpUpstream::new("http://127.0.0.1:9/mcp", Default::default()).unwrap();
+        assert_eq!(up.target(&"/x?a=1".parse().unwrap()).to_string(), "http://127.0.0.1:9/mcp?a=1");
+        let up = HttpUpstream::new("http://127.0.0.1:9/mcp?k=v", Default::default()).unwrap();
+        assert_eq!(up.target(&"/x?a=1".parse().unwrap()).to_string(), "http://127.0.0.1:9/mcp?k=v");
+    }
+}
