@@ -1,1 +1,265 @@
-//! x
+//! axum glue for **mcp-gateway**: [`McpGateway::builder`] returns an
+//! [`axum::Router`] serving the MCP endpoint (`POST`, `GET`, `DELETE`) with
+//! the whole layer stack, ready to `merge` into an existing application
+//! beside its own routes; [`Mcp`] extracts the parsed request in handlers
+//! that sit behind the JSON-RPC layer.
+//!
+//! ```no_run
+//! use mcp_gateway_axum::McpGateway;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let mcp = McpGateway::builder()
+//!     .path("/mcp")
+//!     .upstream_url("http://127.0.0.1:9000/mcp")?
+//!     .build()?;
+//! let app = axum::Router::new()
+//!     .route("/health", axum::routing::get(|| async { "ok" }))
+//!     .merge(mcp);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http::request::Parts;
+use mcp_gateway_core::session::{InMemoryConfig, InMemorySessionStore, SessionStore};
+use mcp_gateway_core::{ErrorKind, GatewayError};
+pub use mcp_gateway_core::McpRequest;
+use mcp_gateway_tower::jsonrpc::JsonRpcConfig;
+use mcp_gateway_tower::origin::OriginPolicy;
+use mcp_gateway_tower::session::{BackendSelector, RoundRobin, SessionLayer};
+use mcp_gateway_tower::sse::SseRelayConfig;
+use mcp_gateway_tower::upstream::{BoxUpstream, HttpUpstreamConfig, ServiceUpstream, Upstreams};
+use mcp_gateway_tower::{error_response, Body, BoxError, ServiceBuilderExt};
+use tower::ServiceBuilder;
+
+/// Entry point: `McpGateway::builder()`.
+#[derive(Debug, Clone, Copy)]
+pub struct McpGateway;
+
+impl McpGateway {
+    /// A builder with the defaults: path `/mcp`, loopback origin policy,
+    /// 4 MiB bodies, in-memory sessions, round robin over instances.
+    pub fn builder() -> McpGatewayBuilder {
+        McpGatewayBuilder::default()
+    }
+}
+
+/// Collects the backend instances and the policies; [`build`](Self::build)
+/// returns the router.
+pub struct McpGatewayBuilder {
+    path: String,
+    instances: Vec<BoxUpstream>,
+    http: HttpUpstreamConfig,
+    origin: OriginPolicy,
+    jsonrpc: JsonRpcConfig,
+    sse: SseRelayConfig,
+    sessions: InMemoryConfig,
+    store: Option<Arc<dyn SessionStore>>,
+    selector: Option<Arc<dyn BackendSelector>>,
+    sweep_interval: Duration,
+}
+
+impl Default for McpGatewayBuilder {
+    fn default() -> Self {
+        McpGatewayBuilder {
+            path: "/mcp".into(),
+            instances: Vec::new(),
+            http: HttpUpstreamConfig::default(),
+            origin: OriginPolicy::loopback(),
+            jsonrpc: JsonRpcConfig::default(),
+            sse: SseRelayConfig::default(),
+            sessions: InMemoryConfig::default(),
+            store: None,
+            selector: None,
+            sweep_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl std::fmt::Debug for McpGatewayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpGatewayBuilder")
+            .field("path", &self.path)
+            .field("instances", &self.instances.len())
+            .finish()
+    }
+}
+
+impl McpGatewayBuilder {
+    /// The MCP endpoint path. Default: `/mcp`.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// Settings for HTTP upstreams added after this call.
+    pub fn http_upstream_config(mut self, cfg: HttpUpstreamConfig) -> Self {
+        self.http = cfg;
+        self
+    }
+
+    /// Adds an instance reached over HTTP (`http://host:port/path`).
+    pub fn upstream_url(mut self, url: &str) -> Result<Self, BoxError> {
+        let up = mcp_gateway_tower::upstream::HttpUpstream::new(url, self.http.clone())?;
+        self.instances.push(Upstreams::boxed(up));
+        Ok(self)
+    }
+
+    /// Adds an instance that is any tower service, e.g. rmcp's
+    /// `StreamableHttpService` running in this process.
+    pub fn upstream_service<S, B>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.instances
+            .push(Upstreams::boxed(ServiceUpstream::new(svc)));
+        self
+    }
+
+    /// The `Origin` / `Host` policy. Default: [`OriginPolicy::loopback`].
+    pub fn origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origin = policy;
+        self
+    }
+
+    /// JSON-RPC layer settings (body limit).
+    pub fn jsonrpc_config(mut self, cfg: JsonRpcConfig) -> Self {
+        self.jsonrpc = cfg;
+        self
+    }
+
+    /// SSE relay settings (keep-alive, idle timeout).
+    pub fn sse_config(mut self, cfg: SseRelayConfig) -> Self {
+        self.sse = cfg;
+        self
+    }
+
+    /// In-memory session store settings (ignored with [`Self::session_store`]).
+    pub fn session_config(mut self, cfg: InMemoryConfig) -> Self {
+        self.sessions = cfg;
+        self
+    }
+
+    /// A custom session store (for example a shared one).
+    pub fn session_store(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// A custom backend selector. Default: round robin.
+    pub fn selector(mut self, selector: Arc<dyn BackendSelector>) -> Self {
+        self.selector = Some(selector);
+        self
+    }
+
+    /// How often idle sessions are swept. Default: 30 s.
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.sweep_interval = every;
+        self
+    }
+
+    /// The assembled tower service (for hyper or tonic users), plus the
+    /// session layer handle (for metrics).
+    pub fn into_service(
+        self,
+    ) -> Result<(impl tower::Service<http::Request<axum::body::Body>, Response = http::Response<Body>, Error = Infallible, Future = impl Send> + Clone + Send + Sync + 'static, SessionLayer), BoxError> {
+        if self.instances.is_empty() {
+            return Err("McpGateway needs at least one upstream instance".into());
+        }
+        let upstreams = Upstreams::new(self.instances);
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(InMemorySessionStore::new(self.sessions)));
+        let selector = self
+            .selector
+            .unwrap_or_else(|| Arc::new(RoundRobin::new(upstreams.len())));
+        let sessions = SessionLayer::from_arcs(store, selector).sweep_interval(self.sweep_interval);
+        let svc = ServiceBuilder::new()
+            .mcp_origin(self.origin)
+            .mcp_jsonrpc(self.jsonrpc)
+            .mcp_session(sessions.clone())
+            .mcp_sse_relay(self.sse)
+            .service(upstreams);
+        Ok((svc, sessions))
+    }
+
+    /// The router: the MCP path with every method routed through the stack
+    /// (the stack itself answers 405 for methods MCP does not use).
+    pub fn build(self) -> Result<Router, BoxError> {
+        let path = self.path.clone();
+        let (svc, _) = self.into_service()?;
+        Ok(Router::new().route_service(&path, svc))
+    }
+}
+
+/// Extracts the [`McpRequest`] that the JSON-RPC layer put in the request
+/// extensions. Answers 500 with a JSON-RPC error when the layer is missing.
+#[derive(Debug, Clone)]
+pub struct Mcp(pub McpRequest);
+
+impl<S: Send + Sync> FromRequestParts<S> for Mcp {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<McpRequest>()
+            .cloned()
+            .map(Mcp)
+            .ok_or_else(|| {
+                let e = GatewayError::new(
+                    ErrorKind::Internal,
+                    "no McpRequest: the handler is not behind JsonRpcLayer",
+                );
+                error_response(&e, None).into_response()
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn extractor_reads_the_parsed_request() {
+        let app = Router::new()
+            .route(
+                "/rpc",
+                axum::routing::post(|Mcp(req): Mcp| async move { req.method().unwrap().as_str().to_owned() }),
+            )
+            .layer(mcp_gateway_tower::jsonrpc::JsonRpcLayer::default());
+        let req = http::Request::post("/rpc")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(axum::body::Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#))
+            .unwrap();
+        let res = app.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "tools/list");
+    }
+
+    #[test]
+    fn build_needs_an_upstream() {
+        assert!(McpGateway::builder().build().is_err());
+    }
+}

@@ -44,12 +44,19 @@ impl Body {
         }
     }
 
-    /// Wraps any body (boxing it once).
+    /// Wraps any body (boxing it once; a [`Body`] is returned as it is).
     pub fn new<B>(body: B) -> Self
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        // Avoid boxing a Body inside a Body when a generic layer wraps a
+        // service that already speaks Body.
+        let mut slot = Some(body);
+        if let Some(b) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Body>>() {
+            return b.take().unwrap_or_default();
+        }
+        let body = slot.take().expect("still present");
         Body(Inner::Stream(body.map_err(Into::into).boxed_unsync()))
     }
 

@@ -124,12 +124,14 @@ impl<S> JsonRpc<S> {
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-impl<S, B> Service<Request<B>> for JsonRpc<S>
+impl<S, B, RB> Service<Request<B>> for JsonRpc<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<RB>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -173,7 +175,8 @@ where
                     }
                     return inner
                         .call(Request::from_parts(parts, Body::empty()))
-                        .await;
+                        .await
+                        .map(|r| r.map(Body::new));
                 }
                 _ => {
                     return Ok(error_response(
@@ -200,7 +203,7 @@ where
             };
             let mut req = Request::from_parts(parts, Body::full(bytes));
             req.extensions_mut().insert(mcp);
-            inner.call(req).await
+            inner.call(req).await.map(|r| r.map(Body::new))
         })
     }
 }
