@@ -153,15 +153,14 @@ pub fn encode_header_value(value: &str) -> Cow<'_, str> {
     }
 }
 
-/// Does `method` carry an `Mcp-Name` header on 2026-07-28?
+/// Does `method` carry an `Mcp-Name` header on 2026-07-28? Only
+/// `tools/call`, `prompts/get` and `resources/read` do; the subscribe pair
+/// was removed in that revision, and the backend must answer it with
+/// 404 / -32601, which a header check here would mask.
 pub fn method_has_name_header(method: &Method) -> bool {
     matches!(
         method,
-        Method::ToolsCall
-            | Method::PromptsGet
-            | Method::ResourcesRead
-            | Method::ResourcesSubscribe
-            | Method::ResourcesUnsubscribe
+        Method::ToolsCall | Method::PromptsGet | Method::ResourcesRead
     )
 }
 

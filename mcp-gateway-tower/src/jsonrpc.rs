@@ -148,13 +148,13 @@ where
         let max = self.cfg.max_body_bytes;
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let version = match header_version(&parts.headers) {
-                Ok(v) => v,
-                Err(e) => return Ok(error_response(&e, None)),
-            };
             match parts.method {
                 HttpMethod::POST => {}
                 HttpMethod::GET | HttpMethod::DELETE => {
+                    let version = match header_version(&parts.headers) {
+                        Ok(v) => v,
+                        Err(e) => return Ok(error_response(&e, None)),
+                    };
                     if version == Some(ProtocolVersion::V2026_07_28) {
                         return Ok(error_response(
                             &GatewayError::new(
@@ -197,6 +197,12 @@ where
                 Err(e) => return Ok(error_response(&e, None)),
             };
             let first_id = envelope.messages().iter().find_map(|m| m.id()).cloned();
+            // The version is checked after parsing so that even this error
+            // can answer the request's id, as JSON-RPC requires.
+            let version = match header_version(&parts.headers) {
+                Ok(v) => v,
+                Err(e) => return Ok(error_response(&e, first_id.as_ref())),
+            };
             let mcp = match validate(&parts.headers, bytes.clone(), envelope, version) {
                 Ok(m) => m,
                 Err(e) => return Ok(error_response(&e, first_id.as_ref())),
@@ -456,6 +462,21 @@ mod tests {
                 .unwrap();
             assert_eq!(code(r).await, (405, Some(-32000)), "{m} on 2026-07-28");
         }
+    }
+
+    #[tokio::test]
+    async fn unsupported_version_answers_the_request_id() {
+        let r = post("")
+            .header("mcp-protocol-version", "v999.0.0")
+            .body(Body::from(r#"{"jsonrpc":"2.0","id":301,"method":"server/discover","params":{}}"#))
+            .unwrap();
+        let res = svc().oneshot(r).await.unwrap();
+        assert_eq!(res.status(), 400);
+        let v: serde_json::Value =
+            serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(v["id"], 301);
+        assert_eq!(v["error"]["code"], -32022);
+        assert!(v["error"]["data"]["supported"].as_array().unwrap().len() >= 4);
     }
 
     const STATELESS_CALL: &str = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;

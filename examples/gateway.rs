@@ -1,0 +1,136 @@
+//! A real gateway process in front of Streamable HTTP MCP servers.
+//!
+//! ```text
+//! cargo run --release --example gateway -- \
+//!     --listen 127.0.0.1:8080 --upstream http://127.0.0.1:3001/mcp [--upstream URL …] [--path /mcp]
+//! ```
+//!
+//! Several `--upstream` flags are instances of one backend: new sessions are
+//! spread over them and each session sticks to the instance it started on.
+//! Bound to a loopback address the gateway accepts only loopback `Host` /
+//! `Origin` values (DNS-rebinding protection); bound elsewhere, a browser
+//! `Origin` must match the `Host`. `--allow-host` / `--allow-origin` add
+//! values. Logs go to stderr (`RUST_LOG=debug` for more). Ctrl-C (or
+//! SIGTERM) stops accepting, lets open requests finish, and exits.
+
+use std::net::SocketAddr;
+
+use mcp_gateway_axum::McpGateway;
+use mcp_gateway_tower::origin::OriginPolicy;
+
+const USAGE: &str = "usage: gateway [--listen ADDR] --upstream URL [--upstream URL ...] [--path PATH] \
+[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...]";
+
+struct Args {
+    listen: SocketAddr,
+    upstreams: Vec<String>,
+    path: String,
+    hosts: Vec<String>,
+    origins: Vec<String>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        listen: "127.0.0.1:8080".parse().expect("valid default"),
+        upstreams: Vec::new(),
+        path: "/mcp".into(),
+        hosts: Vec::new(),
+        origins: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
+        match flag.as_str() {
+            "--listen" => a.listen = val()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--upstream" => a.upstreams.push(val()?),
+            "--path" => a.path = val()?,
+            "--allow-host" => a.hosts.push(val()?),
+            "--allow-origin" => a.origins.push(val()?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    if a.upstreams.is_empty() {
+        return Err(format!("at least one --upstream is required\n{USAGE}"));
+    }
+    if !a.path.starts_with('/') {
+        return Err("--path must start with /".into());
+    }
+    Ok(a)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,mcp_gateway_tower=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let mut policy = if args.listen.ip().is_loopback() {
+        OriginPolicy::loopback()
+    } else {
+        OriginPolicy::same_origin()
+    };
+    if !args.hosts.is_empty() {
+        policy = policy.allow_hosts(&args.hosts);
+    }
+    if !args.origins.is_empty() {
+        policy = policy.allow_origins(&args.origins);
+    }
+    let mut builder = McpGateway::builder().path(&args.path).origin_policy(policy);
+    for u in &args.upstreams {
+        builder = match builder.upstream_url(u) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("--upstream {u}: {e}");
+                std::process::exit(2);
+            }
+        };
+    }
+    let app = builder.build().expect("at least one upstream");
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", args.listen);
+            std::process::exit(1);
+        }
+    };
+    let addr = listener.local_addr().expect("bound socket has an address");
+    tracing::info!(%addr, path = %args.path, upstreams = ?args.upstreams, "mcp-gateway listening");
+    println!("mcp-gateway listening on http://{addr}{}", args.path);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+    {
+        eprintln!("server error: {e}");
+        std::process::exit(1);
+    }
+}

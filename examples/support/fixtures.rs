@@ -1,0 +1,371 @@
+//! An rmcp MCP server with every fixture the official conformance suite's
+//! server scenarios expect, plus a few the gateway's own tests use.
+//!
+//! Model values are built from JSON with `serde_json::from_value`, which keeps
+//! this file readable and close to the wire format the scenarios check.
+#![allow(dead_code, deprecated)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::*;
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+/// 1×1 red PNG.
+pub const TEST_IMAGE: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+/// Minimal WAV file.
+pub const TEST_AUDIO: &str = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA=";
+
+fn from<T: DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("fixture JSON matches the rmcp model")
+}
+
+fn text(t: impl Into<String>) -> CallToolResponse {
+    CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::text(t)]))
+}
+
+/// The fixture server. Cheap to clone; one per session.
+#[derive(Clone, Default)]
+pub struct Fixtures {
+    /// Name reported in `serverInfo` (tests use it to tell instances apart).
+    pub name: Arc<str>,
+}
+
+impl Fixtures {
+    /// A server that reports `name` as its implementation name.
+    pub fn named(name: &str) -> Self {
+        Fixtures { name: name.into() }
+    }
+}
+
+fn tools() -> Value {
+    let empty = json!({"type": "object", "properties": {}});
+    json!([
+        {"name": "test_simple_text", "description": "Tests simple text content response", "inputSchema": empty},
+        {"name": "test_image_content", "description": "Tests image content response", "inputSchema": empty},
+        {"name": "test_audio_content", "description": "Tests audio content response", "inputSchema": empty},
+        {"name": "test_embedded_resource", "description": "Tests embedded resource content response", "inputSchema": empty},
+        {"name": "test_multiple_content_types", "description": "Tests response with multiple content types (text, image, resource)", "inputSchema": empty},
+        {"name": "test_tool_with_logging", "description": "Tests tool that emits log messages during execution", "inputSchema": empty},
+        {"name": "test_tool_with_progress", "description": "Tests tool that reports progress notifications", "inputSchema": empty},
+        {"name": "test_error_handling", "description": "Tests error response handling", "inputSchema": empty},
+        {"name": "test_sampling", "description": "Tests server-initiated sampling (LLM completion request)",
+         "inputSchema": {"type": "object", "properties": {"prompt": {"type": "string", "description": "The prompt to send to the LLM"}}, "required": ["prompt"]}},
+        {"name": "test_elicitation", "description": "Tests server-initiated elicitation (user input request)",
+         "inputSchema": {"type": "object", "properties": {"message": {"type": "string", "description": "The message to show the user"}}, "required": ["message"]}},
+        {"name": "test_elicitation_sep1034_defaults", "description": "Tests elicitation with default values per SEP-1034", "inputSchema": empty},
+        {"name": "test_elicitation_sep1330_enums", "description": "Tests elicitation with enum schema improvements per SEP-1330", "inputSchema": empty},
+        {"name": "json_schema_2020_12_tool", "description": "Tool with JSON Schema 2020-12 features for conformance testing (SEP-1613)",
+         "inputSchema": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "$defs": {"address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+            "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+            "additionalProperties": false}},
+        {"name": "echo", "description": "Echoes its `text` argument",
+         "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
+        {"name": "progress_burst", "description": "Sends `count` progress notifications, then returns `count`",
+         "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}}}},
+        {"name": "notify_later", "description": "Returns at once; 50 ms later sends notifications/tools/list_changed on the standalone stream", "inputSchema": empty},
+        {"name": "whoami", "description": "Returns the server instance name", "inputSchema": empty}
+    ])
+}
+
+fn elicit_schema(which: &str) -> Value {
+    match which {
+        "defaults" => json!({"type": "object", "properties": {
+            "name": {"type": "string", "description": "User name", "default": "John Doe"},
+            "age": {"type": "integer", "description": "User age", "default": 30},
+            "score": {"type": "number", "description": "User score", "default": 95.5},
+            "status": {"type": "string", "description": "User status", "enum": ["active", "inactive", "pending"], "default": "active"},
+            "verified": {"type": "boolean", "description": "Verification status", "default": true}
+        }, "required": []}),
+        "enums" => json!({"type": "object", "properties": {
+            "untitledSingle": {"type": "string", "description": "Select one option", "enum": ["option1", "option2", "option3"]},
+            "titledSingle": {"type": "string", "description": "Select one option with titles", "oneOf": [
+                {"const": "value1", "title": "First Option"}, {"const": "value2", "title": "Second Option"}, {"const": "value3", "title": "Third Option"}]},
+            "legacyEnum": {"type": "string", "description": "Select one option (legacy)", "enum": ["opt1", "opt2", "opt3"], "enumNames": ["Option One", "Option Two", "Option Three"]},
+            "untitledMulti": {"type": "array", "description": "Select multiple options", "minItems": 1, "maxItems": 3,
+                "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+            "titledMulti": {"type": "array", "description": "Select multiple options with titles", "minItems": 1, "maxItems": 3,
+                "items": {"anyOf": [{"const": "value1", "title": "First Choice"}, {"const": "value2", "title": "Second Choice"}, {"const": "value3", "title": "Third Choice"}]}}
+        }, "required": []}),
+        _ => json!({"type": "object", "properties": {"response": {"type": "string", "description": "User's response"}}, "required": ["response"]}),
+    }
+}
+
+fn resource_contents(uri: &str) -> Option<Value> {
+    Some(match uri {
+        "test://static-text" => json!({"uri": uri, "mimeType": "text/plain", "text": "This is the content of the static text resource."}),
+        "test://static-binary" => json!({"uri": uri, "mimeType": "image/png", "blob": TEST_IMAGE}),
+        "test://watched-resource" => json!({"uri": uri, "mimeType": "text/plain", "text": "Watched resource content"}),
+        _ => {
+            let id = uri.strip_prefix("test://template/")?.strip_suffix("/data")?;
+            json!({"uri": uri, "mimeType": "application/json",
+                   "text": json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")}).to_string()})
+        }
+    })
+}
+
+impl Fixtures {
+    async fn elicit(&self, ctx: &RequestContext<RoleServer>, message: &str, schema: &str) -> CallToolResponse {
+        let params: ElicitRequestParams = from(json!({
+            "mode": "form", "message": message, "requestedSchema": elicit_schema(schema)
+        }));
+        match ctx.peer.create_elicitation(params).await {
+            Ok(r) => {
+                let v = serde_json::to_value(&r).unwrap_or_default();
+                let prefix = if schema == "basic" { "User response" } else { "Elicitation completed" };
+                text(format!(
+                    "{prefix}: action={}, content={}",
+                    v["action"].as_str().unwrap_or("?"),
+                    v.get("content").cloned().unwrap_or(json!({}))
+                ))
+            }
+            Err(e) => text(format!("Elicitation not supported or error: {e}")),
+        }
+    }
+}
+
+impl ServerHandler for Fixtures {
+    fn get_info(&self) -> ServerConfig {
+        let caps: ServerCapabilities = from(json!({
+            "tools": {"listChanged": true},
+            "resources": {"subscribe": true, "listChanged": true},
+            "prompts": {"listChanged": true},
+            "logging": {},
+            "completions": {}
+        }));
+        let name = if self.name.is_empty() { "mcp-gateway-conformance-server" } else { &self.name };
+        ServerConfig::new(caps).with_server_info(from(json!({"name": name, "version": "0.1.0"})))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(from(json!({"tools": tools()})))
+    }
+
+    #[allow(deprecated)]
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let args = request.arguments.clone().unwrap_or_default();
+        Ok(match &*request.name {
+            "test_simple_text" => text("This is a simple text response for testing."),
+            "test_image_content" => {
+                CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::image(TEST_IMAGE, "image/png")]))
+            }
+            "test_audio_content" => {
+                CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::audio(TEST_AUDIO, "audio/wav")]))
+            }
+            "test_embedded_resource" => CallToolResponse::Complete(from(json!({"content": [{"type": "resource", "resource": {
+                "uri": "test://embedded-resource", "mimeType": "text/plain", "text": "This is an embedded resource content."}}]}))),
+            "test_multiple_content_types" => CallToolResponse::Complete(from(json!({"content": [
+                {"type": "text", "text": "Multiple content types test:"},
+                {"type": "image", "data": TEST_IMAGE, "mimeType": "image/png"},
+                {"type": "resource", "resource": {"uri": "test://mixed-content-resource", "mimeType": "application/json",
+                    "text": json!({"test": "data", "value": 123}).to_string()}}]}))),
+            "test_tool_with_logging" => {
+                for (i, msg) in ["Tool execution started", "Tool processing data", "Tool execution completed"].iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    let _ = ctx
+                        .peer
+                        .notify_logging_message(from(json!({"level": "info", "data": msg})))
+                        .await;
+                }
+                text("Tool with logging executed successfully")
+            }
+            "test_tool_with_progress" => {
+                let token = ctx.meta.get_progress_token();
+                let token_json = token.as_ref().map(|t| serde_json::to_value(t).unwrap_or_default()).unwrap_or(json!(0));
+                for (i, p) in [0, 50, 100].into_iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    let _ = ctx
+                        .peer
+                        .notify_progress(from(json!({"progressToken": token_json, "progress": p, "total": 100,
+                            "message": format!("Completed step {p} of 100")})))
+                        .await;
+                }
+                text(match &token_json { Value::String(s) => s.clone(), v => v.to_string() })
+            }
+            "test_error_handling" => CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(
+                "This tool intentionally returns an error for testing",
+            )])),
+            "test_sampling" => {
+                let prompt = args.get("prompt").and_then(Value::as_str).unwrap_or("").to_owned();
+                let params: CreateMessageRequestParams = from(json!({
+                    "messages": [{"role": "user", "content": {"type": "text", "text": prompt}}], "maxTokens": 100
+                }));
+                match ctx.peer.create_message(params).await {
+                    Ok(r) => {
+                        let v = serde_json::to_value(&r).unwrap_or_default();
+                        let t = v["content"]["text"].as_str().or(v["content"][0]["text"].as_str()).unwrap_or("No response");
+                        text(format!("LLM response: {t}"))
+                    }
+                    Err(e) => text(format!("Sampling not supported or error: {e}")),
+                }
+            }
+            "test_elicitation" => {
+                let m = args.get("message").and_then(Value::as_str).unwrap_or("Please respond").to_owned();
+                self.elicit(&ctx, &m, "basic").await
+            }
+            "test_elicitation_sep1034_defaults" => {
+                self.elicit(&ctx, "Please review and update the form fields with defaults", "defaults").await
+            }
+            "test_elicitation_sep1330_enums" => {
+                self.elicit(&ctx, "Please select options from the enum fields", "enums").await
+            }
+            "json_schema_2020_12_tool" => text(format!("JSON Schema 2020-12 tool called with: {}", Value::Object(args))),
+            "echo" => text(args.get("text").and_then(Value::as_str).unwrap_or("").to_owned()),
+            "progress_burst" => {
+                let n = args.get("count").and_then(Value::as_u64).unwrap_or(10);
+                if let Some(token) = ctx.meta.get_progress_token() {
+                    let token_json = serde_json::to_value(&token).unwrap_or_default();
+                    for i in 1..=n {
+                        let _ = ctx
+                            .peer
+                            .notify_progress(from(json!({"progressToken": token_json, "progress": i, "total": n})))
+                            .await;
+                    }
+                }
+                text(n.to_string())
+            }
+            "notify_later" => {
+                let peer = ctx.peer.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _ = peer.notify_tool_list_changed().await;
+                });
+                text("scheduled")
+            }
+            "whoami" => text(self.get_info().server_info.name.clone()),
+            other => return Err(McpError::invalid_params(format!("Unknown tool: {other}"), None)),
+        })
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(from(json!({"resources": [
+            {"uri": "test://static-text", "name": "static-text", "title": "Static Text Resource", "description": "A static text resource for testing", "mimeType": "text/plain"},
+            {"uri": "test://static-binary", "name": "static-binary", "title": "Static Binary Resource", "description": "A static binary resource (image) for testing", "mimeType": "image/png"},
+            {"uri": "test://watched-resource", "name": "watched-resource", "title": "Watched Resource", "description": "A resource that auto-updates every 3 seconds", "mimeType": "text/plain"}
+        ]})))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(from(json!({"resourceTemplates": [
+            {"uriTemplate": "test://template/{id}/data", "name": "template", "title": "Resource Template",
+             "description": "A resource template with parameter substitution", "mimeType": "application/json"}
+        ]})))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        match resource_contents(&request.uri) {
+            Some(c) => Ok(ReadResourceResponse::Complete(from(json!({"contents": [c]})))),
+            None => Err(McpError::resource_not_found(
+                format!("Resource not found: {}", request.uri),
+                Some(json!({"uri": request.uri})),
+            )),
+        }
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(&self, _request: SubscribeRequestParams, _ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(&self, _request: UnsubscribeRequestParams, _ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(from(json!({"prompts": [
+            {"name": "test_simple_prompt", "title": "Simple Test Prompt", "description": "A simple prompt without arguments"},
+            {"name": "test_prompt_with_arguments", "title": "Prompt With Arguments", "description": "A prompt with required arguments",
+             "arguments": [{"name": "arg1", "description": "First test argument", "required": true},
+                           {"name": "arg2", "description": "Second test argument", "required": true}]},
+            {"name": "test_prompt_with_embedded_resource", "title": "Prompt With Embedded Resource", "description": "A prompt that includes an embedded resource",
+             "arguments": [{"name": "resourceUri", "description": "URI of the resource to embed", "required": true}]},
+            {"name": "test_prompt_with_image", "title": "Prompt With Image", "description": "A prompt that includes image content"}
+        ]})))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let args = request.arguments.clone().unwrap_or_default();
+        let arg = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let messages = match &*request.name {
+            "test_simple_prompt" => json!([{"role": "user", "content": {"type": "text", "text": "This is a simple prompt for testing."}}]),
+            "test_prompt_with_arguments" => json!([{"role": "user", "content": {"type": "text",
+                "text": format!("Prompt with arguments: arg1='{}', arg2='{}'", arg("arg1"), arg("arg2"))}}]),
+            "test_prompt_with_embedded_resource" => json!([
+                {"role": "user", "content": {"type": "resource", "resource": {"uri": arg("resourceUri"), "mimeType": "text/plain", "text": "Embedded resource content for testing."}}},
+                {"role": "user", "content": {"type": "text", "text": "Please process the embedded resource above."}}]),
+            "test_prompt_with_image" => json!([
+                {"role": "user", "content": {"type": "image", "data": TEST_IMAGE, "mimeType": "image/png"}},
+                {"role": "user", "content": {"type": "text", "text": "Please analyze the image above."}}]),
+            other => return Err(McpError::invalid_params(format!("Unknown prompt: {other}"), None)),
+        };
+        Ok(GetPromptResponse::Complete(from(json!({"messages": messages}))))
+    }
+
+    async fn complete(&self, _request: CompleteRequestParams, _ctx: RequestContext<RoleServer>) -> Result<CompleteResult, McpError> {
+        Ok(from(json!({"completion": {"values": [], "total": 0, "hasMore": false}})))
+    }
+
+    async fn set_level(&self, request: SetLevelRequestParams, ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
+        let level = serde_json::to_value(&request.level).unwrap_or_default();
+        let _ = ctx
+            .peer
+            .notify_logging_message(from(json!({"level": "info", "data": format!("Log level set to: {}", level.as_str().unwrap_or("?"))})))
+            .await;
+        Ok(())
+    }
+}
+
+/// The fixture server as a tower service (rmcp's Streamable HTTP server).
+pub fn service(
+    name: &str,
+) -> rmcp::transport::streamable_http_server::StreamableHttpService<
+    Fixtures,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    let f = Fixtures::named(name);
+    rmcp::transport::streamable_http_server::StreamableHttpService::new(
+        move || Ok(f.clone()),
+        Default::default(),
+        rmcp::transport::streamable_http_server::StreamableHttpServerConfig::default(),
+    )
+}
