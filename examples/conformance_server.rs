@@ -25,7 +25,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let app = axum::Router::new().nest_service("/mcp", fixtures::service(""));
     let listener = tokio::net::TcpListener::bind(&listen).await?;
-    println!("conformance server on http://{}/mcp", listener.local_addr()?);
+    println!(
+        "conformance server on http://{}/mcp",
+        listener.local_addr()?
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -18,7 +18,8 @@ use std::net::SocketAddr;
 use mcp_gateway_axum::McpGateway;
 use mcp_gateway_tower::origin::OriginPolicy;
 
-const USAGE: &str = "usage: gateway [--listen ADDR] --upstream URL [--upstream URL ...] [--path PATH] \
+const USAGE: &str =
+    "usage: gateway [--listen ADDR] --upstream URL [--upstream URL ...] [--path PATH] \
 [--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...]";
 
 struct Args {
@@ -68,7 +69,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

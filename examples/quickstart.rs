@@ -26,7 +26,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next().ok_or("--listen needs ADDR")?,
-            other => return Err(format!("unknown argument {other} (usage: quickstart [--listen ADDR])").into()),
+            other => {
+                return Err(
+                    format!("unknown argument {other} (usage: quickstart [--listen ADDR])").into(),
+                )
+            }
         }
     }
     // The demo server: rmcp's Streamable HTTP service, used as an in-process
@@ -35,7 +39,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .path("/mcp")
         .upstream_service(fixtures::service("demo-server"))
         .build()?
-        .route("/", axum::routing::get(|| async { "mcp-gateway quickstart: POST JSON-RPC to /mcp\n" }));
+        .route(
+            "/",
+            axum::routing::get(|| async { "mcp-gateway quickstart: POST JSON-RPC to /mcp\n" }),
+        );
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let addr = listener.local_addr()?;
     println!("mcp-gateway quickstart: MCP endpoint at http://{addr}/mcp (demo server behind it)");

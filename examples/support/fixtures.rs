@@ -94,17 +94,25 @@ fn elicit_schema(which: &str) -> Value {
             "titledMulti": {"type": "array", "description": "Select multiple options with titles", "minItems": 1, "maxItems": 3,
                 "items": {"anyOf": [{"const": "value1", "title": "First Choice"}, {"const": "value2", "title": "Second Choice"}, {"const": "value3", "title": "Third Choice"}]}}
         }, "required": []}),
-        _ => json!({"type": "object", "properties": {"response": {"type": "string", "description": "User's response"}}, "required": ["response"]}),
+        _ => {
+            json!({"type": "object", "properties": {"response": {"type": "string", "description": "User's response"}}, "required": ["response"]})
+        }
     }
 }
 
 fn resource_contents(uri: &str) -> Option<Value> {
     Some(match uri {
-        "test://static-text" => json!({"uri": uri, "mimeType": "text/plain", "text": "This is the content of the static text resource."}),
+        "test://static-text" => {
+            json!({"uri": uri, "mimeType": "text/plain", "text": "This is the content of the static text resource."})
+        }
         "test://static-binary" => json!({"uri": uri, "mimeType": "image/png", "blob": TEST_IMAGE}),
-        "test://watched-resource" => json!({"uri": uri, "mimeType": "text/plain", "text": "Watched resource content"}),
+        "test://watched-resource" => {
+            json!({"uri": uri, "mimeType": "text/plain", "text": "Watched resource content"})
+        }
         _ => {
-            let id = uri.strip_prefix("test://template/")?.strip_suffix("/data")?;
+            let id = uri
+                .strip_prefix("test://template/")?
+                .strip_suffix("/data")?;
             json!({"uri": uri, "mimeType": "application/json",
                    "text": json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")}).to_string()})
         }
@@ -112,14 +120,23 @@ fn resource_contents(uri: &str) -> Option<Value> {
 }
 
 impl Fixtures {
-    async fn elicit(&self, ctx: &RequestContext<RoleServer>, message: &str, schema: &str) -> CallToolResponse {
+    async fn elicit(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        message: &str,
+        schema: &str,
+    ) -> CallToolResponse {
         let params: ElicitRequestParams = from(json!({
             "mode": "form", "message": message, "requestedSchema": elicit_schema(schema)
         }));
         match ctx.peer.create_elicitation(params).await {
             Ok(r) => {
                 let v = serde_json::to_value(&r).unwrap_or_default();
-                let prefix = if schema == "basic" { "User response" } else { "Elicitation completed" };
+                let prefix = if schema == "basic" {
+                    "User response"
+                } else {
+                    "Elicitation completed"
+                };
                 text(format!(
                     "{prefix}: action={}, content={}",
                     v["action"].as_str().unwrap_or("?"),
@@ -140,7 +157,11 @@ impl ServerHandler for Fixtures {
             "logging": {},
             "completions": {}
         }));
-        let name = if self.name.is_empty() { "mcp-gateway-conformance-server" } else { &self.name };
+        let name = if self.name.is_empty() {
+            "mcp-gateway-conformance-server"
+        } else {
+            &self.name
+        };
         ServerConfig::new(caps).with_server_info(from(json!({"name": name, "version": "0.1.0"})))
     }
 
@@ -162,20 +183,35 @@ impl ServerHandler for Fixtures {
         Ok(match &*request.name {
             "test_simple_text" => text("This is a simple text response for testing."),
             "test_image_content" => {
-                CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::image(TEST_IMAGE, "image/png")]))
+                CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::image(
+                    TEST_IMAGE,
+                    "image/png",
+                )]))
             }
             "test_audio_content" => {
-                CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::audio(TEST_AUDIO, "audio/wav")]))
+                CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::audio(
+                    TEST_AUDIO,
+                    "audio/wav",
+                )]))
             }
-            "test_embedded_resource" => CallToolResponse::Complete(from(json!({"content": [{"type": "resource", "resource": {
-                "uri": "test://embedded-resource", "mimeType": "text/plain", "text": "This is an embedded resource content."}}]}))),
+            "test_embedded_resource" => CallToolResponse::Complete(from(
+                json!({"content": [{"type": "resource", "resource": {
+                "uri": "test://embedded-resource", "mimeType": "text/plain", "text": "This is an embedded resource content."}}]}),
+            )),
             "test_multiple_content_types" => CallToolResponse::Complete(from(json!({"content": [
                 {"type": "text", "text": "Multiple content types test:"},
                 {"type": "image", "data": TEST_IMAGE, "mimeType": "image/png"},
                 {"type": "resource", "resource": {"uri": "test://mixed-content-resource", "mimeType": "application/json",
                     "text": json!({"test": "data", "value": 123}).to_string()}}]}))),
             "test_tool_with_logging" => {
-                for (i, msg) in ["Tool execution started", "Tool processing data", "Tool execution completed"].iter().enumerate() {
+                for (i, msg) in [
+                    "Tool execution started",
+                    "Tool processing data",
+                    "Tool execution completed",
+                ]
+                .iter()
+                .enumerate()
+                {
                     if i > 0 {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -188,48 +224,83 @@ impl ServerHandler for Fixtures {
             }
             "test_tool_with_progress" => {
                 let token = ctx.meta.get_progress_token();
-                let token_json = token.as_ref().map(|t| serde_json::to_value(t).unwrap_or_default()).unwrap_or(json!(0));
+                let token_json = token
+                    .as_ref()
+                    .map(|t| serde_json::to_value(t).unwrap_or_default())
+                    .unwrap_or(json!(0));
                 for (i, p) in [0, 50, 100].into_iter().enumerate() {
                     if i > 0 {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     let _ = ctx
                         .peer
-                        .notify_progress(from(json!({"progressToken": token_json, "progress": p, "total": 100,
-                            "message": format!("Completed step {p} of 100")})))
+                        .notify_progress(from(
+                            json!({"progressToken": token_json, "progress": p, "total": 100,
+                            "message": format!("Completed step {p} of 100")}),
+                        ))
                         .await;
                 }
-                text(match &token_json { Value::String(s) => s.clone(), v => v.to_string() })
+                text(match &token_json {
+                    Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                })
             }
-            "test_error_handling" => CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(
-                "This tool intentionally returns an error for testing",
-            )])),
+            "test_error_handling" => {
+                CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(
+                    "This tool intentionally returns an error for testing",
+                )]))
+            }
             "test_sampling" => {
-                let prompt = args.get("prompt").and_then(Value::as_str).unwrap_or("").to_owned();
+                let prompt = args
+                    .get("prompt")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
                 let params: CreateMessageRequestParams = from(json!({
                     "messages": [{"role": "user", "content": {"type": "text", "text": prompt}}], "maxTokens": 100
                 }));
                 match ctx.peer.create_message(params).await {
                     Ok(r) => {
                         let v = serde_json::to_value(&r).unwrap_or_default();
-                        let t = v["content"]["text"].as_str().or(v["content"][0]["text"].as_str()).unwrap_or("No response");
+                        let t = v["content"]["text"]
+                            .as_str()
+                            .or(v["content"][0]["text"].as_str())
+                            .unwrap_or("No response");
                         text(format!("LLM response: {t}"))
                     }
                     Err(e) => text(format!("Sampling not supported or error: {e}")),
                 }
             }
             "test_elicitation" => {
-                let m = args.get("message").and_then(Value::as_str).unwrap_or("Please respond").to_owned();
+                let m = args
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Please respond")
+                    .to_owned();
                 self.elicit(&ctx, &m, "basic").await
             }
             "test_elicitation_sep1034_defaults" => {
-                self.elicit(&ctx, "Please review and update the form fields with defaults", "defaults").await
+                self.elicit(
+                    &ctx,
+                    "Please review and update the form fields with defaults",
+                    "defaults",
+                )
+                .await
             }
             "test_elicitation_sep1330_enums" => {
-                self.elicit(&ctx, "Please select options from the enum fields", "enums").await
+                self.elicit(&ctx, "Please select options from the enum fields", "enums")
+                    .await
             }
-            "json_schema_2020_12_tool" => text(format!("JSON Schema 2020-12 tool called with: {}", Value::Object(args))),
-            "echo" => text(args.get("text").and_then(Value::as_str).unwrap_or("").to_owned()),
+            "json_schema_2020_12_tool" => text(format!(
+                "JSON Schema 2020-12 tool called with: {}",
+                Value::Object(args)
+            )),
+            "echo" => text(
+                args.get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
             "progress_burst" => {
                 let n = args.get("count").and_then(Value::as_u64).unwrap_or(10);
                 if let Some(token) = ctx.meta.get_progress_token() {
@@ -237,7 +308,9 @@ impl ServerHandler for Fixtures {
                     for i in 1..=n {
                         let _ = ctx
                             .peer
-                            .notify_progress(from(json!({"progressToken": token_json, "progress": i, "total": n})))
+                            .notify_progress(from(
+                                json!({"progressToken": token_json, "progress": i, "total": n}),
+                            ))
                             .await;
                     }
                 }
@@ -252,7 +325,12 @@ impl ServerHandler for Fixtures {
                 text("scheduled")
             }
             "whoami" => text(self.get_info().server_info.name.clone()),
-            other => return Err(McpError::invalid_params(format!("Unknown tool: {other}"), None)),
+            other => {
+                return Err(McpError::invalid_params(
+                    format!("Unknown tool: {other}"),
+                    None,
+                ))
+            }
         })
     }
 
@@ -285,7 +363,9 @@ impl ServerHandler for Fixtures {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         match resource_contents(&request.uri) {
-            Some(c) => Ok(ReadResourceResponse::Complete(from(json!({"contents": [c]})))),
+            Some(c) => Ok(ReadResourceResponse::Complete(from(
+                json!({"contents": [c]}),
+            ))),
             None => Err(McpError::resource_not_found(
                 format!("Resource not found: {}", request.uri),
                 Some(json!({"uri": request.uri})),
@@ -294,12 +374,20 @@ impl ServerHandler for Fixtures {
     }
 
     #[allow(deprecated)]
-    async fn subscribe(&self, _request: SubscribeRequestParams, _ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
+    async fn subscribe(
+        &self,
+        _request: SubscribeRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
         Ok(())
     }
 
     #[allow(deprecated)]
-    async fn unsubscribe(&self, _request: UnsubscribeRequestParams, _ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
+    async fn unsubscribe(
+        &self,
+        _request: UnsubscribeRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
         Ok(())
     }
 
@@ -327,7 +415,9 @@ impl ServerHandler for Fixtures {
         let args = request.arguments.clone().unwrap_or_default();
         let arg = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let messages = match &*request.name {
-            "test_simple_prompt" => json!([{"role": "user", "content": {"type": "text", "text": "This is a simple prompt for testing."}}]),
+            "test_simple_prompt" => {
+                json!([{"role": "user", "content": {"type": "text", "text": "This is a simple prompt for testing."}}])
+            }
             "test_prompt_with_arguments" => json!([{"role": "user", "content": {"type": "text",
                 "text": format!("Prompt with arguments: arg1='{}', arg2='{}'", arg("arg1"), arg("arg2"))}}]),
             "test_prompt_with_embedded_resource" => json!([
@@ -336,17 +426,34 @@ impl ServerHandler for Fixtures {
             "test_prompt_with_image" => json!([
                 {"role": "user", "content": {"type": "image", "data": TEST_IMAGE, "mimeType": "image/png"}},
                 {"role": "user", "content": {"type": "text", "text": "Please analyze the image above."}}]),
-            other => return Err(McpError::invalid_params(format!("Unknown prompt: {other}"), None)),
+            other => {
+                return Err(McpError::invalid_params(
+                    format!("Unknown prompt: {other}"),
+                    None,
+                ))
+            }
         };
-        Ok(GetPromptResponse::Complete(from(json!({"messages": messages}))))
+        Ok(GetPromptResponse::Complete(from(
+            json!({"messages": messages}),
+        )))
     }
 
-    async fn complete(&self, _request: CompleteRequestParams, _ctx: RequestContext<RoleServer>) -> Result<CompleteResult, McpError> {
-        Ok(from(json!({"completion": {"values": [], "total": 0, "hasMore": false}})))
+    async fn complete(
+        &self,
+        _request: CompleteRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        Ok(from(
+            json!({"completion": {"values": [], "total": 0, "hasMore": false}}),
+        ))
     }
 
-    async fn set_level(&self, request: SetLevelRequestParams, ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
-        let level = serde_json::to_value(&request.level).unwrap_or_default();
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let level = serde_json::to_value(request.level).unwrap_or_default();
         let _ = ctx
             .peer
             .notify_logging_message(from(json!({"level": "info", "data": format!("Log level set to: {}", level.as_str().unwrap_or("?"))})))

@@ -32,8 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::request::Parts;
 use mcp_gateway_core::session::{InMemoryConfig, InMemorySessionStore, SessionStore};
-use mcp_gateway_core::{ErrorKind, GatewayError};
 pub use mcp_gateway_core::McpRequest;
+use mcp_gateway_core::{ErrorKind, GatewayError};
 use mcp_gateway_tower::jsonrpc::JsonRpcConfig;
 use mcp_gateway_tower::origin::OriginPolicy;
 use mcp_gateway_tower::session::{BackendSelector, RoundRobin, SessionLayer};
@@ -180,7 +180,21 @@ impl McpGatewayBuilder {
     /// session layer handle (for metrics).
     pub fn into_service(
         self,
-    ) -> Result<(impl tower::Service<http::Request<axum::body::Body>, Response = http::Response<Body>, Error = Infallible, Future = impl Send> + Clone + Send + Sync + 'static, SessionLayer), BoxError> {
+    ) -> Result<
+        (
+            impl tower::Service<
+                    http::Request<axum::body::Body>,
+                    Response = http::Response<Body>,
+                    Error = Infallible,
+                    Future = impl Send,
+                > + Clone
+                + Send
+                + Sync
+                + 'static,
+            SessionLayer,
+        ),
+        BoxError,
+    > {
         if self.instances.is_empty() {
             return Err("McpGateway needs at least one upstream instance".into());
         }
@@ -245,17 +259,24 @@ mod tests {
         let app = Router::new()
             .route(
                 "/rpc",
-                axum::routing::post(|Mcp(req): Mcp| async move { req.method().unwrap().as_str().to_owned() }),
+                axum::routing::post(|Mcp(req): Mcp| async move {
+                    req.method().unwrap().as_str().to_owned()
+                }),
             )
             .layer(mcp_gateway_tower::jsonrpc::JsonRpcLayer::default());
         let req = http::Request::post("/rpc")
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
-            .body(axum::body::Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#))
+            .body(axum::body::Body::from(
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+            ))
             .unwrap();
         let res = app.oneshot(req).await.unwrap();
         assert_eq!(res.status(), 200);
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "tools/list");
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes(),
+            "tools/list"
+        );
     }
 
     #[test]

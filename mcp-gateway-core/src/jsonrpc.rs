@@ -357,9 +357,9 @@ impl<'a> Wire<'a> {
         if let (Some(p), Some(m)) = (self.params, method.as_ref()) {
             target = match m {
                 Method::ToolsCall | Method::PromptsGet => p.name,
-                Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
-                    p.uri
-                }
+                Method::ResourcesRead
+                | Method::ResourcesSubscribe
+                | Method::ResourcesUnsubscribe => p.uri,
                 _ => None,
             }
             .map(|t| Text::from_cow(body, t));
@@ -405,7 +405,9 @@ mod tests {
 
     #[test]
     fn escaped_names_are_decoded() {
-        let m = one(r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"name":"a\u00e9b"}}"#).unwrap();
+        let m =
+            one(r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"name":"a\u00e9b"}}"#)
+                .unwrap();
         assert_eq!(m.method(), Some(&Method::ToolsCall));
         assert_eq!(m.target(), Some("aéb"));
     }
@@ -413,11 +415,15 @@ mod tests {
     #[test]
     fn notification_response_error() {
         assert_eq!(
-            one(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap().kind(),
+            one(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+                .unwrap()
+                .kind(),
             MessageKind::Notification
         );
         assert_eq!(
-            one(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#).unwrap().kind(),
+            one(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#)
+                .unwrap()
+                .kind(),
             MessageKind::Response
         );
         let e = one(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"x"}}"#).unwrap();

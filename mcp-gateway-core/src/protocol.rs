@@ -236,21 +236,23 @@ pub fn check_stateless_headers(
                     "Mcp-Name",
                 ))
             }
-            HeaderValue::One(raw) => match decode_header_value(raw) {
-                None => {
-                    return Err(mismatch(
-                        "Mcp-Name header is not valid base64".into(),
+            HeaderValue::One(raw) => {
+                match decode_header_value(raw) {
+                    None => {
+                        return Err(mismatch(
+                            "Mcp-Name header is not valid base64".into(),
+                            "Mcp-Name",
+                        ))
+                    }
+                    Some(decoded) if decoded != expected => return Err(mismatch(
+                        format!(
+                            "Mcp-Name header `{decoded}` does not match body value `{expected}`"
+                        ),
                         "Mcp-Name",
-                    ))
+                    )),
+                    Some(_) => {}
                 }
-                Some(decoded) if decoded != expected => {
-                    return Err(mismatch(
-                        format!("Mcp-Name header `{decoded}` does not match body value `{expected}`"),
-                        "Mcp-Name",
-                    ))
-                }
-                Some(_) => {}
-            },
+            }
         }
     }
     if message.is_request() {
@@ -303,7 +305,14 @@ mod tests {
 
     #[test]
     fn sentinel_round_trip() {
-        for s in ["plain", " lead", "trail ", "wéather", "=?base64?abc?=", "a\r\nb"] {
+        for s in [
+            "plain",
+            " lead",
+            "trail ",
+            "wéather",
+            "=?base64?abc?=",
+            "a\r\nb",
+        ] {
             let enc = encode_header_value(s);
             assert!(enc.bytes().all(|c| (0x20..=0x7e).contains(&c)));
             assert_eq!(decode_header_value(&enc).unwrap(), s);

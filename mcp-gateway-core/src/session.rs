@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -180,7 +180,9 @@ impl<T> Future for StoreFuture<'_, T> {
     type Output = T;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         match self.get_mut() {
-            StoreFuture::Ready(v) => Poll::Ready(v.take().expect("StoreFuture polled after completion")),
+            StoreFuture::Ready(v) => {
+                Poll::Ready(v.take().expect("StoreFuture polled after completion"))
+            }
             StoreFuture::Pending(f) => f.as_mut().poll(cx),
         }
     }
@@ -190,7 +192,10 @@ impl<T> Future for StoreFuture<'_, T> {
 /// (e.g. Redis) to run several gateway replicas.
 pub trait SessionStore: Send + Sync + 'static {
     /// Stores a new record; fails when the store is full.
-    fn insert(&self, record: SessionRecord) -> StoreFuture<'_, Result<Arc<SessionRecord>, StoreError>>;
+    fn insert(
+        &self,
+        record: SessionRecord,
+    ) -> StoreFuture<'_, Result<Arc<SessionRecord>, StoreError>>;
 
     /// The live record for `id`, marking it used now; `None` if unknown or
     /// idle past the timeout (an expired record is removed and handed to
@@ -283,9 +288,7 @@ impl InMemorySessionStore {
     }
 
     fn shard(&self, id: &str) -> &Shard {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.shards[(h.finish() as usize) & (self.shards.len() - 1)]
+        &self.shards[(self.hasher.hash_one(id) as usize) & (self.shards.len() - 1)]
     }
 
     fn idle_ms(&self) -> u64 {
@@ -308,7 +311,10 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 
 impl SessionStore for InMemorySessionStore {
-    fn insert(&self, record: SessionRecord) -> StoreFuture<'_, Result<Arc<SessionRecord>, StoreError>> {
+    fn insert(
+        &self,
+        record: SessionRecord,
+    ) -> StoreFuture<'_, Result<Arc<SessionRecord>, StoreError>> {
         let max = self.cfg.max_sessions as u64;
         // Reserve a slot first so concurrent inserts cannot overshoot.
         if self.count.fetch_add(1, Ordering::AcqRel) >= max {
@@ -434,7 +440,8 @@ mod tests {
         let a = SessionId::random();
         block(store.insert(SessionRecord::new(a.clone(), 0, None))).unwrap();
         block(store.insert(SessionRecord::new(SessionId::random(), 0, None))).unwrap();
-        let err = block(store.insert(SessionRecord::new(SessionId::random(), 0, None))).unwrap_err();
+        let err =
+            block(store.insert(SessionRecord::new(SessionId::random(), 0, None))).unwrap_err();
         assert_eq!(err, StoreError::Full { max: 2 });
         block(store.remove(a.as_str()));
         block(store.insert(SessionRecord::new(SessionId::random(), 0, None))).unwrap();
@@ -462,7 +469,10 @@ mod tests {
         ids.sort_by(|x, y| x.as_str().cmp(y.as_str()));
         let mut want = vec![a, b];
         want.sort_by(|x, y| x.as_str().cmp(y.as_str()));
-        assert_eq!(ids, want, "lazily expired and swept records are both reported");
+        assert_eq!(
+            ids, want,
+            "lazily expired and swept records are both reported"
+        );
         assert!(store.is_empty());
     }
 }

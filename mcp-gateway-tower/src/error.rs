@@ -21,6 +21,9 @@ pub fn error_response(err: &GatewayError, id: Option<&RequestId>) -> Response<Bo
 }
 
 /// Shorthand: a new error of `kind` rendered as a response.
-pub(crate) fn respond(kind: ErrorKind, msg: impl Into<std::borrow::Cow<'static, str>>) -> Response<Body> {
+pub(crate) fn respond(
+    kind: ErrorKind,
+    msg: impl Into<std::borrow::Cow<'static, str>>,
+) -> Response<Body> {
     error_response(&GatewayError::new(kind, msg), None)
 }

@@ -164,7 +164,9 @@ where
                             None,
                         ));
                     }
-                    if parts.method == HttpMethod::GET && !accepts(&parts.headers, "text/event-stream") {
+                    if parts.method == HttpMethod::GET
+                        && !accepts(&parts.headers, "text/event-stream")
+                    {
                         return Ok(error_response(
                             &GatewayError::new(
                                 ErrorKind::NotAcceptable,
@@ -240,7 +242,8 @@ fn accepts(h: &HeaderMap, mime: &str) -> bool {
             let m = part.split(';').next().unwrap_or("").trim();
             m.eq_ignore_ascii_case(mime)
                 || m == "*/*"
-                || m.strip_suffix("/*").is_some_and(|t| t.eq_ignore_ascii_case(ty))
+                || m.strip_suffix("/*")
+                    .is_some_and(|t| t.eq_ignore_ascii_case(ty))
         })
     })
 }
@@ -354,7 +357,12 @@ fn validate(
             version,
         )?;
     }
-    Ok(McpRequest::new(body, envelope, version, header_version.is_some()))
+    Ok(McpRequest::new(
+        body,
+        envelope,
+        version,
+        header_version.is_some(),
+    ))
 }
 
 #[cfg(test)]
@@ -364,7 +372,8 @@ mod tests {
 
     fn svc() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> {
         JsonRpcLayer::default().layer(tower::service_fn(|req: Request<Body>| async move {
-            let ok = req.extensions().get::<McpRequest>().is_some() || req.method() != HttpMethod::POST;
+            let ok =
+                req.extensions().get::<McpRequest>().is_some() || req.method() != HttpMethod::POST;
             assert!(ok, "POST reached the inner service without McpRequest");
             Ok::<_, Infallible>(Response::new(Body::empty()))
         }))
@@ -390,7 +399,10 @@ mod tests {
     #[tokio::test]
     async fn good_request_passes() {
         let b = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
-        assert_eq!(code(post(b).body(Body::from(b)).unwrap()).await, (200, None));
+        assert_eq!(
+            code(post(b).body(Body::from(b)).unwrap()).await,
+            (200, None)
+        );
     }
 
     #[tokio::test]
@@ -411,10 +423,18 @@ mod tests {
             .unwrap();
         assert_eq!(code(r).await, (406, Some(-32600)));
         // Malformed JSON
-        assert_eq!(code(post("").body(Body::from("{oops")).unwrap()).await, (400, Some(-32700)));
+        assert_eq!(
+            code(post("").body(Body::from("{oops")).unwrap()).await,
+            (400, Some(-32700))
+        );
         // Wrong JSON-RPC shape
         assert_eq!(
-            code(post("").body(Body::from(r#"{"jsonrpc":"2.0","id":1}"#)).unwrap()).await,
+            code(
+                post("")
+                    .body(Body::from(r#"{"jsonrpc":"2.0","id":1}"#))
+                    .unwrap()
+            )
+            .await,
             (400, Some(-32600))
         );
         // Batch on 2025-06-18+
@@ -437,8 +457,14 @@ mod tests {
             .unwrap();
         assert_eq!(code(r).await, (400, Some(-32022)));
         // Oversized body (declared and streamed)
-        let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":"{}"}}}}"#, "a".repeat(5 << 20));
-        assert_eq!(code(post("").body(Body::from(big.clone())).unwrap()).await, (413, Some(-32600)));
+        let big = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":"{}"}}}}"#,
+            "a".repeat(5 << 20)
+        );
+        assert_eq!(
+            code(post("").body(Body::from(big.clone())).unwrap()).await,
+            (413, Some(-32600))
+        );
         let r = post("")
             .header("content-length", "10")
             .body(Body::from(big))
@@ -468,7 +494,9 @@ mod tests {
     async fn unsupported_version_answers_the_request_id() {
         let r = post("")
             .header("mcp-protocol-version", "v999.0.0")
-            .body(Body::from(r#"{"jsonrpc":"2.0","id":301,"method":"server/discover","params":{}}"#))
+            .body(Body::from(
+                r#"{"jsonrpc":"2.0","id":301,"method":"server/discover","params":{}}"#,
+            ))
             .unwrap();
         let res = svc().oneshot(r).await.unwrap();
         assert_eq!(res.status(), 400);

@@ -150,7 +150,11 @@ impl OriginPolicy {
     }
 
     /// Checks the request headers (and the URI authority for HTTP/2).
-    pub fn check(&self, headers: &HeaderMap, uri_authority: Option<&str>) -> Result<(), &'static str> {
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        uri_authority: Option<&str>,
+    ) -> Result<(), &'static str> {
         let host_raw = match headers.get(http::header::HOST) {
             Some(h) => Some(h.to_str().map_err(|_| "Host header is not valid text")?),
             None => uri_authority,
@@ -171,7 +175,9 @@ impl OriginPolicy {
             // Non-browser clients send no Origin; DNS rebinding needs a browser.
             return Ok(());
         };
-        let origin = origin.to_str().map_err(|_| "Origin header is not valid text")?;
+        let origin = origin
+            .to_str()
+            .map_err(|_| "Origin header is not valid text")?;
         match &self.origins {
             OriginRule::Any => Ok(()),
             OriginRule::SameAsHost => {
@@ -408,29 +414,57 @@ mod tests {
         assert!(p.check(&h(&[("host", "localhost")]), None).is_ok());
         assert!(p.check(&h(&[("host", "[::1]:3000")]), None).is_ok());
         assert!(p
-            .check(&h(&[("host", "localhost:1"), ("origin", "http://localhost:5173")]), None)
+            .check(
+                &h(&[("host", "localhost:1"), ("origin", "http://localhost:5173")]),
+                None
+            )
             .is_ok());
         assert!(p.check(&h(&[("host", "evil.example.com")]), None).is_err());
         assert!(p
-            .check(&h(&[("host", "localhost"), ("origin", "http://evil.example.com")]), None)
+            .check(
+                &h(&[("host", "localhost"), ("origin", "http://evil.example.com")]),
+                None
+            )
             .is_err());
-        assert!(p.check(&h(&[("host", "localhost"), ("origin", "null")]), None).is_err());
+        assert!(p
+            .check(&h(&[("host", "localhost"), ("origin", "null")]), None)
+            .is_err());
         assert!(p.check(&h(&[]), None).is_err(), "no Host at all");
-        assert!(p.check(&h(&[]), Some("127.0.0.1:9")).is_ok(), "HTTP/2 authority");
+        assert!(
+            p.check(&h(&[]), Some("127.0.0.1:9")).is_ok(),
+            "HTTP/2 authority"
+        );
     }
 
     #[test]
     fn same_origin_policy() {
         let p = OriginPolicy::same_origin();
         assert!(p.check(&h(&[("host", "gw.example.com")]), None).is_ok());
+        assert!(
+            p.check(
+                &h(&[
+                    ("host", "gw.example.com"),
+                    ("origin", "https://gw.example.com")
+                ]),
+                None
+            )
+            .is_ok(),
+            "a Host without port means the scheme's default port"
+        );
         assert!(p
-            .check(&h(&[("host", "gw.example.com"), ("origin", "https://gw.example.com")]), None)
-            .is_ok(), "a Host without port means the scheme's default port");
-        assert!(p
-            .check(&h(&[("host", "gw.example.com:443"), ("origin", "https://gw.example.com")]), None)
+            .check(
+                &h(&[
+                    ("host", "gw.example.com:443"),
+                    ("origin", "https://gw.example.com")
+                ]),
+                None
+            )
             .is_ok());
         assert!(p
-            .check(&h(&[("host", "gw.example.com"), ("origin", "http://evil.com")]), None)
+            .check(
+                &h(&[("host", "gw.example.com"), ("origin", "http://evil.com")]),
+                None
+            )
             .is_err());
     }
 
@@ -440,13 +474,31 @@ mod tests {
             .allow_hosts(["gw.example.com"])
             .allow_origins(["https://app.example.com", "http://localhost:*"]);
         assert!(p
-            .check(&h(&[("host", "gw.example.com"), ("origin", "https://app.example.com:443")]), None)
+            .check(
+                &h(&[
+                    ("host", "gw.example.com"),
+                    ("origin", "https://app.example.com:443")
+                ]),
+                None
+            )
             .is_ok());
         assert!(p
-            .check(&h(&[("host", "gw.example.com"), ("origin", "http://localhost:1234")]), None)
+            .check(
+                &h(&[
+                    ("host", "gw.example.com"),
+                    ("origin", "http://localhost:1234")
+                ]),
+                None
+            )
             .is_ok());
         assert!(p
-            .check(&h(&[("host", "gw.example.com"), ("origin", "https://app.example.com:8443")]), None)
+            .check(
+                &h(&[
+                    ("host", "gw.example.com"),
+                    ("origin", "https://app.example.com:8443")
+                ]),
+                None
+            )
             .is_err());
         assert!(p.check(&h(&[("host", "other.example.com")]), None).is_err());
     }

