@@ -1,0 +1,399 @@
+//! End to end against real MCP peers: rmcp servers behind the gateway, the
+//! rmcp client (and a raw HTTP client for wire-level checks) in front, all
+//! on 127.0.0.1 with ephemeral ports, for 2025-11-25 and 2026-07-28.
+// Sampling is deprecated in the 2026-07-28 revision but is part of 2025-11-25.
+#![allow(deprecated)]
+
+#[path = "../examples/support/fixtures.rs"]
+mod fixtures;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mcp_gateway_axum::McpGateway;
+use rmcp::model::*;
+use rmcp::service::{NotificationContext, RequestContext, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ClientHandler, ErrorData as McpError, RoleClient, ServiceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+fn from<T: DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("test JSON matches the rmcp model")
+}
+
+/// Aborts the server task when dropped, so no test leaves a listener behind.
+struct Served {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(app: axum::Router) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Served { addr, task }
+}
+
+async fn backend(name: &str) -> Served {
+    serve(axum::Router::new().nest_service("/mcp", fixtures::service(name))).await
+}
+
+async fn gateway(backends: &[&Served]) -> Served {
+    let mut b = McpGateway::builder();
+    for s in backends {
+        b = b.upstream_url(&format!("http://{}/mcp", s.addr)).unwrap();
+    }
+    serve(b.build().unwrap()).await
+}
+
+fn url(s: &Served) -> String {
+    format!("http://{}/mcp", s.addr)
+}
+
+/// A client that answers sampling and elicitation and records notifications.
+#[derive(Clone, Default)]
+struct TestClient {
+    progress: Arc<Mutex<HashMap<String, Vec<f64>>>>,
+    progress_total: Arc<AtomicUsize>,
+    tool_list_changed: Arc<AtomicUsize>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl ClientHandler for TestClient {
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _ctx: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        let asked = serde_json::to_value(&params.messages).unwrap()[0]["content"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        Ok(from(json!({"role": "assistant", "model": "test-model", "stopReason": "endTurn",
+            "content": {"type": "text", "text": format!("echo:{asked}")}})))
+    }
+
+    async fn create_elicitation(
+        &self,
+        _request: ElicitRequestParams,
+        _ctx: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        Ok(from(json!({"action": "accept", "content": {"response": "yes please"}})))
+    }
+
+    async fn on_progress(&self, params: ProgressNotificationParam, _ctx: NotificationContext<RoleClient>) {
+        let token = match serde_json::to_value(&params.progress_token).unwrap() {
+            Value::String(s) => s,
+            v => v.to_string(),
+        };
+        self.progress.lock().unwrap().entry(token).or_default().push(params.progress);
+        self.progress_total.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
+        self.tool_list_changed.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        from(json!({"protocolVersion": "2025-11-25",
+            "capabilities": {"sampling": {}, "elicitation": {"form": {}}},
+            "clientInfo": {"name": "mcp-gateway-tests", "version": "0.1.0"}}))
+    }
+}
+
+impl TestClient {
+    /// Waits (bounded) until `cond` holds, re-checking on every notification.
+    async fn wait_until(&self, what: &str, cond: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let notified = self.changed.notified();
+            if cond(self) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                assert!(cond(self), "timed out waiting for {what}");
+                return;
+            }
+        }
+    }
+}
+
+async fn connect_session(url: &str) -> (RunningService<RoleClient, TestClient>, TestClient) {
+    let handler = TestClient::default();
+    let client = handler
+        .clone()
+        .serve(StreamableHttpClientTransport::from_uri(url.to_owned()))
+        .await
+        .expect("initialize through the gateway");
+    (client, handler)
+}
+
+async fn connect_stateless(url: &str) -> (RunningService<RoleClient, TestClient>, TestClient) {
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+    let handler = TestClient::default();
+    let client = handler
+        .clone()
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_uri(url.to_owned()),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("server/discover through the gateway");
+    (client, handler)
+}
+
+fn text_of(r: &CallToolResult) -> String {
+    serde_json::to_value(r).unwrap()["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn call(client: &RunningService<RoleClient, TestClient>, name: &str, args: Value) -> CallToolResult {
+    client
+        .call_tool(from(json!({"name": name, "arguments": args})))
+        .await
+        .unwrap_or_else(|e| panic!("tools/call {name}: {e}"))
+}
+
+/// 50 concurrent calls, each streaming 20 progress notifications: every
+/// notification arrives, in order, none lost.
+async fn progress_under_concurrency(client: &RunningService<RoleClient, TestClient>, handler: &TestClient) {
+    const CALLS: usize = 50;
+    const EACH: usize = 20;
+    let mut tasks = Vec::new();
+    for i in 0..CALLS {
+        let peer = client.peer().clone();
+        tasks.push(tokio::spawn(async move {
+            let params: CallToolRequestParams = from(json!({"name": "progress_burst",
+                "arguments": {"count": EACH}, "_meta": {"progressToken": format!("tok-{i}")}}));
+            peer.call_tool(params).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(text_of(&t.await.unwrap()), EACH.to_string());
+    }
+    handler
+        .wait_until("every progress notification", |h| {
+            h.progress_total.load(Ordering::SeqCst) >= CALLS * EACH
+        })
+        .await;
+    let progress = handler.progress.lock().unwrap();
+    assert_eq!(progress.len(), CALLS, "one progress token per call");
+    for (token, seen) in progress.iter() {
+        let mut sorted = seen.clone();
+        sorted.sort_by(f64::total_cmp);
+        let want: Vec<f64> = (1..=EACH).map(|i| i as f64).collect();
+        assert_eq!(sorted, want, "progress of {token}: lost or duplicated notifications");
+    }
+    assert_eq!(handler.progress_total.load(Ordering::SeqCst), CALLS * EACH);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_era_client_and_server_work_through_the_gateway() {
+    let b = backend("backend-a").await;
+    let gw = gateway(&[&b]).await;
+    let (client, handler) = connect_session(&url(&gw)).await;
+
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "echo"));
+    assert_eq!(text_of(&call(&client, "echo", json!({"text": "héllo"})).await), "héllo");
+
+    // Server → client requests and their answers round-trip through the gateway.
+    let r = call(&client, "test_sampling", json!({"prompt": "2+2?"})).await;
+    assert_eq!(text_of(&r), "LLM response: echo:2+2?");
+    let r = call(&client, "test_elicitation", json!({"message": "ok?"})).await;
+    assert_eq!(text_of(&r), r#"User response: action=accept, content={"response":"yes please"}"#);
+
+    // The standalone GET stream delivers server-initiated notifications.
+    assert_eq!(text_of(&call(&client, "notify_later", json!({})).await), "scheduled");
+    handler
+        .wait_until("tools/list_changed on the GET stream", |h| {
+            h.tool_list_changed.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+
+    progress_under_concurrency(&client, &handler).await;
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_2026_client_works_through_the_gateway() {
+    let b = backend("backend-a").await;
+    let gw = gateway(&[&b]).await;
+    let (client, handler) = connect_stateless(&url(&gw)).await;
+    assert_eq!(
+        client.peer_info().map(|i| i.protocol_version.clone()),
+        Some(ProtocolVersion::V_2026_07_28)
+    );
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "progress_burst"));
+    assert_eq!(text_of(&call(&client, "echo", json!({"text": "stateless"})).await), "stateless");
+    progress_under_concurrency(&client, &handler).await;
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stick_to_their_instance_and_stay_separate() {
+    let a = backend("instance-a").await;
+    let b = backend("instance-b").await;
+    let gw = gateway(&[&a, &b]).await;
+    let (c1, _) = connect_session(&url(&gw)).await;
+    let (c2, _) = connect_session(&url(&gw)).await;
+    let n1 = text_of(&call(&c1, "whoami", json!({})).await);
+    let n2 = text_of(&call(&c2, "whoami", json!({})).await);
+    let mut names = [n1.clone(), n2.clone()];
+    names.sort();
+    assert_eq!(names, ["instance-a", "instance-b"], "round robin spreads new sessions");
+    for _ in 0..5 {
+        assert_eq!(text_of(&call(&c1, "whoami", json!({})).await), n1);
+        assert_eq!(text_of(&call(&c2, "whoami", json!({})).await), n2);
+    }
+    c1.cancel().await.unwrap();
+    c2.cancel().await.unwrap();
+}
+
+// ---- wire-level checks with a raw HTTP client ----------------------------------
+
+struct Reply {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    fn error_code(&self) -> Option<i64> {
+        self.json()["error"]["code"].as_i64()
+    }
+}
+
+async fn raw(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client
+        .request(req.body(Full::new(Bytes::copy_from_slice(body.as_bytes()))).unwrap())
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply { status, headers, body }
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
+const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+async fn raw_session(gw: &str) -> String {
+    let r = raw("POST", gw, &[JSON, ACCEPT], INIT).await;
+    assert_eq!(r.status, 200);
+    let sid = r.headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let n = raw("POST", gw, &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).await;
+    assert_eq!(n.status, 202);
+    sid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_precedes_the_result_on_the_wire() {
+    let b = backend("a").await;
+    let gw = gateway(&[&b]).await;
+    let u = url(&gw);
+    let sid = raw_session(&u).await;
+    let r = raw("POST", &u, &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"progress_burst","arguments":{"count":30},"_meta":{"progressToken":"w"}}}"#).await;
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    let mut scanner = mcp_gateway_core::sse::SseScanner::collecting(1 << 20);
+    let mut kinds = Vec::new();
+    scanner.feed(&r.body, |e| {
+        if let Ok(v) = serde_json::from_slice::<Value>(e.data) {
+            kinds.push(if v.get("result").is_some() { "result".to_owned() } else { v["method"].as_str().unwrap_or("").to_owned() });
+        }
+    });
+    let result_at = kinds.iter().position(|k| k == "result").expect("a result event");
+    assert_eq!(result_at, kinds.len() - 1, "the result is the last event");
+    assert_eq!(kinds[..result_at].iter().filter(|k| *k == "notifications/progress").count(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_ends_the_session_then_404() {
+    let b = backend("a").await;
+    let gw = gateway(&[&b]).await;
+    let u = url(&gw);
+    let sid = raw_session(&u).await;
+    assert!(!sid.is_empty() && sid.len() >= 22);
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let ok = raw("POST", &u, &[JSON, ACCEPT, V, ("mcp-session-id", &sid)], list).await;
+    assert_eq!(ok.status, 200);
+    let del = raw("DELETE", &u, &[V, ("mcp-session-id", &sid)], "").await;
+    assert!(del.status < 300, "DELETE answered {}", del.status);
+    let gone = raw("POST", &u, &[JSON, ACCEPT, V, ("mcp-session-id", &sid)], list).await;
+    assert_eq!((gone.status, gone.error_code()), (404, Some(-32001)));
+    assert_eq!(gone.json()["id"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_session_inputs_get_clear_errors() {
+    let b = backend("a").await;
+    let gw = gateway(&[&b]).await;
+    let u = url(&gw);
+    let list = r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#;
+    let missing = raw("POST", &u, &[JSON, ACCEPT, V], list).await;
+    assert_eq!((missing.status, missing.error_code()), (400, Some(-32000)));
+    let unknown = raw("POST", &u, &[JSON, ACCEPT, V, ("mcp-session-id", "not-a-session")], list).await;
+    assert_eq!((unknown.status, unknown.error_code()), (404, Some(-32001)));
+    let get_unknown = raw("GET", &u, &[("accept", "text/event-stream"), V, ("mcp-session-id", "nope")], "").await;
+    assert_eq!(get_unknown.status, 404);
+    // 2026-07-28: a header that disagrees with the body never reaches the backend.
+    let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let mismatch = raw("POST", &u, &[JSON, ACCEPT, ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"), ("mcp-name", "test_error_handling")], call).await;
+    assert_eq!((mismatch.status, mismatch.error_code()), (400, Some(-32020)));
+    assert_eq!(mismatch.json()["id"], 7);
+    let good = raw("POST", &u, &[JSON, ACCEPT, ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"), ("mcp-name", "echo")], call).await;
+    assert_eq!(good.status, 200, "{}", String::from_utf8_lossy(&good.body));
+    // DNS rebinding.
+    let evil = raw("POST", &u, &[JSON, ACCEPT, ("host", "evil.example.com")], INIT).await;
+    assert_eq!((evil.status, evil.error_code()), (403, Some(-32000)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_is_a_502_not_a_hang() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = serve(McpGateway::builder().upstream_url(&format!("http://{dead}/mcp")).unwrap().build().unwrap()).await;
+    let r = raw("POST", &url(&gw), &[JSON, ACCEPT], INIT).await;
+    assert_eq!((r.status, r.error_code()), (502, Some(-32050)));
+    assert_eq!(r.json()["id"], 1);
+}
