@@ -2,6 +2,9 @@
 //!
 //! `cargo bench --bench envelope`
 
+// criterion_group! generates undocumented items.
+#![allow(missing_docs)]
+
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use mcp_gateway_core::Envelope;
@@ -19,9 +22,15 @@ fn bench(c: &mut Criterion) {
         br#"{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"text","text":"18 degrees and sunny"}],"isError":false}}"#,
     );
     let mut g = c.benchmark_group("envelope");
-    for (name, body) in [("tools_call_small", &small), ("tools_call_16k", &big), ("response", &response)] {
+    for (name, body) in [
+        ("tools_call_small", &small),
+        ("tools_call_16k", &big),
+        ("response", &response),
+    ] {
         g.throughput(Throughput::Bytes(body.len() as u64));
-        g.bench_function(name, |b| b.iter(|| Envelope::parse(black_box(body.clone())).unwrap()));
+        g.bench_function(name, |b| {
+            b.iter(|| Envelope::parse(black_box(body.clone())).unwrap())
+        });
     }
     g.bench_function("serde_json_value_small_baseline", |b| {
         b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&small)).unwrap())

@@ -3,6 +3,9 @@
 //!
 //! `cargo bench --bench sse_scanner`
 
+// criterion_group! generates undocumented items.
+#![allow(missing_docs)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use mcp_gateway_core::sse::{encode_event, SseScanner};
 

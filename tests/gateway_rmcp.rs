@@ -86,8 +86,10 @@ impl ClientHandler for TestClient {
             .as_str()
             .unwrap_or("")
             .to_owned();
-        Ok(from(json!({"role": "assistant", "model": "test-model", "stopReason": "endTurn",
-            "content": {"type": "text", "text": format!("echo:{asked}")}})))
+        Ok(from(
+            json!({"role": "assistant", "model": "test-model", "stopReason": "endTurn",
+            "content": {"type": "text", "text": format!("echo:{asked}")}}),
+        ))
     }
 
     async fn create_elicitation(
@@ -95,15 +97,26 @@ impl ClientHandler for TestClient {
         _request: ElicitRequestParams,
         _ctx: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, McpError> {
-        Ok(from(json!({"action": "accept", "content": {"response": "yes please"}})))
+        Ok(from(
+            json!({"action": "accept", "content": {"response": "yes please"}}),
+        ))
     }
 
-    async fn on_progress(&self, params: ProgressNotificationParam, _ctx: NotificationContext<RoleClient>) {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _ctx: NotificationContext<RoleClient>,
+    ) {
         let token = match serde_json::to_value(&params.progress_token).unwrap() {
             Value::String(s) => s,
             v => v.to_string(),
         };
-        self.progress.lock().unwrap().entry(token).or_default().push(params.progress);
+        self.progress
+            .lock()
+            .unwrap()
+            .entry(token)
+            .or_default()
+            .push(params.progress);
         self.progress_total.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
@@ -170,7 +183,11 @@ fn text_of(r: &CallToolResult) -> String {
         .to_owned()
 }
 
-async fn call(client: &RunningService<RoleClient, TestClient>, name: &str, args: Value) -> CallToolResult {
+async fn call(
+    client: &RunningService<RoleClient, TestClient>,
+    name: &str,
+    args: Value,
+) -> CallToolResult {
     client
         .call_tool(from(json!({"name": name, "arguments": args})))
         .await
@@ -179,7 +196,10 @@ async fn call(client: &RunningService<RoleClient, TestClient>, name: &str, args:
 
 /// 50 concurrent calls, each streaming 20 progress notifications: every
 /// notification arrives, in order, none lost.
-async fn progress_under_concurrency(client: &RunningService<RoleClient, TestClient>, handler: &TestClient) {
+async fn progress_under_concurrency(
+    client: &RunningService<RoleClient, TestClient>,
+    handler: &TestClient,
+) {
     const CALLS: usize = 50;
     const EACH: usize = 20;
     let mut tasks = Vec::new();
@@ -205,7 +225,10 @@ async fn progress_under_concurrency(client: &RunningService<RoleClient, TestClie
         let mut sorted = seen.clone();
         sorted.sort_by(f64::total_cmp);
         let want: Vec<f64> = (1..=EACH).map(|i| i as f64).collect();
-        assert_eq!(sorted, want, "progress of {token}: lost or duplicated notifications");
+        assert_eq!(
+            sorted, want,
+            "progress of {token}: lost or duplicated notifications"
+        );
     }
     assert_eq!(handler.progress_total.load(Ordering::SeqCst), CALLS * EACH);
 }
@@ -218,16 +241,25 @@ async fn session_era_client_and_server_work_through_the_gateway() {
 
     let tools = client.list_all_tools().await.unwrap();
     assert!(tools.iter().any(|t| t.name == "echo"));
-    assert_eq!(text_of(&call(&client, "echo", json!({"text": "héllo"})).await), "héllo");
+    assert_eq!(
+        text_of(&call(&client, "echo", json!({"text": "héllo"})).await),
+        "héllo"
+    );
 
     // Server → client requests and their answers round-trip through the gateway.
     let r = call(&client, "test_sampling", json!({"prompt": "2+2?"})).await;
     assert_eq!(text_of(&r), "LLM response: echo:2+2?");
     let r = call(&client, "test_elicitation", json!({"message": "ok?"})).await;
-    assert_eq!(text_of(&r), r#"User response: action=accept, content={"response":"yes please"}"#);
+    assert_eq!(
+        text_of(&r),
+        r#"User response: action=accept, content={"response":"yes please"}"#
+    );
 
     // The standalone GET stream delivers server-initiated notifications.
-    assert_eq!(text_of(&call(&client, "notify_later", json!({})).await), "scheduled");
+    assert_eq!(
+        text_of(&call(&client, "notify_later", json!({})).await),
+        "scheduled"
+    );
     handler
         .wait_until("tools/list_changed on the GET stream", |h| {
             h.tool_list_changed.load(Ordering::SeqCst) >= 1
@@ -249,7 +281,10 @@ async fn stateless_2026_client_works_through_the_gateway() {
     );
     let tools = client.list_all_tools().await.unwrap();
     assert!(tools.iter().any(|t| t.name == "progress_burst"));
-    assert_eq!(text_of(&call(&client, "echo", json!({"text": "stateless"})).await), "stateless");
+    assert_eq!(
+        text_of(&call(&client, "echo", json!({"text": "stateless"})).await),
+        "stateless"
+    );
     progress_under_concurrency(&client, &handler).await;
     client.cancel().await.unwrap();
 }
@@ -265,7 +300,11 @@ async fn sessions_stick_to_their_instance_and_stay_separate() {
     let n2 = text_of(&call(&c2, "whoami", json!({})).await);
     let mut names = [n1.clone(), n2.clone()];
     names.sort();
-    assert_eq!(names, ["instance-a", "instance-b"], "round robin spreads new sessions");
+    assert_eq!(
+        names,
+        ["instance-a", "instance-b"],
+        "round robin spreads new sessions"
+    );
     for _ in 0..5 {
         assert_eq!(text_of(&call(&c1, "whoami", json!({})).await), n1);
         assert_eq!(text_of(&call(&c2, "whoami", json!({})).await), n2);
@@ -298,13 +337,20 @@ async fn raw(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> R
         req = req.header(*k, *v);
     }
     let res = client
-        .request(req.body(Full::new(Bytes::copy_from_slice(body.as_bytes()))).unwrap())
+        .request(
+            req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = res.status().as_u16();
     let headers = res.headers().clone();
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -316,8 +362,13 @@ async fn raw_session(gw: &str) -> String {
     let r = raw("POST", gw, &[JSON, ACCEPT], INIT).await;
     assert_eq!(r.status, 200);
     let sid = r.headers["mcp-session-id"].to_str().unwrap().to_owned();
-    let n = raw("POST", gw, &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).await;
+    let n = raw(
+        "POST",
+        gw,
+        &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    )
+    .await;
     assert_eq!(n.status, 202);
     sid
 }
@@ -335,12 +386,25 @@ async fn progress_precedes_the_result_on_the_wire() {
     let mut kinds = Vec::new();
     scanner.feed(&r.body, |e| {
         if let Ok(v) = serde_json::from_slice::<Value>(e.data) {
-            kinds.push(if v.get("result").is_some() { "result".to_owned() } else { v["method"].as_str().unwrap_or("").to_owned() });
+            kinds.push(if v.get("result").is_some() {
+                "result".to_owned()
+            } else {
+                v["method"].as_str().unwrap_or("").to_owned()
+            });
         }
     });
-    let result_at = kinds.iter().position(|k| k == "result").expect("a result event");
+    let result_at = kinds
+        .iter()
+        .position(|k| k == "result")
+        .expect("a result event");
     assert_eq!(result_at, kinds.len() - 1, "the result is the last event");
-    assert_eq!(kinds[..result_at].iter().filter(|k| *k == "notifications/progress").count(), 30);
+    assert_eq!(
+        kinds[..result_at]
+            .iter()
+            .filter(|k| *k == "notifications/progress")
+            .count(),
+        30
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,11 +415,23 @@ async fn delete_ends_the_session_then_404() {
     let sid = raw_session(&u).await;
     assert!(!sid.is_empty() && sid.len() >= 22);
     let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
-    let ok = raw("POST", &u, &[JSON, ACCEPT, V, ("mcp-session-id", &sid)], list).await;
+    let ok = raw(
+        "POST",
+        &u,
+        &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
+        list,
+    )
+    .await;
     assert_eq!(ok.status, 200);
     let del = raw("DELETE", &u, &[V, ("mcp-session-id", &sid)], "").await;
     assert!(del.status < 300, "DELETE answered {}", del.status);
-    let gone = raw("POST", &u, &[JSON, ACCEPT, V, ("mcp-session-id", &sid)], list).await;
+    let gone = raw(
+        "POST",
+        &u,
+        &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
+        list,
+    )
+    .await;
     assert_eq!((gone.status, gone.error_code()), (404, Some(-32001)));
     assert_eq!(gone.json()["id"], 2);
 }
@@ -368,21 +444,68 @@ async fn bad_session_inputs_get_clear_errors() {
     let list = r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#;
     let missing = raw("POST", &u, &[JSON, ACCEPT, V], list).await;
     assert_eq!((missing.status, missing.error_code()), (400, Some(-32000)));
-    let unknown = raw("POST", &u, &[JSON, ACCEPT, V, ("mcp-session-id", "not-a-session")], list).await;
+    let unknown = raw(
+        "POST",
+        &u,
+        &[JSON, ACCEPT, V, ("mcp-session-id", "not-a-session")],
+        list,
+    )
+    .await;
     assert_eq!((unknown.status, unknown.error_code()), (404, Some(-32001)));
-    let get_unknown = raw("GET", &u, &[("accept", "text/event-stream"), V, ("mcp-session-id", "nope")], "").await;
+    let get_unknown = raw(
+        "GET",
+        &u,
+        &[
+            ("accept", "text/event-stream"),
+            V,
+            ("mcp-session-id", "nope"),
+        ],
+        "",
+    )
+    .await;
     assert_eq!(get_unknown.status, 404);
     // 2026-07-28: a header that disagrees with the body never reaches the backend.
     let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
-    let mismatch = raw("POST", &u, &[JSON, ACCEPT, ("mcp-protocol-version", "2026-07-28"),
-        ("mcp-method", "tools/call"), ("mcp-name", "test_error_handling")], call).await;
-    assert_eq!((mismatch.status, mismatch.error_code()), (400, Some(-32020)));
+    let mismatch = raw(
+        "POST",
+        &u,
+        &[
+            JSON,
+            ACCEPT,
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "test_error_handling"),
+        ],
+        call,
+    )
+    .await;
+    assert_eq!(
+        (mismatch.status, mismatch.error_code()),
+        (400, Some(-32020))
+    );
     assert_eq!(mismatch.json()["id"], 7);
-    let good = raw("POST", &u, &[JSON, ACCEPT, ("mcp-protocol-version", "2026-07-28"),
-        ("mcp-method", "tools/call"), ("mcp-name", "echo")], call).await;
+    let good = raw(
+        "POST",
+        &u,
+        &[
+            JSON,
+            ACCEPT,
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ],
+        call,
+    )
+    .await;
     assert_eq!(good.status, 200, "{}", String::from_utf8_lossy(&good.body));
     // DNS rebinding.
-    let evil = raw("POST", &u, &[JSON, ACCEPT, ("host", "evil.example.com")], INIT).await;
+    let evil = raw(
+        "POST",
+        &u,
+        &[JSON, ACCEPT, ("host", "evil.example.com")],
+        INIT,
+    )
+    .await;
     assert_eq!((evil.status, evil.error_code()), (403, Some(-32000)));
 }
 
@@ -392,7 +515,14 @@ async fn a_dead_backend_is_a_502_not_a_hang() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let gw = serve(McpGateway::builder().upstream_url(&format!("http://{dead}/mcp")).unwrap().build().unwrap()).await;
+    let gw = serve(
+        McpGateway::builder()
+            .upstream_url(&format!("http://{dead}/mcp"))
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await;
     let r = raw("POST", &url(&gw), &[JSON, ACCEPT], INIT).await;
     assert_eq!((r.status, r.error_code()), (502, Some(-32050)));
     assert_eq!(r.json()["id"], 1);

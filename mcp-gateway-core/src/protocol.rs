@@ -236,23 +236,23 @@ pub fn check_stateless_headers(
                     "Mcp-Name",
                 ))
             }
-            HeaderValue::One(raw) => {
-                match decode_header_value(raw) {
-                    None => {
-                        return Err(mismatch(
-                            "Mcp-Name header is not valid base64".into(),
-                            "Mcp-Name",
-                        ))
-                    }
-                    Some(decoded) if decoded != expected => return Err(mismatch(
+            HeaderValue::One(raw) => match decode_header_value(raw) {
+                None => {
+                    return Err(mismatch(
+                        "Mcp-Name header is not valid base64".into(),
+                        "Mcp-Name",
+                    ))
+                }
+                Some(decoded) if decoded != expected => {
+                    return Err(mismatch(
                         format!(
                             "Mcp-Name header `{decoded}` does not match body value `{expected}`"
                         ),
                         "Mcp-Name",
-                    )),
-                    Some(_) => {}
+                    ))
                 }
-            }
+                Some(_) => {}
+            },
         }
     }
     if message.is_request() {
