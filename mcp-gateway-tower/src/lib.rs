@@ -18,6 +18,9 @@
 //! `origin → jsonrpc → session → sse relay → upstreams`.
 #![deny(missing_docs)]
 
+#[macro_use]
+mod macros;
+
 pub mod body;
 pub mod builder;
 pub mod error;

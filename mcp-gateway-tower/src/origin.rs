@@ -315,18 +315,7 @@ impl<S> Origin<S> {
     pub fn layer(policy: OriginPolicy) -> OriginLayer {
         OriginLayer::new(policy)
     }
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!();
 }
 
 impl<S, B> Service<Request<B>> for Origin<S>

@@ -153,29 +153,31 @@ pub struct Session<S> {
 }
 
 impl<S> Session<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!();
+}
+
+/// What the router needs of the service behind it.
+pub trait RoutedService:
+    Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> RoutedService for T where
+    T: Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 impl<S> Service<Request<Body>> for Session<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: RoutedService,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -195,11 +197,7 @@ where
 
 impl<S> Session<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: RoutedService,
 {
     fn start_sweeper(&self) {
         if self.shared.sweeper_started.load(Ordering::Relaxed)
@@ -272,11 +270,7 @@ async fn route<S>(
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Infallible>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: RoutedService,
 {
     if req.method() == HttpMethod::POST {
         let Some(mcp) = req.extensions().get::<McpRequest>() else {
@@ -316,11 +310,7 @@ async fn initialize<S>(
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Infallible>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: RoutedService,
 {
     let id = first_id(&req);
     let (instance, version) = {
@@ -392,11 +382,7 @@ async fn in_session<S>(
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Infallible>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: RoutedService,
 {
     let id = first_id(&req);
     let Some(sid) = req

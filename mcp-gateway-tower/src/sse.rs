@@ -154,18 +154,7 @@ pub struct SseRelay<S, H = ()> {
 }
 
 impl<S, H> SseRelay<S, H> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!();
 }
 
 impl<S, H> Service<Request<Body>> for SseRelay<S, H>
