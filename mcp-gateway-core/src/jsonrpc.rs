@@ -191,6 +191,10 @@ impl Message {
     pub fn target(&self) -> Option<&str> {
         self.target.as_ref().map(Text::as_str)
     }
+    /// [`Message::target`] as shared [`Text`] (no copy).
+    pub fn target_text(&self) -> Option<&Text> {
+        self.target.as_ref()
+    }
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` (2026-07-28).
     pub fn meta_protocol_version(&self) -> Option<&str> {
         self.meta_version.as_ref().map(Text::as_str)
@@ -260,6 +264,11 @@ impl Envelope {
             Envelope::Single(m) => Some(m),
             Envelope::Batch(_) => None,
         }
+    }
+
+    /// The first id in the body: what an error about the whole body answers.
+    pub fn first_id(&self) -> Option<&RequestId> {
+        self.messages().iter().find_map(Message::id)
     }
 
     /// Does the body hold at least one request (so a response is owed)?

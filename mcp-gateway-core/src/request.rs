@@ -45,6 +45,10 @@ impl McpRequest {
     pub fn message(&self) -> Option<&Message> {
         self.envelope.single()
     }
+    /// The first JSON-RPC id in the body (see [`Envelope::first_id`]).
+    pub fn first_id(&self) -> Option<&crate::RequestId> {
+        self.envelope.first_id()
+    }
     /// The method of a single request or notification.
     pub fn method(&self) -> Option<&Method> {
         self.message().and_then(Message::method)

@@ -71,8 +71,12 @@ fn millis_since(epoch: Instant) -> u64 {
 #[derive(Debug)]
 pub struct SessionRecord {
     id: SessionId,
+    /// The id as a header value, built once: responses carry it.
+    id_header: http::HeaderValue,
     instance: usize,
-    upstream_id: Option<Box<str>>,
+    /// Kept as a header value: it is read from one and sent as one on
+    /// every request, so storing it ready avoids a conversion per request.
+    upstream_id: Option<http::HeaderValue>,
     protocol_version: Option<ProtocolVersion>,
     owner: Option<Box<str>>,
     created: Instant,
@@ -82,11 +86,14 @@ pub struct SessionRecord {
 impl SessionRecord {
     /// A record for session `id` on backend instance `instance`, whose
     /// backend session id is `upstream_id` (if the backend issued one).
-    pub fn new(id: SessionId, instance: usize, upstream_id: Option<String>) -> Self {
+    pub fn new(id: SessionId, instance: usize, upstream_id: Option<http::HeaderValue>) -> Self {
+        let id_header =
+            http::HeaderValue::from_str(id.as_str()).expect("session ids are visible ASCII");
         SessionRecord {
             id,
+            id_header,
             instance,
-            upstream_id: upstream_id.map(String::into_boxed_str),
+            upstream_id,
             protocol_version: None,
             owner: None,
             created: Instant::now(),
@@ -111,13 +118,21 @@ impl SessionRecord {
     pub fn id(&self) -> &SessionId {
         &self.id
     }
+    /// The gateway session id, ready to send as `Mcp-Session-Id`.
+    pub fn id_header(&self) -> &http::HeaderValue {
+        &self.id_header
+    }
     /// Index of the backend instance the session lives on.
     pub fn instance(&self) -> usize {
         self.instance
     }
     /// The backend's own session id.
     pub fn upstream_id(&self) -> Option<&str> {
-        self.upstream_id.as_deref()
+        self.upstream_id.as_ref().and_then(|v| v.to_str().ok())
+    }
+    /// The backend's own session id, ready to send as `Mcp-Session-Id`.
+    pub fn upstream_header(&self) -> Option<&http::HeaderValue> {
+        self.upstream_id.as_ref()
     }
     /// The protocol version requested at `initialize`.
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
@@ -420,7 +435,12 @@ mod tests {
     fn insert_get_remove() {
         let store = InMemorySessionStore::default();
         let id = SessionId::random();
-        block(store.insert(SessionRecord::new(id.clone(), 2, Some("up-1".into())))).unwrap();
+        block(store.insert(SessionRecord::new(
+            id.clone(),
+            2,
+            Some(http::HeaderValue::from_static("up-1")),
+        )))
+        .unwrap();
         assert_eq!(store.len(), 1);
         let rec = block(store.get(id.as_str())).unwrap();
         assert_eq!(rec.instance(), 2);

@@ -187,7 +187,7 @@ where
                 Ok(e) => e,
                 Err(e) => return Ok(error_response(&e, None)),
             };
-            let first_id = envelope.messages().iter().find_map(|m| m.id()).cloned();
+            let first_id = envelope.first_id().cloned();
             // The version is checked after parsing so that even this error
             // can answer the request's id, as JSON-RPC requires.
             let version = match header_version(&parts.headers) {
@@ -304,7 +304,7 @@ fn validate(
     envelope: Envelope,
     header_version: Option<ProtocolVersion>,
 ) -> Result<McpRequest, GatewayError> {
-    let first = envelope.messages()[0].clone();
+    let first = &envelope.messages()[0];
     let version = match header_version {
         Some(v) => v,
         None => {
@@ -340,7 +340,7 @@ fn validate(
     }
     if version == ProtocolVersion::V2026_07_28 && !first.is_initialize() {
         check_stateless_headers(
-            &first,
+            first,
             single(h, headers::MCP_METHOD),
             single(h, headers::MCP_NAME),
             version,

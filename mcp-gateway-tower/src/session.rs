@@ -236,10 +236,7 @@ async fn end_upstream<S>(inner: S, rec: &SessionRecord)
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
 {
-    let Some(upstream) = rec.upstream_id() else {
-        return;
-    };
-    let Ok(value) = HeaderValue::from_str(upstream) else {
+    let Some(value) = rec.upstream_header().cloned() else {
         return;
     };
     let mut req = Request::delete("/")
@@ -261,7 +258,7 @@ where
 fn first_id(req: &Request<Body>) -> Option<RequestId> {
     req.extensions()
         .get::<McpRequest>()
-        .and_then(|m| m.envelope().messages().iter().find_map(|m| m.id()).cloned())
+        .and_then(|m| m.first_id().cloned())
 }
 
 async fn route<S>(
@@ -338,33 +335,22 @@ where
     if !res.status().is_success() {
         return Ok(res);
     }
-    let upstream_id = res
-        .headers()
-        .get(headers::MCP_SESSION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let upstream_id = res.headers().get(headers::MCP_SESSION_ID).cloned();
     let gid = SessionId::random();
-    let record = SessionRecord::new(gid.clone(), instance, upstream_id)
+    let record = SessionRecord::new(gid.clone(), instance, upstream_id.clone())
         .with_protocol_version(version)
         .with_owner(owner);
     match shared.store.insert(record).await {
-        Ok(_) => {
-            let v = HeaderValue::from_str(gid.as_str()).expect("session ids are visible ASCII");
-            res.headers_mut().insert(headers::MCP_SESSION_ID, v);
+        Ok(rec) => {
+            res.headers_mut()
+                .insert(headers::MCP_SESSION_ID, rec.id_header().clone());
             tracing::debug!(session = ?gid, instance, "session started");
             Ok(res)
         }
         Err(e) => {
             // The backend session exists but cannot be tracked: end it.
-            let orphan = SessionRecord::new(
-                gid,
-                instance,
-                res.headers()
-                    .get(headers::MCP_SESSION_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-            )
-            .with_protocol_version(version);
+            let orphan =
+                SessionRecord::new(gid, instance, upstream_id).with_protocol_version(version);
             tokio::spawn(async move { end_upstream(inner, &orphan).await });
             let kind = match e {
                 StoreError::Full { .. } => ErrorKind::SessionCapacity,
@@ -384,41 +370,39 @@ async fn in_session<S>(
 where
     S: RoutedService,
 {
-    let id = first_id(&req);
-    let Some(sid) = req
-        .headers()
-        .get(headers::MCP_SESSION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    else {
+    // A header value clone shares the buffer: no allocation per request.
+    let Some(sid) = req.headers().get(headers::MCP_SESSION_ID).cloned() else {
         let e = GatewayError::new(
             ErrorKind::MissingSession,
             "Bad Request: Mcp-Session-Id header is required",
         );
-        return Ok(error_response(&e, id.as_ref()));
+        return Ok(error_response(&e, first_id(&req).as_ref()));
     };
-    let not_found = || {
+    let not_found = |req: &Request<Body>| {
         let e = GatewayError::new(ErrorKind::SessionNotFound, "Session not found");
-        Ok(error_response(&e, id.as_ref()))
+        Ok(error_response(&e, first_id(req).as_ref()))
     };
-    let Some(rec) = shared.store.get(&sid).await else {
-        return not_found();
+    let Ok(sid) = sid.to_str() else {
+        return not_found(&req);
+    };
+    let Some(rec) = shared.store.get(sid).await else {
+        return not_found(&req);
     };
     let owner = req.extensions().get::<SessionOwner>().map(|o| &*o.0);
     if rec.owner() != owner {
         // Indistinguishable from an unknown id: no hint that it exists.
-        return not_found();
+        return not_found(&req);
     }
     let is_delete = req.method() == HttpMethod::DELETE;
-    match rec.upstream_id().map(HeaderValue::from_str) {
-        Some(Ok(v)) => {
-            req.headers_mut().insert(headers::MCP_SESSION_ID, v);
+    match rec.upstream_header() {
+        Some(v) => {
+            req.headers_mut().insert(headers::MCP_SESSION_ID, v.clone());
         }
-        _ => {
+        None => {
             req.headers_mut().remove(headers::MCP_SESSION_ID);
             if is_delete {
                 // The backend never had a session to end.
-                shared.store.remove(&sid).await;
+                shared.store.remove(sid).await;
                 let mut res = Response::new(Body::empty());
                 *res.status_mut() = StatusCode::NO_CONTENT;
                 return Ok(res);
@@ -431,15 +415,15 @@ where
     if status == StatusCode::NOT_FOUND && rec.upstream_id().is_some() {
         // The backend no longer knows the session: forget it here as well,
         // so the client's next initialize starts clean.
-        shared.store.remove(&sid).await;
+        shared.store.remove(sid).await;
     } else if is_delete && status.is_success() {
-        shared.store.remove(&sid).await;
+        shared.store.remove(sid).await;
         tracing::debug!(session = ?rec.id(), "session ended by client");
     }
     if res.headers().contains_key(headers::MCP_SESSION_ID) {
         // Never leak a backend's id to the client.
-        let v = HeaderValue::from_str(rec.id().as_str()).expect("session ids are visible ASCII");
-        res.headers_mut().insert(headers::MCP_SESSION_ID, v);
+        res.headers_mut()
+            .insert(headers::MCP_SESSION_ID, rec.id_header().clone());
     }
     Ok(res)
 }

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
+use mcp_gateway_core::jsonrpc::Text;
 use mcp_gateway_core::sse::{SseEvent, SseScanner, KEEP_ALIVE};
 use mcp_gateway_core::{McpRequest, Method, RequestId};
 use pin_project_lite::pin_project;
@@ -45,8 +46,8 @@ pub struct StreamContext {
     pub method: Option<Method>,
     /// The JSON-RPC id of that request.
     pub id: Option<RequestId>,
-    /// `params.name` / `params.uri` of that request.
-    pub target: Option<String>,
+    /// `params.name` / `params.uri` of that request (shares the body buffer).
+    pub target: Option<Text>,
 }
 
 /// A hook that sees every SSE event the relay passes on.
@@ -81,7 +82,7 @@ where
 }
 
 /// Settings of [`SseRelayLayer`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct SseRelayConfig {
     /// Send a keep-alive comment after this much upstream silence.
     /// Default: 15 s. `None` disables keep-alives.
@@ -139,7 +140,7 @@ impl<S, H: Clone> Layer<S> for SseRelayLayer<H> {
     fn layer(&self, inner: S) -> SseRelay<S, H> {
         SseRelay {
             inner,
-            cfg: self.cfg.clone(),
+            cfg: self.cfg,
             hook: self.hook.clone(),
         }
     }
@@ -176,12 +177,12 @@ where
             StreamContext {
                 method: m.method().cloned(),
                 id: msg.and_then(|m| m.id()).cloned(),
-                target: msg.and_then(|m| m.target()).map(str::to_owned),
+                target: msg.and_then(|m| m.target_text()).cloned(),
             }
         });
         ResponseFuture {
             future: self.inner.call(req),
-            state: Some((self.cfg.clone(), self.hook.clone(), ctx.unwrap_or_default())),
+            state: Some((self.cfg, self.hook.clone(), ctx.unwrap_or_default())),
         }
     }
 }

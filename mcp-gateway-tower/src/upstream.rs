@@ -197,7 +197,7 @@ impl Service<Request<Body>> for HttpUpstream {
         let id = parts
             .extensions
             .get::<McpRequest>()
-            .and_then(|m| m.envelope().messages().iter().find_map(|m| m.id()).cloned());
+            .and_then(|m| m.first_id().cloned());
         parts.uri = self.target(&parts.uri);
         strip_hop_by_hop(&mut parts.headers);
         for n in &STRIP[7..] {
