@@ -87,6 +87,25 @@ async fn serve_gateway(upstream: String, max_sessions: usize) -> SocketAddr {
     addr
 }
 
+/// The same HTTP hop with no MCP layer: axum in front of the pooled
+/// upstream client. Separates what the second hop costs from what the
+/// layers cost.
+async fn serve_bare_proxy(upstream: String) -> SocketAddr {
+    use mcp_gateway_tower::upstream::{HttpUpstream, HttpUpstreamConfig};
+    use mcp_gateway_tower::Body;
+    let up = HttpUpstream::new(&upstream, HttpUpstreamConfig::default()).unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .map_request(|r: http::Request<axum::body::Body>| r.map(Body::new))
+        .service(up);
+    let app = axum::Router::new().route_service("/mcp", svc);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 fn client() -> HttpClient {
@@ -225,19 +244,26 @@ async fn main() {
     let stub = serve_stub().await;
     println!("mcp-gateway loopback benchmark: {calls} tools/call per scenario, 2-core machine, one process");
     println!(
-        "{:<34} {:>10} {:>10} {:>10} {:>12}",
+        "{:<44} {:>10} {:>10} {:>10} {:>12}",
         "scenario", "req/s", "p50 µs", "p99 µs", "CPU µs/call"
     );
     for mode in ["json", "sse"] {
         let direct_url = format!("http://{stub}/{mode}");
         let gw = serve_gateway(direct_url.clone(), 1_000_000).await;
         let gw_url = format!("http://{gw}/mcp");
+        let bare = serve_bare_proxy(direct_url.clone()).await;
+        let bare_url = format!("http://{bare}/mcp");
         for conns in [1usize, 32] {
             let d = run(&direct_url, false, conns, calls).await;
+            let b = run(&bare_url, false, conns, calls).await;
             let g = run(&gw_url, true, conns, calls).await;
-            for (name, r) in [("direct", &d), ("gateway", &g)] {
+            for (name, r) in [
+                ("direct", &d),
+                ("bare proxy (no layers)", &b),
+                ("gateway", &g),
+            ] {
                 println!(
-                    "{:<34} {:>10.0} {:>10.1} {:>10.1} {:>12.1}",
+                    "{:<44} {:>10.0} {:>10.1} {:>10.1} {:>12.1}",
                     format!("{mode} {conns:>2} conn {name}"),
                     r.rps,
                     us(r.p50),
@@ -246,11 +272,17 @@ async fn main() {
                 );
             }
             println!(
-                "{:<34} throughput ratio {:.2}, added p50 {:.1} µs, gateway CPU {:.1} µs/call",
+                "{:<44} throughput ratio {:.2}, added p50 {:.1} µs, gateway CPU {:.1} µs/call",
                 format!("{mode} {conns:>2} conn gateway/direct"),
                 g.rps / d.rps,
                 us(g.p50) - us(d.p50),
                 (g.cpu - d.cpu) / g.calls as f64 * 1e6
+            );
+            println!(
+                "{:<44} the layers alone: added p50 {:.1} µs, CPU {:.1} µs/call (gateway minus bare proxy)",
+                format!("{mode} {conns:>2} conn layers"),
+                us(g.p50) - us(b.p50),
+                (g.cpu - b.cpu) / g.calls as f64 * 1e6
             );
         }
     }

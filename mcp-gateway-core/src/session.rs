@@ -89,6 +89,11 @@ impl SessionRecord {
     pub fn new(id: SessionId, instance: usize, upstream_id: Option<http::HeaderValue>) -> Self {
         let id_header =
             http::HeaderValue::from_str(id.as_str()).expect("session ids are visible ASCII");
+        // A header value parsed by an HTTP stack may be a slice of the whole
+        // header read buffer (kilobytes); a record lives for the session, so
+        // it keeps a compact copy of just the id.
+        let upstream_id =
+            upstream_id.map(|v| http::HeaderValue::from_bytes(v.as_bytes()).unwrap_or(v));
         SessionRecord {
             id,
             id_header,
