@@ -457,6 +457,22 @@ mod tests {
     }
 
     #[test]
+    fn record_does_not_keep_a_shared_header_buffer_alive() {
+        // A header value that is a slice of a large read buffer, as an HTTP
+        // stack produces: the record must own a copy of just the id.
+        let buffer = bytes::Bytes::from(vec![b'x'; 8192]);
+        let value = http::HeaderValue::from_maybe_shared(buffer.slice(100..132)).unwrap();
+        let rec = SessionRecord::new(SessionId::random(), 0, Some(value));
+        let stored = rec.upstream_header().unwrap().as_bytes().as_ptr_range();
+        let big = buffer.as_ptr_range();
+        assert!(
+            stored.end <= big.start || stored.start >= big.end,
+            "record points into the read buffer"
+        );
+        assert_eq!(rec.upstream_id(), Some("x".repeat(32).as_str()));
+    }
+
+    #[test]
     fn cap_is_enforced_and_freed() {
         let store = InMemorySessionStore::new(InMemoryConfig {
             max_sessions: 2,
