@@ -1,26 +1,33 @@
 //! End-to-end loopback benchmark.
 //!
-//! A fast hyper stub upstream (JSON and SSE replies), a hyper load client,
-//! and `tools/call` sent directly to the stub and through the full gateway
+//! Three kinds of process, as in a deployment: a fast hyper stub upstream
+//! (JSON and SSE replies), the server under test, and this process as the
+//! load client. `tools/call` goes directly to the stub, through a bare
+//! proxy (the same HTTP hop with no MCP layer) and through the full gateway
 //! stack (origin → JSON-RPC → session → SSE relay → pooled upstream), at 1
 //! and 32 concurrent connections. Prints throughput, p50 / p99 latency, the
-//! ratios, the gateway's added p50, the gateway CPU time per call (process
-//! CPU of the gateway run minus the direct run, per call), and the resident
-//! memory of 100 000 idle sessions created through the gateway.
+//! ratios, the gateway's added p50, the CPU time the gateway *process* spent
+//! per call (from its `/proc/<pid>/stat`), and the gateway process's
+//! resident memory holding 100 000 idle sessions.
 //!
 //! ```text
 //! cargo bench --bench loopback            # MCPGW_BENCH_CALLS=N to change the call count
 //! ```
+//!
+//! The same binary plays every part: `--role stub|gateway|bare` starts a
+//! server that prints its address on stdout.
 
 use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use mcp_gateway_axum::McpGateway;
 use mcp_gateway_core::session::InMemoryConfig;
 
@@ -50,26 +57,30 @@ async fn stub(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>
     Ok(res)
 }
 
-async fn serve_stub() -> SocketAddr {
+async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((sock, _)) = listener.accept().await else {
-                break;
-            };
-            let _ = sock.set_nodelay(true);
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(sock), hyper::service::service_fn(stub))
-                    .await;
-            });
-        }
-    });
-    addr
+    (listener, addr)
 }
 
-async fn serve_gateway(upstream: String, max_sessions: usize) -> SocketAddr {
+async fn serve_stub() {
+    let (listener, addr) = listen().await;
+    println!("{addr}");
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            break;
+        };
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(sock), hyper::service::service_fn(stub))
+                .await;
+        });
+    }
+}
+
+/// The gateway as the `gateway` example builds it (default layers).
+async fn serve_gateway(upstream: String, max_sessions: usize) {
     let app = McpGateway::builder()
         .upstream_url(&upstream)
         .unwrap()
@@ -79,18 +90,22 @@ async fn serve_gateway(upstream: String, max_sessions: usize) -> SocketAddr {
         })
         .build()
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
+    serve_app(app).await;
+}
+
+/// Serves `app` the way the `gateway` example does, printing the address.
+async fn serve_app(app: axum::Router) {
+    use mcp_gateway_axum::serve;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listeners = serve::bind_per_core("127.0.0.1:0".parse().unwrap(), threads).unwrap();
+    println!("{}", listeners[0].local_addr().unwrap());
+    let _ = serve::serve_per_core(listeners, app, std::future::pending()).await;
 }
 
 /// The same HTTP hop with no MCP layer: axum in front of the pooled
 /// upstream client. Separates what the second hop costs from what the
 /// layers cost.
-async fn serve_bare_proxy(upstream: String) -> SocketAddr {
+async fn serve_bare_proxy(upstream: String) {
     use mcp_gateway_tower::upstream::{HttpUpstream, HttpUpstreamConfig};
     use mcp_gateway_tower::Body;
     let up = HttpUpstream::new(&upstream, HttpUpstreamConfig::default()).unwrap();
@@ -98,37 +113,112 @@ async fn serve_bare_proxy(upstream: String) -> SocketAddr {
         .map_request(|r: http::Request<axum::body::Body>| r.map(Body::new))
         .service(up);
     let app = axum::Router::new().route_service("/mcp", svc);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
+    serve_app(app).await;
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+/// The floor of any proxy: a TCP relay copying bytes both ways, no HTTP.
+async fn serve_tcp_relay(upstream: String) {
+    let target: SocketAddr = upstream
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (listener, addr) = listen().await;
+    println!("{addr}");
+    while let Ok((mut sock, _)) = listener.accept().await {
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(async move {
+            let mut up = tokio::net::TcpStream::connect(target).await.unwrap();
+            let _ = up.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut sock, &mut up).await;
+        });
+    }
+}
 
-fn client() -> HttpClient {
-    let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
-    c.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(c)
+/// A server process of this benchmark; killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Server {
+            child,
+            addr: line.trim().parse().unwrap(),
+        }
+    }
+
+    fn proc_file(&self, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
+    }
+
+    /// (utime, stime) of the process, in seconds (USER_HZ = 100 on Linux).
+    fn cpu_seconds(&self) -> (f64, f64) {
+        let stat = self.proc_file("stat");
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (t(11) / 100.0, t(12) / 100.0)
+    }
+
+    fn rss_mb(&self) -> f64 {
+        self.proc_file("status")
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One client connection (HTTP/1.1, keep-alive, TCP_NODELAY).
+async fn connect(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.set_nodelay(true).unwrap();
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx
 }
 
 async fn post(
-    c: &HttpClient,
-    url: &str,
+    tx: &mut SendRequest<Full<Bytes>>,
+    path: &str,
     session: Option<&str>,
     body: &'static str,
 ) -> (u16, Option<String>) {
-    let mut req = http::Request::post(url)
+    let mut req = http::Request::post(path)
+        .header("host", "127.0.0.1")
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2025-11-25");
     if let Some(s) = session {
         req = req.header("mcp-session-id", s);
     }
-    let res = c
-        .request(
+    tx.ready().await.unwrap();
+    let res = tx
+        .send_request(
             req.body(Full::new(Bytes::from_static(body.as_bytes())))
                 .unwrap(),
         )
@@ -141,65 +231,51 @@ async fn post(
         .map(|v| v.to_str().unwrap().to_owned());
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert!(
-        body.windows(12).any(|w| w == b"18 degrees a")
-            || status != 200
-            || body.is_empty()
-            || sid.is_some()
+        body.windows(12).any(|w| w == b"18 degrees a") || status != 200 || sid.is_some(),
+        "unexpected answer {status}: {}",
+        String::from_utf8_lossy(&body)
     );
     (status, sid)
-}
-
-fn cpu_seconds() -> f64 {
-    // utime + stime of this process, in clock ticks (USER_HZ = 100 on Linux).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
-fn rss_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 struct Run {
     rps: f64,
     p50: Duration,
     p99: Duration,
-    cpu: f64,
-    calls: usize,
+    /// CPU seconds of the server under test per call.
+    cpu_per_call: f64,
+    /// The kernel's share of it (system time), per call.
+    sys_per_call: f64,
 }
 
-/// `calls` tools/call requests over `conns` connections (each connection a
-/// task with its own client, so every task keeps one connection busy).
-async fn run(url: &str, gateway: bool, conns: usize, calls: usize) -> Run {
+/// `calls` tools/call requests over `conns` connections to `server`, each
+/// connection a task with one call in flight.
+async fn run(server: &Server, path: &str, gateway: bool, conns: usize, calls: usize) -> Run {
     let per = calls / conns;
-    let cpu0 = cpu_seconds();
+    let mut setup = Vec::new();
+    for _ in 0..conns {
+        let mut tx = connect(server.addr).await;
+        let sid = if gateway {
+            let (s, sid) = post(&mut tx, path, None, INIT).await;
+            assert_eq!(s, 200);
+            sid
+        } else {
+            Some("stub-session".to_owned())
+        };
+        // Warm the connection (and the server's upstream pool).
+        post(&mut tx, path, sid.as_deref(), CALL).await;
+        setup.push((tx, sid));
+    }
+    let cpu0 = server.cpu_seconds();
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let url = url.to_owned();
+    for (mut tx, sid) in setup {
+        let path = path.to_owned();
         tasks.push(tokio::spawn(async move {
-            let c = client();
-            let sid = if gateway {
-                let (s, sid) = post(&c, &url, None, INIT).await;
-                assert_eq!(s, 200);
-                sid
-            } else {
-                Some("stub-session".to_owned())
-            };
-            // Warm the connection.
-            post(&c, &url, sid.as_deref(), CALL).await;
             let mut lat = Vec::with_capacity(per);
             for _ in 0..per {
                 let t = Instant::now();
-                let (s, _) = post(&c, &url, sid.as_deref(), CALL).await;
+                let (s, _) = post(&mut tx, &path, sid.as_deref(), CALL).await;
                 lat.push(t.elapsed());
                 assert_eq!(s, 200);
             }
@@ -211,15 +287,16 @@ async fn run(url: &str, gateway: bool, conns: usize, calls: usize) -> Run {
         lat.extend(t.await.unwrap());
     }
     let wall = start.elapsed();
-    let cpu = cpu_seconds() - cpu0;
+    let cpu1 = server.cpu_seconds();
+    let (user, sys) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
     lat.sort_unstable();
     let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     Run {
         rps: lat.len() as f64 / wall.as_secs_f64(),
         p50: q(0.50),
         p99: q(0.99),
-        cpu,
-        calls: lat.len(),
+        cpu_per_call: (user + sys) / lat.len() as f64,
+        sys_per_call: sys / lat.len() as f64,
     }
 }
 
@@ -227,11 +304,54 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn server_role(args: &[String]) -> bool {
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let Some(role) = arg("--role") else {
+        return false;
+    };
+    let upstream = arg("--upstream").unwrap_or_default();
+    let max_sessions = arg("--max-sessions")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    // The servers under test run as the `gateway` example does: one
+    // single-threaded runtime per core (`mcp_gateway_axum::serve`).
+    let rt = if role != "stub" {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    rt.block_on(async move {
+        match role.as_str() {
+            "stub" => serve_stub().await,
+            "gateway" => serve_gateway(upstream, max_sessions).await,
+            "bare" => serve_bare_proxy(upstream).await,
+            "relay" => serve_tcp_relay(upstream).await,
+            other => panic!("unknown role {other}"),
+        }
+    });
+    true
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if server_role(&args) {
+        return;
+    }
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing and
     // expects a quick smoke run.
-    let full = std::env::args().any(|a| a == "--bench");
+    let full = args.iter().any(|a| a == "--bench");
     let calls: usize = std::env::var("MCPGW_BENCH_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -240,67 +360,89 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full { 100_000 } else { 1_000 });
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(client_main(calls, idle_sessions));
+}
 
-    let stub = serve_stub().await;
-    println!("mcp-gateway loopback benchmark: {calls} tools/call per scenario, 2-core machine, one process");
+async fn client_main(calls: usize, idle_sessions: usize) {
+    let stub = Server::start(&["--role", "stub"]);
     println!(
-        "{:<44} {:>10} {:>10} {:>10} {:>12}",
-        "scenario", "req/s", "p50 µs", "p99 µs", "CPU µs/call"
+        "mcp-gateway loopback benchmark: {calls} tools/call per scenario; stub, server under test and load client in three processes on this {}-core machine",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<40} {:>9} {:>9} {:>9} {:>19} {:>8}",
+        "scenario", "req/s", "p50 µs", "p99 µs", "server CPU µs/call", "(kernel)"
     );
     for mode in ["json", "sse"] {
-        let direct_url = format!("http://{stub}/{mode}");
-        let gw = serve_gateway(direct_url.clone(), 1_000_000).await;
-        let gw_url = format!("http://{gw}/mcp");
-        let bare = serve_bare_proxy(direct_url.clone()).await;
-        let bare_url = format!("http://{bare}/mcp");
+        let upstream = format!("http://{}/{mode}", stub.addr);
+        let direct_path = format!("/{mode}");
+        let gw = Server::start(&["--role", "gateway", "--upstream", &upstream]);
+        let bare = Server::start(&["--role", "bare", "--upstream", &upstream]);
+        let relay = Server::start(&["--role", "relay", "--upstream", &upstream]);
         for conns in [1usize, 32] {
-            let d = run(&direct_url, false, conns, calls).await;
-            let b = run(&bare_url, false, conns, calls).await;
-            let g = run(&gw_url, true, conns, calls).await;
+            let d = run(&stub, &direct_path, false, conns, calls).await;
+            let b = run(&bare, "/mcp", false, conns, calls).await;
+            let t = run(&relay, &direct_path, false, conns, calls).await;
+            let g = run(&gw, "/mcp", true, conns, calls).await;
             for (name, r) in [
-                ("direct", &d),
+                ("direct (stub)", &d),
+                ("TCP relay (no HTTP)", &t),
                 ("bare proxy (no layers)", &b),
                 ("gateway", &g),
             ] {
                 println!(
-                    "{:<44} {:>10.0} {:>10.1} {:>10.1} {:>12.1}",
+                    "{:<40} {:>9.0} {:>9.1} {:>9.1} {:>19.1} {:>8.1}",
                     format!("{mode} {conns:>2} conn {name}"),
                     r.rps,
                     us(r.p50),
                     us(r.p99),
-                    r.cpu / r.calls as f64 * 1e6
+                    r.cpu_per_call * 1e6,
+                    r.sys_per_call * 1e6
                 );
             }
             println!(
-                "{:<44} throughput ratio {:.2}, added p50 {:.1} µs, gateway CPU {:.1} µs/call",
-                format!("{mode} {conns:>2} conn gateway/direct"),
+                "{:<40} throughput ratio {:.2}, added p50 {:.1} µs, gateway CPU {:.1} µs/call",
+                format!("{mode} {conns:>2} conn gateway vs direct"),
                 g.rps / d.rps,
                 us(g.p50) - us(d.p50),
-                (g.cpu - d.cpu) / g.calls as f64 * 1e6
+                g.cpu_per_call * 1e6
             );
             println!(
-                "{:<44} the layers alone: added p50 {:.1} µs, CPU {:.1} µs/call (gateway minus bare proxy)",
-                format!("{mode} {conns:>2} conn layers"),
+                "{:<40} added p50 {:.1} µs, CPU {:.1} µs/call (gateway minus bare proxy)",
+                format!("{mode} {conns:>2} conn the layers alone"),
                 us(g.p50) - us(b.p50),
-                (g.cpu - b.cpu) / g.calls as f64 * 1e6
+                (g.cpu_per_call - b.cpu_per_call) * 1e6
             );
         }
     }
 
-    // Idle sessions: created through the gateway (initialize), then held.
-    let gw = serve_gateway(format!("http://{stub}/json"), idle_sessions + 10).await;
-    let url = format!("http://{gw}/mcp");
-    let rss0 = rss_mb();
+    // Idle sessions: created through a fresh gateway process (initialize),
+    // then held; the figure is that process's resident memory.
+    let max = (idle_sessions + 10).to_string();
+    let upstream = format!("http://{}/json", stub.addr);
+    let gw = Server::start(&[
+        "--role",
+        "gateway",
+        "--upstream",
+        &upstream,
+        "--max-sessions",
+        &max,
+    ]);
+    let rss0 = gw.rss_mb();
     let t = Instant::now();
     let conns = 32;
     let mut tasks = Vec::new();
     for i in 0..conns {
-        let url = url.clone();
         let n = idle_sessions / conns + usize::from(i < idle_sessions % conns);
+        let mut tx = connect(gw.addr).await;
         tasks.push(tokio::spawn(async move {
-            let c = client();
             for _ in 0..n {
-                let (s, sid) = post(&c, &url, None, INIT).await;
+                let (s, sid) = post(&mut tx, "/mcp", None, INIT).await;
                 assert_eq!(s, 200);
                 assert!(sid.is_some());
             }
@@ -309,9 +451,9 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
-    let rss1 = rss_mb();
+    let rss1 = gw.rss_mb();
     println!(
-        "idle sessions: {idle_sessions} created through the gateway in {:.1} s; resident {:.1} MB (+{:.1} MB, {:.0} bytes/session)",
+        "idle sessions: {idle_sessions} created through the gateway in {:.1} s; gateway resident {:.1} MB (+{:.1} MB since start, {:.0} bytes/session)",
         t.elapsed().as_secs_f64(),
         rss1,
         rss1 - rss0,

@@ -12,15 +12,19 @@
 //! `Origin` must match the `Host`. `--allow-host` / `--allow-origin` add
 //! values. Logs go to stderr (`RUST_LOG=debug` for more). Ctrl-C (or
 //! SIGTERM) stops accepting, lets open requests finish, and exits.
+//!
+//! `--threads N` (default: one per core) serves with one single-threaded
+//! runtime per thread on a shared `SO_REUSEPORT` port, so each connection
+//! stays on one thread (see `mcp_gateway_axum::serve`).
 
 use std::net::SocketAddr;
 
-use mcp_gateway_axum::McpGateway;
+use mcp_gateway_axum::{serve, McpGateway};
 use mcp_gateway_tower::origin::OriginPolicy;
 
 const USAGE: &str =
     "usage: gateway [--listen ADDR] --upstream URL [--upstream URL ...] [--path PATH] \
-[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...]";
+[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...] [--threads N]";
 
 struct Args {
     listen: SocketAddr,
@@ -28,6 +32,7 @@ struct Args {
     path: String,
     hosts: Vec<String>,
     origins: Vec<String>,
+    threads: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -37,6 +42,7 @@ fn parse() -> Result<Args, String> {
         path: "/mcp".into(),
         hosts: Vec::new(),
         origins: Vec::new(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +53,13 @@ fn parse() -> Result<Args, String> {
             "--path" => a.path = val()?,
             "--allow-host" => a.hosts.push(val()?),
             "--allow-origin" => a.origins.push(val()?),
+            "--threads" => {
+                a.threads = val()?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("--threads needs a positive number")?
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -80,7 +93,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -118,20 +131,19 @@ async fn main() {
         };
     }
     let app = builder.build().expect("at least one upstream");
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+    let listeners = match serve::bind_per_core(args.listen, args.threads) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("cannot listen on {}: {e}", args.listen);
             std::process::exit(1);
         }
     };
-    let addr = listener.local_addr().expect("bound socket has an address");
-    tracing::info!(%addr, path = %args.path, upstreams = ?args.upstreams, "mcp-gateway listening");
+    let addr = listeners[0]
+        .local_addr()
+        .expect("bound socket has an address");
+    tracing::info!(%addr, path = %args.path, upstreams = ?args.upstreams, threads = listeners.len(), "mcp-gateway listening");
     println!("mcp-gateway listening on http://{addr}{}", args.path);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-    {
+    if let Err(e) = serve::serve_per_core(listeners, app, shutdown_signal()).await {
         eprintln!("server error: {e}");
         std::process::exit(1);
     }

@@ -23,6 +23,8 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod serve;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;

@@ -23,6 +23,7 @@ mod macros;
 
 pub mod body;
 pub mod builder;
+mod conn_pool;
 pub mod error;
 pub mod jsonrpc;
 pub mod origin;

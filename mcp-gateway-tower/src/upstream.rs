@@ -18,15 +18,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use mcp_gateway_core::{ErrorKind, GatewayError, McpRequest};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::body::{Body, BoxError};
+use crate::conn_pool::{ConnPool, PoolConfig};
 use crate::error::error_response;
 
 /// Which instance of the backend serves a request; set by the session
@@ -65,7 +63,13 @@ impl Default for HttpUpstreamConfig {
     }
 }
 
-/// A Streamable HTTP backend reached over a pooled hyper-util client.
+/// A Streamable HTTP backend reached over pooled HTTP/1.1 connections.
+///
+/// The pool is the gateway's own: each request's task drives its
+/// connection, with no per-connection task to hand requests to (see the
+/// `conn_pool` module for why), and a response body that is dropped
+/// unread closes its connection, which is how the backend learns that a
+/// client left a stream.
 ///
 /// Per request it: points the URI at the backend URL (keeping the client's
 /// query string when the URL has none), sets `Host` to the backend's
@@ -74,10 +78,10 @@ impl Default for HttpUpstreamConfig {
 /// headers configured with [`HttpUpstream::with_header`].
 #[derive(Clone, Debug)]
 pub struct HttpUpstream {
-    client: Client<HttpConnector, Body>,
-    scheme: Scheme,
+    pool: ConnPool,
     authority: http::uri::Authority,
-    path: PathAndQuery,
+    /// The backend path in origin form, as sent on the request line.
+    path: Uri,
     host: HeaderValue,
     extra: Arc<HeaderMap>,
     response_timeout: Duration,
@@ -101,20 +105,24 @@ impl HttpUpstream {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            .build(connector);
+        let addr = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        let pool = ConnPool::new(
+            addr,
+            PoolConfig {
+                connect_timeout: cfg.connect_timeout,
+                idle_timeout: cfg.pool_idle_timeout,
+                max_idle: cfg.pool_max_idle,
+            },
+        );
         Ok(HttpUpstream {
-            client,
+            pool,
             host: HeaderValue::from_str(authority.as_str())?,
-            scheme,
             authority,
-            path,
+            path: Uri::from(path),
             extra: Arc::new(HeaderMap::new()),
             response_timeout: cfg.response_timeout,
         })
@@ -132,19 +140,15 @@ impl HttpUpstream {
         self.authority.as_str()
     }
 
+    /// The request-line target: the backend path, with the client's query
+    /// string when the backend URL has none.
     fn target(&self, incoming: &Uri) -> Uri {
-        let pq = match (self.path.query(), incoming.query()) {
+        match (self.path.query(), incoming.query()) {
             (None, Some(q)) => format!("{}?{q}", self.path.path())
                 .parse()
                 .unwrap_or_else(|_| self.path.clone()),
             _ => self.path.clone(),
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .unwrap_or_default()
+        }
     }
 }
 
@@ -188,7 +192,8 @@ impl Service<Request<Body>> for HttpUpstream {
     type Future = BoxFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // The pooled client queues internally; readiness is per connection.
+        // The pool opens a connection when none is idle; readiness is per
+        // connection, not per service.
         Poll::Ready(Ok(()))
     }
 
@@ -209,7 +214,8 @@ impl Service<Request<Body>> for HttpUpstream {
         }
         parts.version = http::Version::HTTP_11;
         let req = Request::from_parts(parts, body);
-        let fut = self.client.request(req);
+        let pool = self.pool.clone();
+        let fut = async move { pool.send(req).await };
         let timeout = self.response_timeout;
         let authority = self.authority.clone();
         Box::pin(async move {
@@ -443,12 +449,12 @@ mod tests {
         let up = HttpUpstream::new("http://127.0.0.1:9/mcp", Default::default()).unwrap();
         assert_eq!(
             up.target(&"/x?a=1".parse().unwrap()).to_string(),
-            "http://127.0.0.1:9/mcp?a=1"
+            "/mcp?a=1"
         );
         let up = HttpUpstream::new("http://127.0.0.1:9/mcp?k=v", Default::default()).unwrap();
         assert_eq!(
             up.target(&"/x?a=1".parse().unwrap()).to_string(),
-            "http://127.0.0.1:9/mcp?k=v"
+            "/mcp?k=v"
         );
     }
 }
