@@ -71,7 +71,8 @@ fn tools() -> Value {
         {"name": "progress_burst", "description": "Sends `count` progress notifications, then returns `count`",
          "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}}}},
         {"name": "notify_later", "description": "Returns at once; 50 ms later sends notifications/tools/list_changed on the standalone stream", "inputSchema": empty},
-        {"name": "whoami", "description": "Returns the server instance name", "inputSchema": empty}
+        {"name": "whoami", "description": "Returns the server instance name", "inputSchema": empty},
+        {"name": "show_auth", "description": "Returns the Authorization header this server received (to check credential injection)", "inputSchema": empty}
     ])
 }
 
@@ -182,6 +183,16 @@ impl ServerHandler for Fixtures {
         let args = request.arguments.clone().unwrap_or_default();
         Ok(match &*request.name {
             "test_simple_text" => text("This is a simple text response for testing."),
+            "show_auth" => {
+                let seen = ctx
+                    .extensions
+                    .get::<http::request::Parts>()
+                    .and_then(|p| p.headers.get(http::header::AUTHORIZATION))
+                    .map_or("none".to_owned(), |v| {
+                        String::from_utf8_lossy(v.as_bytes()).into_owned()
+                    });
+                text(&seen)
+            }
             "test_image_content" => {
                 CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::image(
                     TEST_IMAGE,

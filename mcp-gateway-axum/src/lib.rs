@@ -35,9 +35,14 @@ use axum::Router;
 use http::request::Parts;
 use mcp_gateway_core::session::{InMemoryConfig, InMemorySessionStore, SessionStore};
 pub use mcp_gateway_core::McpRequest;
+use mcp_gateway_core::Principal;
 use mcp_gateway_core::{ErrorKind, GatewayError};
+use mcp_gateway_tower::acl::{Access, AclLayer, Decision, ToolPolicy};
+use mcp_gateway_tower::auth::{AuthConfig, AuthLayer, Authenticator, ProtectedResourceMetadata};
+use mcp_gateway_tower::credentials::CredentialProvider;
 use mcp_gateway_tower::jsonrpc::JsonRpcConfig;
 use mcp_gateway_tower::origin::OriginPolicy;
+use mcp_gateway_tower::pinning::ToolPins;
 use mcp_gateway_tower::session::{BackendSelector, RoundRobin, SessionLayer};
 use mcp_gateway_tower::sse::SseRelayConfig;
 use mcp_gateway_tower::upstream::{BoxUpstream, HttpUpstreamConfig, ServiceUpstream, Upstreams};
@@ -60,7 +65,13 @@ impl McpGateway {
 /// returns the router.
 pub struct McpGatewayBuilder {
     path: String,
-    instances: Vec<BoxUpstream>,
+    instances: Vec<PendingUpstream>,
+    backend: Arc<str>,
+    auth: Option<(Arc<dyn Authenticator>, AuthConfig)>,
+    metadata: Option<ProtectedResourceMetadata>,
+    policy: Option<Arc<dyn ToolPolicy>>,
+    pins: Option<Arc<ToolPins>>,
+    credentials: Option<Arc<dyn CredentialProvider>>,
     http: HttpUpstreamConfig,
     origin: OriginPolicy,
     jsonrpc: JsonRpcConfig,
@@ -69,6 +80,7 @@ pub struct McpGatewayBuilder {
     store: Option<Arc<dyn SessionStore>>,
     selector: Option<Arc<dyn BackendSelector>>,
     sweep_interval: Duration,
+    metadata_url: Option<String>,
 }
 
 impl Default for McpGatewayBuilder {
@@ -76,6 +88,12 @@ impl Default for McpGatewayBuilder {
         McpGatewayBuilder {
             path: "/mcp".into(),
             instances: Vec::new(),
+            backend: "default".into(),
+            auth: None,
+            metadata: None,
+            policy: None,
+            pins: None,
+            credentials: None,
             http: HttpUpstreamConfig::default(),
             origin: OriginPolicy::loopback(),
             jsonrpc: JsonRpcConfig::default(),
@@ -84,6 +102,7 @@ impl Default for McpGatewayBuilder {
             store: None,
             selector: None,
             sweep_interval: Duration::from_secs(30),
+            metadata_url: None,
         }
     }
 }
@@ -113,8 +132,64 @@ impl McpGatewayBuilder {
     /// Adds an instance reached over HTTP (`http://host:port/path`).
     pub fn upstream_url(mut self, url: &str) -> Result<Self, BoxError> {
         let up = mcp_gateway_tower::upstream::HttpUpstream::new(url, self.http.clone())?;
-        self.instances.push(Upstreams::boxed(up));
+        self.instances.push(Box::new(move |creds| {
+            Upstreams::boxed(match creds {
+                Some((p, b)) => up.with_credentials(p, b),
+                None => up,
+            })
+        }));
         Ok(self)
+    }
+
+    /// The backend's name, as policies, pins and credential providers see
+    /// it. Default: `default`.
+    pub fn backend_name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.backend = name.into();
+        self
+    }
+
+    /// Authenticates every request (see `mcp_gateway_tower::auth`).
+    pub fn authenticator(mut self, a: Arc<dyn Authenticator>, cfg: AuthConfig) -> Self {
+        self.auth = Some((a, cfg));
+        self
+    }
+
+    /// Serves RFC 9728 protected-resource metadata for this endpoint at
+    /// `/.well-known/oauth-protected-resource` and
+    /// `/.well-known/oauth-protected-resource<path>`, and points
+    /// `WWW-Authenticate` at it. `resource` is the endpoint's public URL.
+    pub fn protected_resource(
+        mut self,
+        resource: &str,
+        authorization_servers: &[String],
+        scopes: &[String],
+    ) -> Self {
+        self.metadata = Some(ProtectedResourceMetadata::new(
+            resource,
+            authorization_servers,
+            scopes,
+        ));
+        self.metadata_url = Some(metadata_url(resource));
+        self
+    }
+
+    /// Authorizes tool, prompt and resource use with `policy` and filters
+    /// lists (see `mcp_gateway_tower::acl`).
+    pub fn policy(mut self, policy: Arc<dyn ToolPolicy>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Pins tool definitions (see `mcp_gateway_tower::pinning`).
+    pub fn pins(mut self, pins: Arc<ToolPins>) -> Self {
+        self.pins = Some(pins);
+        self
+    }
+
+    /// Credentials for the backend, added to every upstream request.
+    pub fn credentials(mut self, provider: Arc<dyn CredentialProvider>) -> Self {
+        self.credentials = Some(provider);
+        self
     }
 
     /// Adds an instance that is any tower service, e.g. rmcp's
@@ -131,8 +206,13 @@ impl McpGatewayBuilder {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.instances
-            .push(Upstreams::boxed(ServiceUpstream::new(svc)));
+        self.instances.push(Box::new(move |creds| {
+            let up = ServiceUpstream::new(svc);
+            match creds {
+                Some((p, b)) => Upstreams::boxed(up.with_credentials(p, b)),
+                None => Upstreams::boxed(up),
+            }
+        }));
         self
     }
 
@@ -200,7 +280,29 @@ impl McpGatewayBuilder {
         if self.instances.is_empty() {
             return Err("McpGateway needs at least one upstream instance".into());
         }
-        let upstreams = Upstreams::new(self.instances);
+        let creds = self.credentials.map(|c| (c, self.backend.clone()));
+        let upstreams = Upstreams::new(
+            self.instances
+                .into_iter()
+                .map(|make| make(creds.clone()))
+                .collect(),
+        );
+        let auth = self.auth.map(|(a, mut cfg)| {
+            if cfg.resource_metadata.is_none() {
+                cfg.resource_metadata = self.metadata_url.clone();
+            }
+            AuthLayer::shared(a, cfg)
+        });
+        let acl = match (self.policy, self.pins) {
+            (Some(p), pins) => Some(AclLayer::shared(p, self.backend.clone(), pins)),
+            // Pinning without a policy: everything allowed, definitions pinned.
+            (None, Some(pins)) => Some(AclLayer::shared(
+                Arc::new(|_: &Access<'_>| Decision::Allow),
+                self.backend.clone(),
+                Some(pins),
+            )),
+            (None, None) => None,
+        };
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(InMemorySessionStore::new(self.sessions)));
@@ -210,7 +312,9 @@ impl McpGatewayBuilder {
         let sessions = SessionLayer::from_arcs(store, selector).sweep_interval(self.sweep_interval);
         let svc = ServiceBuilder::new()
             .mcp_origin(self.origin)
+            .option_layer(auth)
             .mcp_jsonrpc(self.jsonrpc)
+            .option_layer(acl)
             .mcp_session(sessions.clone())
             .mcp_sse_relay(self.sse)
             .service(upstreams);
@@ -221,8 +325,59 @@ impl McpGatewayBuilder {
     /// (the stack itself answers 405 for methods MCP does not use).
     pub fn build(self) -> Result<Router, BoxError> {
         let path = self.path.clone();
+        let metadata = self.metadata.clone();
         let (svc, _) = self.into_service()?;
-        Ok(Router::new().route_service(&path, svc))
+        let mut router = Router::new().route_service(&path, svc);
+        if let Some(m) = metadata {
+            router = router
+                .route_service(WELL_KNOWN, m.clone())
+                .route_service(&format!("{WELL_KNOWN}{path}"), m);
+        }
+        Ok(router)
+    }
+}
+
+/// An upstream instance waiting for the credentials chosen at build time.
+type PendingUpstream =
+    Box<dyn FnOnce(Option<(Arc<dyn CredentialProvider>, Arc<str>)>) -> BoxUpstream + Send>;
+
+/// Where RFC 9728 puts protected-resource metadata.
+const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+
+/// The metadata URL of `resource` (RFC 9728 §3.1: the well-known prefix
+/// goes between the host and the resource's path).
+fn metadata_url(resource: &str) -> String {
+    match resource.parse::<http::Uri>() {
+        Ok(u) if u.scheme().is_some() && u.authority().is_some() => {
+            let path = u.path().trim_end_matches('/');
+            format!(
+                "{}://{}{WELL_KNOWN}{path}",
+                u.scheme_str().unwrap_or("https"),
+                u.authority().map_or("", |a| a.as_str())
+            )
+        }
+        _ => resource.to_owned(),
+    }
+}
+
+/// Extracts the caller's [`Principal`] (set by the authentication layer).
+/// Answers 401 when there is none.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| {
+                let e = GatewayError::new(ErrorKind::Unauthorized, "no authenticated caller");
+                error_response(&e, None).into_response()
+            })
     }
 }
 

@@ -38,6 +38,11 @@ pub mod codes {
     pub const UPSTREAM_TIMEOUT: i32 = -32051;
     /// Gateway: the session table is full.
     pub const SESSION_CAPACITY: i32 = -32052;
+    /// Gateway: the principal may not use this tool, prompt or resource.
+    pub const DENIED: i32 = -32053;
+    /// Gateway: the tool's definition changed since it was pinned, and the
+    /// pinning mode blocks changed tools.
+    pub const TOOL_CHANGED: i32 = -32054;
 }
 
 /// What went wrong; decides the HTTP status and the JSON-RPC code.
@@ -78,6 +83,17 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// No room for another session (503, -32052).
     SessionCapacity,
+    /// No credential, or one that does not verify (401, -32000). The auth
+    /// layer adds `WWW-Authenticate`.
+    Unauthorized,
+    /// A valid credential without a scope the request needs (403, -32000).
+    InsufficientScope,
+    /// The policy refuses this tool, prompt or resource (200, -32053): the
+    /// transport worked, the call is refused, and the client shows why.
+    Denied,
+    /// The tool's definition changed since it was first seen and changed
+    /// tools are blocked (200, -32054).
+    ToolChanged,
 }
 
 impl ErrorKind {
@@ -96,7 +112,9 @@ impl ErrorKind {
             ErrorKind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Forbidden | ErrorKind::InsufficientScope => StatusCode::FORBIDDEN,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Denied | ErrorKind::ToolChanged => StatusCode::OK,
             ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::SessionCapacity => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,9 +135,13 @@ impl ErrorKind {
             ErrorKind::Internal => INTERNAL_ERROR,
             ErrorKind::HeaderMismatch => HEADER_MISMATCH,
             ErrorKind::UnsupportedVersion => UNSUPPORTED_PROTOCOL_VERSION,
-            ErrorKind::MethodNotAllowed | ErrorKind::MissingSession | ErrorKind::Forbidden => {
-                SERVER_ERROR
-            }
+            ErrorKind::MethodNotAllowed
+            | ErrorKind::MissingSession
+            | ErrorKind::Forbidden
+            | ErrorKind::Unauthorized
+            | ErrorKind::InsufficientScope => SERVER_ERROR,
+            ErrorKind::Denied => DENIED,
+            ErrorKind::ToolChanged => TOOL_CHANGED,
             ErrorKind::SessionNotFound => SESSION_NOT_FOUND,
             ErrorKind::UpstreamUnavailable => UPSTREAM_UNAVAILABLE,
             ErrorKind::UpstreamTimeout => UPSTREAM_TIMEOUT,

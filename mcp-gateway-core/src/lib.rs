@@ -8,11 +8,13 @@
 //! - [`session`]: session ids, records and the [`session::SessionStore`] trait;
 //! - [`error`]: the one error type that maps every failure to an HTTP status
 //!   and a JSON-RPC error;
-//! - [`request`]: [`McpRequest`], what the parser learned, for later layers.
+//! - [`request`]: [`McpRequest`], what the parser learned, for later layers;
+//! - [`principal`]: [`Principal`], who is calling, as authentication found it.
 #![deny(missing_docs)]
 
 pub mod error;
 pub mod jsonrpc;
+pub mod principal;
 pub mod protocol;
 pub mod request;
 pub mod session;
@@ -20,5 +22,6 @@ pub mod sse;
 
 pub use error::{ErrorKind, GatewayError};
 pub use jsonrpc::{Envelope, Message, MessageKind, Method, RequestId};
+pub use principal::Principal;
 pub use protocol::{Era, ProtocolVersion};
 pub use request::McpRequest;

@@ -24,6 +24,8 @@
 use tower::layer::util::Stack;
 use tower::ServiceBuilder;
 
+use crate::acl::AclLayer;
+use crate::auth::AuthLayer;
 use crate::jsonrpc::{JsonRpcConfig, JsonRpcLayer};
 use crate::origin::{OriginLayer, OriginPolicy};
 use crate::session::SessionLayer;
@@ -38,8 +40,13 @@ mod sealed {
 pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     /// [`OriginLayer`]: 403 for disallowed `Host` / `Origin`.
     fn mcp_origin(self, policy: OriginPolicy) -> ServiceBuilder<Stack<OriginLayer, L>>;
+    /// [`AuthLayer`]: a `Principal` in extensions; 401 / 403 otherwise.
+    fn mcp_auth(self, layer: AuthLayer) -> ServiceBuilder<Stack<AuthLayer, L>>;
     /// [`JsonRpcLayer`]: parse and validate; `McpRequest` in extensions.
     fn mcp_jsonrpc(self, cfg: JsonRpcConfig) -> ServiceBuilder<Stack<JsonRpcLayer, L>>;
+    /// [`AclLayer`]: tool-level authorization and list filtering (after
+    /// the JSON-RPC layer).
+    fn mcp_acl(self, layer: AclLayer) -> ServiceBuilder<Stack<AclLayer, L>>;
     /// [`SessionLayer`]: the session router.
     fn mcp_session(self, layer: SessionLayer) -> ServiceBuilder<Stack<SessionLayer, L>>;
     /// [`SseRelayLayer`]: relay SSE responses with keep-alives.
@@ -50,8 +57,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn mcp_origin(self, policy: OriginPolicy) -> ServiceBuilder<Stack<OriginLayer, L>> {
         self.layer(OriginLayer::new(policy))
     }
+    fn mcp_auth(self, layer: AuthLayer) -> ServiceBuilder<Stack<AuthLayer, L>> {
+        self.layer(layer)
+    }
     fn mcp_jsonrpc(self, cfg: JsonRpcConfig) -> ServiceBuilder<Stack<JsonRpcLayer, L>> {
         self.layer(JsonRpcLayer::new(cfg))
+    }
+    fn mcp_acl(self, layer: AclLayer) -> ServiceBuilder<Stack<AclLayer, L>> {
+        self.layer(layer)
     }
     fn mcp_session(self, layer: SessionLayer) -> ServiceBuilder<Stack<SessionLayer, L>> {
         self.layer(layer)

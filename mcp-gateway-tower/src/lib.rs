@@ -12,21 +12,30 @@
 //! | [`jsonrpc`] | reads the bounded body once, parses and validates, puts an `McpRequest` in extensions |
 //! | [`session`] | the session router: gateway session ids, sticky instances, `DELETE`, expiry |
 //! | [`sse`] | the SSE relay: unchanged frames, per-event hook, keep-alive, idle timeout |
-//! | [`upstream`] | pooled HTTP backends, any tower service as a backend, instance sets |
+//! | [`auth`] | authentication: a [`Principal`](mcp_gateway_core::Principal) from API keys, JWTs ([`jwt`]) or client certificates; 401 / 403 as an OAuth resource server |
+//! | [`acl`] | tool-level authorization ([`acl::ToolPolicy`], [`rules`]), list filtering, tool pinning ([`pinning`]) |
+//! | [`upstream`] | pooled HTTP backends, any tower service as a backend, instance sets, [`credentials`] injection |
 //!
 //! Stack them with [`ServiceBuilderExt`] (outermost first):
-//! `origin → jsonrpc → session → sse relay → upstreams`.
+//! `origin → auth → jsonrpc → acl → session → sse relay → upstreams`.
 #![deny(missing_docs)]
 
 #[macro_use]
 mod macros;
 
+pub mod acl;
+pub mod auth;
 pub mod body;
 pub mod builder;
 mod conn_pool;
+pub mod credentials;
 pub mod error;
 pub mod jsonrpc;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 pub mod origin;
+pub mod pinning;
+pub mod rules;
 pub mod session;
 pub mod sse;
 pub mod upstream;

@@ -18,13 +18,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
-use mcp_gateway_core::{ErrorKind, GatewayError, McpRequest};
+use mcp_gateway_core::{ErrorKind, GatewayError, McpRequest, Principal};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::body::{Body, BoxError};
 use crate::conn_pool::{ConnPool, PoolConfig};
+use crate::credentials::CredentialProvider;
 use crate::error::error_response;
 
 /// Which instance of the backend serves a request; set by the session
@@ -76,7 +77,7 @@ impl Default for HttpUpstreamConfig {
 /// authority, strips hop-by-hop headers and the client's credentials
 /// (`Authorization`, `Cookie`: tokens stop at the gateway), and adds the
 /// headers configured with [`HttpUpstream::with_header`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpUpstream {
     pool: ConnPool,
     authority: http::uri::Authority,
@@ -84,6 +85,7 @@ pub struct HttpUpstream {
     path: Uri,
     host: HeaderValue,
     extra: Arc<HeaderMap>,
+    credentials: Credentials,
     response_timeout: Duration,
 }
 
@@ -124,6 +126,7 @@ impl HttpUpstream {
             authority,
             path: Uri::from(path),
             extra: Arc::new(HeaderMap::new()),
+            credentials: None,
             response_timeout: cfg.response_timeout,
         })
     }
@@ -132,6 +135,18 @@ impl HttpUpstream {
     /// static credential). Replaces any client value of the same name.
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         Arc::make_mut(&mut self.extra).insert(name, value);
+        self
+    }
+
+    /// Adds the headers of `provider` to every request sent to this
+    /// backend (named `backend` for the provider), after the client's
+    /// credentials were removed. See [`crate::credentials`].
+    pub fn with_credentials(
+        mut self,
+        provider: Arc<dyn CredentialProvider>,
+        backend: impl Into<Arc<str>>,
+    ) -> Self {
+        self.credentials = Some((provider, backend.into()));
         self
     }
 
@@ -186,6 +201,69 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove("proxy-connection");
 }
 
+impl std::fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpUpstream")
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("pool", &self.pool)
+            .field("credentials", &self.credentials.as_ref().map(|c| &c.1))
+            .finish()
+    }
+}
+
+/// Credentials for one backend: the provider and the backend's name.
+type Credentials = Option<(Arc<dyn CredentialProvider>, Arc<str>)>;
+
+/// Applies caller-independent credentials at once; returns the provider
+/// when it must be asked per request.
+fn apply_static_credentials(creds: &Credentials, headers: &mut HeaderMap) -> Credentials {
+    let (provider, backend) = creds.as_ref()?;
+    match provider.static_headers() {
+        Some(h) => {
+            for (k, v) in h {
+                headers.insert(k.clone(), v.clone());
+            }
+            None
+        }
+        None => Some((provider.clone(), backend.clone())),
+    }
+}
+
+/// Asks a per-request provider for this request's principal.
+async fn apply_dynamic_credentials(
+    creds: Credentials,
+    req: &mut Request<Body>,
+) -> Result<(), GatewayError> {
+    let Some((provider, backend)) = creds else {
+        return Ok(());
+    };
+    let principal = req.extensions().get::<Principal>().cloned();
+    let h = provider.credentials(principal.as_ref(), &backend).await?;
+    let mut last = None;
+    for (k, v) in h {
+        // `HeaderMap`'s iterator names a header once (replace the client's
+        // value), then `None` for its further values (append them).
+        match k {
+            Some(k) => {
+                req.headers_mut().insert(k.clone(), v);
+                last = Some(k);
+            }
+            None => {
+                if let Some(k) = &last {
+                    req.headers_mut().append(k.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+enum CallError {
+    Credentials(GatewayError),
+    Send(BoxError),
+}
+
 impl Service<Request<Body>> for HttpUpstream {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -212,10 +290,17 @@ impl Service<Request<Body>> for HttpUpstream {
         for (k, v) in self.extra.iter() {
             parts.headers.insert(k.clone(), v.clone());
         }
+        let creds = apply_static_credentials(&self.credentials, &mut parts.headers);
         parts.version = http::Version::HTTP_11;
         let req = Request::from_parts(parts, body);
         let pool = self.pool.clone();
-        let fut = async move { pool.send(req).await };
+        let fut = async move {
+            let mut req = req;
+            apply_dynamic_credentials(creds, &mut req)
+                .await
+                .map_err(CallError::Credentials)?;
+            pool.send(req).await.map_err(CallError::Send)
+        };
         let timeout = self.response_timeout;
         let authority = self.authority.clone();
         Box::pin(async move {
@@ -225,7 +310,11 @@ impl Service<Request<Body>> for HttpUpstream {
                     strip_hop_by_hop(&mut parts.headers);
                     Ok(Response::from_parts(parts, Body::new(body)))
                 }
-                Ok(Err(e)) => {
+                Ok(Err(CallError::Credentials(e))) => {
+                    tracing::warn!(upstream = %authority, error = %e, "no credentials for the upstream");
+                    Ok(error_response(&e, id.as_ref()))
+                }
+                Ok(Err(CallError::Send(e))) => {
                     tracing::warn!(upstream = %authority, error = %e, "upstream request failed");
                     let err = GatewayError::new(
                         ErrorKind::UpstreamUnavailable,
@@ -247,16 +336,39 @@ impl Service<Request<Body>> for HttpUpstream {
 }
 
 /// Any tower service as a backend (for example rmcp's
-/// `StreamableHttpService` in the same process). Errors become `502`.
-#[derive(Clone, Debug)]
+/// `StreamableHttpService` in the same process). Errors become `502`. As
+/// with [`HttpUpstream`], the client's `Authorization` and `Cookie` are
+/// removed and the configured credentials added.
+#[derive(Clone)]
 pub struct ServiceUpstream<S> {
     inner: S,
+    credentials: Credentials,
+}
+
+impl<S> std::fmt::Debug for ServiceUpstream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceUpstream").finish_non_exhaustive()
+    }
 }
 
 impl<S> ServiceUpstream<S> {
     /// Wraps `inner`.
     pub fn new(inner: S) -> Self {
-        ServiceUpstream { inner }
+        ServiceUpstream {
+            inner,
+            credentials: None,
+        }
+    }
+
+    /// Adds the headers of `provider` to every request (see
+    /// [`HttpUpstream::with_credentials`]).
+    pub fn with_credentials(
+        mut self,
+        provider: Arc<dyn CredentialProvider>,
+        backend: impl Into<Arc<str>>,
+    ) -> Self {
+        self.credentials = Some((provider, backend.into()));
+        self
     }
 }
 
@@ -276,9 +388,20 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> BoxFuture {
+    fn call(&mut self, mut req: Request<Body>) -> BoxFuture {
         let svc = self.inner.clone();
+        for n in &STRIP[8..] {
+            req.headers_mut().remove(n);
+        }
+        let creds = apply_static_credentials(&self.credentials, req.headers_mut());
         Box::pin(async move {
+            if let Err(e) = apply_dynamic_credentials(creds, &mut req).await {
+                let id = req
+                    .extensions()
+                    .get::<McpRequest>()
+                    .and_then(|m| m.first_id().cloned());
+                return Ok(error_response(&e, id.as_ref()));
+            }
             match svc.oneshot(req).await {
                 Ok(res) => Ok(res.map(Body::new)),
                 Err(e) => {
