@@ -13,21 +13,33 @@
 //! values. Logs go to stderr (`RUST_LOG=debug` for more). Ctrl-C (or
 //! SIGTERM) stops accepting, lets open requests finish, and exits.
 //!
+//! `--config FILE` reads a TOML file with the backend, authentication,
+//! authorization rules, tool pinning and backend credentials (format in the
+//! README; a bad file is refused at start with its line and key). Flags
+//! given beside it override `listen` and `threads`; the backend comes from
+//! the file. On SIGHUP the file is read again and its `[policy]` rules
+//! replace the running ones (other sections need a restart).
+//!
 //! `--threads N` (default: one per core) serves with one single-threaded
 //! runtime per thread on a shared `SO_REUSEPORT` port, so each connection
 //! stays on one thread (see `mcp_gateway_axum::serve`).
 
 use std::net::SocketAddr;
 
+use mcp_gateway_axum::config::GatewayConfig;
 use mcp_gateway_axum::{serve, McpGateway};
 use mcp_gateway_tower::origin::OriginPolicy;
 
 const USAGE: &str =
     "usage: gateway [--listen ADDR] --upstream URL [--upstream URL ...] [--path PATH] \
-[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...] [--threads N]";
+[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...] [--threads N]
+       gateway --config FILE [--listen ADDR] [--threads N]";
 
 struct Args {
     listen: SocketAddr,
+    listen_given: bool,
+    threads_given: bool,
+    config: Option<std::path::PathBuf>,
     upstreams: Vec<String>,
     path: String,
     hosts: Vec<String>,
@@ -38,6 +50,9 @@ struct Args {
 fn parse() -> Result<Args, String> {
     let mut a = Args {
         listen: "127.0.0.1:8080".parse().expect("valid default"),
+        listen_given: false,
+        threads_given: false,
+        config: None,
         upstreams: Vec::new(),
         path: "/mcp".into(),
         hosts: Vec::new(),
@@ -48,7 +63,11 @@ fn parse() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
         match flag.as_str() {
-            "--listen" => a.listen = val()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--listen" => {
+                a.listen = val()?.parse().map_err(|e| format!("--listen: {e}"))?;
+                a.listen_given = true;
+            }
+            "--config" => a.config = Some(val()?.into()),
             "--upstream" => a.upstreams.push(val()?),
             "--path" => a.path = val()?,
             "--allow-host" => a.hosts.push(val()?),
@@ -58,7 +77,8 @@ fn parse() -> Result<Args, String> {
                     .parse()
                     .ok()
                     .filter(|n| *n > 0)
-                    .ok_or("--threads needs a positive number")?
+                    .ok_or("--threads needs a positive number")?;
+                a.threads_given = true;
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -67,7 +87,10 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
-    if a.upstreams.is_empty() {
+    if a.config.is_some() && !a.upstreams.is_empty() {
+        return Err("with --config, list the backend's URLs in the file".into());
+    }
+    if a.config.is_none() && a.upstreams.is_empty() {
         return Err(format!("at least one --upstream is required\n{USAGE}"));
     }
     if !a.path.starts_with('/') {
@@ -109,6 +132,96 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let (app, listen, threads, path) = match &args.config {
+        Some(file) => from_config(file, &args),
+        None => from_flags(&args),
+    };
+    let listeners = match serve::bind_per_core(listen, threads) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {listen}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let addr = listeners[0]
+        .local_addr()
+        .expect("bound socket has an address");
+    tracing::info!(%addr, %path, threads = listeners.len(), "mcp-gateway listening");
+    println!("mcp-gateway listening on http://{addr}{path}");
+    if let Err(e) = serve::serve_per_core(listeners, app, shutdown_signal()).await {
+        eprintln!("server error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The gateway described by a configuration file; exits on a bad file.
+fn from_config(file: &std::path::Path, args: &Args) -> (axum::Router, SocketAddr, usize, String) {
+    let cfg = match GatewayConfig::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let built = match cfg.builder() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if let Some(policy) = built.policy.clone() {
+        reload_policy_on_sighup(file.to_owned(), policy);
+    }
+    let listen = if args.listen_given {
+        args.listen
+    } else {
+        cfg.listen().ok().flatten().unwrap_or(args.listen)
+    };
+    let threads = match (args.threads_given, cfg.threads) {
+        (false, Some(n)) if n > 0 => n,
+        _ => args.threads,
+    };
+    let app = built
+        .builder
+        .build()
+        .expect("checked when the file was loaded");
+    (app, listen, threads, cfg.path.clone())
+}
+
+#[cfg(unix)]
+fn reload_policy_on_sighup(
+    file: std::path::PathBuf,
+    policy: std::sync::Arc<mcp_gateway_tower::rules::RulePolicy>,
+) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match GatewayConfig::load(&file) {
+                Ok(c) => {
+                    policy.replace(&c.policy.clone().unwrap_or_default());
+                    tracing::info!(file = %file.display(), rules = policy.current().rules.len(), "policy reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy not reloaded: the file is invalid; the running rules stay")
+                }
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn reload_policy_on_sighup(
+    _: std::path::PathBuf,
+    _: std::sync::Arc<mcp_gateway_tower::rules::RulePolicy>,
+) {
+}
+
+/// The gateway described by flags alone.
+fn from_flags(args: &Args) -> (axum::Router, SocketAddr, usize, String) {
     let mut policy = if args.listen.ip().is_loopback() {
         OriginPolicy::loopback()
     } else {
@@ -131,20 +244,6 @@ async fn main() {
         };
     }
     let app = builder.build().expect("at least one upstream");
-    let listeners = match serve::bind_per_core(args.listen, args.threads) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("cannot listen on {}: {e}", args.listen);
-            std::process::exit(1);
-        }
-    };
-    let addr = listeners[0]
-        .local_addr()
-        .expect("bound socket has an address");
-    tracing::info!(%addr, path = %args.path, upstreams = ?args.upstreams, threads = listeners.len(), "mcp-gateway listening");
-    println!("mcp-gateway listening on http://{addr}{}", args.path);
-    if let Err(e) = serve::serve_per_core(listeners, app, shutdown_signal()).await {
-        eprintln!("server error: {e}");
-        std::process::exit(1);
-    }
+    tracing::info!(upstreams = ?args.upstreams, "backend instances");
+    (app, args.listen, args.threads, args.path.clone())
 }

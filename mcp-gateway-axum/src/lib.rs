@@ -23,6 +23,8 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "config")]
+pub mod config;
 pub mod serve;
 
 use std::convert::Infallible;

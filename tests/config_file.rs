@@ -1,0 +1,126 @@
+//! The README's configuration example (`examples/gateway.toml`) loads,
+//! builds, and does what its comments say against a real rmcp backend.
+
+#[path = "../examples/support/fixtures.rs"]
+mod fixtures;
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mcp_gateway_axum::config::GatewayConfig;
+use serde_json::Value;
+
+async fn serve(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/mcp"), task)
+}
+
+async fn post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, http::HeaderMap, Vec<Value>) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client
+        .request(
+            req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let h = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let msgs = text
+        .split("\n\n")
+        .filter_map(|ev| {
+            let d: String = ev
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            serde_json::from_str(if d.is_empty() { ev } else { &d }).ok()
+        })
+        .collect();
+    (status, h, msgs)
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+const LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+
+async fn tools_for(gw: &str, key: &str) -> Vec<String> {
+    let (s, h, _) = post(gw, &[("x-api-key", key)], INIT).await;
+    assert_eq!(s, 200);
+    let sid = h["mcp-session-id"].to_str().unwrap().to_owned();
+    let (_, _, msgs) = post(
+        gw,
+        &[
+            ("x-api-key", key),
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        LIST,
+    )
+    .await;
+    let result = msgs.iter().find(|m| m.get("result").is_some()).unwrap();
+    let mut names: Vec<String> = result["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_configuration_works() {
+    let (backend, _b) =
+        serve(axum::Router::new().nest_service("/mcp", fixtures::service("demo"))).await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let text = std::fs::read_to_string(dir.join("gateway.toml"))
+        .unwrap()
+        .replace("http://127.0.0.1:3001/mcp", &backend);
+    let cfg = GatewayConfig::parse(&text, &dir).expect("the README example is valid");
+    let built = cfg.builder().unwrap();
+    assert!(built.policy.is_some() && built.pins.is_some());
+    let (gw, _g) = serve(built.builder.build().unwrap()).await;
+
+    assert_eq!(
+        tools_for(&gw, "demo-reader-key").await,
+        ["echo", "test_simple_text", "whoami"]
+    );
+    assert!(tools_for(&gw, "demo-admin-key").await.len() > 10);
+    let (s, h, _) = post(&gw, &[], INIT).await;
+    assert_eq!(s, 401);
+    assert!(h["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp"));
+}
+
+#[test]
+fn a_bad_file_is_refused_with_line_and_key() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let text = std::fs::read_to_string(dir.join("gateway.toml"))
+        .unwrap()
+        .replace("leeway_secs = 30", "leeway_secs = 30\nleway = 5");
+    let e = GatewayConfig::parse(&text, &dir).unwrap_err();
+    let line = text.lines().position(|l| l.starts_with("leway")).unwrap() + 1;
+    assert_eq!(e.line, Some(line), "{e}");
+    assert!(e.to_string().contains("unknown field `leway`"), "{e}");
+}
