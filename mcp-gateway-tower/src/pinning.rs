@@ -222,7 +222,7 @@ mod tests {
             (PinMode::Block, false, true),
         ] {
             let pins = ToolPins::new(mode);
-            assert_eq!(pins.observe(&b, "t", &v1).0, true);
+            assert!(pins.observe(&b, "t", &v1).0);
             assert!(!pins.is_blocked("weather", "t"));
             assert_eq!(pins.observe(&b, "t", &v2).0, visible, "{mode:?}");
             assert_eq!(pins.is_blocked("weather", "t"), blocked, "{mode:?}");
