@@ -102,6 +102,67 @@ async fn serve_app(app: axum::Router) {
     let _ = serve::serve_per_core(listeners, app, std::future::pending()).await;
 }
 
+const ISSUER: &str = "https://issuer.bench";
+const AUDIENCE: &str = "http://gateway.bench/mcp";
+
+fn test_key(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// An RS256 token for the secure gateway (test key, valid for an hour).
+fn bench_token() -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("k1".into());
+    let claims = serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-agent",
+        "roles": ["agent"], "scope": "mcp", "exp": now + 3600});
+    encode(
+        &h,
+        &claims,
+        &EncodingKey::from_rsa_pem(&test_key("rsa1.key.pem")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The gateway with the security stack: JWT (RS256, verified tokens
+/// cached), a rule policy, and tool pinning.
+async fn serve_secure_gateway(upstream: String) {
+    use mcp_gateway_tower::auth::AuthConfig;
+    use mcp_gateway_tower::jwt::{Algorithm, JwtAuthenticator, JwtConfig, JwtKey};
+    use mcp_gateway_tower::pinning::{PinMode, ToolPins};
+    use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
+    use std::sync::Arc;
+    let jwt = JwtAuthenticator::with_keys(
+        JwtConfig {
+            issuers: vec![ISSUER.into()],
+            audiences: vec![AUDIENCE.into()],
+            algorithms: vec![Algorithm::RS256],
+            ..Default::default()
+        },
+        vec![JwtKey::pem(Some("k1"), Algorithm::RS256, &test_key("rsa1.pub.pem")).unwrap()],
+    );
+    let policy: PolicyConfig = serde_json::from_value(serde_json::json!({
+        "rules": [
+            {"effect": "allow", "roles": ["agent"], "tools": ["get_*", "search"]},
+            {"effect": "deny", "tools": ["*delete*"]}
+        ]
+    }))
+    .unwrap();
+    let app = McpGateway::builder()
+        .upstream_url(&upstream)
+        .unwrap()
+        .authenticator(Arc::new(jwt), AuthConfig::default())
+        .policy(Arc::new(RulePolicy::new(&policy)))
+        .pins(Arc::new(ToolPins::new(PinMode::Block)))
+        .build()
+        .unwrap();
+    serve_app(app).await;
+}
+
 /// The same HTTP hop with no MCP layer: axum in front of the pooled
 /// upstream client. Separates what the second hop costs from what the
 /// layers cost.
@@ -206,6 +267,7 @@ async fn post(
     tx: &mut SendRequest<Full<Bytes>>,
     path: &str,
     session: Option<&str>,
+    auth: Option<&str>,
     body: &'static str,
 ) -> (u16, Option<String>) {
     let mut req = http::Request::post(path)
@@ -215,6 +277,9 @@ async fn post(
         .header("mcp-protocol-version", "2025-11-25");
     if let Some(s) = session {
         req = req.header("mcp-session-id", s);
+    }
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
     }
     tx.ready().await.unwrap();
     let res = tx
@@ -250,20 +315,28 @@ struct Run {
 
 /// `calls` tools/call requests over `conns` connections to `server`, each
 /// connection a task with one call in flight.
-async fn run(server: &Server, path: &str, gateway: bool, conns: usize, calls: usize) -> Run {
+async fn run(
+    server: &Server,
+    path: &str,
+    gateway: bool,
+    auth: Option<&str>,
+    conns: usize,
+    calls: usize,
+) -> Run {
+    let auth = auth.map(str::to_owned);
     let per = calls / conns;
     let mut setup = Vec::new();
     for _ in 0..conns {
         let mut tx = connect(server.addr).await;
         let sid = if gateway {
-            let (s, sid) = post(&mut tx, path, None, INIT).await;
+            let (s, sid) = post(&mut tx, path, None, auth.as_deref(), INIT).await;
             assert_eq!(s, 200);
             sid
         } else {
             Some("stub-session".to_owned())
         };
         // Warm the connection (and the server's upstream pool).
-        post(&mut tx, path, sid.as_deref(), CALL).await;
+        post(&mut tx, path, sid.as_deref(), auth.as_deref(), CALL).await;
         setup.push((tx, sid));
     }
     let cpu0 = server.cpu_seconds();
@@ -271,11 +344,12 @@ async fn run(server: &Server, path: &str, gateway: bool, conns: usize, calls: us
     let mut tasks = Vec::new();
     for (mut tx, sid) in setup {
         let path = path.to_owned();
+        let auth = auth.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per);
             for _ in 0..per {
                 let t = Instant::now();
-                let (s, _) = post(&mut tx, &path, sid.as_deref(), CALL).await;
+                let (s, _) = post(&mut tx, &path, sid.as_deref(), auth.as_deref(), CALL).await;
                 lat.push(t.elapsed());
                 assert_eq!(s, 200);
             }
@@ -338,6 +412,7 @@ fn server_role(args: &[String]) -> bool {
             "gateway" => serve_gateway(upstream, max_sessions).await,
             "bare" => serve_bare_proxy(upstream).await,
             "relay" => serve_tcp_relay(upstream).await,
+            "secure" => serve_secure_gateway(upstream).await,
             other => panic!("unknown role {other}"),
         }
     });
@@ -370,6 +445,7 @@ fn main() {
 
 async fn client_main(calls: usize, idle_sessions: usize) {
     let stub = Server::start(&["--role", "stub"]);
+    let bearer = format!("Bearer {}", bench_token());
     println!(
         "mcp-gateway loopback benchmark: {calls} tools/call per scenario; stub, server under test and load client in three processes on this {}-core machine",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -384,16 +460,19 @@ async fn client_main(calls: usize, idle_sessions: usize) {
         let gw = Server::start(&["--role", "gateway", "--upstream", &upstream]);
         let bare = Server::start(&["--role", "bare", "--upstream", &upstream]);
         let relay = Server::start(&["--role", "relay", "--upstream", &upstream]);
+        let secure = Server::start(&["--role", "secure", "--upstream", &upstream]);
         for conns in [1usize, 32] {
-            let d = run(&stub, &direct_path, false, conns, calls).await;
-            let b = run(&bare, "/mcp", false, conns, calls).await;
-            let t = run(&relay, &direct_path, false, conns, calls).await;
-            let g = run(&gw, "/mcp", true, conns, calls).await;
+            let d = run(&stub, &direct_path, false, None, conns, calls).await;
+            let t = run(&relay, &direct_path, false, None, conns, calls).await;
+            let b = run(&bare, "/mcp", false, None, conns, calls).await;
+            let g = run(&gw, "/mcp", true, None, conns, calls).await;
+            let s = run(&secure, "/mcp", true, Some(&bearer), conns, calls).await;
             for (name, r) in [
                 ("direct (stub)", &d),
                 ("TCP relay (no HTTP)", &t),
                 ("bare proxy (no layers)", &b),
-                ("gateway", &g),
+                ("gateway (passthrough)", &g),
+                ("gateway + JWT + ACL + pins", &s),
             ] {
                 println!(
                     "{:<40} {:>9.0} {:>9.1} {:>9.1} {:>19.1} {:>8.1}",
@@ -417,6 +496,12 @@ async fn client_main(calls: usize, idle_sessions: usize) {
                 format!("{mode} {conns:>2} conn the layers alone"),
                 us(g.p50) - us(b.p50),
                 (g.cpu_per_call - b.cpu_per_call) * 1e6
+            );
+            println!(
+                "{:<40} added p50 {:.1} µs, CPU {:.1} µs/call (security stack minus passthrough)",
+                format!("{mode} {conns:>2} conn JWT + ACL"),
+                us(s.p50) - us(g.p50),
+                (s.cpu_per_call - g.cpu_per_call) * 1e6
             );
         }
     }
@@ -442,7 +527,7 @@ async fn client_main(calls: usize, idle_sessions: usize) {
         let mut tx = connect(gw.addr).await;
         tasks.push(tokio::spawn(async move {
             for _ in 0..n {
-                let (s, sid) = post(&mut tx, "/mcp", None, INIT).await;
+                let (s, sid) = post(&mut tx, "/mcp", None, None, INIT).await;
                 assert_eq!(s, 200);
                 assert!(sid.is_some());
             }

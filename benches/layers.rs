@@ -1,0 +1,163 @@
+//! Criterion benchmarks of the layers themselves, in process, with no
+//! network: what each stack costs per `tools/call` on top of a stub service
+//! that answers at once. Isolates layer CPU from socket and scheduler
+//! noise (the loopback benchmark measures the whole hop).
+//!
+//! `cargo bench --bench layers`
+//!
+//! - `jsonrpc`: the parser layer alone (the floor every stack pays);
+//! - `jsonrpc+acl`: plus the rule policy and tool pinning (the principal
+//!   set by a preceding `map_request`);
+//! - `jwt+jsonrpc+acl`: plus JWT authentication (RS256, verified token
+//!   cached by hash), i.e. the "full security stack" of the issue;
+//! - `jwt_uncached`: one RS256 verification without the cache, for scale.
+
+// criterion_group! generates undocumented items.
+#![allow(missing_docs)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http_body_util::BodyExt;
+use mcp_gateway_tower::acl::AclLayer;
+use mcp_gateway_tower::auth::{AuthConfig, AuthLayer};
+use mcp_gateway_tower::jsonrpc::JsonRpcLayer;
+use mcp_gateway_tower::jwt::{Algorithm, JwtAuthenticator, JwtConfig, JwtKey};
+use mcp_gateway_tower::pinning::{PinMode, ToolPins};
+use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
+use mcp_gateway_tower::Body;
+use tower::{Layer, Service, ServiceExt};
+
+const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris"}}}"#;
+const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"18 degrees and sunny"}],"isError":false}}"#;
+const ISSUER: &str = "https://issuer.bench";
+const AUDIENCE: &str = "http://gateway.bench/mcp";
+
+fn key(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn token() -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("k1".into());
+    let claims = serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-agent",
+        "roles": ["agent"], "exp": now + 3600});
+    encode(
+        &h,
+        &claims,
+        &EncodingKey::from_rsa_pem(&key("rsa1.key.pem")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn jwt() -> JwtAuthenticator {
+    JwtAuthenticator::with_keys(
+        JwtConfig {
+            issuers: vec![ISSUER.into()],
+            audiences: vec![AUDIENCE.into()],
+            algorithms: vec![Algorithm::RS256],
+            ..Default::default()
+        },
+        vec![JwtKey::pem(Some("k1"), Algorithm::RS256, &key("rsa1.pub.pem")).unwrap()],
+    )
+}
+
+fn acl() -> AclLayer {
+    let policy: PolicyConfig = serde_json::from_value(serde_json::json!({
+        "rules": [
+            {"effect": "allow", "roles": ["agent"], "tools": ["get_*", "search"]},
+            {"effect": "allow", "tools": ["ping"]},
+            {"effect": "deny", "tools": ["*delete*"]}
+        ]
+    }))
+    .unwrap();
+    AclLayer::new(RulePolicy::new(&policy), "bench")
+        .with_pins(Arc::new(ToolPins::new(PinMode::Block)))
+}
+
+fn stub() -> impl Service<
+    http::Request<Body>,
+    Response = http::Response<Body>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
+       + Send {
+    tower::service_fn(|_req: http::Request<Body>| async {
+        let mut res = http::Response::new(Body::from(RESULT));
+        res.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        Ok::<_, Infallible>(res)
+    })
+}
+
+fn request(auth: Option<&str>) -> http::Request<Body> {
+    let mut b = http::Request::post("/mcp")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25");
+    if let Some(a) = auth {
+        b = b.header("authorization", a);
+    }
+    b.body(Body::from(CALL)).unwrap()
+}
+
+async fn drive<S>(svc: S, req: http::Request<Body>)
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+{
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), RESULT.len());
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bearer = format!("Bearer {}", token());
+    let jsonrpc = JsonRpcLayer::default().layer(stub());
+    // The ACL alone sees a principal an earlier layer put there.
+    let agent = mcp_gateway_core::Principal::builder("bench-agent")
+        .roles(["agent"])
+        .build();
+    let with_acl = tower::ServiceBuilder::new()
+        .map_request(move |mut r: http::Request<Body>| {
+            r.extensions_mut().insert(agent.clone());
+            r
+        })
+        .layer(JsonRpcLayer::default())
+        .layer(acl())
+        .service(stub());
+    let full = AuthLayer::new(jwt(), AuthConfig::default())
+        .layer(JsonRpcLayer::default().layer(acl().layer(stub())));
+    let mut g = c.benchmark_group("layers");
+    g.bench_function("jsonrpc", |b| {
+        b.iter(|| rt.block_on(drive(jsonrpc.clone(), request(None))))
+    });
+    g.bench_function("jsonrpc+acl", |b| {
+        b.iter(|| rt.block_on(drive(with_acl.clone(), request(None))))
+    });
+    g.bench_function("jwt+jsonrpc+acl", |b| {
+        b.iter(|| rt.block_on(drive(full.clone(), request(Some(&bearer)))))
+    });
+    let auth = jwt();
+    let raw = token();
+    g.bench_function("jwt_uncached", |b| {
+        b.iter(|| rt.block_on(auth.verify(&raw)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
