@@ -10,3 +10,8 @@
 pub use mcp_gateway_axum as axum;
 pub use mcp_gateway_core as core;
 pub use mcp_gateway_tower as tower;
+
+/// The README's Rust snippets, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
