@@ -124,3 +124,14 @@ fn a_bad_file_is_refused_with_line_and_key() {
     assert_eq!(e.line, Some(line), "{e}");
     assert!(e.to_string().contains("unknown field `leway`"), "{e}");
 }
+
+#[test]
+fn the_readme_shows_the_example_file_verbatim() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let file = std::fs::read_to_string(root.join("examples/gateway.toml")).unwrap();
+    assert!(
+        readme.contains(&format!("```toml\n{file}```")),
+        "README.md's configuration example differs from examples/gateway.toml"
+    );
+}

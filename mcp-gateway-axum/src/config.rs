@@ -232,6 +232,14 @@ pub struct JwtSection {
     /// Other claims copied into the principal.
     #[serde(default)]
     pub claims: Vec<String>,
+    /// Longest a verified token stays cached (never past its `exp`).
+    /// Default 300 s; 0 turns the cache off.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_secs: u64,
+}
+
+fn default_cache_ttl() -> u64 {
+    300
 }
 
 fn default_leeway() -> u64 {
@@ -595,6 +603,7 @@ impl GatewayConfig {
                 tenant: j.tenant_claim.clone(),
                 extra: j.claims.clone(),
             },
+            cache_ttl: Duration::from_secs(j.cache_ttl_secs),
             ..Default::default()
         };
         Ok(JwtAuthenticator::new(cfg, keys, jwks))

@@ -547,3 +547,68 @@ impl TokenCache {
         m.insert(h, (p, Instant::now() + ttl));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn token(alg: Algorithm, kid: &str, secret: &[u8], claims: serde_json::Value) -> String {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        encode(&h, &claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn hmac_keys_verify_their_own_algorithm_only() {
+        let auth = JwtAuthenticator::with_keys(
+            JwtConfig {
+                algorithms: vec![Algorithm::HS256, Algorithm::HS512],
+                claims: ClaimMapping {
+                    roles: "realm.roles".into(),
+                    extra: vec!["email".into()],
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            vec![JwtKey::hmac(Some("h1"), Algorithm::HS256, b"s3cret").unwrap()],
+        );
+        let exp = now_secs() + 60;
+        let claims = serde_json::json!({"sub": "svc", "exp": exp, "realm": {"roles": ["a", "b"]},
+                                        "scp": ["x", "y"], "email": "svc@example.com"});
+        let (p, _) = auth
+            .verify(&token(Algorithm::HS256, "h1", b"s3cret", claims.clone()))
+            .await
+            .unwrap();
+        assert_eq!(p.roles(), ["a", "b"], "dotted claim path");
+        assert_eq!(p.scopes(), ["x", "y"], "scp when scope is absent");
+        assert_eq!(p.claim("email"), Some("svc@example.com"));
+        // Same key id, another algorithm of the allow list: refused.
+        let e = auth
+            .verify(&token(Algorithm::HS512, "h1", b"s3cret", claims.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.description,
+            "the token's algorithm does not match its key"
+        );
+        let e = auth
+            .verify(&token(Algorithm::HS256, "h1", b"wrong", claims))
+            .await
+            .unwrap_err();
+        assert_eq!(e.description, "bad signature");
+        assert!(JwtKey::hmac(None, Algorithm::RS256, b"x").is_err());
+    }
+
+    #[test]
+    fn leeway_is_capped() {
+        let auth = JwtAuthenticator::with_keys(
+            JwtConfig {
+                leeway: Duration::from_secs(86_400),
+                ..Default::default()
+            },
+            vec![],
+        );
+        assert_eq!(auth.cfg.leeway, MAX_LEEWAY);
+    }
+}
