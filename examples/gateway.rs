@@ -132,9 +132,12 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let (app, listen, threads, path) = match &args.config {
+    let (app, listen, threads, path, audit) = match &args.config {
         Some(file) => from_config(file, &args),
-        None => from_flags(&args),
+        None => {
+            let (app, listen, threads, path) = from_flags(&args);
+            (app, listen, threads, path, None)
+        }
     };
     let listeners = match serve::bind_per_core(listen, threads) {
         Ok(l) => l,
@@ -148,14 +151,30 @@ async fn main() {
         .expect("bound socket has an address");
     tracing::info!(%addr, %path, threads = listeners.len(), "mcp-gateway listening");
     println!("mcp-gateway listening on http://{addr}{path}");
-    if let Err(e) = serve::serve_per_core(listeners, app, shutdown_signal()).await {
+    let served = serve::serve_per_core(listeners, app, shutdown_signal()).await;
+    if let Some(sink) = audit {
+        // Every record of the requests that just finished reaches the disk.
+        sink.flush();
+        if sink.dropped() > 0 {
+            tracing::warn!(
+                dropped = sink.dropped(),
+                "audit records were dropped (sink full)"
+            );
+        }
+    }
+    if let Err(e) = served {
         eprintln!("server error: {e}");
         std::process::exit(1);
     }
 }
 
 /// The gateway described by a configuration file; exits on a bad file.
-fn from_config(file: &std::path::Path, args: &Args) -> (axum::Router, SocketAddr, usize, String) {
+type AuditHandle = Option<std::sync::Arc<dyn mcp_gateway_tower::audit::AuditSink>>;
+
+fn from_config(
+    file: &std::path::Path,
+    args: &Args,
+) -> (axum::Router, SocketAddr, usize, String, AuditHandle) {
     let cfg = match GatewayConfig::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -182,11 +201,12 @@ fn from_config(file: &std::path::Path, args: &Args) -> (axum::Router, SocketAddr
         (false, Some(n)) if n > 0 => n,
         _ => args.threads,
     };
+    let audit = built.audit.clone();
     let app = built
         .builder
         .build()
         .expect("checked when the file was loaded");
-    (app, listen, threads, cfg.path.clone())
+    (app, listen, threads, cfg.path.clone(), audit)
 }
 
 #[cfg(unix)]

@@ -92,12 +92,15 @@ async fn the_example_configuration_works() {
     let (backend, _b) =
         serve(axum::Router::new().nest_service("/mcp", fixtures::service("demo"))).await;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let log = std::env::temp_dir().join(format!("mcpgw-config-audit-{}.jsonl", std::process::id()));
     let text = std::fs::read_to_string(dir.join("gateway.toml"))
         .unwrap()
-        .replace("http://127.0.0.1:3001/mcp", &backend);
+        .replace("http://127.0.0.1:3001/mcp", &backend)
+        .replace("audit/gateway.jsonl", log.to_str().unwrap());
     let cfg = GatewayConfig::parse(&text, &dir).expect("the README example is valid");
     let built = cfg.builder().unwrap();
-    assert!(built.policy.is_some() && built.pins.is_some());
+    assert!(built.policy.is_some() && built.pins.is_some() && built.audit.is_some());
+    let audit = built.audit.clone().unwrap();
     let (gw, _g) = serve(built.builder.build().unwrap()).await;
 
     assert_eq!(
@@ -111,6 +114,24 @@ async fn the_example_configuration_works() {
         .to_str()
         .unwrap()
         .contains("http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp"));
+
+    // The [audit] section: a JSON Lines file with the calls above.
+    audit.flush();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "session_start" && e["principal"] == "reader-bot"));
+    assert!(events
+        .iter()
+        .any(|e| e["method"] == "tools/list" && e["outcome"] == "ok"));
+    assert!(events
+        .iter()
+        .any(|e| e["outcome"] == "rejected" && e["http_status"] == 401));
+    let _ = std::fs::remove_file(&log);
 }
 
 #[test]

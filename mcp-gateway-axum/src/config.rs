@@ -44,11 +44,15 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use mcp_gateway_core::Principal;
+use mcp_gateway_tower::audit::{
+    ArgumentsPolicy, AuditConfig, AuditSink, JsonlConfig, JsonlSink, TracingSink,
+};
 use mcp_gateway_tower::auth::{ApiKeys, AuthChain, AuthConfig};
 use mcp_gateway_tower::credentials::StaticCredentials;
 use mcp_gateway_tower::jwt::{
     Algorithm, ClaimMapping, HttpJwksFetcher, JwksCache, JwtAuthenticator, JwtConfig, JwtKey,
 };
+use mcp_gateway_tower::limit::LimitConfig;
 use mcp_gateway_tower::origin::OriginPolicy;
 use mcp_gateway_tower::pinning::{PinMode, ToolPins};
 use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
@@ -112,12 +116,19 @@ pub struct GatewayConfig {
     pub policy: Option<PolicyConfig>,
     /// Tool pinning; absent: off.
     pub pinning: Option<PinningSection>,
+    /// Limits and quotas; absent: none.
+    pub limits: Option<LimitConfig>,
+    /// The audit log; absent: none.
+    pub audit: Option<AuditSection>,
     #[serde(skip)]
     base: PathBuf,
     #[serde(skip)]
     text: String,
     #[serde(skip)]
     file: Option<PathBuf>,
+    /// False while `parse` checks the file: sinks are not opened then.
+    #[serde(skip)]
+    opening: bool,
 }
 
 fn default_path() -> String {
@@ -268,6 +279,20 @@ pub struct JwtKeyEntry {
     pub secret_env: Option<Spanned<String>>,
 }
 
+/// `[audit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// `jsonl` (needs `[audit.jsonl]`) or `tracing`. Default: `jsonl`
+    /// when `[audit.jsonl]` is given, else `tracing`.
+    pub sink: Option<Spanned<String>>,
+    /// `omit` (default), `hash`, or `{ redact = ["password", …] }`.
+    #[serde(default)]
+    pub arguments: ArgumentsPolicy,
+    /// The JSON Lines file (`path` relative to the configuration file).
+    pub jsonl: Option<JsonlConfig>,
+}
+
 /// `[pinning]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -285,6 +310,8 @@ pub struct Built {
     pub policy: Option<Arc<RulePolicy>>,
     /// The pins, to accept changed tools.
     pub pins: Option<Arc<ToolPins>>,
+    /// The audit sink, to flush at shutdown.
+    pub audit: Option<Arc<dyn AuditSink>>,
 }
 
 impl fmt::Debug for Built {
@@ -329,6 +356,7 @@ impl GatewayConfig {
         cfg.text = text.to_owned();
         // Build once to check every value now, not at first request.
         cfg.builder()?;
+        cfg.opening = true;
         Ok(cfg)
     }
 
@@ -406,11 +434,72 @@ impl GatewayConfig {
         if let Some(p) = &pins {
             b = b.pins(p.clone());
         }
+        if let Some(l) = &self.limits {
+            b = b.limits(l.clone());
+        }
+        let audit = match &self.audit {
+            Some(a) => Some(self.audit_sink(a)?),
+            None => None,
+        };
+        if let (Some(sink), Some(a)) = (&audit, &self.audit) {
+            b = b.audit(
+                sink.clone(),
+                AuditConfig {
+                    arguments: a.arguments.clone(),
+                },
+            );
+        }
         Ok(Built {
             builder: b,
             policy,
             pins,
+            audit,
         })
+    }
+
+    fn audit_sink(&self, a: &AuditSection) -> Result<Arc<dyn AuditSink>, ConfigError> {
+        let kind = a
+            .sink
+            .as_ref()
+            .map(|s| s.get_ref().as_str())
+            .unwrap_or(if a.jsonl.is_some() {
+                "jsonl"
+            } else {
+                "tracing"
+            });
+        let span = a.sink.as_ref().map(|s| s.span());
+        match kind {
+            "tracing" => Ok(Arc::new(TracingSink)),
+            "jsonl" => {
+                let Some(j) = &a.jsonl else {
+                    return self.err(
+                        span,
+                        "audit.sink",
+                        "jsonl needs an [audit.jsonl] section with a path",
+                    );
+                };
+                let mut j = j.clone();
+                j.path = self.base.join(&j.path);
+                if self.opening {
+                    match JsonlSink::open(j.clone()) {
+                        Ok(s) => Ok(Arc::new(s)),
+                        Err(e) => self.err(
+                            None,
+                            "audit.jsonl.path",
+                            format!("cannot open {}: {e}", j.path.display()),
+                        ),
+                    }
+                } else {
+                    // Checking only: do not create files.
+                    Ok(Arc::new(TracingSink))
+                }
+            }
+            other => self.err(
+                span,
+                "audit.sink",
+                format!("unknown sink {other:?} (jsonl or tracing)"),
+            ),
+        }
     }
 
     fn credentials(&self, c: &CredentialsSection) -> Result<StaticCredentials, ConfigError> {

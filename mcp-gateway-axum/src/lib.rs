@@ -40,9 +40,11 @@ pub use mcp_gateway_core::McpRequest;
 use mcp_gateway_core::Principal;
 use mcp_gateway_core::{ErrorKind, GatewayError};
 use mcp_gateway_tower::acl::{Access, AclLayer, Decision, ToolPolicy};
+use mcp_gateway_tower::audit::{AuditConfig, AuditLayer, AuditSink};
 use mcp_gateway_tower::auth::{AuthConfig, AuthLayer, Authenticator, ProtectedResourceMetadata};
 use mcp_gateway_tower::credentials::CredentialProvider;
 use mcp_gateway_tower::jsonrpc::JsonRpcConfig;
+use mcp_gateway_tower::limit::{ClientAddr, InMemoryLimiter, LimitConfig, LimitLayer, Limiter};
 use mcp_gateway_tower::origin::OriginPolicy;
 use mcp_gateway_tower::pinning::ToolPins;
 use mcp_gateway_tower::session::{BackendSelector, RoundRobin, SessionLayer};
@@ -74,6 +76,8 @@ pub struct McpGatewayBuilder {
     policy: Option<Arc<dyn ToolPolicy>>,
     pins: Option<Arc<ToolPins>>,
     credentials: Option<Arc<dyn CredentialProvider>>,
+    limits: Option<(LimitConfig, Arc<dyn Limiter>)>,
+    audit: Option<AuditLayer>,
     http: HttpUpstreamConfig,
     origin: OriginPolicy,
     jsonrpc: JsonRpcConfig,
@@ -96,6 +100,8 @@ impl Default for McpGatewayBuilder {
             policy: None,
             pins: None,
             credentials: None,
+            limits: None,
+            audit: None,
             http: HttpUpstreamConfig::default(),
             origin: OriginPolicy::loopback(),
             jsonrpc: JsonRpcConfig::default(),
@@ -185,6 +191,25 @@ impl McpGatewayBuilder {
     /// Pins tool definitions (see `mcp_gateway_tower::pinning`).
     pub fn pins(mut self, pins: Arc<ToolPins>) -> Self {
         self.pins = Some(pins);
+        self
+    }
+
+    /// Limits and quotas (see `mcp_gateway_tower::limit`), counted by the
+    /// in-process limiter.
+    pub fn limits(self, cfg: LimitConfig) -> Self {
+        self.limits_with(cfg, Arc::new(InMemoryLimiter::new()))
+    }
+
+    /// Limits counted by a limiter of your own (e.g. a shared store).
+    pub fn limits_with(mut self, cfg: LimitConfig, limiter: Arc<dyn Limiter>) -> Self {
+        self.limits = Some((cfg, limiter));
+        self
+    }
+
+    /// Records every message and session to `sink` (see
+    /// `mcp_gateway_tower::audit`).
+    pub fn audit(mut self, sink: Arc<dyn AuditSink>, cfg: AuditConfig) -> Self {
+        self.audit = Some(AuditLayer::new(sink, cfg));
         self
     }
 
@@ -311,12 +336,25 @@ impl McpGatewayBuilder {
         let selector = self
             .selector
             .unwrap_or_else(|| Arc::new(RoundRobin::new(upstreams.len())));
-        let sessions = SessionLayer::from_arcs(store, selector).sweep_interval(self.sweep_interval);
+        let mut sessions =
+            SessionLayer::from_arcs(store, selector).sweep_interval(self.sweep_interval);
+        let limit = self
+            .limits
+            .map(|(cfg, limiter)| LimitLayer::new(cfg, self.backend.clone(), limiter));
+        if let Some(l) = &limit {
+            sessions = sessions.observe(l.session_observer());
+        }
+        if let Some(a) = &self.audit {
+            sessions = sessions.observe(a.session_observer());
+        }
         let svc = ServiceBuilder::new()
+            .map_request(client_addr)
             .mcp_origin(self.origin)
+            .option_layer(self.audit)
             .option_layer(auth)
             .mcp_jsonrpc(self.jsonrpc)
             .option_layer(acl)
+            .option_layer(limit)
             .mcp_session(sessions.clone())
             .mcp_sse_relay(self.sse)
             .service(upstreams);
@@ -337,6 +375,20 @@ impl McpGatewayBuilder {
         }
         Ok(router)
     }
+}
+
+/// Copies axum's `ConnectInfo<SocketAddr>` (present when the app is served
+/// with connect info) into the gateway's own `ClientAddr`, which the limit
+/// layer keys anonymous callers by.
+fn client_addr<B>(mut req: http::Request<B>) -> http::Request<B> {
+    if let Some(ci) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        let addr = ci.0;
+        req.extensions_mut().insert(ClientAddr(addr));
+    }
+    req
 }
 
 /// An upstream instance waiting for the credentials chosen at build time.

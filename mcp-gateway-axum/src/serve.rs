@@ -60,7 +60,8 @@ pub fn bind_per_core(addr: SocketAddr, threads: usize) -> io::Result<Vec<std::ne
 
 /// Serves `app` on every listener: the first on the caller's runtime, each
 /// other one on its own thread with a single-threaded runtime. Accepted
-/// sockets get `TCP_NODELAY`. When `shutdown` completes, every listener
+/// sockets get `TCP_NODELAY`; requests carry axum's
+/// `ConnectInfo<SocketAddr>` (the client address anonymous limits key by). When `shutdown` completes, every listener
 /// stops accepting, open requests finish, and the call returns once all
 /// threads have.
 pub async fn serve_per_core<F>(
@@ -90,11 +91,14 @@ where
                     .and_then(|rt| {
                         rt.block_on(async move {
                             let l = tokio::net::TcpListener::from_std(l)?;
-                            axum::serve(l.tap_io(nodelay), app)
-                                .with_graceful_shutdown(async move {
-                                    let _ = stop.wait_for(|s| *s).await;
-                                })
-                                .await
+                            axum::serve(
+                                l.tap_io(nodelay),
+                                app.into_make_service_with_connect_info::<SocketAddr>(),
+                            )
+                            .with_graceful_shutdown(async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            })
+                            .await
                         })
                     });
                 let _ = done_tx.send(res);
@@ -102,12 +106,15 @@ where
         threads.push(done_rx);
     }
     let first = tokio::net::TcpListener::from_std(first)?;
-    let res = axum::serve(first.tap_io(nodelay), app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
+    let res = axum::serve(
+        first.tap_io(nodelay),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
     for t in threads {
         if let Ok(Err(e)) = t.await {
             return Err(e);

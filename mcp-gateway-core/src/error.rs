@@ -43,6 +43,12 @@ pub mod codes {
     /// Gateway: the tool's definition changed since it was pinned, and the
     /// pinning mode blocks changed tools.
     pub const TOOL_CHANGED: i32 = -32054;
+    /// Gateway: a limit refused the request; `data` says which limit
+    /// (`limit`) and when to retry (`retryAfterMs`).
+    pub const LIMITED: i32 = -32055;
+    /// Gateway: the audit log cannot keep up and the overflow policy is to
+    /// refuse calls rather than lose records.
+    pub const AUDIT_BACKLOG: i32 = -32056;
 }
 
 /// What went wrong; decides the HTTP status and the JSON-RPC code.
@@ -94,6 +100,13 @@ pub enum ErrorKind {
     /// The tool's definition changed since it was first seen and changed
     /// tools are blocked (200, -32054).
     ToolChanged,
+    /// A call-level limit (rate, in-flight, token or cost budget) refused
+    /// the call (200, -32055).
+    Limited,
+    /// A session cap refused a new session (429, -32055, `Retry-After`).
+    TooManySessions,
+    /// The audit sink is full and calls are refused (503, -32056).
+    AuditBacklog,
 }
 
 impl ErrorKind {
@@ -114,7 +127,9 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Forbidden | ErrorKind::InsufficientScope => StatusCode::FORBIDDEN,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorKind::Denied | ErrorKind::ToolChanged => StatusCode::OK,
+            ErrorKind::Denied | ErrorKind::ToolChanged | ErrorKind::Limited => StatusCode::OK,
+            ErrorKind::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::AuditBacklog => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::SessionCapacity => StatusCode::SERVICE_UNAVAILABLE,
@@ -142,6 +157,8 @@ impl ErrorKind {
             | ErrorKind::InsufficientScope => SERVER_ERROR,
             ErrorKind::Denied => DENIED,
             ErrorKind::ToolChanged => TOOL_CHANGED,
+            ErrorKind::Limited | ErrorKind::TooManySessions => LIMITED,
+            ErrorKind::AuditBacklog => AUDIT_BACKLOG,
             ErrorKind::SessionNotFound => SESSION_NOT_FOUND,
             ErrorKind::UpstreamUnavailable => UPSTREAM_UNAVAILABLE,
             ErrorKind::UpstreamTimeout => UPSTREAM_TIMEOUT,
@@ -271,6 +288,13 @@ mod tests {
             (ErrorKind::UpstreamUnavailable, 502, -32050),
             (ErrorKind::Forbidden, 403, -32000),
             (ErrorKind::MethodNotAllowed, 405, -32000),
+            (ErrorKind::Unauthorized, 401, -32000),
+            (ErrorKind::InsufficientScope, 403, -32000),
+            (ErrorKind::Denied, 200, -32053),
+            (ErrorKind::ToolChanged, 200, -32054),
+            (ErrorKind::Limited, 200, -32055),
+            (ErrorKind::TooManySessions, 429, -32055),
+            (ErrorKind::AuditBacklog, 503, -32056),
         ];
         for (kind, status, code) in cases {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");

@@ -41,6 +41,11 @@ use crate::body::Body;
 use crate::error::error_response;
 use crate::pinning::ToolPins;
 
+/// The backend a request went to, by name: in the response extensions for
+/// layers outside the ACL (the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendName(pub Arc<str>);
+
 /// What a request wants to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target<'a> {
@@ -461,7 +466,9 @@ where
         if let Some(mcp) = req.extensions().get::<McpRequest>() {
             for m in mcp.envelope().messages() {
                 if let Err(e) = shared.guard(principal.as_ref(), mcp.body(), m) {
-                    let res = error_response(&e, m.id());
+                    let mut res = error_response(&e, m.id());
+                    res.extensions_mut()
+                        .insert(BackendName(shared.backend.clone()));
                     return Box::pin(std::future::ready(Ok(res)));
                 }
                 if let Some(k) = m.method().and_then(ListKind::of) {
@@ -470,7 +477,9 @@ where
             }
         }
         Box::pin(async move {
-            let res = inner.call(req).await?;
+            let mut res = inner.call(req).await?;
+            res.extensions_mut()
+                .insert(BackendName(shared.backend.clone()));
             match list {
                 Some((kind, id)) if res.status().is_success() => {
                     Ok(filter_response(shared, principal, kind, id, res).await)

@@ -516,7 +516,12 @@ where
                 parts.headers.remove(h);
             }
             parts.headers.remove(header::COOKIE);
-            inner.call(Request::from_parts(parts, body)).await
+            let mut res = inner.call(Request::from_parts(parts, body)).await?;
+            if let Some(p) = principal {
+                // For layers outside this one (the audit log).
+                res.extensions_mut().insert(p);
+            }
+            Ok(res)
         })
     }
 }

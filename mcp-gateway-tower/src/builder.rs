@@ -25,8 +25,10 @@ use tower::layer::util::Stack;
 use tower::ServiceBuilder;
 
 use crate::acl::AclLayer;
+use crate::audit::AuditLayer;
 use crate::auth::AuthLayer;
 use crate::jsonrpc::{JsonRpcConfig, JsonRpcLayer};
+use crate::limit::LimitLayer;
 use crate::origin::{OriginLayer, OriginPolicy};
 use crate::session::SessionLayer;
 use crate::sse::{SseRelayConfig, SseRelayLayer};
@@ -40,6 +42,9 @@ mod sealed {
 pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     /// [`OriginLayer`]: 403 for disallowed `Host` / `Origin`.
     fn mcp_origin(self, policy: OriginPolicy) -> ServiceBuilder<Stack<OriginLayer, L>>;
+    /// [`AuditLayer`]: one record per message and per session (outermost
+    /// after the origin guard, so refusals are recorded too).
+    fn mcp_audit(self, layer: AuditLayer) -> ServiceBuilder<Stack<AuditLayer, L>>;
     /// [`AuthLayer`]: a `Principal` in extensions; 401 / 403 otherwise.
     fn mcp_auth(self, layer: AuthLayer) -> ServiceBuilder<Stack<AuthLayer, L>>;
     /// [`JsonRpcLayer`]: parse and validate; `McpRequest` in extensions.
@@ -47,6 +52,9 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     /// [`AclLayer`]: tool-level authorization and list filtering (after
     /// the JSON-RPC layer).
     fn mcp_acl(self, layer: AclLayer) -> ServiceBuilder<Stack<AclLayer, L>>;
+    /// [`LimitLayer`]: rates, caps and budgets (after the ACL; register
+    /// [`LimitLayer::session_observer`] on the session layer).
+    fn mcp_limit(self, layer: LimitLayer) -> ServiceBuilder<Stack<LimitLayer, L>>;
     /// [`SessionLayer`]: the session router.
     fn mcp_session(self, layer: SessionLayer) -> ServiceBuilder<Stack<SessionLayer, L>>;
     /// [`SseRelayLayer`]: relay SSE responses with keep-alives.
@@ -57,6 +65,9 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn mcp_origin(self, policy: OriginPolicy) -> ServiceBuilder<Stack<OriginLayer, L>> {
         self.layer(OriginLayer::new(policy))
     }
+    fn mcp_audit(self, layer: AuditLayer) -> ServiceBuilder<Stack<AuditLayer, L>> {
+        self.layer(layer)
+    }
     fn mcp_auth(self, layer: AuthLayer) -> ServiceBuilder<Stack<AuthLayer, L>> {
         self.layer(layer)
     }
@@ -64,6 +75,9 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self.layer(JsonRpcLayer::new(cfg))
     }
     fn mcp_acl(self, layer: AclLayer) -> ServiceBuilder<Stack<AclLayer, L>> {
+        self.layer(layer)
+    }
+    fn mcp_limit(self, layer: LimitLayer) -> ServiceBuilder<Stack<LimitLayer, L>> {
         self.layer(layer)
     }
     fn mcp_session(self, layer: SessionLayer) -> ServiceBuilder<Stack<SessionLayer, L>> {

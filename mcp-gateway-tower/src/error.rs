@@ -13,6 +13,8 @@ pub fn error_response(err: &GatewayError, id: Option<&RequestId>) -> Response<Bo
     *res.status_mut() = err.status();
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // Layers outside the one that refused (the audit log) learn why.
+    res.extensions_mut().insert(err.kind());
     if err.kind() == ErrorKind::MethodNotAllowed {
         res.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, POST, DELETE"));

@@ -199,8 +199,15 @@ where
                 Err(e) => return Ok(error_response(&e, first_id.as_ref())),
             };
             let mut req = Request::from_parts(parts, Body::full(bytes));
+            // The response carries it too, for layers outside this one (the
+            // audit log) that see only what comes back.
+            let seen = mcp.clone();
             req.extensions_mut().insert(mcp);
-            inner.call(req).await.map(|r| r.map(Body::new))
+            inner.call(req).await.map(|r| {
+                let mut r = r.map(Body::new);
+                r.extensions_mut().insert(seen);
+                r
+            })
         })
     }
 }

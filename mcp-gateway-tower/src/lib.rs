@@ -13,17 +13,20 @@
 //! | [`session`] | the session router: gateway session ids, sticky instances, `DELETE`, expiry |
 //! | [`sse`] | the SSE relay: unchanged frames, per-event hook, keep-alive, idle timeout |
 //! | [`auth`] | authentication: a [`Principal`](mcp_gateway_core::Principal) from API keys, JWTs ([`jwt`]) or client certificates; 401 / 403 as an OAuth resource server |
+//! | [`audit`] | one record per message and per session, to `tracing`, a JSON Lines file or a channel |
 //! | [`acl`] | tool-level authorization ([`acl::ToolPolicy`], [`rules`]), list filtering, tool pinning ([`pinning`]) |
+//! | [`limit`] | rate limits, session and in-flight caps, token and cost budgets ([`limit::Limiter`]) |
 //! | [`upstream`] | pooled HTTP backends, any tower service as a backend, instance sets, [`credentials`] injection |
 //!
 //! Stack them with [`ServiceBuilderExt`] (outermost first):
-//! `origin → auth → jsonrpc → acl → session → sse relay → upstreams`.
+//! `origin → audit → auth → jsonrpc → acl → limit → session → sse relay → upstreams`.
 #![deny(missing_docs)]
 
 #[macro_use]
 mod macros;
 
 pub mod acl;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod builder;
@@ -33,6 +36,7 @@ pub mod error;
 pub mod jsonrpc;
 #[cfg(feature = "jwt")]
 pub mod jwt;
+pub mod limit;
 pub mod origin;
 pub mod pinning;
 pub mod rules;

@@ -81,11 +81,66 @@ impl BackendSelector for RoundRobin {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionOwner(pub Arc<str>);
 
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client sent `DELETE`.
+    Deleted,
+    /// It was idle past the store's timeout (found by the sweep).
+    Expired,
+    /// The backend answered 404 for it: the backend lost it.
+    BackendLost,
+}
+
+impl SessionEnd {
+    /// `"deleted"`, `"expired"` or `"backend_lost"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::Deleted => "deleted",
+            SessionEnd::Expired => "expired",
+            SessionEnd::BackendLost => "backend_lost",
+        }
+    }
+}
+
+/// Told when a session starts and ends, whatever the reason: the hook that
+/// per-session limits and the audit log use so that no slot and no session
+/// record leaks.
+pub trait SessionObserver: Send + Sync + 'static {
+    /// A session started (its record is stored).
+    fn started(&self, _record: &SessionRecord) {}
+    /// A session ended; called once per session.
+    fn ended(&self, record: &SessionRecord, why: SessionEnd);
+}
+
 struct Shared {
     store: Arc<dyn SessionStore>,
     selector: Arc<dyn BackendSelector>,
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
+    observers: Vec<Arc<dyn SessionObserver>>,
+}
+
+impl Shared {
+    fn started(&self, rec: &SessionRecord) {
+        for o in &self.observers {
+            o.started(rec);
+        }
+    }
+
+    /// Removes `sid` and tells the observers, if it was still there (two
+    /// racing ends report once).
+    async fn end(&self, sid: &str, why: SessionEnd) {
+        if let Some(rec) = self.store.remove(sid).await {
+            self.ended(&rec, why);
+        }
+    }
+
+    fn ended(&self, rec: &SessionRecord, why: SessionEnd) {
+        for o in &self.observers {
+            o.ended(rec, why);
+        }
+    }
 }
 
 /// Builds [`Session`] routers. See the module docs.
@@ -116,8 +171,18 @@ impl SessionLayer {
                 selector,
                 sweep_interval: Duration::from_secs(30),
                 sweeper_started: AtomicBool::new(false),
+                observers: Vec::new(),
             }),
         }
+    }
+
+    /// Adds an observer of session starts and ends. Must be called before
+    /// the layer is used.
+    pub fn observe(mut self, observer: Arc<dyn SessionObserver>) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.observers.push(observer);
+        }
+        self
     }
 
     /// How often idle sessions are swept (and ended at their backend).
@@ -221,6 +286,9 @@ where
                 // Stop once every router using this store is gone.
                 let Some(shared) = weak.upgrade() else { break };
                 let expired = shared.store.sweep().await;
+                for rec in &expired {
+                    shared.ended(rec, SessionEnd::Expired);
+                }
                 drop(shared);
                 for rec in expired {
                     tracing::debug!(session = ?rec.id(), "session expired");
@@ -345,6 +413,7 @@ where
             res.headers_mut()
                 .insert(headers::MCP_SESSION_ID, rec.id_header().clone());
             tracing::debug!(session = ?gid, instance, "session started");
+            shared.started(&rec);
             Ok(res)
         }
         Err(e) => {
@@ -402,7 +471,7 @@ where
             req.headers_mut().remove(headers::MCP_SESSION_ID);
             if is_delete {
                 // The backend never had a session to end.
-                shared.store.remove(sid).await;
+                shared.end(sid, SessionEnd::Deleted).await;
                 let mut res = Response::new(Body::empty());
                 *res.status_mut() = StatusCode::NO_CONTENT;
                 return Ok(res);
@@ -415,9 +484,9 @@ where
     if status == StatusCode::NOT_FOUND && rec.upstream_id().is_some() {
         // The backend no longer knows the session: forget it here as well,
         // so the client's next initialize starts clean.
-        shared.store.remove(sid).await;
+        shared.end(sid, SessionEnd::BackendLost).await;
     } else if is_delete && status.is_success() {
-        shared.store.remove(sid).await;
+        shared.end(sid, SessionEnd::Deleted).await;
         tracing::debug!(session = ?rec.id(), "session ended by client");
     }
     if res.headers().contains_key(headers::MCP_SESSION_ID) {

@@ -1,0 +1,1134 @@
+//! The audit log: one record per MCP message handled, and per session.
+//!
+//! [`AuditLayer`] is the outermost MCP layer (right after the origin
+//! guard), so it sees every request, including the ones authentication,
+//! parsing, authorization or limits refuse. Inner layers leave what they
+//! learned in the *response* extensions (the principal, the parsed
+//! request, the backend, the error kind, the limit, the cost), and the
+//! audit layer reads it there.
+//!
+//! A call's [`AuditEvent`] is emitted when its response body ends or is
+//! dropped, so a streamed call reports its real duration, the progress
+//! notifications relayed, the bytes sent, and whether the client went
+//! away. Session events: `session_start` (principal, backend, protocol
+//! version) and `session_end` (duration, calls, errors, bytes, cost, why).
+//!
+//! Arguments are not recorded unless configured ([`ArgumentsPolicy`]):
+//! their SHA-256, or the arguments with named keys redacted.
+//!
+//! Sinks ([`AuditSink`]) never block the request path: [`TracingSink`]
+//! (structured `tracing` fields), [`JsonlSink`] (a JSON Lines file written
+//! by its own thread, buffered, rotated by size, flushed on shutdown) and
+//! [`ChannelSink`] (a bounded channel, for tests and custom consumers).
+//! When a sink cannot keep up, its [`Overflow`] policy decides: drop the
+//! record and count it ([`AuditSink::dropped`]), or refuse calls (503,
+//! -32056) until it catches up.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use mcp_gateway_core::protocol::headers;
+use mcp_gateway_core::session::SessionRecord;
+use mcp_gateway_core::sse::SseScanner;
+use mcp_gateway_core::{ErrorKind, GatewayError, McpRequest, MessageKind, Principal};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::acl::BackendName;
+use crate::body::{Body, BoxError};
+use crate::error::error_response;
+use crate::limit::{CostCharged, LimitKind};
+use crate::session::{SessionEnd, SessionObserver};
+
+/// One audit record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// `call`, `session_start` or `session_end`.
+    pub event: String,
+    /// When it was emitted, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// The principal's subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The principal's tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// How the principal was authenticated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<String>,
+    /// The gateway session id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The backend's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The JSON-RPC method, or the HTTP method for `GET` / `DELETE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The tool, prompt or resource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The JSON-RPC id, as JSON text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `ok`, `error` (JSON-RPC error from the backend), `denied`,
+    /// `limited`, `upstream_failure`, `client_gone` or `rejected` (the
+    /// gateway refused the request: authentication, bad input, …).
+    pub outcome: String,
+    /// The JSON-RPC error code, for `error`, `denied`, `limited`, `rejected`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    /// Which limit, for `limited`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// The HTTP status answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Microseconds until the response head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttfb_us: Option<u64>,
+    /// Microseconds until the response body ended or was dropped (for
+    /// `session_end`: the session's life).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Progress notifications relayed.
+    pub progress: u64,
+    /// Cost charged by the limit layer.
+    pub cost: u64,
+    /// The arguments, per [`ArgumentsPolicy`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+    /// The protocol version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// `session_end`: calls in the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
+    /// `session_end`: calls that did not end `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
+    /// `session_end`: `deleted`, `expired` or `backend_lost`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+}
+
+/// What to do when a sink's buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Drop the record and count it.
+    #[default]
+    Drop,
+    /// Refuse new calls (503, -32056) until the sink catches up.
+    Refuse,
+}
+
+/// Where audit records go. `record` must never block.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Takes one record.
+    fn record(&self, event: AuditEvent);
+    /// True when the sink is full and its policy is to refuse calls.
+    fn saturated(&self) -> bool {
+        false
+    }
+    /// Records dropped because the sink was full.
+    fn dropped(&self) -> u64 {
+        0
+    }
+    /// Writes out what is buffered (blocking; for shutdown).
+    fn flush(&self) {}
+}
+
+impl<S: AuditSink + ?Sized> AuditSink for Arc<S> {
+    fn record(&self, event: AuditEvent) {
+        (**self).record(event)
+    }
+    fn saturated(&self) -> bool {
+        (**self).saturated()
+    }
+    fn dropped(&self) -> u64 {
+        (**self).dropped()
+    }
+    fn flush(&self) {
+        (**self).flush()
+    }
+}
+
+/// Records as `tracing` events (target `mcp_gateway::audit`, level INFO)
+/// with structured fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingSink;
+
+impl AuditSink for TracingSink {
+    fn record(&self, e: AuditEvent) {
+        tracing::info!(
+            target: "mcp_gateway::audit",
+            event = %e.event,
+            principal = e.principal.as_deref(),
+            tenant = e.tenant.as_deref(),
+            session = e.session.as_deref(),
+            backend = e.backend.as_deref(),
+            method = e.method.as_deref(),
+            target_name = e.target.as_deref(),
+            id = e.id.as_deref(),
+            outcome = %e.outcome,
+            error_code = e.error_code,
+            limit = e.limit.as_deref(),
+            http_status = e.http_status,
+            ttfb_us = e.ttfb_us,
+            duration_us = e.duration_us,
+            bytes_in = e.bytes_in,
+            bytes_out = e.bytes_out,
+            progress = e.progress,
+            cost = e.cost,
+            calls = e.calls,
+            errors = e.errors,
+            end_reason = e.end_reason.as_deref(),
+        );
+    }
+}
+
+/// A bounded channel of records, for tests and custom consumers.
+#[derive(Debug)]
+pub struct ChannelSink {
+    tx: tokio::sync::mpsc::Sender<AuditEvent>,
+    overflow: Overflow,
+    dropped: AtomicU64,
+}
+
+impl ChannelSink {
+    /// A sink holding at most `capacity` unread records, and its receiver.
+    pub fn new(
+        capacity: usize,
+        overflow: Overflow,
+    ) -> (Self, tokio::sync::mpsc::Receiver<AuditEvent>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        (
+            ChannelSink {
+                tx,
+                overflow,
+                dropped: AtomicU64::new(0),
+            },
+            rx,
+        )
+    }
+}
+
+impl AuditSink for ChannelSink {
+    fn record(&self, event: AuditEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn saturated(&self) -> bool {
+        self.overflow == Overflow::Refuse && self.tx.capacity() == 0
+    }
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Settings of [`JsonlSink`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlConfig {
+    /// The file. Rotated files are `<path>.1` (newest) … `<path>.<keep>`.
+    pub path: PathBuf,
+    /// Rotate when the file passes this size. Default 100 MiB.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept. Default 5.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// Records buffered between the request path and the writer thread.
+    /// Default 65 536.
+    #[serde(default = "default_buffer")]
+    pub buffer: usize,
+    /// What to do when the buffer is full. Default `drop`.
+    #[serde(default)]
+    pub overflow: Overflow,
+}
+
+fn default_max_bytes() -> u64 {
+    100 << 20
+}
+fn default_keep() -> usize {
+    5
+}
+fn default_buffer() -> usize {
+    65_536
+}
+
+enum Msg {
+    Event(Box<AuditEvent>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// A JSON Lines file, written by its own thread. See the module docs.
+pub struct JsonlSink {
+    tx: Mutex<Option<mpsc::SyncSender<Msg>>>,
+    pending: Arc<AtomicUsize>,
+    capacity: usize,
+    overflow: Overflow,
+    dropped: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for JsonlSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonlSink")
+            .field("pending", &self.pending.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl JsonlSink {
+    /// Opens (appends to) the file and starts the writer.
+    pub fn open(cfg: JsonlConfig) -> std::io::Result<Self> {
+        let file = open_append(&cfg.path)?;
+        let size = file.metadata()?.len();
+        let capacity = cfg.buffer.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(capacity);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let p = pending.clone();
+        let overflow = cfg.overflow;
+        let thread = std::thread::Builder::new()
+            .name("mcp-audit-jsonl".into())
+            .spawn(move || writer(cfg, file, size, rx, p))?;
+        Ok(JsonlSink {
+            tx: Mutex::new(Some(tx)),
+            pending,
+            capacity,
+            overflow,
+            dropped: AtomicU64::new(0),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Flushes, stops the writer and waits for it.
+    pub fn close(&self) {
+        self.flush();
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for JsonlSink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn rotated(path: &Path, i: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{i}"));
+    PathBuf::from(s)
+}
+
+fn writer(
+    cfg: JsonlConfig,
+    file: File,
+    mut size: u64,
+    rx: mpsc::Receiver<Msg>,
+    pending: Arc<AtomicUsize>,
+) {
+    let mut out = BufWriter::with_capacity(64 << 10, file);
+    loop {
+        let msg = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: put what is buffered on disk.
+                let _ = out.flush();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        match msg {
+            Msg::Event(e) => {
+                pending.fetch_sub(1, Ordering::Relaxed);
+                let mut line = serde_json::to_vec(&*e).unwrap_or_default();
+                line.push(b'\n');
+                if out.write_all(&line).is_err() {
+                    tracing::error!(path = %cfg.path.display(), "audit log write failed");
+                    continue;
+                }
+                size += line.len() as u64;
+                if size >= cfg.max_bytes {
+                    match rotate(&cfg, &mut out) {
+                        Ok(()) => size = 0,
+                        Err(e) => tracing::error!(error = %e, "audit log rotation failed"),
+                    }
+                }
+            }
+            Msg::Flush(ack) => {
+                let _ = out.flush();
+                let _ = ack.send(());
+            }
+        }
+    }
+    let _ = out.flush();
+}
+
+fn rotate(cfg: &JsonlConfig, out: &mut BufWriter<File>) -> std::io::Result<()> {
+    out.flush()?;
+    if cfg.keep == 0 {
+        let f = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&cfg.path)?;
+        *out = BufWriter::with_capacity(64 << 10, f);
+        return Ok(());
+    }
+    for i in (1..cfg.keep).rev() {
+        let from = rotated(&cfg.path, i);
+        if from.exists() {
+            std::fs::rename(&from, rotated(&cfg.path, i + 1))?;
+        }
+    }
+    std::fs::rename(&cfg.path, rotated(&cfg.path, 1))?;
+    *out = BufWriter::with_capacity(64 << 10, open_append(&cfg.path)?);
+    Ok(())
+}
+
+impl AuditSink for JsonlSink {
+    fn record(&self, event: AuditEvent) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = tx.as_ref() else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if tx.try_send(Msg::Event(Box::new(event))).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn saturated(&self) -> bool {
+        self.overflow == Overflow::Refuse && self.pending.load(Ordering::Relaxed) >= self.capacity
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn flush(&self) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(tx) = tx {
+            let (ack_tx, ack_rx) = mpsc::channel();
+            if tx.send(Msg::Flush(ack_tx)).is_ok() {
+                let _ = ack_rx.recv_timeout(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// What of a call's arguments the record keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ArgumentsPolicy {
+    /// Nothing (the default: arguments may hold personal data).
+    #[default]
+    Omit,
+    /// `sha256:<hex>` of the arguments' JSON text: proves what was sent
+    /// without keeping it.
+    Hash,
+    /// The arguments, with the values of these keys (at any depth)
+    /// replaced by `"[redacted]"`.
+    Redact(Vec<String>),
+}
+
+/// Settings of [`AuditLayer`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// What to keep of arguments.
+    pub arguments: ArgumentsPolicy,
+}
+
+/// Per-session totals, emitted with `session_end`.
+#[derive(Default)]
+struct SessionTotals {
+    started: Option<Instant>,
+    principal: Option<Principal>,
+    backend: Option<String>,
+    protocol_version: Option<String>,
+    calls: u64,
+    errors: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    cost: u64,
+}
+
+struct Shared {
+    sink: Arc<dyn AuditSink>,
+    cfg: AuditConfig,
+    sessions: Mutex<HashMap<String, SessionTotals>>,
+}
+
+/// Builds [`Audit`] services; also the [`SessionObserver`] that emits
+/// `session_end` (the builder registers it on the session layer).
+#[derive(Clone)]
+pub struct AuditLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AuditLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLayer").finish_non_exhaustive()
+    }
+}
+
+impl AuditLayer {
+    /// Records to `sink`.
+    pub fn new(sink: Arc<dyn AuditSink>, cfg: AuditConfig) -> Self {
+        AuditLayer {
+            shared: Arc::new(Shared {
+                sink,
+                cfg,
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The observer to register on the session layer.
+    pub fn session_observer(&self) -> Arc<dyn SessionObserver> {
+        Arc::new(SessionEnds(self.shared.clone()))
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &Arc<dyn AuditSink> {
+        &self.shared.sink
+    }
+}
+
+struct SessionEnds(Arc<Shared>);
+
+impl SessionObserver for SessionEnds {
+    fn ended(&self, record: &SessionRecord, why: SessionEnd) {
+        let totals = self
+            .0
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(record.id().as_str());
+        let Some(t) = totals else { return };
+        let mut e = AuditEvent {
+            event: "session_end".into(),
+            time: now_rfc3339(),
+            session: Some(record.id().as_str().to_owned()),
+            backend: t.backend,
+            outcome: "ok".into(),
+            duration_us: t.started.map(|s| s.elapsed().as_micros() as u64),
+            bytes_in: t.bytes_in,
+            bytes_out: t.bytes_out,
+            cost: t.cost,
+            protocol_version: t.protocol_version,
+            calls: Some(t.calls),
+            errors: Some(t.errors),
+            end_reason: Some(why.as_str().into()),
+            ..Default::default()
+        };
+        set_principal(&mut e, t.principal.as_ref());
+        self.0.sink.record(e);
+    }
+}
+
+fn set_principal(e: &mut AuditEvent, p: Option<&Principal>) {
+    if let Some(p) = p {
+        e.principal = Some(p.subject().to_owned());
+        e.tenant = p.tenant().map(str::to_owned);
+        e.auth_method = Some(p.auth_method().to_owned());
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+    fn layer(&self, inner: S) -> Audit<S> {
+        Audit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The audit service. See the module docs.
+#[derive(Clone)]
+pub struct Audit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Audit<S> {
+    inner_accessors!();
+}
+
+impl<S> std::fmt::Debug for Audit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit").finish_non_exhaustive()
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl<S, B> Service<Request<B>> for Audit<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> BoxFuture {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let start = Instant::now();
+            if shared.sink.saturated() {
+                let e = GatewayError::new(
+                    ErrorKind::AuditBacklog,
+                    "Service Unavailable: the audit log cannot keep up; retry shortly",
+                );
+                return Ok(error_response(&e, None));
+            }
+            let http_method = req.method().clone();
+            let session = req
+                .headers()
+                .get(headers::MCP_SESSION_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let declared_len = req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let res = inner.call(req).await?;
+            let ttfb = start.elapsed();
+            let mcp = res.extensions().get::<McpRequest>().cloned();
+            let started_session =
+                mcp.as_ref().is_some_and(McpRequest::is_initialize) && res.status().is_success();
+            let session = match (&session, started_session) {
+                (_, true) => res
+                    .headers()
+                    .get(headers::MCP_SESSION_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                (s, false) => s.clone(),
+            };
+            let sse = res
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            let call = CallRecord {
+                start,
+                ttfb,
+                http_method,
+                session,
+                bytes_in: mcp
+                    .as_ref()
+                    .map(|m| m.body().len() as u64)
+                    .or(declared_len)
+                    .unwrap_or(0),
+                status: res.status().as_u16(),
+                kind: res.extensions().get::<ErrorKind>().copied(),
+                limit: res.extensions().get::<LimitKind>().copied(),
+                principal: res.extensions().get::<Principal>().cloned(),
+                backend: res
+                    .extensions()
+                    .get::<BackendName>()
+                    .map(|b| b.0.to_string()),
+                cost: res.extensions().get::<CostCharged>().map_or(0, |c| c.0),
+                mcp,
+            };
+            if started_session {
+                if let Some(sid) = &call.session {
+                    let mut e = call.base("session_start");
+                    e.outcome = "ok".into();
+                    shared.sink.record(e);
+                    shared
+                        .sessions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(
+                            sid.clone(),
+                            SessionTotals {
+                                started: Some(start),
+                                principal: call.principal.clone(),
+                                backend: call.backend.clone(),
+                                protocol_version: call.version(),
+                                ..Default::default()
+                            },
+                        );
+                }
+            }
+            let (parts, body) = res.into_parts();
+            Ok(Response::from_parts(
+                parts,
+                Body::new(AuditBody {
+                    inner: body,
+                    meter: Meter::new(sse),
+                    call: Some(call),
+                    shared,
+                }),
+            ))
+        })
+    }
+}
+
+/// What is known of a call when its response head arrives.
+struct CallRecord {
+    start: Instant,
+    ttfb: Duration,
+    http_method: http::Method,
+    session: Option<String>,
+    bytes_in: u64,
+    status: u16,
+    kind: Option<ErrorKind>,
+    limit: Option<LimitKind>,
+    principal: Option<Principal>,
+    backend: Option<String>,
+    cost: u64,
+    mcp: Option<McpRequest>,
+}
+
+impl CallRecord {
+    fn version(&self) -> Option<String> {
+        self.mcp.as_ref().map(|m| {
+            m.message()
+                .and_then(|msg| msg.initialize_protocol_version())
+                .map_or_else(|| m.protocol_version().as_str().to_owned(), str::to_owned)
+        })
+    }
+
+    fn base(&self, event: &str) -> AuditEvent {
+        let mut e = AuditEvent {
+            event: event.into(),
+            time: now_rfc3339(),
+            session: self.session.clone(),
+            backend: self.backend.clone(),
+            http_status: Some(self.status),
+            protocol_version: self.version(),
+            ..Default::default()
+        };
+        set_principal(&mut e, self.principal.as_ref());
+        e
+    }
+}
+
+/// Watches a response body go by.
+struct Meter {
+    scanner: Option<SseScanner>,
+    /// The first bytes of a JSON body (enough for an error object).
+    head: Vec<u8>,
+    bytes: u64,
+    progress: u64,
+    error_code: Option<i64>,
+    ended: bool,
+    failed: bool,
+}
+
+/// Events larger than this are counted, not inspected (a result that big
+/// is not an error object or a progress notification).
+const INSPECT: usize = 8 << 10;
+
+impl Meter {
+    fn new(sse: bool) -> Self {
+        Meter {
+            scanner: sse.then(|| SseScanner::collecting(INSPECT)),
+            head: Vec::new(),
+            bytes: 0,
+            progress: 0,
+            error_code: None,
+            ended: false,
+            failed: false,
+        }
+    }
+
+    fn see(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        let (progress, code) = (&mut self.progress, &mut self.error_code);
+        match &mut self.scanner {
+            Some(s) => s.feed(data, |ev| {
+                if ev.oversized || ev.data.is_empty() {
+                    return;
+                }
+                inspect(ev.data, progress, code);
+            }),
+            None => {
+                let room = INSPECT.saturating_sub(self.head.len());
+                self.head.extend_from_slice(&data[..room.min(data.len())]);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.scanner.is_none() && !self.head.is_empty() {
+            let head = std::mem::take(&mut self.head);
+            inspect(&head, &mut self.progress, &mut self.error_code);
+        }
+    }
+}
+
+/// Counts a progress notification, or notes a JSON-RPC error code.
+fn inspect(json: &[u8], progress: &mut u64, code: &mut Option<i64>) {
+    let has = |needle: &[u8]| json.windows(needle.len()).any(|w| w == needle);
+    if has(b"notifications/progress") {
+        *progress += 1;
+        return;
+    }
+    if code.is_none() && has(b"\"error\"") {
+        #[derive(Deserialize)]
+        struct E {
+            code: i64,
+        }
+        #[derive(Deserialize)]
+        struct M {
+            error: Option<E>,
+        }
+        match serde_json::from_slice::<Value>(json) {
+            Ok(Value::Array(items)) => {
+                *code = items
+                    .into_iter()
+                    .filter_map(|i| serde_json::from_value::<M>(i).ok())
+                    .find_map(|m| m.error.map(|e| e.code));
+            }
+            Ok(v) => {
+                *code = serde_json::from_value::<M>(v)
+                    .ok()
+                    .and_then(|m| m.error.map(|e| e.code))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that emits its call's audit records when it ends
+    /// or is dropped.
+    struct AuditBody {
+        #[pin]
+        inner: Body,
+        meter: Meter,
+        call: Option<CallRecord>,
+        shared: Arc<Shared>,
+    }
+
+    impl PinnedDrop for AuditBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(call) = this.call.take() {
+                this.meter.finish();
+                emit(this.shared, call, this.meter);
+            }
+        }
+    }
+}
+
+impl http_body::Body for AuditBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let res = this.inner.as_mut().poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.meter.see(d);
+                }
+                if this.inner.is_end_stream() {
+                    this.meter.ended = true;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.meter.failed = true,
+            Poll::Ready(None) => this.meter.ended = true,
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
+    let ended = meter.ended || (meter.bytes == 0 && !meter.failed && call.status == 202);
+    let (outcome, code): (&str, Option<i64>) = match call.kind {
+        Some(ErrorKind::Denied | ErrorKind::ToolChanged) => {
+            ("denied", call.kind.map(|k| k.code() as i64))
+        }
+        Some(ErrorKind::Limited | ErrorKind::TooManySessions) => {
+            ("limited", call.kind.map(|k| k.code() as i64))
+        }
+        Some(ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamTimeout) => {
+            ("upstream_failure", call.kind.map(|k| k.code() as i64))
+        }
+        Some(k) => ("rejected", Some(k.code() as i64)),
+        None if meter.failed => ("upstream_failure", None),
+        None if !ended => ("client_gone", None),
+        None => match meter.error_code {
+            Some(c) => ("error", Some(c)),
+            None if call.status >= 400 => ("error", None),
+            None => ("ok", None),
+        },
+    };
+    let duration = call.start.elapsed();
+    let base = |method: Option<String>, target: Option<String>, id: Option<String>| {
+        let mut e = call.base("call");
+        e.method = method;
+        e.target = target;
+        e.id = id;
+        e.outcome = outcome.into();
+        e.error_code = code;
+        e.limit = call.limit.map(|l| l.as_str().to_owned());
+        e.ttfb_us = Some(call.ttfb.as_micros() as u64);
+        e.duration_us = Some(duration.as_micros() as u64);
+        e.bytes_in = call.bytes_in;
+        e.bytes_out = meter.bytes;
+        e.progress = meter.progress;
+        e.cost = call.cost;
+        e
+    };
+    let mut n = 0u64;
+    match &call.mcp {
+        Some(mcp) => {
+            let single = mcp.message().is_some();
+            for m in mcp.envelope().messages() {
+                let method = match m.kind() {
+                    MessageKind::Response | MessageKind::Error => Some("response".to_owned()),
+                    _ => m.method().map(|x| x.as_str().to_owned()),
+                };
+                let mut e = base(
+                    method,
+                    m.target().map(str::to_owned),
+                    m.id()
+                        .map(|i| String::from_utf8_lossy(i.as_bytes()).into_owned()),
+                );
+                if single && m.method() == Some(&mcp_gateway_core::Method::ToolsCall) {
+                    e.arguments = arguments(&shared.cfg.arguments, mcp.body());
+                }
+                shared.sink.record(e);
+                n += 1;
+            }
+        }
+        None => {
+            shared
+                .sink
+                .record(base(Some(call.http_method.to_string()), None, None));
+            n += 1;
+        }
+    }
+    if let Some(sid) = &call.session {
+        let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = sessions.get_mut(sid) {
+            t.calls += n;
+            if outcome != "ok" {
+                t.errors += n;
+            }
+            t.bytes_in += call.bytes_in;
+            t.bytes_out += meter.bytes;
+            t.cost += call.cost;
+        }
+    }
+}
+
+fn arguments(policy: &ArgumentsPolicy, body: &[u8]) -> Option<String> {
+    match policy {
+        ArgumentsPolicy::Omit => None,
+        ArgumentsPolicy::Hash => {
+            let raw = crate::limit::arguments(body)?;
+            Some(format!(
+                "sha256:{}",
+                crate::auth::hex(&Sha256::digest(raw.as_bytes()))
+            ))
+        }
+        ArgumentsPolicy::Redact(keys) => {
+            let raw = crate::limit::arguments(body)?;
+            let mut v: Value = serde_json::from_str(&raw).ok()?;
+            redact(&mut v, keys);
+            serde_json::to_string(&v).ok()
+        }
+    }
+}
+
+fn redact(v: &mut Value, keys: &[String]) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if keys.iter().any(|r| r.eq_ignore_ascii_case(k)) {
+                    *x = Value::String("[redacted]".into());
+                } else {
+                    redact(x, keys);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| redact(x, keys)),
+        _ => {}
+    }
+}
+
+/// Now, RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// `t` as RFC 3339 UTC with milliseconds (`2026-11-23T22:36:01.123Z`).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_473_361_123)),
+            "2026-11-23T22:36:01.123Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn inspection_counts_progress_and_finds_error_codes() {
+        let (mut p, mut c) = (0, None);
+        inspect(
+            br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}"#,
+            &mut p,
+            &mut c,
+        );
+        inspect(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"x"}}"#,
+            &mut p,
+            &mut c,
+        );
+        assert_eq!((p, c), (1, Some(-32602)));
+        let (mut p, mut c) = (0, None);
+        inspect(br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"the \"error\" word"}]}}"#, &mut p, &mut c);
+        assert_eq!((p, c), (0, None));
+    }
+
+    #[test]
+    fn redaction_and_hashing() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"login","arguments":{"user":"ann","password":"hunter2","nested":{"Token":"t"}}}}"#;
+        assert_eq!(arguments(&ArgumentsPolicy::Omit, body), None);
+        let r = arguments(
+            &ArgumentsPolicy::Redact(vec!["password".into(), "token".into()]),
+            body,
+        )
+        .unwrap();
+        assert!(
+            r.contains("\"user\":\"ann\"") && !r.contains("hunter2") && !r.contains("\"t\""),
+            "{r}"
+        );
+        let h = arguments(&ArgumentsPolicy::Hash, body).unwrap();
+        assert!(h.starts_with("sha256:") && h.len() == 7 + 64, "{h}");
+    }
+
+    #[test]
+    fn jsonl_rotates_by_size_and_keeps_every_line() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("audit.jsonl");
+        let sink = JsonlSink::open(JsonlConfig {
+            path: path.clone(),
+            max_bytes: 4096,
+            keep: 100,
+            buffer: 1024,
+            overflow: Overflow::Drop,
+        })
+        .unwrap();
+        for i in 0..200 {
+            sink.record(AuditEvent {
+                event: "call".into(),
+                id: Some(i.to_string()),
+                outcome: "ok".into(),
+                ..Default::default()
+            });
+        }
+        sink.close();
+        let mut ids = Vec::new();
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            files += 1;
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for line in text.lines() {
+                let e: AuditEvent = serde_json::from_str(line).unwrap();
+                ids.push(e.id.unwrap().parse::<u32>().unwrap());
+            }
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (0..200).collect::<Vec<_>>());
+        assert!(files > 1, "rotated");
+        assert_eq!(sink.dropped(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,861 @@
+//! Limits and quotas: every call counted and capped.
+//!
+//! [`LimitLayer`] runs after authorization (only allowed calls count) and
+//! before the session router. Who is limited: the request's
+//! [`Principal`], or an anonymous principal keyed by the client's address
+//! (axum's `ConnectInfo<SocketAddr>`) when there is none.
+//!
+//! | limit | key | when | refusal |
+//! | --- | --- | --- | --- |
+//! | rate (burst + sustained, token bucket) | principal; principal × tool; backend | each `tools/call` (and the methods in `count_methods`) | -32055 |
+//! | concurrent sessions | principal; backend | `initialize`; released when the session ends (DELETE, expiry, backend loss) | `429` + `Retry-After`, -32055 |
+//! | in-flight calls | principal; backend | each counted call; the permit lives in the response body until it ends or the client goes away | -32055 |
+//! | token budget per window | principal | arguments before the call, the result as it streams through ([`TokenCounter`]) | -32055 |
+//! | cost budget per window | principal | each `tools/call` costs what configuration says; refused before reaching the backend | -32055 |
+//!
+//! A refusal is answered by the gateway with JSON-RPC error -32055 whose
+//! `data` names the limit (`limit`) and says when to retry
+//! (`retryAfterMs`). Nothing is queued: a request over a limit is refused
+//! at once.
+//!
+//! The counters live behind the [`Limiter`] trait, whose operations return
+//! a [`LimitFuture`] (ready at once for the in-process [`InMemoryLimiter`]),
+//! so a shared-store implementation for several replicas can be added
+//! without touching the layer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota as GovQuota, RateLimiter};
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use mcp_gateway_core::protocol::headers;
+use mcp_gateway_core::session::{SessionRecord, StoreFuture};
+use mcp_gateway_core::{
+    ErrorKind, GatewayError, McpRequest, Message, Method, Principal, RequestId,
+};
+use serde::{Deserialize, Serialize};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::{Body, BoxError};
+use crate::error::error_response;
+use crate::rules::glob;
+use crate::session::{SessionEnd, SessionObserver};
+
+/// The future the [`Limiter`] operations return: ready at once in
+/// process, pending for a shared store.
+pub type LimitFuture<'a, T> = StoreFuture<'a, T>;
+
+/// Which limit decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    /// Calls per principal.
+    PrincipalRate,
+    /// Calls per principal and tool.
+    PrincipalToolRate,
+    /// Calls per backend.
+    BackendRate,
+    /// Concurrent sessions per principal.
+    PrincipalSessions,
+    /// Concurrent sessions per backend.
+    BackendSessions,
+    /// Calls in flight per principal.
+    PrincipalInFlight,
+    /// Calls in flight per backend.
+    BackendInFlight,
+    /// Tokens per principal per window.
+    TokenBudget,
+    /// Cost per principal per window.
+    CostBudget,
+}
+
+impl LimitKind {
+    /// The name used in configuration, refusals and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::PrincipalRate => "principal_rate",
+            LimitKind::PrincipalToolRate => "principal_tool_rate",
+            LimitKind::BackendRate => "backend_rate",
+            LimitKind::PrincipalSessions => "principal_sessions",
+            LimitKind::BackendSessions => "backend_sessions",
+            LimitKind::PrincipalInFlight => "principal_in_flight",
+            LimitKind::BackendInFlight => "backend_in_flight",
+            LimitKind::TokenBudget => "token_budget",
+            LimitKind::CostBudget => "cost_budget",
+        }
+    }
+}
+
+/// What a counter is about: the limit, and whose (a principal key, a
+/// backend name, or a principal key and a tool).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LimitKey {
+    /// The limit.
+    pub kind: LimitKind,
+    /// The principal key or backend name.
+    pub subject: Arc<str>,
+    /// The tool, for per-tool limits.
+    pub tool: Option<Bytes>,
+}
+
+/// A token bucket: `burst` calls at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Calls allowed at once.
+    pub burst: u32,
+    /// Sustained calls per second (fractions allowed: 0.5 = one per 2 s).
+    pub per_second: f64,
+}
+
+/// An amount per fixed window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Units per window.
+    pub amount: u64,
+    /// Window length, seconds.
+    pub window_secs: u64,
+}
+
+/// A held slot of a concurrency cap; released when dropped.
+pub struct Slot(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
+impl Slot {
+    /// A slot releasing through `guard`'s `Drop`.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        Slot(Box::new(guard))
+    }
+}
+
+/// The counters behind [`LimitLayer`]. `Err(d)` means "refused; retry in
+/// `d`".
+pub trait Limiter: Send + Sync + 'static {
+    /// Takes one unit from the token bucket of `key`.
+    fn hit(&self, key: &LimitKey, quota: &Quota) -> LimitFuture<'_, Result<(), Duration>>;
+    /// Takes one of at most `max` concurrent slots of `key`.
+    fn acquire(&self, key: &LimitKey, max: u32) -> LimitFuture<'_, Option<Slot>>;
+    /// Adds `amount` to `key`'s use in the current window. With
+    /// `must_fit`, refuses (charging nothing) when the window's use would
+    /// pass the budget; without, always charges (results already
+    /// delivered are paid for).
+    fn charge(
+        &self,
+        key: &LimitKey,
+        budget: &Budget,
+        amount: u64,
+        must_fit: bool,
+    ) -> LimitFuture<'_, Result<(), Duration>>;
+
+    /// True when every future this limiter returns is ready at once (no
+    /// I/O): the layer then charges streamed tokens inline instead of on a
+    /// spawned task.
+    fn is_local(&self) -> bool {
+        false
+    }
+}
+
+type Keyed = RateLimiter<LimitKey, DashMapStateStore<LimitKey>, DefaultClock>;
+
+const SHARDS: usize = 16;
+
+/// The in-process limiter: governor token buckets, sharded counters.
+pub struct InMemoryLimiter {
+    buckets: [OnceLock<Keyed>; 3],
+    hits: AtomicU64,
+    clock: DefaultClock,
+    slots: Arc<[Mutex<HashMap<LimitKey, u32>>; SHARDS]>,
+    windows: [Mutex<HashMap<LimitKey, (Instant, u64)>>; SHARDS],
+}
+
+impl std::fmt::Debug for InMemoryLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryLimiter").finish_non_exhaustive()
+    }
+}
+
+impl Default for InMemoryLimiter {
+    fn default() -> Self {
+        InMemoryLimiter {
+            buckets: Default::default(),
+            hits: AtomicU64::new(0),
+            clock: DefaultClock::default(),
+            slots: Arc::new(Default::default()),
+            windows: Default::default(),
+        }
+    }
+}
+
+fn shard(key: &LimitKey) -> usize {
+    use std::hash::{Hash, Hasher};
+    // A fixed-key hasher: the same key must always land on the same shard.
+    let mut h = std::hash::DefaultHasher::new();
+    key.subject.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
+impl InMemoryLimiter {
+    /// An empty limiter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn bucket(&self, kind: LimitKind, quota: &Quota) -> &Keyed {
+        let i = match kind {
+            LimitKind::PrincipalRate => 0,
+            LimitKind::PrincipalToolRate => 1,
+            _ => 2,
+        };
+        self.buckets[i].get_or_init(|| {
+            let burst = NonZeroU32::new(quota.burst.max(1)).expect("at least 1");
+            let period = Duration::from_secs_f64(1.0 / quota.per_second.max(1e-6));
+            let q = GovQuota::with_period(period)
+                .expect("a positive period")
+                .allow_burst(burst);
+            RateLimiter::dashmap(q)
+        })
+    }
+}
+
+/// Decrements a slot counter when dropped.
+struct SlotGuard {
+    slots: Arc<[Mutex<HashMap<LimitKey, u32>>; SHARDS]>,
+    key: LimitKey,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut m = self.slots[shard(&self.key)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Limiter for InMemoryLimiter {
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn hit(&self, key: &LimitKey, quota: &Quota) -> LimitFuture<'_, Result<(), Duration>> {
+        let b = self.bucket(key.kind, quota);
+        // Forget idle keys now and then so the table tracks active callers.
+        if self.hits.fetch_add(1, Ordering::Relaxed) % 8192 == 8191 {
+            b.retain_recent();
+        }
+        StoreFuture::ready(
+            b.check_key(key)
+                .map_err(|nu| nu.wait_time_from(self.clock.now())),
+        )
+    }
+
+    fn acquire(&self, key: &LimitKey, max: u32) -> LimitFuture<'_, Option<Slot>> {
+        let mut m = self.slots[shard(key)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                m.remove(key);
+            }
+            return StoreFuture::ready(None);
+        }
+        *n += 1;
+        StoreFuture::ready(Some(Slot::new(SlotGuard {
+            slots: self.slots.clone(),
+            key: key.clone(),
+        })))
+    }
+
+    fn charge(
+        &self,
+        key: &LimitKey,
+        budget: &Budget,
+        amount: u64,
+        must_fit: bool,
+    ) -> LimitFuture<'_, Result<(), Duration>> {
+        let window = Duration::from_secs(budget.window_secs.max(1));
+        let now = Instant::now();
+        let mut m = self.windows[shard(key)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(key.clone()).or_insert((now, 0));
+        if now.duration_since(e.0) >= window {
+            *e = (now, 0);
+        }
+        let left = window.saturating_sub(now.duration_since(e.0));
+        if must_fit && (e.1 >= budget.amount || e.1 + amount > budget.amount) {
+            return StoreFuture::ready(Err(left));
+        }
+        e.1 += amount;
+        StoreFuture::ready(Ok(()))
+    }
+}
+
+impl InMemoryLimiter {
+    /// Slots currently held for `key` (for tests and metrics).
+    pub fn held(&self, key: &LimitKey) -> u32 {
+        self.slots[shard(key)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Counts tokens in bytes of JSON.
+pub trait TokenCounter: Send + Sync + 'static {
+    /// Tokens in `bytes`.
+    fn count(&self, bytes: &[u8]) -> u64;
+}
+
+/// The default approximation: one token per four bytes, rounded up. BPE
+/// tokenizers of current models average close to four characters of
+/// English or JSON per token; the approximation errs on neither side by
+/// much and costs nothing. Swap in a real tokenizer through the trait when
+/// budgets must match a model's billing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApproxTokenCounter;
+
+impl TokenCounter for ApproxTokenCounter {
+    fn count(&self, bytes: &[u8]) -> u64 {
+        (bytes.len() as u64).div_ceil(4)
+    }
+}
+
+/// The limits, as configured. Every limit is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Calls per principal.
+    pub principal_rate: Option<Quota>,
+    /// Calls per principal and tool.
+    pub principal_tool_rate: Option<Quota>,
+    /// Calls per backend.
+    pub backend_rate: Option<Quota>,
+    /// Methods counted by the rate and in-flight limits besides
+    /// `tools/call` (e.g. `["tools/list", "ping"]`).
+    #[serde(default)]
+    pub count_methods: Vec<String>,
+    /// Concurrent sessions per principal.
+    pub principal_sessions: Option<u32>,
+    /// Concurrent sessions per backend.
+    pub backend_sessions: Option<u32>,
+    /// Calls in flight per principal.
+    pub principal_in_flight: Option<u32>,
+    /// Calls in flight per backend.
+    pub backend_in_flight: Option<u32>,
+    /// Tokens (arguments + results) per principal per window.
+    pub token_budget: Option<Budget>,
+    /// Cost per principal per window.
+    pub cost_budget: Option<Budget>,
+    /// Cost of a tool: the first pattern (glob) that matches its name.
+    #[serde(default)]
+    pub tool_costs: BTreeMap<String, u64>,
+    /// Cost of a tool no pattern names. Default 1.
+    #[serde(default = "one")]
+    pub default_cost: u64,
+    /// `Retry-After` for a refused session, seconds. Default 5.
+    #[serde(default = "five")]
+    pub session_retry_after_secs: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+fn five() -> u64 {
+    5
+}
+
+/// The cost charged for a call: in the response extensions, for the audit
+/// log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostCharged(pub u64);
+
+struct Shared {
+    cfg: LimitConfig,
+    backend: Arc<str>,
+    limiter: Arc<dyn Limiter>,
+    tokens: Arc<dyn TokenCounter>,
+    /// Session slots by gateway session id, released when it ends.
+    sessions: Mutex<HashMap<String, Vec<Slot>>>,
+}
+
+/// Builds [`Limit`] services; also the [`SessionObserver`] that frees
+/// session slots (the builder registers it on the session layer).
+#[derive(Clone)]
+pub struct LimitLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitLayer")
+            .field("cfg", &self.shared.cfg)
+            .finish()
+    }
+}
+
+impl LimitLayer {
+    /// Limits for the backend named `backend`, counted by `limiter`.
+    pub fn new(cfg: LimitConfig, backend: impl Into<Arc<str>>, limiter: Arc<dyn Limiter>) -> Self {
+        LimitLayer {
+            shared: Arc::new(Shared {
+                cfg,
+                backend: backend.into(),
+                limiter,
+                tokens: Arc::new(ApproxTokenCounter),
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Counts tokens with `counter` instead of the approximation.
+    pub fn token_counter(self, counter: Arc<dyn TokenCounter>) -> Self {
+        let s = &self.shared;
+        LimitLayer {
+            shared: Arc::new(Shared {
+                cfg: s.cfg.clone(),
+                backend: s.backend.clone(),
+                limiter: s.limiter.clone(),
+                tokens: counter,
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The observer to register on the session layer
+    /// ([`crate::session::SessionLayer::observe`]) so that session slots are
+    /// released whenever a session ends.
+    pub fn session_observer(&self) -> Arc<dyn SessionObserver> {
+        Arc::new(SlotReleaser(self.shared.clone()))
+    }
+
+    /// Sessions holding slots (for tests and metrics).
+    pub fn sessions_held(&self) -> usize {
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+struct SlotReleaser(Arc<Shared>);
+
+impl SessionObserver for SlotReleaser {
+    fn ended(&self, record: &SessionRecord, _why: SessionEnd) {
+        self.0
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(record.id().as_str());
+    }
+}
+
+impl<S> Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+    fn layer(&self, inner: S) -> Limit<S> {
+        Limit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The limit service. See the module docs.
+#[derive(Clone)]
+pub struct Limit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Limit<S> {
+    inner_accessors!();
+}
+
+impl<S> std::fmt::Debug for Limit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limit").finish_non_exhaustive()
+    }
+}
+
+/// The client's address, in the request extensions. The axum builder
+/// copies it from axum's `ConnectInfo<SocketAddr>` when the app is served
+/// with connect info (as `mcp_gateway_axum::serve` does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Who is limited: the principal's key, else `anon:<client ip>`, else
+/// `anon`.
+pub fn limit_subject<B>(req: &Request<B>) -> Arc<str> {
+    if let Some(p) = req.extensions().get::<Principal>() {
+        return p.key().clone();
+    }
+    match req.extensions().get::<ClientAddr>() {
+        Some(a) => format!("anon:{}", a.0.ip()).into(),
+        None => Arc::from("anon"),
+    }
+}
+
+fn refusal(
+    limit: LimitKind,
+    retry: Duration,
+    id: Option<&RequestId>,
+    kind: ErrorKind,
+) -> Response<Body> {
+    // Rounded up: retrying after exactly this long must succeed.
+    let ms = (retry.as_nanos().div_ceil(1_000_000) as u64).max(1);
+    let e = GatewayError::new(
+        kind,
+        format!("limit {} reached; retry in {ms} ms", limit.as_str()),
+    )
+    .with_data(&serde_json::json!({"limit": limit.as_str(), "retryAfterMs": ms}));
+    let mut res = error_response(&e, id);
+    // For the audit log, outside this layer.
+    res.extensions_mut().insert(limit);
+    if kind == ErrorKind::TooManySessions {
+        let secs = retry.as_secs_f64().ceil().max(1.0) as u64;
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res
+}
+
+/// Permits and counters a call carries until its response body ends.
+struct CallHold {
+    _slots: Vec<Slot>,
+    tokens: Option<(LimitKey, Budget)>,
+}
+
+impl Shared {
+    fn counted(&self, m: &Message) -> bool {
+        match m.method() {
+            Some(Method::ToolsCall) => true,
+            Some(other) => self.cfg.count_methods.iter().any(|c| c == other.as_str()),
+            None => false,
+        }
+    }
+
+    fn key(&self, kind: LimitKind, subject: &Arc<str>, tool: Option<Bytes>) -> LimitKey {
+        LimitKey {
+            kind,
+            subject: subject.clone(),
+            tool,
+        }
+    }
+
+    fn cost_of(&self, tool: &str) -> u64 {
+        self.cfg
+            .tool_costs
+            .iter()
+            .find(|(pat, _)| glob(pat, tool))
+            .map_or(self.cfg.default_cost, |(_, c)| *c)
+    }
+
+    /// Checks one counted message; `Err` is the refusal. Returns the slots
+    /// to hold and the cost charged.
+    async fn admit(
+        &self,
+        who: &Arc<str>,
+        body: &Bytes,
+        m: &Message,
+    ) -> Result<(Vec<Slot>, u64), (LimitKind, Duration)> {
+        let tool = (m.method() == Some(&Method::ToolsCall))
+            .then(|| {
+                m.target_text()
+                    .map(|t| Bytes::copy_from_slice(t.as_str().as_bytes()))
+            })
+            .flatten();
+        let backend = &self.backend;
+        // Narrowest first: a call refused by its tool's limit does not
+        // spend the principal's or the backend's allowance.
+        let rates = [
+            (
+                LimitKind::PrincipalToolRate,
+                self.cfg.principal_tool_rate,
+                who,
+                tool.clone(),
+            ),
+            (LimitKind::PrincipalRate, self.cfg.principal_rate, who, None),
+            (LimitKind::BackendRate, self.cfg.backend_rate, backend, None),
+        ];
+        for (kind, quota, subject, tool) in rates {
+            let Some(q) = quota else { continue };
+            if kind == LimitKind::PrincipalToolRate && tool.is_none() {
+                continue;
+            }
+            self.limiter
+                .hit(&self.key(kind, subject, tool), &q)
+                .await
+                .map_err(|d| (kind, d))?;
+        }
+        let mut slots = Vec::new();
+        for (kind, max, subject) in [
+            (
+                LimitKind::PrincipalInFlight,
+                self.cfg.principal_in_flight,
+                who,
+            ),
+            (
+                LimitKind::BackendInFlight,
+                self.cfg.backend_in_flight,
+                backend,
+            ),
+        ] {
+            let Some(max) = max else { continue };
+            match self
+                .limiter
+                .acquire(&self.key(kind, subject, None), max)
+                .await
+            {
+                Some(s) => slots.push(s),
+                // In-flight calls end in milliseconds to seconds: a short hint.
+                None => return Err((kind, Duration::from_millis(100))),
+            }
+        }
+        if let Some(b) = self.cfg.token_budget {
+            let args = arguments(body).map_or(0, |a| self.tokens.count(a.as_bytes()));
+            self.limiter
+                .charge(&self.key(LimitKind::TokenBudget, who, None), &b, args, true)
+                .await
+                .map_err(|d| (LimitKind::TokenBudget, d))?;
+        }
+        let mut cost = 0;
+        if let (Some(b), Some(t)) = (self.cfg.cost_budget, &tool) {
+            cost = self.cost_of(std::str::from_utf8(t).unwrap_or(""));
+            self.limiter
+                .charge(&self.key(LimitKind::CostBudget, who, None), &b, cost, true)
+                .await
+                .map_err(|d| (LimitKind::CostBudget, d))?;
+        }
+        Ok((slots, cost))
+    }
+}
+
+/// The raw `params.arguments` of a single request (cold path: only with a
+/// token budget or argument auditing).
+pub(crate) fn arguments(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct P<'a> {
+        #[serde(borrow)]
+        params: Option<A<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct A<'a> {
+        #[serde(borrow)]
+        arguments: Option<&'a serde_json::value::RawValue>,
+    }
+    let p: P<'_> = serde_json::from_slice(body).ok()?;
+    Some(p.params?.arguments?.get().to_owned())
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl<S> Service<Request<Body>> for Limit<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> BoxFuture {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let who = limit_subject(&req);
+            let Some(mcp) = req.extensions().get::<McpRequest>().cloned() else {
+                return inner.call(req).await;
+            };
+            if mcp.is_initialize() {
+                return initialize(&shared, &who, &mcp, inner, req).await;
+            }
+            let mut slots = Vec::new();
+            let mut cost = 0;
+            let mut counted = false;
+            for m in mcp.envelope().messages() {
+                if !shared.counted(m) {
+                    continue;
+                }
+                counted = true;
+                match shared.admit(&who, mcp.body(), m).await {
+                    Ok((s, c)) => {
+                        slots.extend(s);
+                        cost += c;
+                    }
+                    Err((kind, retry)) => {
+                        return Ok(refusal(kind, retry, m.id(), ErrorKind::Limited));
+                    }
+                }
+            }
+            let mut res = inner.call(req).await?;
+            if !counted {
+                return Ok(res);
+            }
+            if cost > 0 {
+                res.extensions_mut().insert(CostCharged(cost));
+            }
+            let tokens = shared
+                .cfg
+                .token_budget
+                .map(|b| (shared.key(LimitKind::TokenBudget, &who, None), b));
+            let hold = CallHold {
+                _slots: slots,
+                tokens,
+            };
+            let (parts, body) = res.into_parts();
+            Ok(Response::from_parts(
+                parts,
+                Body::new(HeldBody {
+                    inner: body,
+                    hold,
+                    shared: shared.clone(),
+                }),
+            ))
+        })
+    }
+}
+
+async fn initialize<S>(
+    shared: &Arc<Shared>,
+    who: &Arc<str>,
+    mcp: &McpRequest,
+    mut inner: S,
+    req: Request<Body>,
+) -> Result<Response<Body>, Infallible>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    let retry = Duration::from_secs(shared.cfg.session_retry_after_secs);
+    let mut slots = Vec::new();
+    for (kind, max, subject) in [
+        (
+            LimitKind::PrincipalSessions,
+            shared.cfg.principal_sessions,
+            who,
+        ),
+        (
+            LimitKind::BackendSessions,
+            shared.cfg.backend_sessions,
+            &shared.backend,
+        ),
+    ] {
+        let Some(max) = max else { continue };
+        match shared
+            .limiter
+            .acquire(&shared.key(kind, subject, None), max)
+            .await
+        {
+            Some(s) => slots.push(s),
+            None => {
+                return Ok(refusal(
+                    kind,
+                    retry,
+                    mcp.first_id(),
+                    ErrorKind::TooManySessions,
+                ));
+            }
+        }
+    }
+    let res = inner.call(req).await?;
+    if !slots.is_empty() && res.status().is_success() {
+        if let Some(sid) = res
+            .headers()
+            .get(headers::MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            shared
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(sid.to_owned(), slots);
+        }
+    }
+    // Otherwise no session started and the slots are released here.
+    Ok(res)
+}
+
+pin_project_lite::pin_project! {
+    /// A response body holding a call's permits until it ends or is
+    /// dropped, and charging the result's tokens as they pass.
+    struct HeldBody {
+        #[pin]
+        inner: Body,
+        hold: CallHold,
+        shared: Arc<Shared>,
+    }
+}
+
+impl http_body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some((key, budget))) = (&res, &this.hold.tokens) {
+            if let Some(data) = frame.data_ref() {
+                let n = this.shared.tokens.count(data);
+                if n > 0 && this.shared.limiter.is_local() {
+                    // A local limiter charges inside `charge`; the ready
+                    // future only carries the answer, not needed here.
+                    drop(this.shared.limiter.charge(key, budget, n, false));
+                } else if n > 0 {
+                    // A shared store: charge without holding up the stream.
+                    let (shared, key, budget) = (this.shared.clone(), key.clone(), *budget);
+                    tokio::spawn(async move {
+                        let _ = shared.limiter.charge(&key, &budget, n, false).await;
+                    });
+                }
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
