@@ -10,6 +10,11 @@
 //!   set by a preceding `map_request`);
 //! - `jwt+jsonrpc+acl`: plus JWT authentication (RS256, verified token
 //!   cached by hash), i.e. the "full security stack" of the issue;
+//! - `full`: plus the limit layer (rates, in-flight caps, token and cost
+//!   budgets, none reached) and the audit layer writing JSON Lines to a
+//!   temporary file: the "full stack" of the limits issue;
+//! - `jwt+jsonrpc+acl+limit` and `audit+jwt+jsonrpc+acl`: each of the two
+//!   alone, to see which costs what;
 //! - `jwt_uncached`: one RS256 verification without the cache, for scale.
 
 // criterion_group! generates undocumented items.
@@ -21,9 +26,13 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::BodyExt;
 use mcp_gateway_tower::acl::AclLayer;
+use mcp_gateway_tower::audit::{
+    AuditConfig, AuditLayer, AuditSink, JsonlConfig, JsonlSink, Overflow,
+};
 use mcp_gateway_tower::auth::{AuthConfig, AuthLayer};
 use mcp_gateway_tower::jsonrpc::JsonRpcLayer;
 use mcp_gateway_tower::jwt::{Algorithm, JwtAuthenticator, JwtConfig, JwtKey};
+use mcp_gateway_tower::limit::{Budget, InMemoryLimiter, LimitConfig, LimitLayer, Quota};
 use mcp_gateway_tower::pinning::{PinMode, ToolPins};
 use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
 use mcp_gateway_tower::Body;
@@ -151,12 +160,72 @@ fn bench(c: &mut Criterion) {
     g.bench_function("jwt+jsonrpc+acl", |b| {
         b.iter(|| rt.block_on(drive(full.clone(), request(Some(&bearer)))))
     });
+    let dir = std::env::temp_dir().join(format!("mcpgw-bench-layers-{}", std::process::id()));
+    let sink = Arc::new(
+        JsonlSink::open(JsonlConfig {
+            path: dir.join("audit.jsonl"),
+            max_bytes: 64 << 20,
+            keep: 2,
+            buffer: 1 << 20,
+            overflow: Overflow::Drop,
+        })
+        .unwrap(),
+    );
+    let limits = LimitLayer::new(generous_limits(), "bench", Arc::new(InMemoryLimiter::new()));
+    let full = AuditLayer::new(sink.clone(), AuditConfig::default()).layer(
+        AuthLayer::new(jwt(), AuthConfig::default())
+            .layer(JsonRpcLayer::default().layer(acl().layer(limits.layer(stub())))),
+    );
+    let with_limits = AuthLayer::new(jwt(), AuthConfig::default())
+        .layer(JsonRpcLayer::default().layer(acl().layer(limits.layer(stub()))));
+    g.bench_function("jwt+jsonrpc+acl+limit", |b| {
+        b.iter(|| rt.block_on(drive(with_limits.clone(), request(Some(&bearer)))))
+    });
+    let with_audit = AuditLayer::new(sink.clone(), AuditConfig::default()).layer(
+        AuthLayer::new(jwt(), AuthConfig::default())
+            .layer(JsonRpcLayer::default().layer(acl().layer(stub()))),
+    );
+    g.bench_function("audit+jwt+jsonrpc+acl", |b| {
+        b.iter(|| rt.block_on(drive(with_audit.clone(), request(Some(&bearer)))))
+    });
+    g.bench_function("full", |b| {
+        b.iter(|| rt.block_on(drive(full.clone(), request(Some(&bearer)))))
+    });
     let auth = jwt();
     let raw = token();
     g.bench_function("jwt_uncached", |b| {
         b.iter(|| rt.block_on(auth.verify(&raw)).unwrap())
     });
     g.finish();
+    sink.close();
+    assert_eq!(
+        sink.dropped(),
+        0,
+        "the benchmark must not outrun the audit writer"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every limit on, none reached: the bench pays for the counting.
+fn generous_limits() -> LimitConfig {
+    let q = Quota {
+        burst: 1_000_000_000,
+        per_second: 1e9,
+    };
+    let budget = Budget {
+        amount: u64::MAX / 2,
+        window_secs: 3600,
+    };
+    LimitConfig {
+        principal_rate: Some(q),
+        principal_tool_rate: Some(q),
+        backend_rate: Some(q),
+        principal_in_flight: Some(1_000_000),
+        backend_in_flight: Some(1_000_000),
+        token_budget: Some(budget),
+        cost_budget: Some(budget),
+        ..Default::default()
+    }
 }
 
 criterion_group!(benches, bench);

@@ -128,9 +128,23 @@ fn bench_token() -> String {
     .unwrap()
 }
 
+/// The security stack plus limits (every limit on, none reached) and the
+/// audit layer writing JSON Lines to a temporary file.
+async fn serve_full_gateway(upstream: String, limits: bool, audit: bool) {
+    serve_app(secure_builder(upstream, limits, audit).build().unwrap()).await;
+}
+
 /// The gateway with the security stack: JWT (RS256, verified tokens
 /// cached), a rule policy, and tool pinning.
 async fn serve_secure_gateway(upstream: String) {
+    serve_app(secure_builder(upstream, false, false).build().unwrap()).await;
+}
+
+fn secure_builder(
+    upstream: String,
+    limits: bool,
+    audit: bool,
+) -> mcp_gateway_axum::McpGatewayBuilder {
     use mcp_gateway_tower::auth::AuthConfig;
     use mcp_gateway_tower::jwt::{Algorithm, JwtAuthenticator, JwtConfig, JwtKey};
     use mcp_gateway_tower::pinning::{PinMode, ToolPins};
@@ -152,15 +166,49 @@ async fn serve_secure_gateway(upstream: String) {
         ]
     }))
     .unwrap();
-    let app = McpGateway::builder()
+    let mut b = McpGateway::builder()
         .upstream_url(&upstream)
         .unwrap()
         .authenticator(Arc::new(jwt), AuthConfig::default())
         .policy(Arc::new(RulePolicy::new(&policy)))
-        .pins(Arc::new(ToolPins::new(PinMode::Block)))
-        .build()
+        .pins(Arc::new(ToolPins::new(PinMode::Block)));
+    use mcp_gateway_tower::audit::{AuditConfig, JsonlConfig, JsonlSink, Overflow};
+    use mcp_gateway_tower::limit::{Budget, LimitConfig, Quota};
+    let q = Quota {
+        burst: 1_000_000_000,
+        per_second: 1e9,
+    };
+    let budget = Budget {
+        amount: u64::MAX / 2,
+        window_secs: 3600,
+    };
+    if audit {
+        let dir = std::env::temp_dir().join(format!("mcpgw-bench-{}", std::process::id()));
+        let sink = JsonlSink::open(JsonlConfig {
+            path: dir.join("audit.jsonl"),
+            max_bytes: 64 << 20,
+            keep: 2,
+            buffer: 1 << 20,
+            overflow: Overflow::Drop,
+        })
         .unwrap();
-    serve_app(app).await;
+        b = b.audit(Arc::new(sink), AuditConfig::default());
+    }
+    if !limits {
+        return b;
+    }
+    b.limits(LimitConfig {
+        principal_rate: Some(q),
+        principal_tool_rate: Some(q),
+        backend_rate: Some(q),
+        principal_sessions: Some(1_000_000),
+        backend_sessions: Some(1_000_000),
+        principal_in_flight: Some(1_000_000),
+        backend_in_flight: Some(1_000_000),
+        token_budget: Some(budget),
+        cost_budget: Some(budget),
+        ..Default::default()
+    })
 }
 
 /// The same HTTP hop with no MCP layer: axum in front of the pooled
@@ -249,6 +297,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The full-stack server's audit log.
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("mcpgw-bench-{}", self.child.id())),
+        );
     }
 }
 
@@ -413,6 +465,9 @@ fn server_role(args: &[String]) -> bool {
             "bare" => serve_bare_proxy(upstream).await,
             "relay" => serve_tcp_relay(upstream).await,
             "secure" => serve_secure_gateway(upstream).await,
+            "full" => serve_full_gateway(upstream, true, true).await,
+            "limits" => serve_full_gateway(upstream, true, false).await,
+            "audit" => serve_full_gateway(upstream, false, true).await,
             other => panic!("unknown role {other}"),
         }
     });
@@ -454,6 +509,24 @@ async fn client_main(calls: usize, idle_sessions: usize) {
         "{:<40} {:>9} {:>9} {:>9} {:>19} {:>8}",
         "scenario", "req/s", "p50 µs", "p99 µs", "server CPU µs/call", "(kernel)"
     );
+    // Profiling aid: MCPGW_BENCH_PROFILE=<role> runs only that server, JSON,
+    // 32 connections, printing its pid first (attach `perf record -p`).
+    if let Ok(role) = std::env::var("MCPGW_BENCH_PROFILE") {
+        let upstream = format!("http://{}/json", stub.addr);
+        let server = Server::start(&["--role", &role, "--upstream", &upstream]);
+        println!("profiling {role}: pid {}", server.child.id());
+        let gateway = role != "bare" && role != "relay";
+        let path = if role == "relay" { "/json" } else { "/mcp" };
+        let auth = matches!(role.as_str(), "secure" | "full" | "limits" | "audit")
+            .then_some(bearer.as_str());
+        let r = run(&server, path, gateway, auth, 32, calls).await;
+        println!(
+            "{role}: {:.0} req/s, CPU {:.1} µs/call",
+            r.rps,
+            r.cpu_per_call * 1e6
+        );
+        return;
+    }
     for mode in ["json", "sse"] {
         let upstream = format!("http://{}/{mode}", stub.addr);
         let direct_path = format!("/{mode}");
@@ -461,18 +534,21 @@ async fn client_main(calls: usize, idle_sessions: usize) {
         let bare = Server::start(&["--role", "bare", "--upstream", &upstream]);
         let relay = Server::start(&["--role", "relay", "--upstream", &upstream]);
         let secure = Server::start(&["--role", "secure", "--upstream", &upstream]);
+        let full = Server::start(&["--role", "full", "--upstream", &upstream]);
         for conns in [1usize, 32] {
             let d = run(&stub, &direct_path, false, None, conns, calls).await;
             let t = run(&relay, &direct_path, false, None, conns, calls).await;
             let b = run(&bare, "/mcp", false, None, conns, calls).await;
             let g = run(&gw, "/mcp", true, None, conns, calls).await;
             let s = run(&secure, "/mcp", true, Some(&bearer), conns, calls).await;
+            let f = run(&full, "/mcp", true, Some(&bearer), conns, calls).await;
             for (name, r) in [
                 ("direct (stub)", &d),
                 ("TCP relay (no HTTP)", &t),
                 ("bare proxy (no layers)", &b),
                 ("gateway (passthrough)", &g),
                 ("gateway + JWT + ACL + pins", &s),
+                ("full stack (+ limits + audit)", &f),
             ] {
                 println!(
                     "{:<40} {:>9.0} {:>9.1} {:>9.1} {:>19.1} {:>8.1}",
@@ -502,6 +578,13 @@ async fn client_main(calls: usize, idle_sessions: usize) {
                 format!("{mode} {conns:>2} conn JWT + ACL"),
                 us(s.p50) - us(g.p50),
                 (s.cpu_per_call - g.cpu_per_call) * 1e6
+            );
+            println!(
+                "{:<40} added p50 {:.1} µs, CPU {:.1} µs/call (full minus security stack); full/passthrough throughput {:.2}",
+                format!("{mode} {conns:>2} conn limits + audit"),
+                us(f.p50) - us(s.p50),
+                (f.cpu_per_call - s.cpu_per_call) * 1e6,
+                f.rps / g.rps
             );
         }
     }

@@ -944,3 +944,92 @@ async fn rmcp_session_era_through_limits_and_audit() {
 async fn rmcp_stateless_2026_through_limits_and_audit() {
     rmcp_through_full_stack(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_caps_count_every_caller_and_release() {
+    let stub = Stub::default();
+    let b = stub_backend(stub.clone()).await;
+    let (gw, _rx) = gateway(
+        &url(&b),
+        LimitConfig {
+            backend_sessions: Some(2),
+            backend_in_flight: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let u = url(&gw);
+    let sa = session(&u, "k-ann").await;
+    let sb = session(&u, "k-bob").await;
+    let r = post(&u, "k-bob", None, INIT).await;
+    assert_eq!(r.status, 429);
+    limited(&r, "backend_sessions");
+    // In flight on the backend: ann's stream blocks bob's call.
+    let held = open(&u, "k-ann", Some(&sa), &call(1, "hold", json!({}))).await;
+    let mut body = held.into_body();
+    body.frame().await.unwrap().unwrap();
+    limited(
+        &post(&u, "k-bob", Some(&sb), &call(2, "x", json!({}))).await,
+        "backend_in_flight",
+    );
+    stub.release.notify_one();
+    body.collect().await.unwrap();
+    assert!(post(&u, "k-bob", Some(&sb), &call(3, "x", json!({})))
+        .await
+        .json()["result"]
+        .is_object());
+    // Ending a session frees a backend slot for anyone.
+    let del = client()
+        .request(
+            http::Request::delete(&u)
+                .header("mcp-session-id", &sa)
+                .header("mcp-protocol-version", "2025-11-25")
+                .header("x-api-key", "k-ann")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(del.status().is_success());
+    session(&u, "k-bob").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_callers_are_limited_by_their_address() {
+    let b = stub_backend(Stub::default()).await;
+    let (sink, mut rx) = ChannelSink::new(100, Overflow::Drop);
+    let app = McpGateway::builder()
+        .upstream_url(&url(&b))
+        .unwrap()
+        .limits(LimitConfig {
+            principal_rate: Some(Quota {
+                burst: 1,
+                per_second: 0.01,
+            }),
+            ..Default::default()
+        })
+        .audit(Arc::new(sink), AuditConfig::default())
+        .build()
+        .unwrap();
+    let gw = serve(app).await;
+    let u = url(&gw);
+    let sid = session(&u, "").await;
+    assert!(post(&u, "", Some(&sid), &call(1, "x", json!({})))
+        .await
+        .json()["result"]
+        .is_object());
+    limited(
+        &post(&u, "", Some(&sid), &call(2, "x", json!({}))).await,
+        "principal_rate",
+    );
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 2 {
+        let e = next_call(&mut rx).await;
+        if e.method.as_deref() == Some("tools/call") {
+            assert_eq!(e.principal, None);
+            outcomes.push(e.outcome);
+        }
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, ["limited", "ok"]);
+}

@@ -43,6 +43,12 @@ impl Text {
         Text(Bytes::from_static(s.as_bytes()))
     }
 
+    /// The UTF-8 bytes, sharing the body's buffer (a clone is a reference
+    /// count, not a copy).
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         // Always built from a `str`, so this never fails; no `unsafe` needed.
@@ -171,9 +177,16 @@ pub struct Message {
     target: Option<Text>,
     meta_version: Option<Text>,
     initialize_version: Option<Text>,
+    arguments: Option<Bytes>,
 }
 
 impl Message {
+    /// The raw JSON of `params.arguments` of a `tools/call` or
+    /// `prompts/get`, sharing the body's buffer.
+    pub fn arguments(&self) -> Option<&Bytes> {
+        self.arguments.as_ref()
+    }
+
     /// Request, notification, response or error.
     pub fn kind(&self) -> MessageKind {
         self.kind
@@ -323,6 +336,8 @@ struct Params<'a> {
     protocol_version: Option<Cow<'a, str>>,
     #[serde(borrow, default, rename = "_meta")]
     meta: Option<Meta<'a>>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -363,7 +378,11 @@ impl<'a> Wire<'a> {
             _ => return Err(invalid("not a JSON-RPC request, notification or response")),
         };
         let (mut target, mut meta_version, mut initialize_version) = (None, None, None);
+        let mut arguments = None;
         if let (Some(p), Some(m)) = (self.params, method.as_ref()) {
+            if matches!(m, Method::ToolsCall | Method::PromptsGet) {
+                arguments = p.arguments.map(|a| body.slice_ref(a.get().as_bytes()));
+            }
             target = match m {
                 Method::ToolsCall | Method::PromptsGet => p.name,
                 Method::ResourcesRead
@@ -387,6 +406,7 @@ impl<'a> Wire<'a> {
             target,
             meta_version,
             initialize_version,
+            arguments,
         })
     }
 }
@@ -410,6 +430,9 @@ mod tests {
         assert_eq!(m.id().unwrap().as_bytes(), br#""a-1""#);
         assert_eq!(m.method(), Some(&Method::ResourcesRead));
         assert_eq!(m.target(), Some("file:///x"));
+        assert_eq!(m.arguments(), None);
+        let m = one(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a": [1, 2]}}}"#).unwrap();
+        assert_eq!(&m.arguments().unwrap()[..], br#"{"a": [1, 2]}"#);
     }
 
     #[test]

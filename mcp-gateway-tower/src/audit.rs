@@ -31,12 +31,13 @@ use std::future::Future;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
@@ -279,16 +280,27 @@ fn default_buffer() -> usize {
     65_536
 }
 
-enum Msg {
-    Event(Box<AuditEvent>),
-    Flush(mpsc::Sender<()>),
+/// State shared by a [`JsonlSink`] and its writer thread.
+struct JsonlShared {
+    /// Records waiting for the writer: a lock-free bounded queue, so the
+    /// request path never takes a lock nor wakes a thread.
+    /// Boxed: a slot is a pointer, so the preallocated queue stays small
+    /// and pushing moves 8 bytes, not the record.
+    queue: ArrayQueue<Box<AuditEvent>>,
+    /// Flush requests and completions (generation counters).
+    flush: Mutex<(u64, u64)>,
+    flushed: Condvar,
+    stop: AtomicBool,
 }
 
 /// A JSON Lines file, written by its own thread. See the module docs.
+///
+/// The writer drains the queue every 10 ms (and at once on
+/// [`flush`](AuditSink::flush)); it writes through a 64 KiB buffer that
+/// goes to disk whenever the queue runs empty, rotates the file by size,
+/// and flushes on [`close`](JsonlSink::close) or drop.
 pub struct JsonlSink {
-    tx: Mutex<Option<mpsc::SyncSender<Msg>>>,
-    pending: Arc<AtomicUsize>,
-    capacity: usize,
+    shared: Arc<JsonlShared>,
     overflow: Overflow,
     dropped: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -297,39 +309,43 @@ pub struct JsonlSink {
 impl std::fmt::Debug for JsonlSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JsonlSink")
-            .field("pending", &self.pending.load(Ordering::Relaxed))
+            .field("queued", &self.shared.queue.len())
             .finish()
     }
 }
+
+/// How often the writer drains the queue.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 impl JsonlSink {
     /// Opens (appends to) the file and starts the writer.
     pub fn open(cfg: JsonlConfig) -> std::io::Result<Self> {
         let file = open_append(&cfg.path)?;
         let size = file.metadata()?.len();
-        let capacity = cfg.buffer.max(1);
-        let (tx, rx) = mpsc::sync_channel::<Msg>(capacity);
-        let pending = Arc::new(AtomicUsize::new(0));
-        let p = pending.clone();
+        let shared = Arc::new(JsonlShared {
+            queue: ArrayQueue::new(cfg.buffer.max(1)),
+            flush: Mutex::new((0, 0)),
+            flushed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let w = shared.clone();
         let overflow = cfg.overflow;
         let thread = std::thread::Builder::new()
             .name("mcp-audit-jsonl".into())
-            .spawn(move || writer(cfg, file, size, rx, p))?;
+            .spawn(move || writer(cfg, file, size, w))?;
         Ok(JsonlSink {
-            tx: Mutex::new(Some(tx)),
-            pending,
-            capacity,
+            shared,
             overflow,
             dropped: AtomicU64::new(0),
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// Flushes, stops the writer and waits for it.
+    /// Writes everything queued, stops the writer and waits for it.
     pub fn close(&self) {
-        self.flush();
-        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -354,48 +370,52 @@ fn rotated(path: &Path, i: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn writer(
-    cfg: JsonlConfig,
-    file: File,
-    mut size: u64,
-    rx: mpsc::Receiver<Msg>,
-    pending: Arc<AtomicUsize>,
-) {
+fn writer(cfg: JsonlConfig, file: File, mut size: u64, shared: Arc<JsonlShared>) {
     let mut out = BufWriter::with_capacity(64 << 10, file);
+    let mut line = Vec::with_capacity(1024);
     loop {
-        let msg = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(m) => m,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Idle: put what is buffered on disk.
-                let _ = out.flush();
+        // Note a flush request before draining, so everything recorded
+        // before the request is written when it is acknowledged.
+        let wanted = shared.flush.lock().unwrap_or_else(|e| e.into_inner()).0;
+        let stopping = shared.stop.load(Ordering::SeqCst);
+        while let Some(e) = shared.queue.pop() {
+            line.clear();
+            if serde_json::to_writer(&mut line, &e).is_err() {
                 continue;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        match msg {
-            Msg::Event(e) => {
-                pending.fetch_sub(1, Ordering::Relaxed);
-                let mut line = serde_json::to_vec(&*e).unwrap_or_default();
-                line.push(b'\n');
-                if out.write_all(&line).is_err() {
-                    tracing::error!(path = %cfg.path.display(), "audit log write failed");
-                    continue;
-                }
-                size += line.len() as u64;
-                if size >= cfg.max_bytes {
-                    match rotate(&cfg, &mut out) {
-                        Ok(()) => size = 0,
-                        Err(e) => tracing::error!(error = %e, "audit log rotation failed"),
-                    }
+            line.push(b'\n');
+            if out.write_all(&line).is_err() {
+                tracing::error!(path = %cfg.path.display(), "audit log write failed");
+                continue;
+            }
+            size += line.len() as u64;
+            if size >= cfg.max_bytes {
+                match rotate(&cfg, &mut out) {
+                    Ok(()) => size = 0,
+                    Err(err) => tracing::error!(error = %err, "audit log rotation failed"),
                 }
             }
-            Msg::Flush(ack) => {
-                let _ = out.flush();
-                let _ = ack.send(());
+        }
+        // The queue ran empty: put what is buffered on disk.
+        let _ = out.flush();
+        {
+            let mut f = shared.flush.lock().unwrap_or_else(|e| e.into_inner());
+            if f.1 < wanted {
+                f.1 = wanted;
+                shared.flushed.notify_all();
             }
+        }
+        if stopping && shared.queue.is_empty() {
+            break;
+        }
+        if !stopping {
+            std::thread::park_timeout(DRAIN_EVERY);
         }
     }
     let _ = out.flush();
+    let mut f = shared.flush.lock().unwrap_or_else(|e| e.into_inner());
+    f.1 = f.0;
+    shared.flushed.notify_all();
 }
 
 fn rotate(cfg: &JsonlConfig, out: &mut BufWriter<File>) -> std::io::Result<()> {
@@ -421,20 +441,15 @@ fn rotate(cfg: &JsonlConfig, out: &mut BufWriter<File>) -> std::io::Result<()> {
 
 impl AuditSink for JsonlSink {
     fn record(&self, event: AuditEvent) {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = tx.as_ref() else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        if tx.try_send(Msg::Event(Box::new(event))).is_err() {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+        if self.shared.stop.load(Ordering::Relaxed)
+            || self.shared.queue.push(Box::new(event)).is_err()
+        {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn saturated(&self) -> bool {
-        self.overflow == Overflow::Refuse && self.pending.load(Ordering::Relaxed) >= self.capacity
+        self.overflow == Overflow::Refuse && self.shared.queue.is_full()
     }
 
     fn dropped(&self) -> u64 {
@@ -442,12 +457,26 @@ impl AuditSink for JsonlSink {
     }
 
     fn flush(&self) {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(tx) = tx {
-            let (ack_tx, ack_rx) = mpsc::channel();
-            if tx.send(Msg::Flush(ack_tx)).is_ok() {
-                let _ = ack_rx.recv_timeout(Duration::from_secs(10));
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = thread.as_ref() else { return };
+        let mut f = self.shared.flush.lock().unwrap_or_else(|e| e.into_inner());
+        f.0 += 1;
+        let want = f.0;
+        t.thread().unpark();
+        drop(thread);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while f.1 < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!("audit log flush timed out");
+                return;
             }
+            f = self
+                .shared
+                .flushed
+                .wait_timeout(f, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -936,7 +965,6 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
     let mut n = 0u64;
     match &call.mcp {
         Some(mcp) => {
-            let single = mcp.message().is_some();
             for m in mcp.envelope().messages() {
                 let method = match m.kind() {
                     MessageKind::Response | MessageKind::Error => Some("response".to_owned()),
@@ -948,8 +976,8 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
                     m.id()
                         .map(|i| String::from_utf8_lossy(i.as_bytes()).into_owned()),
                 );
-                if single && m.method() == Some(&mcp_gateway_core::Method::ToolsCall) {
-                    e.arguments = arguments(&shared.cfg.arguments, mcp.body());
+                if m.method() == Some(&mcp_gateway_core::Method::ToolsCall) {
+                    e.arguments = arguments(&shared.cfg.arguments, m.arguments());
                 }
                 shared.sink.record(e);
                 n += 1;
@@ -976,19 +1004,13 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
     }
 }
 
-fn arguments(policy: &ArgumentsPolicy, body: &[u8]) -> Option<String> {
+fn arguments(policy: &ArgumentsPolicy, raw: Option<&Bytes>) -> Option<String> {
+    let raw = raw?;
     match policy {
         ArgumentsPolicy::Omit => None,
-        ArgumentsPolicy::Hash => {
-            let raw = crate::limit::arguments(body)?;
-            Some(format!(
-                "sha256:{}",
-                crate::auth::hex(&Sha256::digest(raw.as_bytes()))
-            ))
-        }
+        ArgumentsPolicy::Hash => Some(format!("sha256:{}", crate::auth::hex(&Sha256::digest(raw)))),
         ArgumentsPolicy::Redact(keys) => {
-            let raw = crate::limit::arguments(body)?;
-            let mut v: Value = serde_json::from_str(&raw).ok()?;
+            let mut v: Value = serde_json::from_slice(raw).ok()?;
             redact(&mut v, keys);
             serde_json::to_string(&v).ok()
         }
@@ -1011,9 +1033,33 @@ fn redact(v: &mut Value, keys: &[String]) {
     }
 }
 
-/// Now, RFC 3339 UTC with milliseconds.
+/// Now, RFC 3339 UTC with milliseconds. The date and time up to the
+/// second are formatted once per second per thread; records only append
+/// the milliseconds.
 pub fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now())
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != d.as_secs() {
+            let mut full = rfc3339(now);
+            full.truncate(19);
+            *c = (d.as_secs(), full);
+        }
+        let mut out = String::with_capacity(24);
+        out.push_str(&c.1);
+        let ms = d.subsec_millis();
+        out.push('.');
+        out.push(char::from(b'0' + (ms / 100) as u8));
+        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        out.push(char::from(b'0' + (ms % 10) as u8));
+        out.push('Z');
+        out
+    })
 }
 
 /// `t` as RFC 3339 UTC with milliseconds (`2026-11-23T22:36:01.123Z`).
@@ -1043,6 +1089,15 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cached_clock_agrees_with_the_formatter() {
+        let a = rfc3339(SystemTime::now());
+        let b = now_rfc3339();
+        let c = rfc3339(SystemTime::now());
+        assert_eq!(b.len(), 24);
+        assert!(a <= b && b <= c, "{a} {b} {c}");
+    }
 
     #[test]
     fn rfc3339_dates() {
@@ -1078,7 +1133,9 @@ mod tests {
 
     #[test]
     fn redaction_and_hashing() {
-        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"login","arguments":{"user":"ann","password":"hunter2","nested":{"Token":"t"}}}}"#;
+        let body =
+            Bytes::from_static(br#"{"user":"ann","password":"hunter2","nested":{"Token":"t"}}"#);
+        let body = Some(&body);
         assert_eq!(arguments(&ArgumentsPolicy::Omit, body), None);
         let r = arguments(
             &ArgumentsPolicy::Redact(vec!["password".into(), "token".into()]),

@@ -584,7 +584,6 @@ impl Shared {
     async fn admit(
         &self,
         who: &Arc<str>,
-        body: &Bytes,
         m: &Message,
     ) -> Result<(Vec<Slot>, u64), (LimitKind, Duration)> {
         let tool = (m.method() == Some(&Method::ToolsCall))
@@ -641,7 +640,7 @@ impl Shared {
             }
         }
         if let Some(b) = self.cfg.token_budget {
-            let args = arguments(body).map_or(0, |a| self.tokens.count(a.as_bytes()));
+            let args = m.arguments().map_or(0, |a| self.tokens.count(a));
             self.limiter
                 .charge(&self.key(LimitKind::TokenBudget, who, None), &b, args, true)
                 .await
@@ -657,23 +656,6 @@ impl Shared {
         }
         Ok((slots, cost))
     }
-}
-
-/// The raw `params.arguments` of a single request (cold path: only with a
-/// token budget or argument auditing).
-pub(crate) fn arguments(body: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct P<'a> {
-        #[serde(borrow)]
-        params: Option<A<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct A<'a> {
-        #[serde(borrow)]
-        arguments: Option<&'a serde_json::value::RawValue>,
-    }
-    let p: P<'_> = serde_json::from_slice(body).ok()?;
-    Some(p.params?.arguments?.get().to_owned())
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -714,7 +696,7 @@ where
                     continue;
                 }
                 counted = true;
-                match shared.admit(&who, mcp.body(), m).await {
+                match shared.admit(&who, m).await {
                     Ok((s, c)) => {
                         slots.extend(s);
                         cost += c;
@@ -857,5 +839,60 @@ impl http_body::Body for HeldBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_callers_are_keyed_by_address() {
+        let mut req = Request::new(());
+        assert_eq!(&*limit_subject(&req), "anon");
+        req.extensions_mut()
+            .insert(ClientAddr("192.0.2.7:5555".parse().unwrap()));
+        assert_eq!(&*limit_subject(&req), "anon:192.0.2.7");
+        let p = Principal::builder("ann").build();
+        req.extensions_mut().insert(p.clone());
+        assert_eq!(limit_subject(&req), *p.key());
+    }
+
+    fn block<T>(f: LimitFuture<'_, T>) -> T {
+        futures_util::FutureExt::now_or_never(f).expect("the in-memory limiter is ready at once")
+    }
+
+    #[test]
+    fn in_memory_slots_and_windows() {
+        let l = InMemoryLimiter::new();
+        let key = LimitKey {
+            kind: LimitKind::PrincipalInFlight,
+            subject: "a".into(),
+            tool: None,
+        };
+        let s1 = block(l.acquire(&key, 2)).unwrap();
+        let s2 = block(l.acquire(&key, 2)).unwrap();
+        assert!(block(l.acquire(&key, 2)).is_none());
+        assert_eq!(l.held(&key), 2);
+        drop(s1);
+        assert_eq!(l.held(&key), 1);
+        drop(s2);
+        assert_eq!(l.held(&key), 0);
+        let b = Budget {
+            amount: 10,
+            window_secs: 60,
+        };
+        assert!(block(l.charge(&key, &b, 6, true)).is_ok());
+        assert!(
+            block(l.charge(&key, &b, 5, true)).is_err(),
+            "would pass the budget"
+        );
+        assert!(
+            block(l.charge(&key, &b, 5, false)).is_ok(),
+            "results are always paid"
+        );
+        let wait = block(l.charge(&key, &b, 1, true)).unwrap_err();
+        assert!(wait <= Duration::from_secs(60) && wait > Duration::from_secs(50));
+        assert_eq!(ApproxTokenCounter.count(b"12345"), 2);
     }
 }
