@@ -284,9 +284,11 @@ fn default_buffer() -> usize {
 struct JsonlShared {
     /// Records waiting for the writer: a lock-free bounded queue, so the
     /// request path never takes a lock nor wakes a thread.
-    /// Boxed: a slot is a pointer, so the preallocated queue stays small
-    /// and pushing moves 8 bytes, not the record.
-    queue: ArrayQueue<Box<AuditEvent>>,
+    /// Lines already serialised by the recording thread: the record's many
+    /// small strings are freed where they were allocated (a cross-thread
+    /// free in the allocator costs more than the serialisation), and a
+    /// slot is one pointer-sized buffer.
+    queue: ArrayQueue<Vec<u8>>,
     /// Flush requests and completions (generation counters).
     flush: Mutex<(u64, u64)>,
     flushed: Condvar,
@@ -372,18 +374,12 @@ fn rotated(path: &Path, i: usize) -> PathBuf {
 
 fn writer(cfg: JsonlConfig, file: File, mut size: u64, shared: Arc<JsonlShared>) {
     let mut out = BufWriter::with_capacity(64 << 10, file);
-    let mut line = Vec::with_capacity(1024);
     loop {
         // Note a flush request before draining, so everything recorded
         // before the request is written when it is acknowledged.
         let wanted = shared.flush.lock().unwrap_or_else(|e| e.into_inner()).0;
         let stopping = shared.stop.load(Ordering::SeqCst);
-        while let Some(e) = shared.queue.pop() {
-            line.clear();
-            if serde_json::to_writer(&mut line, &e).is_err() {
-                continue;
-            }
-            line.push(b'\n');
+        while let Some(line) = shared.queue.pop() {
             if out.write_all(&line).is_err() {
                 tracing::error!(path = %cfg.path.display(), "audit log write failed");
                 continue;
@@ -441,9 +437,12 @@ fn rotate(cfg: &JsonlConfig, out: &mut BufWriter<File>) -> std::io::Result<()> {
 
 impl AuditSink for JsonlSink {
     fn record(&self, event: AuditEvent) {
-        if self.shared.stop.load(Ordering::Relaxed)
-            || self.shared.queue.push(Box::new(event)).is_err()
-        {
+        let mut line = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut line, &event).is_err() {
+            return;
+        }
+        line.push(b'\n');
+        if self.shared.stop.load(Ordering::Relaxed) || self.shared.queue.push(line).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -520,7 +519,20 @@ struct SessionTotals {
 struct Shared {
     sink: Arc<dyn AuditSink>,
     cfg: AuditConfig,
-    sessions: Mutex<HashMap<String, SessionTotals>>,
+    /// Per-session totals, sharded by session id so concurrent calls of
+    /// different sessions rarely share a lock.
+    sessions: [Mutex<HashMap<String, SessionTotals>>; 16],
+}
+
+impl Shared {
+    fn totals(&self, sid: &str) -> std::sync::MutexGuard<'_, HashMap<String, SessionTotals>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        sid.hash(&mut h);
+        self.sessions[h.finish() as usize % self.sessions.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Builds [`Audit`] services; also the [`SessionObserver`] that emits
@@ -543,7 +555,7 @@ impl AuditLayer {
             shared: Arc::new(Shared {
                 sink,
                 cfg,
-                sessions: Mutex::new(HashMap::new()),
+                sessions: Default::default(),
             }),
         }
     }
@@ -565,9 +577,7 @@ impl SessionObserver for SessionEnds {
     fn ended(&self, record: &SessionRecord, why: SessionEnd) {
         let totals = self
             .0
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .totals(record.id().as_str())
             .remove(record.id().as_str());
         let Some(t) = totals else { return };
         let mut e = AuditEvent {
@@ -710,20 +720,16 @@ where
                     let mut e = call.base("session_start");
                     e.outcome = "ok".into();
                     shared.sink.record(e);
-                    shared
-                        .sessions
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(
-                            sid.clone(),
-                            SessionTotals {
-                                started: Some(start),
-                                principal: call.principal.clone(),
-                                backend: call.backend.clone(),
-                                protocol_version: call.version(),
-                                ..Default::default()
-                            },
-                        );
+                    shared.totals(sid).insert(
+                        sid.clone(),
+                        SessionTotals {
+                            started: Some(start),
+                            principal: call.principal.clone(),
+                            backend: call.backend.clone(),
+                            protocol_version: call.version(),
+                            ..Default::default()
+                        },
+                    );
                 }
             }
             let (parts, body) = res.into_parts();
@@ -991,8 +997,7 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
         }
     }
     if let Some(sid) = &call.session {
-        let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = sessions.get_mut(sid) {
+        if let Some(t) = shared.totals(sid).get_mut(sid) {
             t.calls += n;
             if outcome != "ok" {
                 t.errors += n;
