@@ -6,17 +6,14 @@
 
 #[path = "../examples/support/fixtures.rs"]
 mod fixtures;
+#[path = "support/net.rs"]
+mod net;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use mcp_gateway_axum::McpGateway;
 use rmcp::model::*;
 use rmcp::service::{NotificationContext, RequestContext, RunningService};
@@ -24,31 +21,11 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, ErrorData as McpError, RoleClient, ServiceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
+
+use net::{raw, serve, url, Served, ACCEPT, JSON, V};
 
 fn from<T: DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("test JSON matches the rmcp model")
-}
-
-/// Aborts the server task when dropped, so no test leaves a listener behind.
-struct Served {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve(app: axum::Router) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Served { addr, task }
 }
 
 async fn backend(name: &str) -> Served {
@@ -61,10 +38,6 @@ async fn gateway(backends: &[&Served]) -> Served {
         b = b.upstream_url(&format!("http://{}/mcp", s.addr)).unwrap();
     }
     serve(b.build().unwrap()).await
-}
-
-fn url(s: &Served) -> String {
-    format!("http://{}/mcp", s.addr)
 }
 
 /// A client that answers sampling and elicitation and records notifications.
@@ -315,47 +288,6 @@ async fn sessions_stick_to_their_instance_and_stay_separate() {
 
 // ---- wire-level checks with a raw HTTP client ----------------------------------
 
-struct Reply {
-    status: u16,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-    fn error_code(&self) -> Option<i64> {
-        self.json()["error"]["code"].as_i64()
-    }
-}
-
-async fn raw(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = client
-        .request(
-            req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-const JSON: (&str, &str) = ("content-type", "application/json");
-const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
-const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
 async fn raw_session(gw: &str) -> String {

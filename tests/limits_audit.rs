@@ -7,8 +7,9 @@
 
 #[path = "../examples/support/fixtures.rs"]
 mod fixtures;
+#[path = "support/net.rs"]
+mod net;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,36 +31,9 @@ use mcp_gateway_tower::auth::{ApiKeys, AuthConfig};
 use mcp_gateway_tower::limit::{Budget, LimitConfig, Quota};
 use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
 use serde_json::{json, Value};
+
+use net::{serve, url, Served};
 use tokio::sync::mpsc::Receiver;
-use tokio::task::JoinHandle;
-
-struct Served {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve(app: axum::Router) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await;
-    });
-    Served { addr, task }
-}
-
-fn url(s: &Served) -> String {
-    format!("http://{}/mcp", s.addr)
-}
 
 /// A stub backend: `hold` streams a progress notification and then waits
 /// for `release` before its result; other tools answer at once; `forget`

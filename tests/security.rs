@@ -8,17 +8,16 @@
 
 #[path = "../examples/support/fixtures.rs"]
 mod fixtures;
+#[path = "support/net.rs"]
+mod net;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::response::IntoResponse;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use mcp_gateway_axum::McpGateway;
 use mcp_gateway_core::Principal;
@@ -33,7 +32,8 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
+
+use net::{raw, serve, url, Reply, Served, ACCEPT, JSON, V};
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "http://gateway.test/mcp";
@@ -60,26 +60,6 @@ fn rs256(kid: &str, pem: &str, claims: &Value) -> String {
     let mut h = Header::new(Algorithm::RS256);
     h.kid = Some(kid.into());
     encode(&h, claims, &EncodingKey::from_rsa_pem(&key(pem)).unwrap()).unwrap()
-}
-
-struct Served {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve(app: axum::Router) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Served { addr, task }
 }
 
 /// A JWKS endpoint whose document the test can rotate; counts fetches.
@@ -175,67 +155,6 @@ async fn secure_gateway(upstream: &str, jwks: &Jwks, pins: Arc<ToolPins>) -> Ser
     serve(app).await
 }
 
-struct Reply {
-    status: u16,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-    /// The JSON-RPC messages of a JSON or SSE body.
-    fn messages(&self) -> Vec<Value> {
-        let text = String::from_utf8_lossy(&self.body);
-        if text.trim_start().starts_with('{') {
-            return vec![self.json()];
-        }
-        text.split("\n\n")
-            .filter_map(|ev| {
-                let data: Vec<&str> = ev
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                    .collect();
-                serde_json::from_str(&data.join("\n")).ok()
-            })
-            .collect()
-    }
-    fn www(&self) -> String {
-        self.headers
-            .get("www-authenticate")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default()
-    }
-}
-
-async fn raw(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = client
-        .request(
-            req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-const JSON: (&str, &str) = ("content-type", "application/json");
-const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
-const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
 async fn init(gw: &str, bearer: &str) -> Reply {
@@ -245,10 +164,6 @@ async fn init(gw: &str, bearer: &str) -> Reply {
 
 async fn fixtures_backend() -> Served {
     serve(axum::Router::new().nest_service("/mcp", fixtures::service("a"))).await
-}
-
-fn url(s: &Served) -> String {
-    format!("http://{}/mcp", s.addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,6 @@
 //! [`crate::pinning`]).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -37,7 +35,7 @@ use serde_json::Value;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::Body;
+use crate::body::{take_ready, Body, BoxFuture};
 use crate::error::error_response;
 use crate::pinning::ToolPins;
 
@@ -439,8 +437,6 @@ fn required(m: &Message) -> Result<&str, GatewayError> {
     })
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
 impl<S> Service<Request<Body>> for Acl<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
@@ -458,8 +454,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
         let principal = req.extensions().get::<Principal>().cloned();
         let mut list = None;

@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fs::{File, OpenOptions};
-use std::future::Future;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -52,7 +51,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::acl::BackendName;
-use crate::body::{Body, BoxError};
+use crate::body::{take_ready, Body, BoxError, BoxFuture};
 use crate::error::error_response;
 use crate::limit::{CostCharged, LimitKind};
 use crate::session::{SessionEnd, SessionObserver};
@@ -636,8 +635,6 @@ impl<S> std::fmt::Debug for Audit<S> {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
 impl<S, B> Service<Request<B>> for Audit<S>
 where
     S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
@@ -653,8 +650,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> BoxFuture {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
         Box::pin(async move {
             let start = Instant::now();

@@ -124,3 +124,18 @@ impl http_body::Body for Body {
         }
     }
 }
+
+/// The boxed response future the gateway's layers return.
+pub(crate) type BoxFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<http::Response<Body>, std::convert::Infallible>>
+            + Send,
+    >,
+>;
+
+/// Takes the service `poll_ready` prepared and leaves a clone in its place:
+/// tower's way to use a service from a `'static` future.
+pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}

@@ -38,8 +38,6 @@
 //! ```
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -51,7 +49,7 @@ use mcp_gateway_core::{Envelope, ErrorKind, GatewayError, McpRequest, ProtocolVe
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{Body, BoxError};
+use crate::body::{take_ready, Body, BoxError, BoxFuture};
 use crate::error::error_response;
 
 /// Settings of [`JsonRpcLayer`].
@@ -111,8 +109,6 @@ impl<S> JsonRpc<S> {
     inner_accessors!();
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
 impl<S, B, RB> Service<Request<B>> for JsonRpc<S>
 where
     S: Service<Request<Body>, Response = Response<RB>, Error = Infallible> + Clone + Send + 'static,
@@ -132,8 +128,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> BoxFuture {
         // Take the service that was driven to readiness; leave a clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let max = self.cfg.max_body_bytes;
         Box::pin(async move {
             let (parts, body) = req.into_parts();

@@ -25,7 +25,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
@@ -50,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{Body, BoxError};
+use crate::body::{take_ready, Body, BoxError, BoxFuture};
 use crate::error::error_response;
 use crate::rules::glob;
 use crate::session::{SessionEnd, SessionObserver};
@@ -658,8 +657,6 @@ impl Shared {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
 impl<S> Service<Request<Body>> for Limit<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
@@ -677,8 +674,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
         Box::pin(async move {
             let who = limit_subject(&req);

@@ -16,8 +16,6 @@
 //! reads the [`Instance`] it sets.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -33,7 +31,7 @@ use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::Body;
+use crate::body::{take_ready, Body, BoxFuture};
 use crate::error::error_response;
 use crate::upstream::Instance;
 
@@ -238,8 +236,6 @@ impl<T> RoutedService for T where
 {
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
 impl<S> Service<Request<Body>> for Session<S>
 where
     S: RoutedService,
@@ -254,8 +250,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
         self.start_sweeper();
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         Box::pin(route(self.shared.clone(), inner, req))
     }
 }

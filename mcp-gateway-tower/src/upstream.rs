@@ -8,8 +8,6 @@
 //! gateway never hangs on a dead backend.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,7 +21,7 @@ use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, BoxFuture};
 use crate::conn_pool::{ConnPool, PoolConfig};
 use crate::credentials::CredentialProvider;
 use crate::error::error_response;
@@ -35,8 +33,6 @@ pub struct Instance(pub usize);
 
 /// A type-erased upstream service: what [`Upstreams`] holds.
 pub type BoxUpstream = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// Settings of [`HttpUpstream`].
 #[derive(Debug, Clone)]

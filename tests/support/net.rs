@@ -1,0 +1,129 @@
+//! Helpers the integration tests share: servers on 127.0.0.1:0 that stop
+//! when dropped, and a raw HTTP client for wire-level checks.
+// Each test crate uses a different subset.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+/// A server task; aborted when dropped, so no test leaves a listener behind.
+pub struct Served {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `app` on an ephemeral loopback port, with the client address in
+/// the request extensions (as `mcp_gateway_axum::serve` does).
+pub async fn serve(app: axum::Router) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    Served { addr, task }
+}
+
+/// The `/mcp` URL of a server.
+pub fn url(s: &Served) -> String {
+    format!("http://{}/mcp", s.addr)
+}
+
+/// A whole HTTP response.
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (`Null` if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The JSON-RPC error code of a JSON body.
+    pub fn error_code(&self) -> Option<i64> {
+        self.json()["error"]["code"].as_i64()
+    }
+
+    /// The JSON-RPC messages of a JSON or SSE body.
+    pub fn messages(&self) -> Vec<Value> {
+        let text = String::from_utf8_lossy(&self.body);
+        if text.trim_start().starts_with('{') {
+            return vec![self.json()];
+        }
+        text.split("\n\n")
+            .filter_map(|ev| {
+                let data: Vec<&str> = ev
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                serde_json::from_str(&data.join("\n")).ok()
+            })
+            .collect()
+    }
+
+    /// The message answering a request (the one with an id), JSON or SSE.
+    pub fn answer(&self) -> Value {
+        self.messages()
+            .into_iter()
+            .find(|m| m.get("id").is_some())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The `WWW-Authenticate` header.
+    pub fn www(&self) -> String {
+        self.headers
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// One request with `headers` and `body`, read to the end.
+pub async fn raw(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client
+        .request(
+            req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `Content-Type: application/json`.
+pub const JSON: (&str, &str) = ("content-type", "application/json");
+/// The `Accept` every MCP POST sends.
+pub const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
+/// `MCP-Protocol-Version: 2025-11-25`.
+pub const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
