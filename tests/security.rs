@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::response::IntoResponse;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use mcp_gateway_axum::McpGateway;
 use mcp_gateway_core::Principal;
