@@ -11,7 +11,7 @@
 //! resident memory holding 100 000 idle sessions.
 //!
 //! ```text
-//! cargo bench --bench loopback            # MCPGW_BENCH_CALLS=N to change the call count
+//! cargo bench --bench loopback   # MCPGW_BENCH_CALLS=N calls per run, MCPGW_BENCH_REPS=N runs (medians)
 //! ```
 //!
 //! The same binary plays every part: `--role stub|gateway|bare` starts a
@@ -365,6 +365,22 @@ struct Run {
     sys_per_call: f64,
 }
 
+/// The median of each figure over repeated runs.
+fn median(runs: Vec<Run>) -> Run {
+    fn mid<T: Copy + PartialOrd>(runs: &[Run], get: impl Fn(&Run) -> T) -> T {
+        let mut v: Vec<T> = runs.iter().map(get).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v[v.len() / 2]
+    }
+    Run {
+        rps: mid(&runs, |r| r.rps),
+        p50: mid(&runs, |r| r.p50),
+        p99: mid(&runs, |r| r.p99),
+        cpu_per_call: mid(&runs, |r| r.cpu_per_call),
+        sys_per_call: mid(&runs, |r| r.sys_per_call),
+    }
+}
+
 /// `calls` tools/call requests over `conns` connections to `server`, each
 /// connection a task with one call in flight.
 async fn run(
@@ -485,7 +501,11 @@ fn main() {
     let calls: usize = std::env::var("MCPGW_BENCH_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 20_000 } else { 320 });
+        .unwrap_or(if full { 10_000 } else { 320 });
+    let reps: usize = std::env::var("MCPGW_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 3 } else { 1 });
     let idle_sessions: usize = std::env::var("MCPGW_BENCH_SESSIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -495,14 +515,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(client_main(calls, idle_sessions));
+        .block_on(client_main(calls, reps, idle_sessions));
 }
 
-async fn client_main(calls: usize, idle_sessions: usize) {
+async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
     let stub = Server::start(&["--role", "stub"]);
     let bearer = format!("Bearer {}", bench_token());
     println!(
-        "mcp-gateway loopback benchmark: {calls} tools/call per scenario; stub, server under test and load client in three processes on this {}-core machine",
+        "mcp-gateway loopback benchmark: {calls} tools/call per run, {reps} interleaved runs per scenario (medians); stub, server under test and load client in three processes on this {}-core machine",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
@@ -536,12 +556,31 @@ async fn client_main(calls: usize, idle_sessions: usize) {
         let secure = Server::start(&["--role", "secure", "--upstream", &upstream]);
         let full = Server::start(&["--role", "full", "--upstream", &upstream]);
         for conns in [1usize, 32] {
-            let d = run(&stub, &direct_path, false, None, conns, calls).await;
-            let t = run(&relay, &direct_path, false, None, conns, calls).await;
-            let b = run(&bare, "/mcp", false, None, conns, calls).await;
-            let g = run(&gw, "/mcp", true, None, conns, calls).await;
-            let s = run(&secure, "/mcp", true, Some(&bearer), conns, calls).await;
-            let f = run(&full, "/mcp", true, Some(&bearer), conns, calls).await;
+            // Interleaved repetitions, medians per figure: the machine's
+            // drift hits every server alike, and one noisy run moves nothing.
+            let servers: [(&Server, &str, bool, Option<&str>); 6] = [
+                (&stub, &direct_path, false, None),
+                (&relay, &direct_path, false, None),
+                (&bare, "/mcp", false, None),
+                (&gw, "/mcp", true, None),
+                (&secure, "/mcp", true, Some(&bearer)),
+                (&full, "/mcp", true, Some(&bearer)),
+            ];
+            let mut all: Vec<Vec<Run>> = (0..servers.len()).map(|_| Vec::new()).collect();
+            for _ in 0..reps {
+                for (i, (server, path, gateway, auth)) in servers.iter().enumerate() {
+                    all[i].push(run(server, path, *gateway, *auth, conns, calls).await);
+                }
+            }
+            let mut med = all.into_iter().map(median);
+            let (d, t, b, g, s, f) = (
+                med.next().unwrap(),
+                med.next().unwrap(),
+                med.next().unwrap(),
+                med.next().unwrap(),
+                med.next().unwrap(),
+                med.next().unwrap(),
+            );
             for (name, r) in [
                 ("direct (stub)", &d),
                 ("TCP relay (no HTTP)", &t),
