@@ -111,9 +111,11 @@ pub struct AuditEvent {
     pub bytes_in: u64,
     /// Response body bytes sent.
     pub bytes_out: u64,
-    /// Progress notifications relayed.
+    /// Progress notifications relayed (omitted when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub progress: u64,
-    /// Cost charged by the limit layer.
+    /// Cost charged by the limit layer (omitted when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub cost: u64,
     /// The arguments, per [`ArgumentsPolicy`].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +132,10 @@ pub struct AuditEvent {
     /// `session_end`: `deleted`, `expired` or `backend_lost`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What to do when a sink's buffer is full.

@@ -28,8 +28,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -178,13 +178,50 @@ type Keyed = RateLimiter<LimitKey, DashMapStateStore<LimitKey>, DefaultClock>;
 
 const SHARDS: usize = 16;
 
-/// The in-process limiter: governor token buckets, sharded counters.
+/// A fixed budget window: when it started (nanoseconds since the limiter
+/// was made) and how much of it is used. Atomics, so callers of one key on
+/// several threads do not queue on a lock.
+struct Window {
+    start: AtomicU64,
+    used: AtomicU64,
+}
+
+/// Counters by key, sharded; entries are shared `Arc`s, so the common path
+/// takes a read lock only to find them and then works on atomics. An
+/// entry lives as long as the limiter (one per principal, backend or
+/// principal × tool: the callers the gateway has seen).
+type Table<T> = [RwLock<HashMap<LimitKey, Arc<T>>>; SHARDS];
+
+fn entry<T: Default>(table: &Table<T>, key: &LimitKey) -> Arc<T> {
+    let shard = &table[shard(key)];
+    if let Some(e) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+        return e.clone();
+    }
+    shard
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key.clone())
+        .or_default()
+        .clone()
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            start: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The in-process limiter: governor token buckets, lock-free counters.
 pub struct InMemoryLimiter {
     buckets: [OnceLock<Keyed>; 3],
     hits: AtomicU64,
     clock: DefaultClock,
-    slots: Arc<[Mutex<HashMap<LimitKey, u32>>; SHARDS]>,
-    windows: [Mutex<HashMap<LimitKey, (Instant, u64)>>; SHARDS],
+    epoch: Instant,
+    slots: Table<AtomicU32>,
+    windows: Table<Window>,
 }
 
 impl std::fmt::Debug for InMemoryLimiter {
@@ -199,7 +236,8 @@ impl Default for InMemoryLimiter {
             buckets: Default::default(),
             hits: AtomicU64::new(0),
             clock: DefaultClock::default(),
-            slots: Arc::new(Default::default()),
+            epoch: Instant::now(),
+            slots: Default::default(),
             windows: Default::default(),
         }
     }
@@ -234,25 +272,23 @@ impl InMemoryLimiter {
             RateLimiter::dashmap(q)
         })
     }
+
+    /// Slots currently held for `key` (for tests and metrics).
+    pub fn held(&self, key: &LimitKey) -> u32 {
+        self.slots[shard(key)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .map_or(0, |n| n.load(Ordering::Acquire))
+    }
 }
 
-/// Decrements a slot counter when dropped.
-struct SlotGuard {
-    slots: Arc<[Mutex<HashMap<LimitKey, u32>>; SHARDS]>,
-    key: LimitKey,
-}
+/// Gives a slot back when dropped: one atomic decrement, no lock.
+struct SlotGuard(Arc<AtomicU32>);
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        let mut m = self.slots[shard(&self.key)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.key);
-            }
-        }
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -274,21 +310,13 @@ impl Limiter for InMemoryLimiter {
     }
 
     fn acquire(&self, key: &LimitKey, max: u32) -> LimitFuture<'_, Option<Slot>> {
-        let mut m = self.slots[shard(key)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(key.clone()).or_insert(0);
-        if *n >= max {
-            if *n == 0 {
-                m.remove(key);
-            }
-            return StoreFuture::ready(None);
-        }
-        *n += 1;
-        StoreFuture::ready(Some(Slot::new(SlotGuard {
-            slots: self.slots.clone(),
-            key: key.clone(),
-        })))
+        let n = entry(&self.slots, key);
+        let taken = n
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v < max).then_some(v + 1)
+            })
+            .is_ok();
+        StoreFuture::ready(taken.then(|| Slot::new(SlotGuard(n))))
     }
 
     fn charge(
@@ -298,33 +326,34 @@ impl Limiter for InMemoryLimiter {
         amount: u64,
         must_fit: bool,
     ) -> LimitFuture<'_, Result<(), Duration>> {
-        let window = Duration::from_secs(budget.window_secs.max(1));
-        let now = Instant::now();
-        let mut m = self.windows[shard(key)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let e = m.entry(key.clone()).or_insert((now, 0));
-        if now.duration_since(e.0) >= window {
-            *e = (now, 0);
+        let window = Duration::from_secs(budget.window_secs.max(1)).as_nanos() as u64;
+        // +1: a start of 0 means "never used".
+        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+        let w = entry(&self.windows, key);
+        let start = w.start.load(Ordering::Acquire);
+        if start == 0 || now.saturating_sub(start) >= window {
+            // Roll the window over; of racing callers one wins, the others
+            // see the new window.
+            if w.start
+                .compare_exchange(start, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                w.used.store(0, Ordering::Release);
+            }
         }
-        let left = window.saturating_sub(now.duration_since(e.0));
-        if must_fit && (e.1 >= budget.amount || e.1 + amount > budget.amount) {
-            return StoreFuture::ready(Err(left));
+        let start = w.start.load(Ordering::Acquire);
+        let left = Duration::from_nanos(window.saturating_sub(now.saturating_sub(start)));
+        if !must_fit {
+            w.used.fetch_add(amount, Ordering::AcqRel);
+            return StoreFuture::ready(Ok(()));
         }
-        e.1 += amount;
-        StoreFuture::ready(Ok(()))
-    }
-}
-
-impl InMemoryLimiter {
-    /// Slots currently held for `key` (for tests and metrics).
-    pub fn held(&self, key: &LimitKey) -> u32 {
-        self.slots[shard(key)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .copied()
-            .unwrap_or(0)
+        let fits = w
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < budget.amount && u + amount <= budget.amount).then_some(u + amount)
+            })
+            .is_ok();
+        StoreFuture::ready(if fits { Ok(()) } else { Err(left) })
     }
 }
 
@@ -724,6 +753,7 @@ where
                     inner: body,
                     hold,
                     shared: shared.clone(),
+                    pending: 0,
                 }),
             ))
         })
@@ -789,14 +819,45 @@ where
     Ok(res)
 }
 
+/// Streamed tokens are charged in batches of this many (and at the end).
+const TOKEN_BATCH: u64 = 1024;
+
 pin_project_lite::pin_project! {
     /// A response body holding a call's permits until it ends or is
-    /// dropped, and charging the result's tokens as they pass.
+    /// dropped, and charging the result's tokens as they pass (in batches,
+    /// and whatever is left when the body ends or is dropped).
     struct HeldBody {
         #[pin]
         inner: Body,
         hold: CallHold,
         shared: Arc<Shared>,
+        pending: u64,
+    }
+
+    impl PinnedDrop for HeldBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let n = std::mem::take(this.pending);
+            charge_tokens(this.shared, &this.hold.tokens, n);
+        }
+    }
+}
+
+fn charge_tokens(shared: &Arc<Shared>, tokens: &Option<(LimitKey, Budget)>, n: u64) {
+    let Some((key, budget)) = tokens else { return };
+    if n == 0 {
+        return;
+    }
+    if shared.limiter.is_local() {
+        // A local limiter charges inside `charge`; the ready future only
+        // carries the answer, not needed here.
+        drop(shared.limiter.charge(key, budget, n, false));
+    } else if tokio::runtime::Handle::try_current().is_ok() {
+        // A shared store: charge without holding up the stream.
+        let (shared, key, budget) = (shared.clone(), key.clone(), *budget);
+        tokio::spawn(async move {
+            let _ = shared.limiter.charge(&key, &budget, n, false).await;
+        });
     }
 }
 
@@ -810,19 +871,12 @@ impl http_body::Body for HeldBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let res = this.inner.poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some((key, budget))) = (&res, &this.hold.tokens) {
+        if let (Poll::Ready(Some(Ok(frame))), Some(_)) = (&res, &this.hold.tokens) {
             if let Some(data) = frame.data_ref() {
-                let n = this.shared.tokens.count(data);
-                if n > 0 && this.shared.limiter.is_local() {
-                    // A local limiter charges inside `charge`; the ready
-                    // future only carries the answer, not needed here.
-                    drop(this.shared.limiter.charge(key, budget, n, false));
-                } else if n > 0 {
-                    // A shared store: charge without holding up the stream.
-                    let (shared, key, budget) = (this.shared.clone(), key.clone(), *budget);
-                    tokio::spawn(async move {
-                        let _ = shared.limiter.charge(&key, &budget, n, false).await;
-                    });
+                *this.pending += this.shared.tokens.count(data);
+                if *this.pending >= TOKEN_BATCH {
+                    let n = std::mem::take(this.pending);
+                    charge_tokens(this.shared, &this.hold.tokens, n);
                 }
             }
         }
