@@ -31,52 +31,18 @@ use mcp_gateway_tower::audit::{
 };
 use mcp_gateway_tower::auth::{AuthConfig, AuthLayer};
 use mcp_gateway_tower::jsonrpc::JsonRpcLayer;
-use mcp_gateway_tower::jwt::{Algorithm, JwtAuthenticator, JwtConfig, JwtKey};
-use mcp_gateway_tower::limit::{Budget, InMemoryLimiter, LimitConfig, LimitLayer, Quota};
+use mcp_gateway_tower::limit::{InMemoryLimiter, LimitLayer};
 use mcp_gateway_tower::pinning::{PinMode, ToolPins};
 use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
 use mcp_gateway_tower::Body;
 use tower::{Layer, Service, ServiceExt};
 
+#[path = "support/stack.rs"]
+mod stack;
+use stack::{bench_jwt, bench_token, generous_limits};
+
 const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris"}}}"#;
 const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"18 degrees and sunny"}],"isError":false}}"#;
-const ISSUER: &str = "https://issuer.bench";
-const AUDIENCE: &str = "http://gateway.bench/mcp";
-
-fn key(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
-fn token() -> String {
-    use jsonwebtoken::{encode, EncodingKey, Header};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut h = Header::new(Algorithm::RS256);
-    h.kid = Some("k1".into());
-    let claims = serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-agent",
-        "roles": ["agent"], "exp": now + 3600});
-    encode(
-        &h,
-        &claims,
-        &EncodingKey::from_rsa_pem(&key("rsa1.key.pem")).unwrap(),
-    )
-    .unwrap()
-}
-
-fn jwt() -> JwtAuthenticator {
-    JwtAuthenticator::with_keys(
-        JwtConfig {
-            issuers: vec![ISSUER.into()],
-            audiences: vec![AUDIENCE.into()],
-            algorithms: vec![Algorithm::RS256],
-            ..Default::default()
-        },
-        vec![JwtKey::pem(Some("k1"), Algorithm::RS256, &key("rsa1.pub.pem")).unwrap()],
-    )
-}
-
 fn acl() -> AclLayer {
     let policy: PolicyConfig = serde_json::from_value(serde_json::json!({
         "rules": [
@@ -134,7 +100,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let bearer = format!("Bearer {}", token());
+    let bearer = format!("Bearer {}", bench_token());
     let jsonrpc = JsonRpcLayer::default().layer(stub());
     // The ACL alone sees a principal an earlier layer put there.
     let agent = mcp_gateway_core::Principal::builder("bench-agent")
@@ -148,7 +114,7 @@ fn bench(c: &mut Criterion) {
         .layer(JsonRpcLayer::default())
         .layer(acl())
         .service(stub());
-    let full = AuthLayer::new(jwt(), AuthConfig::default())
+    let full = AuthLayer::new(bench_jwt(), AuthConfig::default())
         .layer(JsonRpcLayer::default().layer(acl().layer(stub())));
     let mut g = c.benchmark_group("layers");
     g.bench_function("jsonrpc", |b| {
@@ -173,16 +139,16 @@ fn bench(c: &mut Criterion) {
     );
     let limits = LimitLayer::new(generous_limits(), "bench", Arc::new(InMemoryLimiter::new()));
     let full = AuditLayer::new(sink.clone(), AuditConfig::default()).layer(
-        AuthLayer::new(jwt(), AuthConfig::default())
+        AuthLayer::new(bench_jwt(), AuthConfig::default())
             .layer(JsonRpcLayer::default().layer(acl().layer(limits.layer(stub())))),
     );
-    let with_limits = AuthLayer::new(jwt(), AuthConfig::default())
+    let with_limits = AuthLayer::new(bench_jwt(), AuthConfig::default())
         .layer(JsonRpcLayer::default().layer(acl().layer(limits.layer(stub()))));
     g.bench_function("jwt+jsonrpc+acl+limit", |b| {
         b.iter(|| rt.block_on(drive(with_limits.clone(), request(Some(&bearer)))))
     });
     let with_audit = AuditLayer::new(sink.clone(), AuditConfig::default()).layer(
-        AuthLayer::new(jwt(), AuthConfig::default())
+        AuthLayer::new(bench_jwt(), AuthConfig::default())
             .layer(JsonRpcLayer::default().layer(acl().layer(stub()))),
     );
     g.bench_function("audit+jwt+jsonrpc+acl", |b| {
@@ -191,8 +157,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("full", |b| {
         b.iter(|| rt.block_on(drive(full.clone(), request(Some(&bearer)))))
     });
-    let auth = jwt();
-    let raw = token();
+    let auth = bench_jwt();
+    let raw = bench_token();
     g.bench_function("jwt_uncached", |b| {
         b.iter(|| rt.block_on(auth.verify(&raw)).unwrap())
     });
@@ -204,28 +170,6 @@ fn bench(c: &mut Criterion) {
         "the benchmark must not outrun the audit writer"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Every limit on, none reached: the bench pays for the counting.
-fn generous_limits() -> LimitConfig {
-    let q = Quota {
-        burst: 1_000_000_000,
-        per_second: 1e9,
-    };
-    let budget = Budget {
-        amount: u64::MAX / 2,
-        window_secs: 3600,
-    };
-    LimitConfig {
-        principal_rate: Some(q),
-        principal_tool_rate: Some(q),
-        backend_rate: Some(q),
-        principal_in_flight: Some(1_000_000),
-        backend_in_flight: Some(1_000_000),
-        token_budget: Some(budget),
-        cost_budget: Some(budget),
-        ..Default::default()
-    }
 }
 
 criterion_group!(benches, bench);

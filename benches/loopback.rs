@@ -31,6 +31,10 @@ use hyper_util::rt::TokioIo;
 use mcp_gateway_axum::McpGateway;
 use mcp_gateway_core::session::InMemoryConfig;
 
+#[path = "support/stack.rs"]
+mod stack;
+use stack::bench_token;
+
 const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"18 degrees and sunny"}],"isError":false}}"#;
 const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris"}}}"#;
 const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
@@ -102,32 +106,6 @@ async fn serve_app(app: axum::Router) {
     let _ = serve::serve_per_core(listeners, app, std::future::pending()).await;
 }
 
-const ISSUER: &str = "https://issuer.bench";
-const AUDIENCE: &str = "http://gateway.bench/mcp";
-
-fn test_key(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
-/// An RS256 token for the secure gateway (test key, valid for an hour).
-fn bench_token() -> String {
-    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut h = Header::new(Algorithm::RS256);
-    h.kid = Some("k1".into());
-    let claims = serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-agent",
-        "roles": ["agent"], "scope": "mcp", "exp": now + 3600});
-    encode(
-        &h,
-        &claims,
-        &EncodingKey::from_rsa_pem(&test_key("rsa1.key.pem")).unwrap(),
-    )
-    .unwrap()
-}
-
 /// The security stack plus limits (every limit on, none reached) and the
 /// audit layer writing JSON Lines to a temporary file.
 async fn serve_full_gateway(upstream: String, limits: bool, audit: bool) {
@@ -146,19 +124,10 @@ fn secure_builder(
     audit: bool,
 ) -> mcp_gateway_axum::McpGatewayBuilder {
     use mcp_gateway_tower::auth::AuthConfig;
-    use mcp_gateway_tower::jwt::{Algorithm, JwtAuthenticator, JwtConfig, JwtKey};
     use mcp_gateway_tower::pinning::{PinMode, ToolPins};
     use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
     use std::sync::Arc;
-    let jwt = JwtAuthenticator::with_keys(
-        JwtConfig {
-            issuers: vec![ISSUER.into()],
-            audiences: vec![AUDIENCE.into()],
-            algorithms: vec![Algorithm::RS256],
-            ..Default::default()
-        },
-        vec![JwtKey::pem(Some("k1"), Algorithm::RS256, &test_key("rsa1.pub.pem")).unwrap()],
-    );
+    let jwt = stack::bench_jwt();
     let policy: PolicyConfig = serde_json::from_value(serde_json::json!({
         "rules": [
             {"effect": "allow", "roles": ["agent"], "tools": ["get_*", "search"]},
@@ -173,15 +142,6 @@ fn secure_builder(
         .policy(Arc::new(RulePolicy::new(&policy)))
         .pins(Arc::new(ToolPins::new(PinMode::Block)));
     use mcp_gateway_tower::audit::{AuditConfig, JsonlConfig, JsonlSink, Overflow};
-    use mcp_gateway_tower::limit::{Budget, LimitConfig, Quota};
-    let q = Quota {
-        burst: 1_000_000_000,
-        per_second: 1e9,
-    };
-    let budget = Budget {
-        amount: u64::MAX / 2,
-        window_secs: 3600,
-    };
     if audit {
         let dir = std::env::temp_dir().join(format!("mcpgw-bench-{}", std::process::id()));
         let sink = JsonlSink::open(JsonlConfig {
@@ -197,18 +157,7 @@ fn secure_builder(
     if !limits {
         return b;
     }
-    b.limits(LimitConfig {
-        principal_rate: Some(q),
-        principal_tool_rate: Some(q),
-        backend_rate: Some(q),
-        principal_sessions: Some(1_000_000),
-        backend_sessions: Some(1_000_000),
-        principal_in_flight: Some(1_000_000),
-        backend_in_flight: Some(1_000_000),
-        token_budget: Some(budget),
-        cost_budget: Some(budget),
-        ..Default::default()
-    })
+    b.limits(stack::generous_limits())
 }
 
 /// The same HTTP hop with no MCP layer: axum in front of the pooled

@@ -227,6 +227,22 @@ async fn post(u: &str, key: &str, sid: Option<&str>, body: &str) -> Reply {
     }
 }
 
+/// Ends a session with `DELETE`; it must succeed.
+async fn delete(u: &str, key: &str, sid: &str) {
+    let r = net::raw(
+        "DELETE",
+        u,
+        &[
+            ("mcp-session-id", sid),
+            ("mcp-protocol-version", "2025-11-25"),
+            ("x-api-key", key),
+        ],
+        "",
+    )
+    .await;
+    assert!((200..300).contains(&r.status), "DELETE: {}", r.status);
+}
+
 const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
 
 fn call(id: u32, tool: &str, args: Value) -> String {
@@ -378,18 +394,7 @@ async fn session_caps_are_429_and_every_ending_releases_the_slot() {
     session(&u, "k-bob").await;
 
     // 1. DELETE releases.
-    let del = client()
-        .request(
-            http::Request::delete(&u)
-                .header("mcp-session-id", &first)
-                .header("mcp-protocol-version", "2025-11-25")
-                .header("x-api-key", "k-ann")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert!(del.status().is_success());
+    delete(&u, "k-ann", &first).await;
     let second = session(&u, "k-ann").await;
 
     // 2. The backend losing the session releases.
@@ -715,18 +720,7 @@ async fn session_end_records_the_totals() {
         post(&u, "k-ann", Some(&sid), &call(i, "x", json!({}))).await;
     }
     post(&u, "k-ann", Some(&sid), &call(9, "forbidden", json!({}))).await;
-    let del = client()
-        .request(
-            http::Request::delete(&u)
-                .header("mcp-session-id", &sid)
-                .header("mcp-protocol-version", "2025-11-25")
-                .header("x-api-key", "k-ann")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert!(del.status().is_success());
+    delete(&u, "k-ann", &sid).await;
     let end = loop {
         let e = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
@@ -953,18 +947,7 @@ async fn backend_caps_count_every_caller_and_release() {
         .json()["result"]
         .is_object());
     // Ending a session frees a backend slot for anyone.
-    let del = client()
-        .request(
-            http::Request::delete(&u)
-                .header("mcp-session-id", &sa)
-                .header("mcp-protocol-version", "2025-11-25")
-                .header("x-api-key", "k-ann")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert!(del.status().is_success());
+    delete(&u, "k-ann", &sa).await;
     session(&u, "k-bob").await;
 }
 
