@@ -3,60 +3,28 @@
 
 #[path = "../examples/support/fixtures.rs"]
 mod fixtures;
+#[path = "support/net.rs"]
+mod net;
 
 use std::path::Path;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use mcp_gateway_axum::config::GatewayConfig;
 use serde_json::Value;
 
-async fn serve(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}/mcp"), task)
-}
+use net::{raw, serve, url, ACCEPT, JSON};
 
+/// A POST with the MCP content headers plus `headers`: status, headers and
+/// the JSON-RPC messages of the (JSON or SSE) body.
 async fn post(
     url: &str,
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, http::HeaderMap, Vec<Value>) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = http::Request::post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = client
-        .request(
-            req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let h = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    let msgs = text
-        .split("\n\n")
-        .filter_map(|ev| {
-            let d: String = ev
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim_start)
-                .collect();
-            serde_json::from_str(if d.is_empty() { ev } else { &d }).ok()
-        })
-        .collect();
-    (status, h, msgs)
+    let mut all = vec![JSON, ACCEPT];
+    all.extend_from_slice(headers);
+    let r = raw("POST", url, &all, body).await;
+    let msgs = r.messages();
+    (r.status, r.headers, msgs)
 }
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
@@ -89,8 +57,9 @@ async fn tools_for(gw: &str, key: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_configuration_works() {
-    let (backend, _b) =
+    let backend_server =
         serve(axum::Router::new().nest_service("/mcp", fixtures::service("demo"))).await;
+    let backend = url(&backend_server);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let log = std::env::temp_dir().join(format!("mcpgw-config-audit-{}.jsonl", std::process::id()));
     let text = std::fs::read_to_string(dir.join("gateway.toml"))
@@ -101,7 +70,8 @@ async fn the_example_configuration_works() {
     let built = cfg.builder().unwrap();
     assert!(built.policy.is_some() && built.pins.is_some() && built.audit.is_some());
     let audit = built.audit.clone().unwrap();
-    let (gw, _g) = serve(built.builder.build().unwrap()).await;
+    let gw_server = serve(built.builder.build().unwrap()).await;
+    let gw = url(&gw_server);
 
     assert_eq!(
         tools_for(&gw, "demo-reader-key").await,
