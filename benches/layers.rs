@@ -37,6 +37,10 @@ use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
 use mcp_gateway_tower::Body;
 use tower::{Layer, Service, ServiceExt};
 
+// The allocator the `gateway` example runs on.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "support/stack.rs"]
 mod stack;
 use stack::{bench_jwt, bench_token, generous_limits};

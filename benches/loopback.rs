@@ -31,6 +31,10 @@ use hyper_util::rt::TokioIo;
 use mcp_gateway_axum::McpGateway;
 use mcp_gateway_core::session::InMemoryConfig;
 
+// The servers under test run on the allocator the `gateway` example uses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "support/stack.rs"]
 mod stack;
 use stack::bench_token;
@@ -100,7 +104,11 @@ async fn serve_gateway(upstream: String, max_sessions: usize) {
 /// Serves `app` the way the `gateway` example does, printing the address.
 async fn serve_app(app: axum::Router) {
     use mcp_gateway_axum::serve;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // MCPGW_BENCH_THREADS=N overrides one serving thread per core.
+    let threads = std::env::var("MCPGW_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let listeners = serve::bind_per_core("127.0.0.1:0".parse().unwrap(), threads).unwrap();
     println!("{}", listeners[0].local_addr().unwrap());
     let _ = serve::serve_per_core(listeners, app, std::future::pending()).await;
@@ -142,7 +150,14 @@ fn secure_builder(
         .policy(Arc::new(RulePolicy::new(&policy)))
         .pins(Arc::new(ToolPins::new(PinMode::Block)));
     use mcp_gateway_tower::audit::{AuditConfig, JsonlConfig, JsonlSink, Overflow};
-    if audit {
+    if audit && std::env::var("MCPGW_BENCH_AUDIT").as_deref() == Ok("null") {
+        // Diagnosis: the audit layer with a sink that drops every record.
+        struct Null;
+        impl mcp_gateway_tower::audit::AuditSink for Null {
+            fn record(&self, _: mcp_gateway_tower::audit::AuditEvent) {}
+        }
+        b = b.audit(Arc::new(Null), AuditConfig::default());
+    } else if audit {
         let dir = std::env::temp_dir().join(format!("mcpgw-bench-{}", std::process::id()));
         let sink = JsonlSink::open(JsonlConfig {
             path: dir.join("audit.jsonl"),
@@ -220,6 +235,21 @@ impl Server {
 
     fn proc_file(&self, name: &str) -> String {
         std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
+    }
+
+    /// Time the process's threads have spent on a CPU, in seconds, to the
+    /// nanosecond (`/proc/<pid>/task/*/schedstat`; the ticks of `stat`
+    /// are 10 ms, which over a short run is a microsecond per call).
+    fn on_cpu_seconds(&self) -> f64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return 0.0;
+        };
+        tasks
+            .filter_map(Result::ok)
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .sum::<f64>()
+            / 1e9
     }
 
     /// (utime, stime) of the process, in seconds (USER_HZ = 100 on Linux).
@@ -357,6 +387,7 @@ async fn run(
         setup.push((tx, sid));
     }
     let cpu0 = server.cpu_seconds();
+    let on0 = server.on_cpu_seconds();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (mut tx, sid) in setup {
@@ -379,15 +410,23 @@ async fn run(
     }
     let wall = start.elapsed();
     let cpu1 = server.cpu_seconds();
+    let on1 = server.on_cpu_seconds();
     let (user, sys) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
+    // The precise total where the kernel offers it, the ticks otherwise.
+    let total = if on1 > on0 { on1 - on0 } else { user + sys };
     lat.sort_unstable();
     let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     Run {
         rps: lat.len() as f64 / wall.as_secs_f64(),
         p50: q(0.50),
         p99: q(0.99),
-        cpu_per_call: (user + sys) / lat.len() as f64,
-        sys_per_call: sys / lat.len() as f64,
+        cpu_per_call: total / lat.len() as f64,
+        // The kernel's share, from the ticks, applied to the precise total.
+        sys_per_call: if user + sys > 0.0 {
+            total * sys / (user + sys)
+        } else {
+            0.0
+        } / lat.len() as f64,
     }
 }
 
@@ -467,6 +506,119 @@ fn main() {
         .block_on(client_main(calls, reps, idle_sessions));
 }
 
+/// The order of the servers in round `rep`: forward on even rounds,
+/// backward on odd ones.
+fn round_order(n: usize, rep: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    if rep % 2 == 1 {
+        v.reverse();
+    }
+    v
+}
+
+/// One role's server, with how the load client talks to it.
+struct Target {
+    name: String,
+    server: Server,
+    path: String,
+    gateway: bool,
+    auth: Option<String>,
+}
+
+impl Target {
+    fn start(stub: &Server, bearer: &str, role: &str, mode: &str) -> Target {
+        let direct = format!("/{mode}");
+        if role == "direct" {
+            // The stub itself: a second stub process, so it is measured
+            // like any other server.
+            let server = Server::start(&["--role", "stub"]);
+            return Target {
+                name: role.into(),
+                server,
+                path: direct,
+                gateway: false,
+                auth: None,
+            };
+        }
+        let upstream = format!("http://{}{direct}", stub.addr);
+        let server = Server::start(&["--role", role, "--upstream", &upstream]);
+        Target {
+            name: role.into(),
+            server,
+            path: if role == "relay" {
+                direct
+            } else {
+                "/mcp".into()
+            },
+            gateway: role != "bare" && role != "relay",
+            auth: matches!(role, "secure" | "full" | "limits" | "audit").then(|| bearer.to_owned()),
+        }
+    }
+
+    async fn run(&self, conns: usize, calls: usize) -> Run {
+        run(
+            &self.server,
+            &self.path,
+            self.gateway,
+            self.auth.as_deref(),
+            conns,
+            calls,
+        )
+        .await
+    }
+}
+
+async fn compare(
+    stub: &Server,
+    bearer: &str,
+    roles: &str,
+    mode: &str,
+    conns: usize,
+    calls: usize,
+    reps: usize,
+) {
+    let targets: Vec<Target> = roles
+        .split(',')
+        .map(|r| Target::start(stub, bearer, r.trim(), mode))
+        .collect();
+    let mut runs: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+    for rep in 0..reps {
+        // Forward, then backward: a server's place in the round (right
+        // after which other, with the client how warm) cancels out.
+        for i in round_order(targets.len(), rep) {
+            runs[i].push(targets[i].run(conns, calls).await);
+        }
+    }
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v[v.len() / 2]
+    };
+    for (i, t) in targets.iter().enumerate() {
+        let cpu = mid(runs[i].iter().map(|r| r.cpu_per_call * 1e6).collect());
+        let p50 = mid(runs[i].iter().map(|r| us(r.p50)).collect());
+        let rps = mid(runs[i].iter().map(|r| r.rps).collect());
+        let d_cpu = mid(runs[i]
+            .iter()
+            .zip(&runs[0])
+            .map(|(a, b)| (a.cpu_per_call - b.cpu_per_call) * 1e6)
+            .collect());
+        let d_p50 = mid(runs[i]
+            .iter()
+            .zip(&runs[0])
+            .map(|(a, b)| us(a.p50) - us(b.p50))
+            .collect());
+        let ratio = mid(runs[i]
+            .iter()
+            .zip(&runs[0])
+            .map(|(a, b)| a.rps / b.rps)
+            .collect());
+        println!(
+            "{mode} {conns} conns {:<10} {rps:>8.0} req/s  p50 {p50:>7.1} µs  CPU {cpu:>5.1} µs/call | vs {}: p50 {d_p50:+.1} µs, CPU {d_cpu:+.1} µs/call, throughput ×{ratio:.2}",
+            t.name, targets[0].name
+        );
+    }
+}
+
 async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
     let stub = Server::start(&["--role", "stub"]);
     let bearer = format!("Bearer {}", bench_token());
@@ -478,20 +630,42 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
         "{:<40} {:>9} {:>9} {:>9} {:>19} {:>8}",
         "scenario", "req/s", "p50 µs", "p99 µs", "server CPU µs/call", "(kernel)"
     );
-    // Profiling aid: MCPGW_BENCH_PROFILE=<role> runs only that server, JSON,
-    // 32 connections, printing its pid first (attach `perf record -p`).
+    // Paired comparison: MCPGW_BENCH_COMPARE=<role>,<role>[,...] runs the
+    // roles in turn, MCPGW_BENCH_REPS times, and prints the median of each
+    // figure and of the paired differences against the first role (the
+    // machine's drift cancels in a pair; it does not across a median).
+    if let Ok(roles) = std::env::var("MCPGW_BENCH_COMPARE") {
+        let conns: usize = std::env::var("MCPGW_BENCH_CONNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32);
+        let mode = std::env::var("MCPGW_BENCH_MODE").unwrap_or_else(|_| "json".into());
+        compare(&stub, &bearer, &roles, &mode, conns, calls, reps).await;
+        return;
+    }
+    // Profiling aid: MCPGW_BENCH_PROFILE=<role> runs only that server, JSON
+    // (MCPGW_BENCH_MODE=sse for SSE), 32 connections (MCPGW_BENCH_CONNS=N
+    // for another count), printing its pid first (attach `perf record -p`
+    // or `strace -c -f -p`).
     if let Ok(role) = std::env::var("MCPGW_BENCH_PROFILE") {
-        let upstream = format!("http://{}/json", stub.addr);
+        let conns: usize = std::env::var("MCPGW_BENCH_CONNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32);
+        let mode = std::env::var("MCPGW_BENCH_MODE").unwrap_or_else(|_| "json".into());
+        let upstream = format!("http://{}/{mode}", stub.addr);
         let server = Server::start(&["--role", &role, "--upstream", &upstream]);
         println!("profiling {role}: pid {}", server.child.id());
         let gateway = role != "bare" && role != "relay";
-        let path = if role == "relay" { "/json" } else { "/mcp" };
+        let direct = format!("/{mode}");
+        let path = if role == "relay" { &direct } else { "/mcp" };
         let auth = matches!(role.as_str(), "secure" | "full" | "limits" | "audit")
             .then_some(bearer.as_str());
-        let r = run(&server, path, gateway, auth, 32, calls).await;
+        let r = run(&server, path, gateway, auth, conns, calls).await;
         println!(
-            "{role}: {:.0} req/s, CPU {:.1} µs/call",
+            "{role} {mode} {conns} conns: {:.0} req/s, p50 {:.1} µs, CPU {:.1} µs/call",
             r.rps,
+            us(r.p50),
             r.cpu_per_call * 1e6
         );
         return;
@@ -516,9 +690,10 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
                 (&full, "/mcp", true, Some(&bearer)),
             ];
             let mut all: Vec<Vec<Run>> = (0..servers.len()).map(|_| Vec::new()).collect();
-            for _ in 0..reps {
-                for (i, (server, path, gateway, auth)) in servers.iter().enumerate() {
-                    all[i].push(run(server, path, *gateway, *auth, conns, calls).await);
+            for rep in 0..reps {
+                for i in round_order(servers.len(), rep) {
+                    let (server, path, gateway, auth) = servers[i];
+                    all[i].push(run(server, path, gateway, auth, conns, calls).await);
                 }
             }
             let mut med = all.into_iter().map(median);

@@ -572,7 +572,7 @@ async fn every_outcome_is_recorded_with_its_fields() {
     assert_eq!(start.session.as_deref(), Some(sid.as_str()));
     let init = next_call(&mut rx).await;
     assert_eq!(
-        (init.method.as_deref(), init.outcome.as_str()),
+        (init.method.as_deref(), init.outcome.as_ref()),
         (Some("initialize"), "ok")
     );
     let s = Some(sid.as_str());
@@ -608,7 +608,7 @@ async fn every_outcome_is_recorded_with_its_fields() {
     post(&u, "k-ann", s, &call(12, "costly", json!({}))).await;
     let e = next_call(&mut rx).await;
     assert_eq!(
-        (e.outcome.as_str(), e.limit.as_deref(), e.error_code),
+        (e.outcome.as_ref(), e.limit.as_deref(), e.error_code),
         ("limited", Some("principal_tool_rate"), Some(-32055))
     );
 
@@ -616,7 +616,7 @@ async fn every_outcome_is_recorded_with_its_fields() {
     post(&u, "k-ann", s, &call(13, "forbidden", json!({}))).await;
     let e = next_call(&mut rx).await;
     assert_eq!(
-        (e.outcome.as_str(), e.error_code, e.target.as_deref()),
+        (e.outcome.as_ref(), e.error_code, e.target.as_deref()),
         ("denied", Some(-32053), Some("forbidden"))
     );
 
@@ -625,7 +625,7 @@ async fn every_outcome_is_recorded_with_its_fields() {
     assert_eq!(r.status, 401);
     let e = next_call(&mut rx).await;
     assert_eq!(
-        (e.outcome.as_str(), e.http_status, e.principal.as_deref()),
+        (e.outcome.as_ref(), e.http_status, e.principal.as_deref()),
         ("rejected", Some(401), None)
     );
 
@@ -637,7 +637,7 @@ async fn every_outcome_is_recorded_with_its_fields() {
     drop(body);
     let e = next_call(&mut rx).await;
     assert_eq!(
-        (e.outcome.as_str(), e.target.as_deref()),
+        (e.outcome.as_ref(), e.target.as_deref()),
         ("client_gone", Some("hold"))
     );
     assert_eq!(e.progress, 1);
@@ -658,7 +658,7 @@ async fn every_outcome_is_recorded_with_its_fields() {
     assert!(String::from_utf8_lossy(&rest).contains("held"));
     let e = next_call(&mut rx).await;
     assert_eq!(
-        (e.outcome.as_str(), e.id.as_deref(), e.progress),
+        (e.outcome.as_ref(), e.id.as_deref(), e.progress),
         ("ok", Some("16"), 1)
     );
     assert!(e.duration_us.unwrap() >= 50_000, "{e:?}");
@@ -679,7 +679,7 @@ async fn every_outcome_is_recorded_with_its_fields() {
     let e = next_call(&mut rx2).await; // initialize
     assert_eq!(e.method.as_deref(), Some("initialize"));
     let e = next_call(&mut rx2).await;
-    assert_eq!((e.outcome.as_str(), e.error_code), ("error", Some(-32602)));
+    assert_eq!((e.outcome.as_ref(), e.error_code), ("error", Some(-32602)));
 
     // upstream failure: the backend is gone.
     drop(b);
@@ -694,7 +694,7 @@ async fn every_outcome_is_recorded_with_its_fields() {
         }
     };
     assert_eq!(
-        (e.outcome.as_str(), e.error_code, e.http_status),
+        (e.outcome.as_ref(), e.error_code, e.http_status),
         ("upstream_failure", Some(-32050), Some(502))
     );
 }

@@ -124,6 +124,15 @@ macro_rules! methods {
                     Method::Other(t) => t.as_str(),
                 }
             }
+
+            /// The name of a method MCP defines, with no borrow (`None`
+            /// for [`Method::Other`]).
+            pub fn static_name(&self) -> Option<&'static str> {
+                match self {
+                    $(Method::$variant => Some($name),)*
+                    Method::Other(_) => None,
+                }
+            }
         }
     };
 }

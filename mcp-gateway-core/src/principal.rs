@@ -102,6 +102,33 @@ impl Principal {
     pub fn key(&self) -> &Arc<str> {
         &self.0.key
     }
+
+    /// An equal principal that shares no allocation with this one.
+    ///
+    /// Clones of one `Principal` share a reference count; on several
+    /// threads at once, every clone and drop moves that counter's cache
+    /// line between cores. A per-thread cache keeps a detached copy so
+    /// that each thread counts its own.
+    ///
+    /// ```
+    /// use mcp_gateway_core::Principal;
+    /// let p = Principal::builder("ann").roles(["agent"]).build();
+    /// let d = p.detached();
+    /// assert_eq!(p, d);
+    /// assert!(!std::sync::Arc::ptr_eq(p.key(), d.key()));
+    /// ```
+    pub fn detached(&self) -> Principal {
+        let i = &self.0;
+        Principal(Arc::new(Inner {
+            subject: i.subject.clone(),
+            tenant: i.tenant.clone(),
+            roles: i.roles.clone(),
+            scopes: i.scopes.clone(),
+            claims: i.claims.clone(),
+            auth_method: i.auth_method,
+            key: Arc::from(&*i.key),
+        }))
+    }
 }
 
 impl fmt::Debug for Principal {

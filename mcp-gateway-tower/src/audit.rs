@@ -24,6 +24,7 @@
 //! record and count it ([`AuditSink::dropped`]), or refuse calls (503,
 //! -32056) until it catches up.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fs::{File, OpenOptions};
@@ -60,7 +61,7 @@ use crate::session::{SessionEnd, SessionObserver};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// `call`, `session_start` or `session_end`.
-    pub event: String,
+    pub event: Cow<'static, str>,
     /// When it was emitted, RFC 3339 UTC with milliseconds.
     pub time: String,
     /// The principal's subject.
@@ -71,7 +72,7 @@ pub struct AuditEvent {
     pub tenant: Option<String>,
     /// How the principal was authenticated.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth_method: Option<String>,
+    pub auth_method: Option<Cow<'static, str>>,
     /// The gateway session id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
@@ -80,7 +81,7 @@ pub struct AuditEvent {
     pub backend: Option<String>,
     /// The JSON-RPC method, or the HTTP method for `GET` / `DELETE`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<Cow<'static, str>>,
     /// The tool, prompt or resource.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -90,13 +91,13 @@ pub struct AuditEvent {
     /// `ok`, `error` (JSON-RPC error from the backend), `denied`,
     /// `limited`, `upstream_failure`, `client_gone` or `rejected` (the
     /// gateway refused the request: authentication, bad input, …).
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
     /// The JSON-RPC error code, for `error`, `denied`, `limited`, `rejected`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<i64>,
     /// Which limit, for `limited`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<String>,
+    pub limit: Option<Cow<'static, str>>,
     /// The HTTP status answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
@@ -122,7 +123,7 @@ pub struct AuditEvent {
     pub arguments: Option<String>,
     /// The protocol version.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub protocol_version: Option<String>,
+    pub protocol_version: Option<Cow<'static, str>>,
     /// `session_end`: calls in the session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<u64>,
@@ -131,7 +132,7 @@ pub struct AuditEvent {
     pub errors: Option<u64>,
     /// `session_end`: `deleted`, `expired` or `backend_lost`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub end_reason: Option<String>,
+    pub end_reason: Option<Cow<'static, str>>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -513,7 +514,7 @@ struct SessionTotals {
     started: Option<Instant>,
     principal: Option<Principal>,
     backend: Option<String>,
-    protocol_version: Option<String>,
+    protocol_version: Option<Cow<'static, str>>,
     calls: u64,
     errors: u64,
     bytes_in: u64,
@@ -610,7 +611,7 @@ fn set_principal(e: &mut AuditEvent, p: Option<&Principal>) {
     if let Some(p) = p {
         e.principal = Some(p.subject().to_owned());
         e.tenant = p.tenant().map(str::to_owned);
-        e.auth_method = Some(p.auth_method().to_owned());
+        e.auth_method = Some(Cow::Borrowed(p.auth_method()));
     }
 }
 
@@ -656,96 +657,112 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> BoxFuture {
+        let start = Instant::now();
+        if self.shared.sink.saturated() {
+            let e = GatewayError::new(
+                ErrorKind::AuditBacklog,
+                "Service Unavailable: the audit log cannot keep up; retry shortly",
+            );
+            return Box::pin(std::future::ready(Ok(error_response(&e, None))));
+        }
         let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
-        Box::pin(async move {
-            let start = Instant::now();
-            if shared.sink.saturated() {
-                let e = GatewayError::new(
-                    ErrorKind::AuditBacklog,
-                    "Service Unavailable: the audit log cannot keep up; retry shortly",
-                );
-                return Ok(error_response(&e, None));
-            }
-            let http_method = req.method().clone();
-            let session = req
+        let asked = Asked {
+            start,
+            http_method: req.method().clone(),
+            session: req
                 .headers()
                 .get(headers::MCP_SESSION_ID)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let declared_len = req
+                .map(str::to_owned),
+            declared_len: req
                 .headers()
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            let res = inner.call(req).await?;
-            let ttfb = start.elapsed();
-            let mcp = res.extensions().get::<McpRequest>().cloned();
-            let started_session =
-                mcp.as_ref().is_some_and(McpRequest::is_initialize) && res.status().is_success();
-            let session = match (&session, started_session) {
-                (_, true) => res
-                    .headers()
-                    .get(headers::MCP_SESSION_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-                (s, false) => s.clone(),
-            };
-            let sse = res
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream"));
-            let call = CallRecord {
-                start,
-                ttfb,
-                http_method,
-                session,
-                bytes_in: mcp
-                    .as_ref()
-                    .map(|m| m.body().len() as u64)
-                    .or(declared_len)
-                    .unwrap_or(0),
-                status: res.status().as_u16(),
-                kind: res.extensions().get::<ErrorKind>().copied(),
-                limit: res.extensions().get::<LimitKind>().copied(),
-                principal: res.extensions().get::<Principal>().cloned(),
-                backend: res
-                    .extensions()
-                    .get::<BackendName>()
-                    .map(|b| b.0.to_string()),
-                cost: res.extensions().get::<CostCharged>().map_or(0, |c| c.0),
-                mcp,
-            };
-            if started_session {
-                if let Some(sid) = &call.session {
-                    let mut e = call.base("session_start");
-                    e.outcome = "ok".into();
-                    shared.sink.record(e);
-                    shared.totals(sid).insert(
-                        sid.clone(),
-                        SessionTotals {
-                            started: Some(start),
-                            principal: call.principal.clone(),
-                            backend: call.backend.clone(),
-                            protocol_version: call.version(),
-                            ..Default::default()
-                        },
-                    );
-                }
-            }
-            let (parts, body) = res.into_parts();
-            Ok(Response::from_parts(
-                parts,
-                Body::new(AuditBody {
-                    inner: body,
-                    meter: Meter::new(sse),
-                    call: Some(call),
-                    shared,
-                }),
-            ))
-        })
+                .and_then(|v| v.parse::<u64>().ok()),
+        };
+        let fut = inner.call(req);
+        // One await; what follows is plain code outside the future.
+        Box::pin(async move { Ok(watch(shared, asked, fut.await?)) })
     }
+}
+
+/// What the request said, noted before it goes on.
+struct Asked {
+    start: Instant,
+    http_method: http::Method,
+    session: Option<String>,
+    declared_len: Option<u64>,
+}
+
+/// Notes what the response head says, records a session start, and wraps
+/// the body so the call is recorded when it ends.
+fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Body> {
+    let ttfb = asked.start.elapsed();
+    let mcp = res.extensions().get::<McpRequest>().cloned();
+    let started_session =
+        mcp.as_ref().is_some_and(McpRequest::is_initialize) && res.status().is_success();
+    let session = if started_session {
+        res.headers()
+            .get(headers::MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    } else {
+        asked.session
+    };
+    let sse = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let call = CallRecord {
+        start: asked.start,
+        ttfb,
+        http_method: asked.http_method,
+        session,
+        bytes_in: mcp
+            .as_ref()
+            .map(|m| m.body().len() as u64)
+            .or(asked.declared_len)
+            .unwrap_or(0),
+        status: res.status().as_u16(),
+        kind: res.extensions().get::<ErrorKind>().copied(),
+        limit: res.extensions().get::<LimitKind>().copied(),
+        principal: res.extensions().get::<Principal>().cloned(),
+        backend: res
+            .extensions()
+            .get::<BackendName>()
+            .map(|b| b.0.to_string()),
+        cost: res.extensions().get::<CostCharged>().map_or(0, |c| c.0),
+        mcp,
+    };
+    if started_session {
+        if let Some(sid) = &call.session {
+            let mut e = call.base("session_start");
+            e.outcome = "ok".into();
+            shared.sink.record(e);
+            shared.totals(sid).insert(
+                sid.clone(),
+                SessionTotals {
+                    started: Some(asked.start),
+                    principal: call.principal.clone(),
+                    backend: call.backend.clone(),
+                    protocol_version: call.version(),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    let (parts, body) = res.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(AuditBody {
+            inner: body,
+            meter: Meter::new(sse),
+            call: Some(call),
+            shared,
+        }),
+    )
 }
 
 /// What is known of a call when its response head arrives.
@@ -765,15 +782,20 @@ struct CallRecord {
 }
 
 impl CallRecord {
-    fn version(&self) -> Option<String> {
+    fn version(&self) -> Option<Cow<'static, str>> {
         self.mcp.as_ref().map(|m| {
-            m.message()
+            match m
+                .message()
                 .and_then(|msg| msg.initialize_protocol_version())
-                .map_or_else(|| m.protocol_version().as_str().to_owned(), str::to_owned)
+            {
+                // What the client asked for, which may be no version we know.
+                Some(v) => Cow::Owned(v.to_owned()),
+                None => Cow::Borrowed(m.protocol_version().as_str()),
+            }
         })
     }
 
-    fn base(&self, event: &str) -> AuditEvent {
+    fn base(&self, event: &'static str) -> AuditEvent {
         let mut e = AuditEvent {
             event: event.into(),
             time: now_rfc3339(),
@@ -792,7 +814,7 @@ impl CallRecord {
 struct Meter {
     scanner: Option<SseScanner>,
     /// The first bytes of a JSON body (enough for an error object).
-    head: Vec<u8>,
+    head: Head,
     bytes: u64,
     progress: u64,
     error_code: Option<i64>,
@@ -808,7 +830,7 @@ impl Meter {
     fn new(sse: bool) -> Self {
         Meter {
             scanner: sse.then(|| SseScanner::collecting(INSPECT)),
-            head: Vec::new(),
+            head: Head::Empty,
             bytes: 0,
             progress: 0,
             error_code: None,
@@ -817,7 +839,7 @@ impl Meter {
         }
     }
 
-    fn see(&mut self, data: &[u8]) {
+    fn see(&mut self, data: &Bytes) {
         self.bytes += data.len() as u64;
         let (progress, code) = (&mut self.progress, &mut self.error_code);
         match &mut self.scanner {
@@ -827,29 +849,74 @@ impl Meter {
                 }
                 inspect(ev.data, progress, code);
             }),
-            None => {
-                let room = INSPECT.saturating_sub(self.head.len());
-                self.head.extend_from_slice(&data[..room.min(data.len())]);
-            }
+            None => self.head.keep(data),
         }
     }
 
     fn finish(&mut self) {
-        if self.scanner.is_none() && !self.head.is_empty() {
-            let head = std::mem::take(&mut self.head);
-            inspect(&head, &mut self.progress, &mut self.error_code);
+        if self.scanner.is_none() {
+            match std::mem::replace(&mut self.head, Head::Empty) {
+                Head::Empty => {}
+                Head::One(b) => inspect(&b, &mut self.progress, &mut self.error_code),
+                Head::Many(v) => inspect(&v, &mut self.progress, &mut self.error_code),
+            }
         }
+    }
+}
+
+/// The first [`INSPECT`] bytes of a JSON body: most bodies come in one
+/// frame, kept by reference; only a body in several frames is copied.
+enum Head {
+    Empty,
+    One(Bytes),
+    Many(Vec<u8>),
+}
+
+impl Head {
+    fn len(&self) -> usize {
+        match self {
+            Head::Empty => 0,
+            Head::One(b) => b.len(),
+            Head::Many(v) => v.len(),
+        }
+    }
+
+    fn keep(&mut self, data: &Bytes) {
+        let room = INSPECT.saturating_sub(self.len()).min(data.len());
+        if room == 0 {
+            return;
+        }
+        let part = data.slice(..room);
+        *self = match std::mem::replace(self, Head::Empty) {
+            Head::Empty => Head::One(part),
+            Head::One(first) => {
+                let mut v = Vec::with_capacity(first.len() + part.len());
+                v.extend_from_slice(&first);
+                v.extend_from_slice(&part);
+                Head::Many(v)
+            }
+            Head::Many(mut v) => {
+                v.extend_from_slice(&part);
+                Head::Many(v)
+            }
+        };
     }
 }
 
 /// Counts a progress notification, or notes a JSON-RPC error code.
 fn inspect(json: &[u8], progress: &mut u64, code: &mut Option<i64>) {
-    let has = |needle: &[u8]| json.windows(needle.len()).any(|w| w == needle);
-    if has(b"notifications/progress") {
+    use std::sync::LazyLock;
+    // Built once: a finder per call would redo its set-up every time.
+    static PROGRESS: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"notifications/progress"));
+    static ERROR: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
+    let has = |f: &memchr::memmem::Finder<'_>| f.find(json).is_some();
+    if has(&PROGRESS) {
         *progress += 1;
         return;
     }
-    if code.is_none() && has(b"\"error\"") {
+    if code.is_none() && has(&ERROR) {
         #[derive(Deserialize)]
         struct E {
             code: i64,
@@ -954,14 +1021,14 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
         },
     };
     let duration = call.start.elapsed();
-    let base = |method: Option<String>, target: Option<String>, id: Option<String>| {
+    let base = |method: Option<Cow<'static, str>>, target: Option<String>, id: Option<String>| {
         let mut e = call.base("call");
         e.method = method;
         e.target = target;
         e.id = id;
         e.outcome = outcome.into();
         e.error_code = code;
-        e.limit = call.limit.map(|l| l.as_str().to_owned());
+        e.limit = call.limit.map(|l| Cow::Borrowed(l.as_str()));
         e.ttfb_us = Some(call.ttfb.as_micros() as u64);
         e.duration_us = Some(duration.as_micros() as u64);
         e.bytes_in = call.bytes_in;
@@ -975,8 +1042,11 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
         Some(mcp) => {
             for m in mcp.envelope().messages() {
                 let method = match m.kind() {
-                    MessageKind::Response | MessageKind::Error => Some("response".to_owned()),
-                    _ => m.method().map(|x| x.as_str().to_owned()),
+                    MessageKind::Response | MessageKind::Error => Some(Cow::Borrowed("response")),
+                    _ => m.method().map(|x| match x.static_name() {
+                        Some(name) => Cow::Borrowed(name),
+                        None => Cow::Owned(x.as_str().to_owned()),
+                    }),
                 };
                 let mut e = base(
                     method,
@@ -994,7 +1064,7 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
         None => {
             shared
                 .sink
-                .record(base(Some(call.http_method.to_string()), None, None));
+                .record(base(Some(call.http_method.to_string().into()), None, None));
             n += 1;
         }
     }

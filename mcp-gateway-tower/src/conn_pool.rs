@@ -10,15 +10,23 @@
 //! body is dropped early (client gone) the connection is closed with it,
 //! which is exactly the cancellation a stream needs.
 //!
-//! Idle connections sit in a lock-free bounded queue. One taken from it is
-//! polled once before reuse so that a connection the backend closed while
-//! idle is noticed and discarded, and a request that failed before a byte
-//! of it was written on a reused connection is retried once on a new one.
+//! Idle connections sit in lock-free bounded queues. A connection is
+//! registered with the I/O driver of the runtime that opened it; with one
+//! single-threaded runtime per core (as `gateway` serves), a connection
+//! used from another thread would have every readiness event relayed by
+//! its home thread (an extra thread wake-up per call). So a connection
+//! opened on a current-thread runtime is reused only on its thread, and
+//! each such thread keeps up to `max_idle` idle ones; a multi-threaded
+//! runtime has one driver for all its workers and shares one queue. One taken from the queue is polled
+//! once before reuse so that a connection the backend closed while idle is
+//! noticed and discarded, and a request that failed before a byte of it was
+//! written on a reused connection is retried once on a new one.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +36,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use thread_local::ThreadLocal;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
@@ -42,6 +51,9 @@ struct Conn {
     /// The connection future finished (closed or failed); never poll again.
     done: bool,
     idle_since: Instant,
+    /// The thread that opened it, when that was a current-thread runtime
+    /// (whose driver it is registered with).
+    home: Option<ThreadId>,
 }
 
 impl Conn {
@@ -71,7 +83,36 @@ struct Inner {
     /// `host:port` to connect to.
     addr: String,
     cfg: PoolConfig,
-    idle: ArrayQueue<Conn>,
+    /// Idle connections of multi-threaded runtimes.
+    shared: ArrayQueue<Conn>,
+    /// Idle connections of current-thread runtimes, by home thread.
+    local: ThreadLocal<ArrayQueue<Conn>>,
+}
+
+/// The thread to pin a new connection to: this one when its runtime is a
+/// current-thread one.
+fn home_here() -> Option<ThreadId> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::CurrentThread) => Some(std::thread::current().id()),
+        _ => None,
+    }
+}
+
+impl Inner {
+    /// The idle queue for connections homed at `home`.
+    fn queue(&self, home: Option<ThreadId>) -> &ArrayQueue<Conn> {
+        match home {
+            Some(_) => self
+                .local
+                .get_or(|| ArrayQueue::new(self.cfg.max_idle.max(1))),
+            None => &self.shared,
+        }
+    }
+
+    fn idle_len(&self) -> usize {
+        self.shared.len() + self.local.iter().map(ArrayQueue::len).sum::<usize>()
+    }
 }
 
 /// A pool of HTTP/1.1 connections to one backend address.
@@ -84,38 +125,44 @@ impl std::fmt::Debug for ConnPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnPool")
             .field("addr", &self.inner.addr)
-            .field("idle", &self.inner.idle.len())
+            .field("idle", &self.inner.idle_len())
             .finish()
     }
 }
 
 impl ConnPool {
     pub(crate) fn new(addr: String, cfg: PoolConfig) -> Self {
-        let cap = cfg.max_idle.max(1);
         ConnPool {
             inner: Arc::new(Inner {
                 addr,
+                shared: ArrayQueue::new(cfg.max_idle.max(1)),
                 cfg,
-                idle: ArrayQueue::new(cap),
+                local: ThreadLocal::new(),
             }),
         }
     }
 
-    /// Idle connections currently pooled.
+    /// Idle connections currently pooled, on every thread.
     #[cfg(test)]
     pub(crate) fn idle(&self) -> usize {
-        self.inner.idle.len()
+        self.inner.idle_len()
     }
 
     /// A live idle connection, if the pool has one.
     fn take_idle(&self) -> Option<Conn> {
         let now = Instant::now();
         let mut cx = Context::from_waker(Waker::noop());
-        while let Some(mut c) = self.inner.idle.pop() {
+        let home = home_here();
+        let idle = self.inner.queue(home);
+        while let Some(mut c) = idle.pop() {
             // Polling with a no-op waker reads a pending EOF (the backend
             // closed the idle connection) without registering interest; the
-            // real task polls again with its own waker before waiting.
-            if now.duration_since(c.idle_since) < self.inner.cfg.idle_timeout && c.reusable(&mut cx)
+            // real task polls again with its own waker before waiting. (A
+            // queue can outlive its thread and pass to a new one: the home
+            // check drops what the old thread left.)
+            if c.home == home
+                && now.duration_since(c.idle_since) < self.inner.cfg.idle_timeout
+                && c.reusable(&mut cx)
             {
                 return Some(c);
             }
@@ -153,14 +200,20 @@ impl ConnPool {
             io,
             done: false,
             idle_since: Instant::now(),
+            home: home_here(),
         })
     }
 
-    /// Returns a finished-with connection to the pool, or drops it if it
-    /// cannot be reused or the pool is full.
+    /// Returns a finished-with connection to its thread's pool, or drops
+    /// it if that pool is full or this is not its thread (a body finished
+    /// elsewhere: rare, and not worth a connection relayed by another
+    /// thread's driver from then on).
     fn put(inner: &Inner, mut c: Conn) {
+        if c.home.is_some_and(|h| h != std::thread::current().id()) {
+            return;
+        }
         c.idle_since = Instant::now();
-        let _ = inner.idle.push(c);
+        let _ = inner.queue(c.home).push(c);
     }
 
     /// Sends `req` and returns the response with its head read; the body is
@@ -322,6 +375,52 @@ mod tests {
 
     fn req() -> Request<Body> {
         Request::post("/mcp").body(Body::from("{}")).unwrap()
+    }
+
+    #[test]
+    fn current_thread_runtimes_keep_their_own_connections() {
+        // The backend on a runtime of its own, alive for the whole test.
+        let backend_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (addr, accepted) = backend_rt.block_on(backend());
+        let pool = ConnPool::new(addr, cfg());
+        // Thread A calls, then keeps running its runtime (with its idle
+        // connection) while thread B calls.
+        let (a_done, a_done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (b_done, b_done_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = |pool: ConnPool,
+                      before: Option<tokio::sync::oneshot::Receiver<()>>,
+                      done: tokio::sync::oneshot::Sender<()>,
+                      after: Option<tokio::sync::oneshot::Receiver<()>>| {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Some(b) = before {
+                        b.await.unwrap();
+                    }
+                    for _ in 0..3 {
+                        let res = pool.send(req()).await.unwrap();
+                        res.into_body().collect().await.unwrap();
+                    }
+                    done.send(()).unwrap();
+                    if let Some(a) = after {
+                        a.await.unwrap();
+                    }
+                });
+            })
+        };
+        let a = thread(pool.clone(), None, a_done, Some(b_done_rx));
+        let b = thread(pool.clone(), Some(a_done_rx), b_done, None);
+        a.join().unwrap();
+        b.join().unwrap();
+        // Each thread reused its own connection; B never borrowed A's.
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

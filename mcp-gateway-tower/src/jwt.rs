@@ -29,6 +29,8 @@ use jsonwebtoken::{DecodingKey, Validation};
 use mcp_gateway_core::Principal;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
+use thread_local::ThreadLocal;
 
 use crate::auth::{
     bearer_token, looks_like_jwt, AuthFailure, AuthFuture, AuthOutcome, Authenticator,
@@ -308,6 +310,7 @@ pub struct JwtAuthenticator {
     keys: Vec<JwtKey>,
     jwks: Option<JwksCache>,
     cache: TokenCache,
+    recent: ThreadLocal<RefCell<Recent>>,
 }
 
 impl std::fmt::Debug for JwtAuthenticator {
@@ -340,6 +343,7 @@ impl JwtAuthenticator {
             keys,
             jwks,
             cache,
+            recent: ThreadLocal::new(),
         }
     }
 
@@ -478,16 +482,32 @@ impl Authenticator for JwtAuthenticator {
             let Some(token) = bearer_token(parts).filter(|t| looks_like_jwt(t)) else {
                 return AuthOutcome::NotMine;
             };
+            // Not held across an await: the task may resume on another
+            // thread, with another cache.
+            if let Some(p) = self.recent.get_or_default().borrow_mut().get(token) {
+                return AuthOutcome::Authenticated(p);
+            }
             let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            if let Some(p) = self.cache.get(&hash) {
+            if let Some((p, until)) = self.cache.get(&hash) {
+                self.recent
+                    .get_or_default()
+                    .borrow_mut()
+                    .put(token, &p, until);
                 return AuthOutcome::Authenticated(p);
             }
             match self.verify(token).await {
                 Ok((p, exp)) => {
                     // Cache until exp (with no leeway) or the TTL, whichever is first.
                     let left = Duration::from_secs(exp.saturating_sub(now_secs()));
-                    self.cache
-                        .put(hash, p.clone(), left.min(self.cfg.cache_ttl));
+                    let ttl = left.min(self.cfg.cache_ttl);
+                    if !ttl.is_zero() {
+                        self.cache.put(hash, p.clone(), ttl);
+                        self.recent.get_or_default().borrow_mut().put(
+                            token,
+                            &p,
+                            Instant::now() + ttl,
+                        );
+                    }
                     AuthOutcome::Authenticated(p)
                 }
                 Err(f) => AuthOutcome::Rejected(f),
@@ -519,10 +539,10 @@ impl TokenCache {
         &self.shards[h[0] as usize % SHARDS]
     }
 
-    fn get(&self, h: &[u8; 32]) -> Option<Principal> {
+    fn get(&self, h: &[u8; 32]) -> Option<(Principal, Instant)> {
         let mut m = self.shard(h).lock().unwrap_or_else(|e| e.into_inner());
         match m.get(h) {
-            Some((p, until)) if Instant::now() < *until => Some(p.clone()),
+            Some((p, until)) if Instant::now() < *until => Some((p.clone(), *until)),
             Some(_) => {
                 m.remove(h);
                 None
@@ -545,6 +565,42 @@ impl TokenCache {
             }
         }
         m.insert(h, (p, Instant::now() + ttl));
+    }
+}
+
+/// Tokens a thread verified or found lately, by the token itself: no hash
+/// to compute and no lock or counter shared with other threads (the
+/// principal is a detached copy). Small: the shared cache behind it holds
+/// the rest.
+#[derive(Default)]
+struct Recent {
+    map: HashMap<Box<str>, (Principal, Instant), foldhash::fast::RandomState>,
+}
+
+/// Tokens each thread keeps in [`Recent`].
+const RECENT: usize = 256;
+
+impl Recent {
+    fn get(&mut self, token: &str) -> Option<Principal> {
+        match self.map.get(token) {
+            Some((p, until)) if Instant::now() < *until => Some(p.clone()),
+            Some(_) => {
+                self.map.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&mut self, token: &str, p: &Principal, until: Instant) {
+        if self.map.len() >= RECENT {
+            let now = Instant::now();
+            self.map.retain(|_, (_, u)| *u > now);
+            if self.map.len() >= RECENT {
+                self.map.clear();
+            }
+        }
+        self.map.insert(token.into(), (p.detached(), until));
     }
 }
 
@@ -598,6 +654,62 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.description, "bad signature");
         assert!(JwtKey::hmac(None, Algorithm::RS256, b"x").is_err());
+    }
+
+    fn bearer(token: &str) -> Parts {
+        let (parts, ()) = http::Request::post("/mcp")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+    }
+
+    fn principal(auth: &JwtAuthenticator, parts: &Parts) -> Option<Principal> {
+        let out = futures_util::FutureExt::now_or_never(auth.authenticate(parts))
+            .expect("HMAC verification needs no I/O");
+        match out {
+            AuthOutcome::Authenticated(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn cached_tokens_serve_every_thread_and_expire_with_the_token() {
+        let auth = Arc::new(JwtAuthenticator::with_keys(
+            JwtConfig {
+                algorithms: vec![Algorithm::HS256],
+                leeway: Duration::ZERO,
+                ..Default::default()
+            },
+            vec![JwtKey::hmac(Some("h1"), Algorithm::HS256, b"s3cret").unwrap()],
+        ));
+        let exp = now_secs() + 2;
+        let t = token(
+            Algorithm::HS256,
+            "h1",
+            b"s3cret",
+            serde_json::json!({"sub": "svc", "exp": exp}),
+        );
+        let parts = bearer(&t);
+        let first = principal(&auth, &parts).expect("verified");
+        // This thread's cache answers now, with an equal, detached copy.
+        let again = principal(&auth, &parts).expect("cached");
+        assert_eq!(first, again);
+        assert!(!Arc::ptr_eq(first.key(), again.key()));
+        // Another thread finds it in the shared cache.
+        let (a, p) = (auth.clone(), t.clone());
+        let other = std::thread::spawn(move || principal(&a, &bearer(&p)))
+            .join()
+            .unwrap();
+        assert_eq!(other.as_ref(), Some(&first));
+        // Once the token expires, no cache answers for it any more.
+        let t0 = Instant::now();
+        while principal(&auth, &parts).is_some() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "cached past exp");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(now_secs() >= exp, "refused before it expired");
     }
 
     #[test]

@@ -23,19 +23,21 @@
 //! so a shared-store implementation for several replicas can be added
 //! without touching the layer.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
-use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota as GovQuota, RateLimiter};
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Request, Response};
@@ -46,6 +48,7 @@ use mcp_gateway_core::{
     ErrorKind, GatewayError, McpRequest, Message, Method, Principal, RequestId,
 };
 use serde::{Deserialize, Serialize};
+use thread_local::ThreadLocal;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -174,81 +177,120 @@ pub trait Limiter: Send + Sync + 'static {
     }
 }
 
-type Keyed = RateLimiter<LimitKey, DashMapStateStore<LimitKey>, DefaultClock>;
+type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
 const SHARDS: usize = 16;
 
-/// A fixed budget window: when it started (nanoseconds since the limiter
-/// was made) and how much of it is used. Atomics, so callers of one key on
-/// several threads do not queue on a lock.
-struct Window {
-    start: AtomicU64,
-    used: AtomicU64,
+/// A key's counters: a token bucket (rate keys), a slot count (in-flight
+/// and session keys) and a budget window (budget keys). A key uses one of
+/// the three; keeping them in one entry keeps one table and one lookup.
+struct Entry {
+    rate: OnceLock<Direct>,
+    /// When the bucket was last drawn from (nanoseconds since the
+    /// limiter's epoch, +1), to the second: updated only when a second
+    /// has passed, so that callers on several threads mostly read it.
+    last_hit: AtomicU64,
+    /// How long the bucket takes to fill up again, nanoseconds.
+    refill_ns: AtomicU64,
+    slots: AtomicU32,
+    window: Window,
 }
 
-/// Counters by key, sharded; entries are shared `Arc`s, so the common path
-/// takes a read lock only to find them and then works on atomics. An
-/// entry lives as long as the limiter (one per principal, backend or
-/// principal × tool: the callers the gateway has seen).
-type Table<T> = [RwLock<HashMap<LimitKey, Arc<T>>>; SHARDS];
-
-fn entry<T: Default>(table: &Table<T>, key: &LimitKey) -> Arc<T> {
-    let shard = &table[shard(key)];
-    if let Some(e) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
-        return e.clone();
-    }
-    shard
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key.clone())
-        .or_default()
-        .clone()
-}
-
-impl Default for Window {
+impl Default for Entry {
     fn default() -> Self {
-        Window {
-            start: AtomicU64::new(0),
-            used: AtomicU64::new(0),
+        Entry {
+            rate: OnceLock::new(),
+            last_hit: AtomicU64::new(0),
+            refill_ns: AtomicU64::new(0),
+            slots: AtomicU32::new(0),
+            window: Window::default(),
         }
     }
 }
 
-/// The in-process limiter: governor token buckets, lock-free counters.
+/// A fixed budget window: when it started (nanoseconds since the limiter
+/// was made) and how much of it is used, and its length. Atomics, so
+/// callers of one key on several threads do not queue on a lock.
+#[derive(Default)]
+struct Window {
+    start: AtomicU64,
+    used: AtomicU64,
+    len_ns: AtomicU64,
+}
+
+impl Entry {
+    /// True when dropping the entry loses nothing: a fresh one would
+    /// answer the same (bucket full, no slot held, window over).
+    fn idle(&self, now: u64) -> bool {
+        let bucket_full = self.rate.get().is_none()
+            || now.saturating_sub(self.last_hit.load(Ordering::Acquire))
+                >= self.refill_ns.load(Ordering::Acquire);
+        let window_over = {
+            let start = self.window.start.load(Ordering::Acquire);
+            start == 0 || now.saturating_sub(start) >= self.window.len_ns.load(Ordering::Acquire)
+        };
+        bucket_full && window_over && self.slots.load(Ordering::Acquire) == 0
+    }
+}
+
+type Hasher = foldhash::fast::RandomState;
+type Shard = RwLock<HashMap<LimitKey, Arc<Entry>, Hasher>>;
+
+/// One thread's copies of the entries it has used, so that the common
+/// path takes no lock shared with other threads: a lookup in a map only
+/// this thread touches, then atomics on the entry.
+struct ThreadCache {
+    generation: u64,
+    entries: HashMap<LimitKey, Arc<Entry>, Hasher>,
+    /// Lookups since this thread last swept the shared table.
+    ops: u32,
+}
+
+/// Lookups a thread makes between sweeps of idle entries.
+const SWEEP_EVERY: u32 = 1 << 16;
+/// Entries kept without a sweep (a sweep runs sooner past this).
+const SWEEP_ABOVE: usize = 4096;
+
+/// The in-process limiter: a governor token bucket per rate key, atomic
+/// slot counts and budget windows; lock-free on the common path.
+///
+/// Entries live in a sharded table; each thread keeps its own map of the
+/// entries it used (so callers on several threads share only the
+/// counters themselves, not a lock or a map). Idle entries — bucket full,
+/// no slot held, window over, i.e. indistinguishable from new ones — are
+/// swept now and then, so the table tracks the callers of the last few
+/// minutes rather than every caller ever seen.
 pub struct InMemoryLimiter {
-    buckets: [OnceLock<Keyed>; 3],
-    hits: AtomicU64,
     clock: DefaultClock,
     epoch: Instant,
-    slots: Table<AtomicU32>,
-    windows: Table<Window>,
+    shards: [Shard; SHARDS],
+    /// Bumped by a sweep; a thread whose cache is older clears it.
+    generation: AtomicU64,
+    len: AtomicUsize,
+    hasher: Hasher,
+    local: ThreadLocal<RefCell<ThreadCache>>,
 }
 
 impl std::fmt::Debug for InMemoryLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InMemoryLimiter").finish_non_exhaustive()
+        f.debug_struct("InMemoryLimiter")
+            .field("entries", &self.len.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
 impl Default for InMemoryLimiter {
     fn default() -> Self {
         InMemoryLimiter {
-            buckets: Default::default(),
-            hits: AtomicU64::new(0),
             clock: DefaultClock::default(),
             epoch: Instant::now(),
-            slots: Default::default(),
-            windows: Default::default(),
+            shards: Default::default(),
+            generation: AtomicU64::new(0),
+            len: AtomicUsize::new(0),
+            hasher: Hasher::default(),
+            local: ThreadLocal::new(),
         }
     }
-}
-
-fn shard(key: &LimitKey) -> usize {
-    use std::hash::{Hash, Hasher};
-    // A fixed-key hasher: the same key must always land on the same shard.
-    let mut h = std::hash::DefaultHasher::new();
-    key.subject.hash(&mut h);
-    (h.finish() as usize) % SHARDS
 }
 
 impl InMemoryLimiter {
@@ -257,38 +299,123 @@ impl InMemoryLimiter {
         Self::default()
     }
 
-    fn bucket(&self, kind: LimitKind, quota: &Quota) -> &Keyed {
-        let i = match kind {
-            LimitKind::PrincipalRate => 0,
-            LimitKind::PrincipalToolRate => 1,
-            _ => 2,
-        };
-        self.buckets[i].get_or_init(|| {
-            let burst = NonZeroU32::new(quota.burst.max(1)).expect("at least 1");
-            let period = Duration::from_secs_f64(1.0 / quota.per_second.max(1e-6));
-            let q = GovQuota::with_period(period)
-                .expect("a positive period")
-                .allow_burst(burst);
-            RateLimiter::dashmap(q)
-        })
+    /// Nanoseconds since the limiter was made, +1 (0 means "never").
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    fn shard(&self, key: &LimitKey) -> &Shard {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// The entry of `key`, from this thread's cache when it has it.
+    fn entry(&self, key: &LimitKey) -> Arc<Entry> {
+        let cell = self.local.get_or(|| {
+            RefCell::new(ThreadCache {
+                generation: self.generation.load(Ordering::Acquire),
+                entries: HashMap::with_hasher(Hasher::default()),
+                ops: 0,
+            })
+        });
+        let mut cache = cell.borrow_mut();
+        let generation = self.generation.load(Ordering::Acquire);
+        if cache.generation != generation {
+            cache.entries.clear();
+            cache.generation = generation;
+        }
+        cache.ops += 1;
+        if cache.ops >= SWEEP_EVERY
+            || (cache.ops % 1024 == 0 && self.len.load(Ordering::Relaxed) > SWEEP_ABOVE)
+        {
+            cache.ops = 0;
+            if self.sweep() {
+                cache.entries.clear();
+                cache.generation = self.generation.load(Ordering::Acquire);
+            }
+        }
+        if let Some(e) = cache.entries.get(key) {
+            return e.clone();
+        }
+        let e = self.shared_entry(key);
+        cache.entries.insert(owned(key), e.clone());
+        e
+    }
+
+    fn shared_entry(&self, key: &LimitKey) -> Arc<Entry> {
+        let shard = self.shard(key);
+        if let Some(e) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return e.clone();
+        }
+        let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(owned(key))
+            .or_insert_with(|| {
+                self.len.fetch_add(1, Ordering::Relaxed);
+                Arc::default()
+            })
+            .clone()
+    }
+
+    /// Drops idle entries no one outside the table holds; true when any
+    /// went (the caches are then stale and the generation moves on).
+    fn sweep(&self) -> bool {
+        let now = self.now();
+        let mut removed = 0;
+        for shard in &self.shards {
+            // A sweep never waits: a busy shard is swept next time.
+            let Ok(mut map) = shard.try_write() else {
+                continue;
+            };
+            map.retain(|_, e| {
+                // Held by a cache or a slot: the cache copies go with the
+                // generation; a held slot is not idle anyway.
+                let keep = !e.idle(now);
+                removed += usize::from(!keep);
+                keep
+            });
+        }
+        if removed > 0 {
+            self.len.fetch_sub(removed, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        removed > 0
     }
 
     /// Slots currently held for `key` (for tests and metrics).
     pub fn held(&self, key: &LimitKey) -> u32 {
-        self.slots[shard(key)]
+        self.shard(key)
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
-            .map_or(0, |n| n.load(Ordering::Acquire))
+            .map_or(0, |e| e.slots.load(Ordering::Acquire))
+    }
+
+    /// Keys with counters (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// True when no key has counters.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `key` with a tool name of its own: a key that is kept must not keep
+/// the request body its name was sliced from.
+fn owned(key: &LimitKey) -> LimitKey {
+    LimitKey {
+        kind: key.kind,
+        subject: key.subject.clone(),
+        tool: key.tool.as_deref().map(Bytes::copy_from_slice),
     }
 }
 
 /// Gives a slot back when dropped: one atomic decrement, no lock.
-struct SlotGuard(Arc<AtomicU32>);
+struct SlotGuard(Arc<Entry>);
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -298,25 +425,40 @@ impl Limiter for InMemoryLimiter {
     }
 
     fn hit(&self, key: &LimitKey, quota: &Quota) -> LimitFuture<'_, Result<(), Duration>> {
-        let b = self.bucket(key.kind, quota);
-        // Forget idle keys now and then so the table tracks active callers.
-        if self.hits.fetch_add(1, Ordering::Relaxed) % 8192 == 8191 {
-            b.retain_recent();
+        let e = self.entry(key);
+        let bucket = e.rate.get_or_init(|| {
+            let burst = quota.burst.max(1);
+            let per_second = quota.per_second.max(1e-6);
+            let refill = Duration::from_secs_f64(f64::from(burst) / per_second);
+            e.refill_ns
+                .store(refill.as_nanos() as u64, Ordering::Release);
+            let q = GovQuota::with_period(Duration::from_secs_f64(1.0 / per_second))
+                .expect("a positive period")
+                .allow_burst(NonZeroU32::new(burst).expect("at least 1"));
+            RateLimiter::direct_with_clock(q, self.clock.clone())
+        });
+        let now = self.now();
+        // To the second: the sweep needs no finer, and a store on every
+        // call would bounce the line between threads.
+        if now.saturating_sub(e.last_hit.load(Ordering::Relaxed)) > 1_000_000_000 {
+            e.last_hit.store(now, Ordering::Release);
         }
         StoreFuture::ready(
-            b.check_key(key)
+            bucket
+                .check()
                 .map_err(|nu| nu.wait_time_from(self.clock.now())),
         )
     }
 
     fn acquire(&self, key: &LimitKey, max: u32) -> LimitFuture<'_, Option<Slot>> {
-        let n = entry(&self.slots, key);
-        let taken = n
+        let e = self.entry(key);
+        let taken = e
+            .slots
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 (v < max).then_some(v + 1)
             })
             .is_ok();
-        StoreFuture::ready(taken.then(|| Slot::new(SlotGuard(n))))
+        StoreFuture::ready(taken.then(|| Slot::new(SlotGuard(e))))
     }
 
     fn charge(
@@ -327,9 +469,12 @@ impl Limiter for InMemoryLimiter {
         must_fit: bool,
     ) -> LimitFuture<'_, Result<(), Duration>> {
         let window = Duration::from_secs(budget.window_secs.max(1)).as_nanos() as u64;
-        // +1: a start of 0 means "never used".
-        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
-        let w = entry(&self.windows, key);
+        let now = self.now();
+        let e = self.entry(key);
+        let w = &e.window;
+        if w.len_ns.load(Ordering::Relaxed) != window {
+            w.len_ns.store(window, Ordering::Release);
+        }
         let start = w.start.load(Ordering::Acquire);
         if start == 0 || now.saturating_sub(start) >= window {
             // Roll the window over; of racing callers one wins, the others
@@ -614,71 +759,66 @@ impl Shared {
         who: &Arc<str>,
         m: &Message,
     ) -> Result<(Vec<Slot>, u64), (LimitKind, Duration)> {
+        // One key for the principal and one for the backend, whose kind
+        // changes from check to check: fewer reference-count updates on the
+        // shared names (every one a cache line bounced between threads).
+        // The tool name shares the request body; the limiter copies it if
+        // it keeps the key.
         let tool = (m.method() == Some(&Method::ToolsCall))
-            .then(|| {
-                m.target_text()
-                    .map(|t| Bytes::copy_from_slice(t.as_str().as_bytes()))
-            })
+            .then(|| m.target_text().map(|t| t.as_bytes().clone()))
             .flatten();
-        let backend = &self.backend;
+        let mut mine = self.key(LimitKind::PrincipalToolRate, who, tool);
+        let mut theirs = self.key(LimitKind::BackendRate, &self.backend, None);
         // Narrowest first: a call refused by its tool's limit does not
         // spend the principal's or the backend's allowance.
-        let rates = [
-            (
-                LimitKind::PrincipalToolRate,
-                self.cfg.principal_tool_rate,
-                who,
-                tool.clone(),
-            ),
-            (LimitKind::PrincipalRate, self.cfg.principal_rate, who, None),
-            (LimitKind::BackendRate, self.cfg.backend_rate, backend, None),
-        ];
-        for (kind, quota, subject, tool) in rates {
-            let Some(q) = quota else { continue };
-            if kind == LimitKind::PrincipalToolRate && tool.is_none() {
-                continue;
-            }
+        if let (Some(q), true) = (self.cfg.principal_tool_rate, mine.tool.is_some()) {
             self.limiter
-                .hit(&self.key(kind, subject, tool), &q)
+                .hit(&mine, &q)
                 .await
-                .map_err(|d| (kind, d))?;
+                .map_err(|d| (LimitKind::PrincipalToolRate, d))?;
+        }
+        let tool = mine.tool.take();
+        mine.kind = LimitKind::PrincipalRate;
+        if let Some(q) = self.cfg.principal_rate {
+            self.limiter
+                .hit(&mine, &q)
+                .await
+                .map_err(|d| (LimitKind::PrincipalRate, d))?;
+        }
+        if let Some(q) = self.cfg.backend_rate {
+            self.limiter
+                .hit(&theirs, &q)
+                .await
+                .map_err(|d| (LimitKind::BackendRate, d))?;
         }
         let mut slots = Vec::new();
-        for (kind, max, subject) in [
-            (
-                LimitKind::PrincipalInFlight,
-                self.cfg.principal_in_flight,
-                who,
-            ),
-            (
-                LimitKind::BackendInFlight,
-                self.cfg.backend_in_flight,
-                backend,
-            ),
+        mine.kind = LimitKind::PrincipalInFlight;
+        theirs.kind = LimitKind::BackendInFlight;
+        for (key, max) in [
+            (&mine, self.cfg.principal_in_flight),
+            (&theirs, self.cfg.backend_in_flight),
         ] {
             let Some(max) = max else { continue };
-            match self
-                .limiter
-                .acquire(&self.key(kind, subject, None), max)
-                .await
-            {
+            match self.limiter.acquire(key, max).await {
                 Some(s) => slots.push(s),
                 // In-flight calls end in milliseconds to seconds: a short hint.
-                None => return Err((kind, Duration::from_millis(100))),
+                None => return Err((key.kind, Duration::from_millis(100))),
             }
         }
         if let Some(b) = self.cfg.token_budget {
+            mine.kind = LimitKind::TokenBudget;
             let args = m.arguments().map_or(0, |a| self.tokens.count(a));
             self.limiter
-                .charge(&self.key(LimitKind::TokenBudget, who, None), &b, args, true)
+                .charge(&mine, &b, args, true)
                 .await
                 .map_err(|d| (LimitKind::TokenBudget, d))?;
         }
         let mut cost = 0;
         if let (Some(b), Some(t)) = (self.cfg.cost_budget, &tool) {
+            mine.kind = LimitKind::CostBudget;
             cost = self.cost_of(std::str::from_utf8(t).unwrap_or(""));
             self.limiter
-                .charge(&self.key(LimitKind::CostBudget, who, None), &b, cost, true)
+                .charge(&mine, &b, cost, true)
                 .await
                 .map_err(|d| (LimitKind::CostBudget, d))?;
         }
@@ -705,59 +845,113 @@ where
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
         let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
+        let Some(mcp) = req.extensions().get::<McpRequest>().cloned() else {
+            return Box::pin(inner.call(req));
+        };
+        let who = limit_subject(&req);
+        if mcp.is_initialize() {
+            return Box::pin(async move { initialize(&shared, &who, &mcp, inner, req).await });
+        }
+        if shared.limiter.is_local() {
+            // The in-process limiter answers at once: decide here, and
+            // leave the future only the wait for the response (a smaller
+            // future, no limiter states in it).
+            match admit_all_now(&shared, &who, &mcp) {
+                Some(Ok(None)) => return Box::pin(inner.call(req)),
+                Some(Ok(Some(admitted))) => {
+                    let fut = inner.call(req);
+                    return Box::pin(async move {
+                        let res = fut.await?;
+                        Ok(hold(shared, who, res, admitted))
+                    });
+                }
+                Some(Err(refused)) => return Box::pin(std::future::ready(Ok(refused))),
+                // Not ready after all: the general path below.
+                None => {}
+            }
+        }
         Box::pin(async move {
-            let who = limit_subject(&req);
-            let Some(mcp) = req.extensions().get::<McpRequest>().cloned() else {
-                return inner.call(req).await;
+            let admitted = match admit_all(&shared, &who, &mcp).await {
+                Ok(None) => return inner.call(req).await,
+                Ok(Some(a)) => a,
+                Err(refused) => return Ok(refused),
             };
-            if mcp.is_initialize() {
-                return initialize(&shared, &who, &mcp, inner, req).await;
-            }
-            let mut slots = Vec::new();
-            let mut cost = 0;
-            let mut counted = false;
-            for m in mcp.envelope().messages() {
-                if !shared.counted(m) {
-                    continue;
-                }
-                counted = true;
-                match shared.admit(&who, m).await {
-                    Ok((s, c)) => {
-                        slots.extend(s);
-                        cost += c;
-                    }
-                    Err((kind, retry)) => {
-                        return Ok(refusal(kind, retry, m.id(), ErrorKind::Limited));
-                    }
-                }
-            }
-            let mut res = inner.call(req).await?;
-            if !counted {
-                return Ok(res);
-            }
-            if cost > 0 {
-                res.extensions_mut().insert(CostCharged(cost));
-            }
-            let tokens = shared
-                .cfg
-                .token_budget
-                .map(|b| (shared.key(LimitKind::TokenBudget, &who, None), b));
-            let hold = CallHold {
-                _slots: slots,
-                tokens,
-            };
-            let (parts, body) = res.into_parts();
-            Ok(Response::from_parts(
-                parts,
-                Body::new(HeldBody {
-                    inner: body,
-                    hold,
-                    shared: shared.clone(),
-                    pending: 0,
-                }),
-            ))
+            let res = inner.call(req).await?;
+            Ok(hold(shared, who, res, admitted))
         })
     }
+}
+
+/// What the admitted messages of a request took: slots and cost.
+struct Admitted {
+    slots: Vec<Slot>,
+    cost: u64,
+}
+
+/// Checks every counted message of `mcp`. `Ok(None)`: nothing counted;
+/// `Err`: the refusal to answer with.
+async fn admit_all(
+    shared: &Shared,
+    who: &Arc<str>,
+    mcp: &McpRequest,
+) -> Result<Option<Admitted>, Response<Body>> {
+    let mut admitted = Admitted {
+        slots: Vec::new(),
+        cost: 0,
+    };
+    let mut counted = false;
+    for m in mcp.envelope().messages() {
+        if !shared.counted(m) {
+            continue;
+        }
+        counted = true;
+        match shared.admit(who, m).await {
+            Ok((s, c)) => {
+                admitted.slots.extend(s);
+                admitted.cost += c;
+            }
+            Err((kind, retry)) => {
+                return Err(refusal(kind, retry, m.id(), ErrorKind::Limited));
+            }
+        }
+    }
+    Ok(counted.then_some(admitted))
+}
+
+/// [`admit_all`] for a limiter whose answers are ready at once; `None` if
+/// one was not.
+fn admit_all_now(
+    shared: &Shared,
+    who: &Arc<str>,
+    mcp: &McpRequest,
+) -> Option<Result<Option<Admitted>, Response<Body>>> {
+    futures_util::FutureExt::now_or_never(admit_all(shared, who, mcp))
+}
+
+/// The response of an admitted call: its cost noted for the audit log, its
+/// body holding the slots and charging the result's tokens.
+fn hold(shared: Arc<Shared>, who: Arc<str>, res: Response<Body>, a: Admitted) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    if a.cost > 0 {
+        parts.extensions.insert(CostCharged(a.cost));
+    }
+    let tokens = shared
+        .cfg
+        .token_budget
+        .map(|b| (shared.key(LimitKind::TokenBudget, &who, None), b));
+    let hold = CallHold {
+        _slots: a.slots,
+        tokens,
+    };
+    Response::from_parts(
+        parts,
+        Body::new(HeldBody {
+            inner: body,
+            hold,
+            shared,
+            pending: 0,
+        }),
+    )
 }
 
 async fn initialize<S>(
@@ -910,6 +1104,73 @@ mod tests {
 
     fn block<T>(f: LimitFuture<'_, T>) -> T {
         futures_util::FutureExt::now_or_never(f).expect("the in-memory limiter is ready at once")
+    }
+
+    #[test]
+    fn idle_entries_are_swept_and_thread_caches_follow() {
+        let l = InMemoryLimiter::new();
+        let rate = LimitKey {
+            kind: LimitKind::PrincipalRate,
+            subject: "ann".into(),
+            tool: None,
+        };
+        let q = Quota {
+            burst: 1,
+            per_second: 1000.0,
+        };
+        block(l.hit(&rate, &q)).unwrap();
+        assert!(block(l.hit(&rate, &q)).is_err(), "burst of one");
+        let busy = LimitKey {
+            kind: LimitKind::PrincipalInFlight,
+            subject: "ann".into(),
+            tool: None,
+        };
+        let slot = block(l.acquire(&busy, 1)).unwrap();
+        assert_eq!(l.len(), 2);
+        // The bucket refills in a millisecond; the held slot keeps its entry.
+        let t0 = Instant::now();
+        while !l.sweep() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "never idle");
+            std::thread::yield_now();
+        }
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.held(&busy), 1);
+        // This thread's cache was dropped with the generation: the count
+        // it sees is the table's, so the cap still holds.
+        assert!(block(l.acquire(&busy, 1)).is_none());
+        drop(slot);
+        assert!(l.sweep());
+        assert!(l.is_empty());
+        assert!(block(l.acquire(&busy, 1)).is_some(), "a new entry");
+        assert!(block(l.hit(&rate, &q)).is_ok(), "a full bucket again");
+    }
+
+    #[test]
+    fn kept_keys_do_not_keep_the_request_body() {
+        let l = InMemoryLimiter::new();
+        let body = Bytes::from(vec![b'x'; 4096]);
+        let key = LimitKey {
+            kind: LimitKind::PrincipalToolRate,
+            subject: "ann".into(),
+            tool: Some(body.slice(10..20)),
+        };
+        let q = Quota {
+            burst: 5,
+            per_second: 1.0,
+        };
+        block(l.hit(&key, &q)).unwrap();
+        let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
+        for shard in &l.shards {
+            for k in shard.read().unwrap().keys() {
+                let p = k.tool.as_ref().unwrap().as_ptr() as usize;
+                assert!(!range.contains(&p), "the stored key shares the body");
+            }
+        }
+        let cell = l.local.get().unwrap().borrow();
+        for k in cell.entries.keys() {
+            let p = k.tool.as_ref().unwrap().as_ptr() as usize;
+            assert!(!range.contains(&p), "the cached key shares the body");
+        }
     }
 
     #[test]
