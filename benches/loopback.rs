@@ -2,20 +2,39 @@
 //!
 //! Three kinds of process, as in a deployment: a fast hyper stub upstream
 //! (JSON and SSE replies), the server under test, and this process as the
-//! load client. `tools/call` goes directly to the stub, through a bare
-//! proxy (the same HTTP hop with no MCP layer) and through the full gateway
-//! stack (origin → JSON-RPC → session → SSE relay → pooled upstream), at 1
-//! and 32 concurrent connections. Prints throughput, p50 / p99 latency, the
-//! ratios, the gateway's added p50, the CPU time the gateway *process* spent
-//! per call (from its `/proc/<pid>/stat`), and the gateway process's
-//! resident memory holding 100 000 idle sessions.
+//! load client. `tools/call` goes directly to the stub, through a TCP relay
+//! (bytes copied, no HTTP), through a bare proxy (the same HTTP hop with no
+//! MCP layer), through the gateway (origin → JSON-RPC → session → SSE relay
+//! → pooled upstream), the gateway with the security stack, and the full
+//! stack (plus limits and the audit log), at 1 and 32 concurrent
+//! connections. Prints throughput, p50 / p99 latency, the CPU time the
+//! server *process* spent per call (its threads' on-CPU time from
+//! `/proc/<pid>/task/*/schedstat`, to the nanosecond), the differences
+//! between scenarios, and the gateway process's resident memory holding
+//! 100 000 idle sessions.
+//!
+//! Each scenario runs `MCPGW_BENCH_REPS` rounds (default 5) of
+//! `MCPGW_BENCH_CALLS` calls (default 20 000); a round runs every server in
+//! turn, forward on even rounds and backward on odd ones. Figures are
+//! medians; differences are medians of the per-round differences, so the
+//! machine's drift cancels out of them.
 //!
 //! ```text
-//! cargo bench --bench loopback   # MCPGW_BENCH_CALLS=N calls per run, MCPGW_BENCH_REPS=N runs (medians)
+//! cargo bench --bench loopback
+//! # one server alone, for a profiler (prints its pid):
+//! MCPGW_BENCH_PROFILE=full MCPGW_BENCH_MODE=sse MCPGW_BENCH_CONNS=32 cargo bench --bench loopback
+//! # paired comparison of some servers (differences against the first):
+//! MCPGW_BENCH_COMPARE=secure,full MCPGW_BENCH_MODE=json cargo bench --bench loopback
 //! ```
 //!
-//! The same binary plays every part: `--role stub|gateway|bare` starts a
-//! server that prints its address on stdout.
+//! Roles: `stub`, `direct` (a second stub, in comparisons), `relay`,
+//! `bare`, `gateway`, `secure`, `limits`, `audit`, `full`.
+//! `MCPGW_BENCH_THREADS=N` changes the servers' threads (default one per
+//! core) and `MCPGW_BENCH_AUDIT=null` gives the audit layer a sink that
+//! drops every record (to tell the layer from the file writer).
+//!
+//! The same binary plays every part: `--role <role>` starts a server that
+//! prints its address on stdout.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -345,19 +364,21 @@ struct Run {
 }
 
 /// The median of each figure over repeated runs.
-fn median(runs: Vec<Run>) -> Run {
-    fn mid<T: Copy + PartialOrd>(runs: &[Run], get: impl Fn(&Run) -> T) -> T {
-        let mut v: Vec<T> = runs.iter().map(get).collect();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        v[v.len() / 2]
-    }
+fn median(runs: &[Run]) -> Run {
+    let mid = |get: &dyn Fn(&Run) -> f64| mid_f64(runs.iter().map(get).collect());
     Run {
-        rps: mid(&runs, |r| r.rps),
-        p50: mid(&runs, |r| r.p50),
-        p99: mid(&runs, |r| r.p99),
-        cpu_per_call: mid(&runs, |r| r.cpu_per_call),
-        sys_per_call: mid(&runs, |r| r.sys_per_call),
+        rps: mid(&|r| r.rps),
+        p50: Duration::from_secs_f64(mid(&|r| r.p50.as_secs_f64())),
+        p99: Duration::from_secs_f64(mid(&|r| r.p99.as_secs_f64())),
+        cpu_per_call: mid(&|r| r.cpu_per_call),
+        sys_per_call: mid(&|r| r.sys_per_call),
     }
+}
+
+/// The median of `v`.
+fn mid_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
 }
 
 /// `calls` tools/call requests over `conns` connections to `server`, each
@@ -489,11 +510,11 @@ fn main() {
     let calls: usize = std::env::var("MCPGW_BENCH_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 10_000 } else { 320 });
+        .unwrap_or(if full { 20_000 } else { 320 });
     let reps: usize = std::env::var("MCPGW_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 3 } else { 1 });
+        .unwrap_or(if full { 5 } else { 1 });
     let idle_sessions: usize = std::env::var("MCPGW_BENCH_SESSIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -589,10 +610,7 @@ async fn compare(
             runs[i].push(targets[i].run(conns, calls).await);
         }
     }
-    let mid = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        v[v.len() / 2]
-    };
+    let mid = mid_f64;
     for (i, t) in targets.iter().enumerate() {
         let cpu = mid(runs[i].iter().map(|r| r.cpu_per_call * 1e6).collect());
         let p50 = mid(runs[i].iter().map(|r| us(r.p50)).collect());
@@ -696,23 +714,38 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
                     all[i].push(run(server, path, gateway, auth, conns, calls).await);
                 }
             }
-            let mut med = all.into_iter().map(median);
-            let (d, t, b, g, s, f) = (
-                med.next().unwrap(),
-                med.next().unwrap(),
-                med.next().unwrap(),
-                med.next().unwrap(),
-                med.next().unwrap(),
-                med.next().unwrap(),
-            );
-            for (name, r) in [
-                ("direct (stub)", &d),
-                ("TCP relay (no HTTP)", &t),
-                ("bare proxy (no layers)", &b),
-                ("gateway (passthrough)", &g),
-                ("gateway + JWT + ACL + pins", &s),
-                ("full stack (+ limits + audit)", &f),
+            // Differences are medians of the per-round differences (a
+            // pair ran back to back, so the machine's drift cancels).
+            let diff = |x: usize, y: usize, f: &dyn Fn(&Run) -> f64| {
+                mid_f64(
+                    all[x]
+                        .iter()
+                        .zip(&all[y])
+                        .map(|(a, b)| f(a) - f(b))
+                        .collect(),
+                )
+            };
+            let ratio = |x: usize, y: usize| {
+                mid_f64(
+                    all[x]
+                        .iter()
+                        .zip(&all[y])
+                        .map(|(a, b)| a.rps / b.rps)
+                        .collect(),
+                )
+            };
+            let p50 = |r: &Run| us(r.p50);
+            let cpu = |r: &Run| r.cpu_per_call * 1e6;
+            let (d, t, b, g, s, f) = (0, 1, 2, 3, 4, 5);
+            for (name, i) in [
+                ("direct (stub)", d),
+                ("TCP relay (no HTTP)", t),
+                ("bare proxy (no layers)", b),
+                ("gateway (passthrough)", g),
+                ("gateway + JWT + ACL + pins", s),
+                ("full stack (+ limits + audit)", f),
             ] {
+                let r = median(&all[i]);
                 println!(
                     "{:<40} {:>9.0} {:>9.1} {:>9.1} {:>19.1} {:>8.1}",
                     format!("{mode} {conns:>2} conn {name}"),
@@ -726,28 +759,28 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
             println!(
                 "{:<40} throughput ratio {:.2}, added p50 {:.1} µs, gateway CPU {:.1} µs/call",
                 format!("{mode} {conns:>2} conn gateway vs direct"),
-                g.rps / d.rps,
-                us(g.p50) - us(d.p50),
-                g.cpu_per_call * 1e6
+                ratio(g, d),
+                diff(g, d, &p50),
+                median(&all[g]).cpu_per_call * 1e6
             );
             println!(
                 "{:<40} added p50 {:.1} µs, CPU {:.1} µs/call (gateway minus bare proxy)",
                 format!("{mode} {conns:>2} conn the layers alone"),
-                us(g.p50) - us(b.p50),
-                (g.cpu_per_call - b.cpu_per_call) * 1e6
+                diff(g, b, &p50),
+                diff(g, b, &cpu)
             );
             println!(
                 "{:<40} added p50 {:.1} µs, CPU {:.1} µs/call (security stack minus passthrough)",
                 format!("{mode} {conns:>2} conn JWT + ACL"),
-                us(s.p50) - us(g.p50),
-                (s.cpu_per_call - g.cpu_per_call) * 1e6
+                diff(s, g, &p50),
+                diff(s, g, &cpu)
             );
             println!(
                 "{:<40} added p50 {:.1} µs, CPU {:.1} µs/call (full minus security stack); full/passthrough throughput {:.2}",
                 format!("{mode} {conns:>2} conn limits + audit"),
-                us(f.p50) - us(s.p50),
-                (f.cpu_per_call - s.cpu_per_call) * 1e6,
-                f.rps / g.rps
+                diff(f, s, &p50),
+                diff(f, s, &cpu),
+                ratio(f, g)
             );
         }
     }

@@ -139,6 +139,72 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// `event` as one line of JSON, the same as its `Serialize` gives (a test
+/// checks), written by hand: most of its strings need no escaping, and
+/// checking that is cheaper than escaping byte by byte.
+fn write_json(e: &AuditEvent, out: &mut Vec<u8>) {
+    struct Obj<'a> {
+        out: &'a mut Vec<u8>,
+        first: bool,
+    }
+    impl Obj<'_> {
+        fn key(&mut self, k: &str) {
+            if !std::mem::take(&mut self.first) {
+                self.out.push(b',');
+            }
+            self.out.push(b'"');
+            self.out.extend_from_slice(k.as_bytes());
+            self.out.extend_from_slice(b"\":");
+        }
+        fn text(&mut self, k: &str, v: Option<&str>) {
+            let Some(v) = v else { return };
+            self.key(k);
+            if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                self.out.push(b'"');
+                self.out.extend_from_slice(v.as_bytes());
+                self.out.push(b'"');
+            } else {
+                // Writing a str into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *self.out, v);
+            }
+        }
+        fn number(&mut self, k: &str, v: Option<impl itoa::Integer>) {
+            let Some(v) = v else { return };
+            self.key(k);
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        }
+    }
+    out.push(b'{');
+    let mut o = Obj { out, first: true };
+    o.text("event", Some(&e.event));
+    o.text("time", Some(&e.time));
+    o.text("principal", e.principal.as_deref());
+    o.text("tenant", e.tenant.as_deref());
+    o.text("auth_method", e.auth_method.as_deref());
+    o.text("session", e.session.as_deref());
+    o.text("backend", e.backend.as_deref());
+    o.text("method", e.method.as_deref());
+    o.text("target", e.target.as_deref());
+    o.text("id", e.id.as_deref());
+    o.text("outcome", Some(&e.outcome));
+    o.number("error_code", e.error_code);
+    o.text("limit", e.limit.as_deref());
+    o.number("http_status", e.http_status);
+    o.number("ttfb_us", e.ttfb_us);
+    o.number("duration_us", e.duration_us);
+    o.number("bytes_in", Some(e.bytes_in));
+    o.number("bytes_out", Some(e.bytes_out));
+    o.number("progress", (e.progress != 0).then_some(e.progress));
+    o.number("cost", (e.cost != 0).then_some(e.cost));
+    o.text("arguments", e.arguments.as_deref());
+    o.text("protocol_version", e.protocol_version.as_deref());
+    o.number("calls", e.calls);
+    o.number("errors", e.errors);
+    o.text("end_reason", e.end_reason.as_deref());
+    o.out.push(b'}');
+}
+
 /// What to do when a sink's buffer is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -444,9 +510,7 @@ fn rotate(cfg: &JsonlConfig, out: &mut BufWriter<File>) -> std::io::Result<()> {
 impl AuditSink for JsonlSink {
     fn record(&self, event: AuditEvent) {
         let mut line = Vec::with_capacity(512);
-        if serde_json::to_writer(&mut line, &event).is_err() {
-            return;
-        }
+        write_json(&event, &mut line);
         line.push(b'\n');
         if self.shared.stop.load(Ordering::Relaxed) || self.shared.queue.push(line).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -1187,6 +1251,51 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn hand_written_lines_are_what_serde_writes() {
+        let plain = AuditEvent {
+            event: "call".into(),
+            time: now_rfc3339(),
+            outcome: "ok".into(),
+            ..Default::default()
+        };
+        let full = AuditEvent {
+            event: "session_end".into(),
+            time: "2026-11-24T01:02:03.456Z".into(),
+            principal: Some("ann \"the\" agent\\".into()),
+            tenant: Some("acme\u{1}\n".into()),
+            auth_method: Some("jwt".into()),
+            session: Some("s-Zx9".into()),
+            backend: Some("wetter".into()),
+            method: Some("tools/call".into()),
+            target: Some("get_weather ☀".into()),
+            id: Some("\"abc\"".into()),
+            outcome: "limited".into(),
+            error_code: Some(-32055),
+            limit: Some("cost_budget".into()),
+            http_status: Some(200),
+            ttfb_us: Some(17),
+            duration_us: Some(u64::MAX),
+            bytes_in: 12,
+            bytes_out: 0,
+            progress: 3,
+            cost: 9,
+            arguments: Some(r#"{"city":"Paris"}"#.into()),
+            protocol_version: Some("2025-11-25".into()),
+            calls: Some(4),
+            errors: Some(1),
+            end_reason: Some("deleted".into()),
+        };
+        for e in [plain, full] {
+            let mut mine = Vec::new();
+            write_json(&e, &mut mine);
+            assert_eq!(
+                String::from_utf8(mine).unwrap(),
+                serde_json::to_string(&e).unwrap()
+            );
+        }
     }
 
     #[test]
