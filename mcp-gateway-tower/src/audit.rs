@@ -876,7 +876,8 @@ impl CallRecord {
 
 /// Watches a response body go by.
 struct Meter {
-    scanner: Option<SseScanner>,
+    /// For an event stream; `None` for JSON.
+    sse: Option<SseWatch>,
     /// The first bytes of a JSON body (enough for an error object).
     head: Head,
     bytes: u64,
@@ -890,10 +891,98 @@ struct Meter {
 /// is not an error object or a progress notification).
 const INSPECT: usize = 8 << 10;
 
+const PROGRESS: &[u8] = b"notifications/progress";
+
+/// What an event stream needs watching for, without assembling events as
+/// they pass: progress notifications are counted by searching the bytes
+/// (across frame boundaries too), and the stream's last [`INSPECT`] bytes
+/// are kept (by reference) to read the response's error code, if it has
+/// one, when the stream ends.
+#[derive(Default)]
+struct SseWatch {
+    /// The last bytes of the previous frame, for a name split across two.
+    seam: Vec<u8>,
+    tail: std::collections::VecDeque<Bytes>,
+    tail_len: usize,
+}
+
+/// Finders for the two names watched for, built once (a finder per call
+/// would redo its set-up every time).
+fn progress_finder() -> &'static memchr::memmem::Finder<'static> {
+    static F: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    F.get_or_init(|| memchr::memmem::Finder::new(PROGRESS))
+}
+
+fn error_finder() -> &'static memchr::memmem::Finder<'static> {
+    static F: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    F.get_or_init(|| memchr::memmem::Finder::new(b"\"error\""))
+}
+
+impl SseWatch {
+    /// Progress notifications that end in `data`.
+    fn see(&mut self, data: &Bytes) -> u64 {
+        const SEAM: usize = PROGRESS.len() - 1;
+        let f = progress_finder();
+        let mut n = f.find_iter(data).count() as u64;
+        // The seam is the stream's last SEAM bytes, too short to hold the
+        // name: every match in seam + data[..SEAM] starts before `data` and
+        // ends in it, a name split across frames (counted once, here).
+        let head = &data[..data.len().min(SEAM)];
+        let seam_len = self.seam.len();
+        self.seam.extend_from_slice(head);
+        if seam_len > 0 {
+            n += f.find_iter(&self.seam).count() as u64;
+        }
+        // Then the new seam: the last SEAM bytes of all seen so far.
+        if data.len() >= SEAM {
+            self.seam.clear();
+            self.seam.extend_from_slice(&data[data.len() - SEAM..]);
+        } else if self.seam.len() > SEAM {
+            let cut = self.seam.len() - SEAM;
+            self.seam.drain(..cut);
+        }
+        self.tail.push_back(data.clone());
+        self.tail_len += data.len();
+        while self.tail.len() > 1 && self.tail_len - self.tail[0].len() >= INSPECT {
+            let first = self.tail.pop_front().map_or(0, |b| b.len());
+            self.tail_len -= first;
+        }
+        n
+    }
+
+    /// The JSON-RPC error code in the stream's last events, if any.
+    fn error_code(&self) -> Option<i64> {
+        let mut tail = Vec::with_capacity(self.tail_len.min(INSPECT));
+        let mut skip = self.tail_len.saturating_sub(INSPECT);
+        for b in &self.tail {
+            let from = skip.min(b.len());
+            skip -= from;
+            tail.extend_from_slice(&b[from..]);
+        }
+        error_finder().find(&tail)?;
+        // Rare: read the events. The tail may start inside an event; that
+        // fragment does not parse and is passed over.
+        let (mut code, mut progress) = (None, 0);
+        let mut scanner = SseScanner::collecting(INSPECT);
+        scanner.feed(&tail, |ev| {
+            if !ev.oversized && !ev.data.is_empty() {
+                inspect(ev.data, &mut progress, &mut code);
+            }
+        });
+        // A stream whose last event has no blank line after it.
+        scanner.feed(b"\n\n", |ev| {
+            if !ev.oversized && !ev.data.is_empty() {
+                inspect(ev.data, &mut progress, &mut code);
+            }
+        });
+        code
+    }
+}
+
 impl Meter {
     fn new(sse: bool) -> Self {
         Meter {
-            scanner: sse.then(|| SseScanner::collecting(INSPECT)),
+            sse: sse.then(SseWatch::default),
             head: Head::Empty,
             bytes: 0,
             progress: 0,
@@ -905,25 +994,20 @@ impl Meter {
 
     fn see(&mut self, data: &Bytes) {
         self.bytes += data.len() as u64;
-        let (progress, code) = (&mut self.progress, &mut self.error_code);
-        match &mut self.scanner {
-            Some(s) => s.feed(data, |ev| {
-                if ev.oversized || ev.data.is_empty() {
-                    return;
-                }
-                inspect(ev.data, progress, code);
-            }),
+        match &mut self.sse {
+            Some(w) => self.progress += w.see(data),
             None => self.head.keep(data),
         }
     }
 
     fn finish(&mut self) {
-        if self.scanner.is_none() {
-            match std::mem::replace(&mut self.head, Head::Empty) {
+        match &self.sse {
+            Some(w) => self.error_code = w.error_code(),
+            None => match std::mem::replace(&mut self.head, Head::Empty) {
                 Head::Empty => {}
                 Head::One(b) => inspect(&b, &mut self.progress, &mut self.error_code),
                 Head::Many(v) => inspect(&v, &mut self.progress, &mut self.error_code),
-            }
+            },
         }
     }
 }
@@ -969,18 +1053,11 @@ impl Head {
 
 /// Counts a progress notification, or notes a JSON-RPC error code.
 fn inspect(json: &[u8], progress: &mut u64, code: &mut Option<i64>) {
-    use std::sync::LazyLock;
-    // Built once: a finder per call would redo its set-up every time.
-    static PROGRESS: LazyLock<memchr::memmem::Finder<'static>> =
-        LazyLock::new(|| memchr::memmem::Finder::new(b"notifications/progress"));
-    static ERROR: LazyLock<memchr::memmem::Finder<'static>> =
-        LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
-    let has = |f: &memchr::memmem::Finder<'_>| f.find(json).is_some();
-    if has(&PROGRESS) {
+    if progress_finder().find(json).is_some() {
         *progress += 1;
         return;
     }
-    if code.is_none() && has(&ERROR) {
+    if code.is_none() && error_finder().find(json).is_some() {
         #[derive(Deserialize)]
         struct E {
             code: i64,
@@ -1296,6 +1373,41 @@ mod tests {
                 serde_json::to_string(&e).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn event_streams_are_watched_across_any_split() {
+        let mut stream = String::new();
+        for i in 0..5 {
+            stream.push_str(&format!(
+                "id: {i}\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progress\":{i}}}}}\n\n"
+            ));
+        }
+        let ok = format!("{stream}data: {{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{{}}}}\n\n");
+        let failed = format!(
+            "{stream}event: message\r\ndata: {{\"jsonrpc\":\"2.0\",\"id\":1,\r\ndata: \"error\":{{\"code\":-32602,\"message\":\"bad\"}}}}\r\n\r\n"
+        );
+        for (body, code) in [(ok, None), (failed, Some(-32602))] {
+            for chunk in [1, 2, 7, 21, 22, 23, 64, body.len()] {
+                let mut m = Meter::new(true);
+                for part in body.as_bytes().chunks(chunk) {
+                    m.see(&Bytes::copy_from_slice(part));
+                }
+                m.finish();
+                assert_eq!(m.progress, 5, "progress, chunks of {chunk}");
+                assert_eq!(m.error_code, code, "error code, chunks of {chunk}");
+                assert_eq!(m.bytes, body.len() as u64);
+            }
+        }
+        // Only the last INSPECT bytes are kept, by reference.
+        let mut m = Meter::new(true);
+        let big = Bytes::from(vec![b'x'; 3 * INSPECT]);
+        for _ in 0..4 {
+            m.see(&big);
+        }
+        let w = m.sse.as_ref().unwrap();
+        assert_eq!(w.tail.len(), 1);
+        assert!(w.seam.len() < PROGRESS.len());
     }
 
     #[test]
