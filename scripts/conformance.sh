@@ -55,9 +55,11 @@ PIDS=()
 cleanup() { [ -n "${KEEP:-}" ] && cp -r "$WORK" /tmp/confwork; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-wait_url() { # logfile -> URL printed by the process (polls until it appears)
+wait_url() { # logfile announcement -> the URL the process announces after "<announcement> "
+  # (only that line: the gateway also logs its upstream's URL, which must not be taken
+  # for its own)
   for _ in $(seq 1 300); do
-    url=$(grep -o 'http://[0-9.:]*/mcp' "$1" | head -n1 || true)
+    url=$(grep -o "$2 http://[0-9.:]*/mcp" "$1" | head -n1 | sed "s|^$2 ||" || true)
     [ -n "$url" ] && { echo "$url"; return 0; }
     sleep 0.1
   done
@@ -65,9 +67,13 @@ wait_url() { # logfile -> URL printed by the process (polls until it appears)
 }
 
 "$BIN/conformance_server" --listen 127.0.0.1:0 >"$WORK/server.log" 2>&1 & PIDS+=($!)
-DIRECT=$(wait_url "$WORK/server.log")
+DIRECT=$(wait_url "$WORK/server.log" "conformance server on")
 "$BIN/gateway" --listen 127.0.0.1:0 --upstream "$DIRECT" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
-GATEWAY=$(wait_url "$WORK/gateway.log")
+GATEWAY=$(wait_url "$WORK/gateway.log" "mcp-gateway listening on")
+if [ "$GATEWAY" = "$DIRECT" ]; then
+  log "the gateway's URL is the direct server's: the runs would not go through the gateway"
+  exit 1
+fi
 log "direct server: $DIRECT"
 log "gateway:       $GATEWAY"
 
