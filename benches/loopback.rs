@@ -648,38 +648,27 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
         "{:<40} {:>9} {:>9} {:>9} {:>19} {:>8}",
         "scenario", "req/s", "p50 µs", "p99 µs", "server CPU µs/call", "(kernel)"
     );
+    // The diagnosis modes below: JSON (MCPGW_BENCH_MODE=sse for SSE) at 32
+    // connections (MCPGW_BENCH_CONNS=N for another count).
+    let conns: usize = std::env::var("MCPGW_BENCH_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let mode = std::env::var("MCPGW_BENCH_MODE").unwrap_or_else(|_| "json".into());
     // Paired comparison: MCPGW_BENCH_COMPARE=<role>,<role>[,...] runs the
     // roles in turn, MCPGW_BENCH_REPS times, and prints the median of each
     // figure and of the paired differences against the first role (the
     // machine's drift cancels in a pair; it does not across a median).
     if let Ok(roles) = std::env::var("MCPGW_BENCH_COMPARE") {
-        let conns: usize = std::env::var("MCPGW_BENCH_CONNS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(32);
-        let mode = std::env::var("MCPGW_BENCH_MODE").unwrap_or_else(|_| "json".into());
         compare(&stub, &bearer, &roles, &mode, conns, calls, reps).await;
         return;
     }
-    // Profiling aid: MCPGW_BENCH_PROFILE=<role> runs only that server, JSON
-    // (MCPGW_BENCH_MODE=sse for SSE), 32 connections (MCPGW_BENCH_CONNS=N
-    // for another count), printing its pid first (attach `perf record -p`
-    // or `strace -c -f -p`).
+    // Profiling aid: MCPGW_BENCH_PROFILE=<role> runs only that server,
+    // printing its pid first (attach `perf record -p` or `strace -c -f -p`).
     if let Ok(role) = std::env::var("MCPGW_BENCH_PROFILE") {
-        let conns: usize = std::env::var("MCPGW_BENCH_CONNS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(32);
-        let mode = std::env::var("MCPGW_BENCH_MODE").unwrap_or_else(|_| "json".into());
-        let upstream = format!("http://{}/{mode}", stub.addr);
-        let server = Server::start(&["--role", &role, "--upstream", &upstream]);
-        println!("profiling {role}: pid {}", server.child.id());
-        let gateway = role != "bare" && role != "relay";
-        let direct = format!("/{mode}");
-        let path = if role == "relay" { &direct } else { "/mcp" };
-        let auth = matches!(role.as_str(), "secure" | "full" | "limits" | "audit")
-            .then_some(bearer.as_str());
-        let r = run(&server, path, gateway, auth, conns, calls).await;
+        let t = Target::start(&stub, &bearer, &role, &mode);
+        println!("profiling {role}: pid {}", t.server.child.id());
+        let r = t.run(conns, calls).await;
         println!(
             "{role} {mode} {conns} conns: {:.0} req/s, p50 {:.1} µs, CPU {:.1} µs/call",
             r.rps,

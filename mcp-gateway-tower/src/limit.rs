@@ -1102,6 +1102,14 @@ mod tests {
         assert_eq!(limit_subject(&req), *p.key());
     }
 
+    fn key(kind: LimitKind, subject: &str) -> LimitKey {
+        LimitKey {
+            kind,
+            subject: subject.into(),
+            tool: None,
+        }
+    }
+
     fn block<T>(f: LimitFuture<'_, T>) -> T {
         futures_util::FutureExt::now_or_never(f).expect("the in-memory limiter is ready at once")
     }
@@ -1109,22 +1117,14 @@ mod tests {
     #[test]
     fn idle_entries_are_swept_and_thread_caches_follow() {
         let l = InMemoryLimiter::new();
-        let rate = LimitKey {
-            kind: LimitKind::PrincipalRate,
-            subject: "ann".into(),
-            tool: None,
-        };
+        let rate = key(LimitKind::PrincipalRate, "ann");
         let q = Quota {
             burst: 1,
             per_second: 1000.0,
         };
         block(l.hit(&rate, &q)).unwrap();
         assert!(block(l.hit(&rate, &q)).is_err(), "burst of one");
-        let busy = LimitKey {
-            kind: LimitKind::PrincipalInFlight,
-            subject: "ann".into(),
-            tool: None,
-        };
+        let busy = key(LimitKind::PrincipalInFlight, "ann");
         let slot = block(l.acquire(&busy, 1)).unwrap();
         assert_eq!(l.len(), 2);
         // The bucket refills in a millisecond; the held slot keeps its entry.
@@ -1176,11 +1176,7 @@ mod tests {
     #[test]
     fn in_memory_slots_and_windows() {
         let l = InMemoryLimiter::new();
-        let key = LimitKey {
-            kind: LimitKind::PrincipalInFlight,
-            subject: "a".into(),
-            tool: None,
-        };
+        let key = key(LimitKind::PrincipalInFlight, "a");
         let s1 = block(l.acquire(&key, 2)).unwrap();
         let s2 = block(l.acquire(&key, 2)).unwrap();
         assert!(block(l.acquire(&key, 2)).is_none());
