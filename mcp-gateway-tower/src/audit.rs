@@ -941,8 +941,16 @@ impl SseWatch {
             let cut = self.seam.len() - SEAM;
             self.seam.drain(..cut);
         }
-        self.tail.push_back(data.clone());
-        self.tail_len += data.len();
+        // Kept by reference, unless the frame is larger than what is kept:
+        // its last bytes are then copied, so a big frame's buffer is not
+        // held for the sake of a few kilobytes.
+        let kept = if data.len() > INSPECT {
+            Bytes::copy_from_slice(&data[data.len() - INSPECT..])
+        } else {
+            data.clone()
+        };
+        self.tail_len += kept.len();
+        self.tail.push_back(kept);
         while self.tail.len() > 1 && self.tail_len - self.tail[0].len() >= INSPECT {
             let first = self.tail.pop_front().map_or(0, |b| b.len());
             self.tail_len -= first;
@@ -1399,7 +1407,7 @@ mod tests {
                 assert_eq!(m.bytes, body.len() as u64);
             }
         }
-        // Only the last INSPECT bytes are kept, by reference.
+        // Only the last INSPECT bytes are kept; of a big frame, a copy.
         let mut m = Meter::new(true);
         let big = Bytes::from(vec![b'x'; 3 * INSPECT]);
         for _ in 0..4 {
@@ -1407,7 +1415,18 @@ mod tests {
         }
         let w = m.sse.as_ref().unwrap();
         assert_eq!(w.tail.len(), 1);
+        assert_eq!(w.tail_len, INSPECT);
+        assert_ne!(w.tail[0].as_ptr(), big[2 * INSPECT..].as_ptr());
         assert!(w.seam.len() < PROGRESS.len());
+        let small = Bytes::from(vec![b'y'; 100]);
+        m.see(&small);
+        let w = m.sse.as_ref().unwrap();
+        assert_eq!(
+            w.tail.back().unwrap().as_ptr(),
+            small.as_ptr(),
+            "by reference"
+        );
+        assert!(w.tail_len <= 2 * INSPECT, "at most two windows kept");
     }
 
     #[test]
