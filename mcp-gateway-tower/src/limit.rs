@@ -222,9 +222,11 @@ impl Entry {
     /// True when dropping the entry loses nothing: a fresh one would
     /// answer the same (bucket full, no slot held, window over).
     fn idle(&self, now: u64) -> bool {
+        // `last_hit` may lag the last draw by up to its one-second
+        // granularity: wait that much longer.
         let bucket_full = self.rate.get().is_none()
             || now.saturating_sub(self.last_hit.load(Ordering::Acquire))
-                >= self.refill_ns.load(Ordering::Acquire);
+                >= self.refill_ns.load(Ordering::Acquire) + LAST_HIT_GRAIN;
         let window_over = {
             let start = self.window.start.load(Ordering::Acquire);
             start == 0 || now.saturating_sub(start) >= self.window.len_ns.load(Ordering::Acquire)
@@ -245,6 +247,9 @@ struct ThreadCache {
     /// Lookups since this thread last swept the shared table.
     ops: u32,
 }
+
+/// How fresh `Entry::last_hit` is kept, nanoseconds.
+const LAST_HIT_GRAIN: u64 = 1_000_000_000;
 
 /// Lookups a thread makes between sweeps of idle entries.
 const SWEEP_EVERY: u32 = 1 << 16;
@@ -355,8 +360,9 @@ impl InMemoryLimiter {
             .clone()
     }
 
-    /// Drops idle entries no one outside the table holds; true when any
-    /// went (the caches are then stale and the generation moves on).
+    /// Drops idle entries (a held slot keeps its entry busy); true when
+    /// any went, and the generation moves on so that every thread drops
+    /// its cached copies.
     fn sweep(&self) -> bool {
         let now = self.now();
         let mut removed = 0;
@@ -440,7 +446,7 @@ impl Limiter for InMemoryLimiter {
         let now = self.now();
         // To the second: the sweep needs no finer, and a store on every
         // call would bounce the line between threads.
-        if now.saturating_sub(e.last_hit.load(Ordering::Relaxed)) > 1_000_000_000 {
+        if now.saturating_sub(e.last_hit.load(Ordering::Relaxed)) > LAST_HIT_GRAIN {
             e.last_hit.store(now, Ordering::Release);
         }
         StoreFuture::ready(
