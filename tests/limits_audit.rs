@@ -32,7 +32,7 @@ use mcp_gateway_tower::limit::{Budget, LimitConfig, Quota};
 use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
 use serde_json::{json, Value};
 
-use net::{serve, url, Served};
+use net::{serve, url, Reply, Served};
 use tokio::sync::mpsc::Receiver;
 
 /// A stub backend: `hold` streams a progress notification and then waits
@@ -166,33 +166,6 @@ async fn gateway(upstream: &str, limits: LimitConfig) -> (Served, Receiver<Audit
     (serve(app).await, rx)
 }
 
-struct Reply {
-    status: u16,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        let text = String::from_utf8_lossy(&self.body);
-        if let Ok(v) = serde_json::from_str(&text) {
-            return v;
-        }
-        // SSE: the message with an id.
-        text.split("\n\n")
-            .filter_map(|ev| {
-                let d: String = ev
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
-                serde_json::from_str::<Value>(&d).ok()
-            })
-            .find(|m| m.get("id").is_some())
-            .unwrap_or(Value::Null)
-    }
-}
-
 fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
@@ -216,15 +189,7 @@ async fn open(u: &str, key: &str, sid: Option<&str>, body: &str) -> http::Respon
 }
 
 async fn post(u: &str, key: &str, sid: Option<&str>, body: &str) -> Reply {
-    let res = open(u, key, sid, body).await;
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(open(u, key, sid, body).await).await
 }
 
 /// Ends a session with `DELETE`; it must succeed.
@@ -256,7 +221,7 @@ async fn session(u: &str, key: &str) -> String {
 }
 
 fn limited(r: &Reply, limit: &str) -> u64 {
-    let v = r.json();
+    let v = r.answer();
     assert_eq!(v["error"]["code"], -32055, "{v}");
     assert_eq!(v["error"]["data"]["limit"], limit, "{v}");
     let ms = v["error"]["data"]["retryAfterMs"].as_u64().unwrap();
@@ -301,12 +266,21 @@ async fn rate_limits_refuse_with_retry_after_and_recover() {
     let sid = session(&u, "k-ann").await;
     let s = Some(sid.as_str());
     // Per tool: two of `a`, the third is refused; `b` still has room.
-    assert!(post(&u, "k-ann", s, &call(1, "a", json!({}))).await.json()["result"].is_object());
-    assert!(post(&u, "k-ann", s, &call(2, "a", json!({}))).await.json()["result"].is_object());
+    assert!(post(&u, "k-ann", s, &call(1, "a", json!({})))
+        .await
+        .answer()["result"]
+        .is_object());
+    assert!(post(&u, "k-ann", s, &call(2, "a", json!({})))
+        .await
+        .answer()["result"]
+        .is_object());
     let r = post(&u, "k-ann", s, &call(3, "a", json!({}))).await;
     assert_eq!(r.status, 200);
     limited(&r, "principal_tool_rate");
-    assert!(post(&u, "k-ann", s, &call(4, "b", json!({}))).await.json()["result"].is_object());
+    assert!(post(&u, "k-ann", s, &call(4, "b", json!({})))
+        .await
+        .answer()["result"]
+        .is_object());
     // Per principal: the burst of 3 is spent (the refused call did not reach the backend).
     let calls_before = stub.calls.load(Ordering::SeqCst);
     let r = post(&u, "k-ann", s, &call(5, "c", json!({}))).await;
@@ -331,11 +305,14 @@ async fn rate_limits_refuse_with_retry_after_and_recover() {
     let sid_bob = session(&u, "k-bob").await;
     assert!(post(&u, "k-bob", Some(&sid_bob), &call(6, "a", json!({})))
         .await
-        .json()["result"]
+        .answer()["result"]
         .is_object());
     // After the advertised wait, calls go through again.
     tokio::time::sleep(Duration::from_millis(wait)).await;
-    assert!(post(&u, "k-ann", s, &call(7, "c", json!({}))).await.json()["result"].is_object());
+    assert!(post(&u, "k-ann", s, &call(7, "c", json!({})))
+        .await
+        .answer()["result"]
+        .is_object());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,18 +333,18 @@ async fn backend_rate_counts_every_caller() {
     let (sa, sb) = (session(&u, "k-ann").await, session(&u, "k-bob").await);
     assert!(post(&u, "k-ann", Some(&sa), &call(1, "x", json!({})))
         .await
-        .json()["result"]
+        .answer()["result"]
         .is_object());
     assert!(post(&u, "k-bob", Some(&sb), &call(2, "x", json!({})))
         .await
-        .json()["result"]
+        .answer()["result"]
         .is_object());
     let r = post(&u, "k-bob", Some(&sb), &call(3, "x", json!({}))).await;
     let wait = limited(&r, "backend_rate");
     tokio::time::sleep(Duration::from_millis(wait)).await;
     assert!(post(&u, "k-ann", Some(&sa), &call(4, "x", json!({})))
         .await
-        .json()["result"]
+        .answer()["result"]
         .is_object());
 }
 
@@ -439,7 +416,10 @@ async fn in_flight_permits_live_in_the_stream() {
     stub.release.notify_one();
     let rest = body.collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&rest).contains("held"));
-    assert!(post(&u, "k-ann", s, &call(3, "x", json!({}))).await.json()["result"].is_object());
+    assert!(post(&u, "k-ann", s, &call(3, "x", json!({})))
+        .await
+        .answer()["result"]
+        .is_object());
 
     // A client that goes away mid-stream releases it too.
     let held = open(&u, "k-ann", s, &call(4, "hold", json!({}))).await;
@@ -451,7 +431,10 @@ async fn in_flight_permits_live_in_the_stream() {
     );
     drop(body);
     eventually("the dropped stream to release its permit", || async {
-        post(&u, "k-ann", s, &call(6, "x", json!({}))).await.json()["result"].is_object()
+        post(&u, "k-ann", s, &call(6, "x", json!({})))
+            .await
+            .answer()["result"]
+            .is_object()
     })
     .await;
     stub.release.notify_waiters();
@@ -486,11 +469,11 @@ async fn token_and_cost_budgets_refuse_before_the_backend_and_renew_per_window()
     // Cost: 3 + 3 fits in 7, a third does not; refused before the backend.
     assert!(post(&u, "k-ann", s, &call(1, "pricey", json!({})))
         .await
-        .json()["result"]
+        .answer()["result"]
         .is_object());
     assert!(post(&u, "k-ann", s, &call(2, "pricey", json!({})))
         .await
-        .json()["result"]
+        .answer()["result"]
         .is_object());
     let before = stub.calls.load(Ordering::SeqCst);
     let wait = limited(
@@ -504,7 +487,7 @@ async fn token_and_cost_budgets_refuse_before_the_backend_and_renew_per_window()
     let sid = session(&u, "k-ann").await;
     let s = Some(sid.as_str());
     let r = post(&u, "k-ann", s, &call(4, "pricey", json!({}))).await;
-    assert!(r.json()["result"].is_object(), "{}", r.json());
+    assert!(r.answer()["result"].is_object(), "{}", r.answer());
 
     // Tokens: arguments of ~400 bytes are ~100 tokens, and the stub echoes
     // them back in its result, which is charged as it streams through.
@@ -514,7 +497,7 @@ async fn token_and_cost_budgets_refuse_before_the_backend_and_renew_per_window()
     let big = json!({"text": "x".repeat(400)});
     assert!(post(&u, "k-ann", s, &call(5, "free", big.clone()))
         .await
-        .json()["result"]
+        .answer()["result"]
         .is_object());
     let wait = limited(
         &post(&u, "k-ann", s, &call(6, "free", big.clone())).await,
@@ -523,7 +506,7 @@ async fn token_and_cost_budgets_refuse_before_the_backend_and_renew_per_window()
     tokio::time::sleep(Duration::from_millis(wait)).await;
     let sid = session(&u, "k-ann").await;
     let r = post(&u, "k-ann", Some(&sid), &call(7, "free", big)).await;
-    assert!(r.json()["result"].is_object(), "{}", r.json());
+    assert!(r.answer()["result"].is_object(), "{}", r.answer());
 }
 
 async fn next_call(rx: &mut Receiver<AuditEvent>) -> AuditEvent {
@@ -780,7 +763,7 @@ async fn a_jsonl_file_written_under_load_has_one_line_per_call() {
                     &call(t * 1000 + i, "x", json!({"n": i})),
                 )
                 .await;
-                assert!(r.json()["result"].is_object());
+                assert!(r.answer()["result"].is_object());
             }
         }));
     }
@@ -833,7 +816,7 @@ async fn refuse_overflow_answers_503_instead_of_losing_records() {
     // The session_start and initialize records fill the channel.
     let r = post(&u, "k-ann", None, INIT).await;
     assert_eq!(r.status, 503);
-    assert_eq!(r.json()["error"]["code"], -32056);
+    assert_eq!(r.answer()["error"]["code"], -32056);
     assert!(sink.saturated());
 }
 
@@ -944,7 +927,7 @@ async fn backend_caps_count_every_caller_and_release() {
     body.collect().await.unwrap();
     assert!(post(&u, "k-bob", Some(&sb), &call(3, "x", json!({})))
         .await
-        .json()["result"]
+        .answer()["result"]
         .is_object());
     // Ending a session frees a backend slot for anyone.
     delete(&u, "k-ann", &sa).await;
@@ -973,7 +956,7 @@ async fn anonymous_callers_are_limited_by_their_address() {
     let sid = session(&u, "").await;
     assert!(post(&u, "", Some(&sid), &call(1, "x", json!({})))
         .await
-        .json()["result"]
+        .answer()["result"]
         .is_object());
     limited(
         &post(&u, "", Some(&sid), &call(2, "x", json!({}))).await,

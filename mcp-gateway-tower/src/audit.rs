@@ -960,19 +960,30 @@ impl SseWatch {
 
     /// The JSON-RPC error code in the stream's last events, if any.
     fn error_code(&self) -> Option<i64> {
-        let mut tail = Vec::with_capacity(self.tail_len.min(INSPECT));
-        let mut skip = self.tail_len.saturating_sub(INSPECT);
-        for b in &self.tail {
-            let from = skip.min(b.len());
-            skip -= from;
-            tail.extend_from_slice(&b[from..]);
-        }
-        error_finder().find(&tail)?;
+        let skip = self.tail_len.saturating_sub(INSPECT);
+        let joined;
+        let tail: &[u8] = match self.tail.len() {
+            0 => return None,
+            // The usual case, a response in one frame: read in place.
+            1 => &self.tail[0][skip..],
+            _ => {
+                let mut v = Vec::with_capacity(self.tail_len - skip);
+                let mut skip = skip;
+                for b in &self.tail {
+                    let from = skip.min(b.len());
+                    skip -= from;
+                    v.extend_from_slice(&b[from..]);
+                }
+                joined = v;
+                &joined
+            }
+        };
+        error_finder().find(tail)?;
         // Rare: read the events. The tail may start inside an event; that
         // fragment does not parse and is passed over.
         let (mut code, mut progress) = (None, 0);
         let mut scanner = SseScanner::collecting(INSPECT);
-        scanner.feed(&tail, |ev| {
+        scanner.feed(tail, |ev| {
             if !ev.oversized && !ev.data.is_empty() {
                 inspect(ev.data, &mut progress, &mut code);
             }

@@ -774,7 +774,12 @@ impl Shared {
             .then(|| m.target_text().map(|t| t.as_bytes().clone()))
             .flatten();
         let mut mine = self.key(LimitKind::PrincipalToolRate, who, tool);
-        let mut theirs = self.key(LimitKind::BackendRate, &self.backend, None);
+        // The backend's key only when a backend limit is set: its name is
+        // shared by every thread, and a clone touches that shared count.
+        let backend_limited =
+            self.cfg.backend_rate.is_some() || self.cfg.backend_in_flight.is_some();
+        let mut theirs =
+            backend_limited.then(|| self.key(LimitKind::BackendRate, &self.backend, None));
         // Narrowest first: a call refused by its tool's limit does not
         // spend the principal's or the backend's allowance.
         if let (Some(q), true) = (self.cfg.principal_tool_rate, mine.tool.is_some()) {
@@ -791,20 +796,24 @@ impl Shared {
                 .await
                 .map_err(|d| (LimitKind::PrincipalRate, d))?;
         }
-        if let Some(q) = self.cfg.backend_rate {
+        if let (Some(q), Some(k)) = (self.cfg.backend_rate, &theirs) {
             self.limiter
-                .hit(&theirs, &q)
+                .hit(k, &q)
                 .await
                 .map_err(|d| (LimitKind::BackendRate, d))?;
         }
         let mut slots = Vec::new();
         mine.kind = LimitKind::PrincipalInFlight;
-        theirs.kind = LimitKind::BackendInFlight;
+        if let Some(k) = &mut theirs {
+            k.kind = LimitKind::BackendInFlight;
+        }
         for (key, max) in [
-            (&mine, self.cfg.principal_in_flight),
-            (&theirs, self.cfg.backend_in_flight),
+            (Some(&mine), self.cfg.principal_in_flight),
+            (theirs.as_ref(), self.cfg.backend_in_flight),
         ] {
-            let Some(max) = max else { continue };
+            let (Some(key), Some(max)) = (key, max) else {
+                continue;
+            };
             match self.limiter.acquire(key, max).await {
                 Some(s) => slots.push(s),
                 // In-flight calls end in milliseconds to seconds: a short hint.

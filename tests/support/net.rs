@@ -52,6 +52,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads `res` to the end.
+    pub async fn read(res: http::Response<hyper::body::Incoming>) -> Reply {
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
     /// The body as JSON (`Null` if it is not).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
@@ -111,14 +123,7 @@ pub async fn raw(method: &str, url: &str, headers: &[(&str, &str)], body: &str) 
         )
         .await
         .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(res).await
 }
 
 /// `Content-Type: application/json`.
