@@ -44,7 +44,9 @@ use crate::body::{Body, BoxError};
 type Connection = http1::Connection<TokioIo<TcpStream>, Body>;
 
 /// One HTTP/1.1 connection: the handle that sends requests and the state
-/// machine that moves bytes, driven by whoever uses it.
+/// machine that moves bytes, driven by whoever uses it. Always kept boxed:
+/// it is some 700 bytes, and it moves from the pool into the call and into
+/// the response body on every request.
 struct Conn {
     tx: http1::SendRequest<Body>,
     io: Connection,
@@ -84,9 +86,9 @@ struct Inner {
     addr: String,
     cfg: PoolConfig,
     /// Idle connections of multi-threaded runtimes.
-    shared: ArrayQueue<Conn>,
+    shared: ArrayQueue<Box<Conn>>,
     /// Idle connections of current-thread runtimes, by home thread.
-    local: ThreadLocal<ArrayQueue<Conn>>,
+    local: ThreadLocal<ArrayQueue<Box<Conn>>>,
 }
 
 /// The thread to pin a new connection to: this one when its runtime is a
@@ -101,7 +103,7 @@ fn home_here() -> Option<ThreadId> {
 
 impl Inner {
     /// The idle queue for connections homed at `home`.
-    fn queue(&self, home: Option<ThreadId>) -> &ArrayQueue<Conn> {
+    fn queue(&self, home: Option<ThreadId>) -> &ArrayQueue<Box<Conn>> {
         match home {
             Some(_) => self
                 .local
@@ -149,7 +151,7 @@ impl ConnPool {
     }
 
     /// A live idle connection, if the pool has one.
-    fn take_idle(&self) -> Option<Conn> {
+    fn take_idle(&self) -> Option<Box<Conn>> {
         let now = Instant::now();
         let mut cx = Context::from_waker(Waker::noop());
         let home = home_here();
@@ -170,7 +172,7 @@ impl ConnPool {
         None
     }
 
-    async fn connect(&self) -> Result<Conn, BoxError> {
+    async fn connect(&self) -> Result<Box<Conn>, BoxError> {
         let cfg = &self.inner.cfg;
         let stream =
             match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&self.inner.addr))
@@ -195,20 +197,20 @@ impl ConnPool {
         let (tx, io) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
             tx,
             io,
             done: false,
             idle_since: Instant::now(),
             home: home_here(),
-        })
+        }))
     }
 
     /// Returns a finished-with connection to its thread's pool, or drops
     /// it if that pool is full or this is not its thread (a body finished
     /// elsewhere: rare, and not worth a connection relayed by another
     /// thread's driver from then on).
-    fn put(inner: &Inner, mut c: Conn) {
+    fn put(inner: &Inner, mut c: Box<Conn>) {
         if c.home.is_some_and(|h| h != std::thread::current().id()) {
             return;
         }
@@ -225,7 +227,8 @@ impl ConnPool {
         loop {
             let (mut c, reused) = match self.take_idle() {
                 Some(c) => (c, true),
-                None => (self.connect().await?, false),
+                // Boxed: the cold path's state stays out of every call's future.
+                None => (Box::pin(self.connect()).await?, false),
             };
             let mut fut = std::pin::pin!(c.tx.try_send_request(req));
             let res = poll_fn(|cx| {
@@ -261,7 +264,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct PooledBody {
         #[pin]
         body: Incoming,
-        conn: Option<Conn>,
+        conn: Option<Box<Conn>>,
         pool: Weak<Inner>,
     }
 
@@ -281,7 +284,7 @@ pin_project_lite::pin_project! {
 /// connection needs more driving before it can take a request (rare: the
 /// end of the body was seen before the connection finished its bookkeeping),
 /// a small task finishes that, bounded by a timeout.
-fn release(conn: Option<Conn>, pool: &Weak<Inner>, cx: Option<&mut Context<'_>>) {
+fn release(conn: Option<Box<Conn>>, pool: &Weak<Inner>, cx: Option<&mut Context<'_>>) {
     let (Some(mut c), Some(inner)) = (conn, pool.upgrade()) else {
         return;
     };

@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::body::{Body, BoxError, BoxFuture};
-use crate::conn_pool::{ConnPool, PoolConfig};
+use crate::conn_pool::{ConnPool, PoolConfig, PooledBody};
 use crate::credentials::CredentialProvider;
 use crate::error::error_response;
 
@@ -178,8 +178,19 @@ const STRIP: [HeaderName; 10] = [
     header::COOKIE,
 ];
 
+/// Whether `n` names a hop-by-hop header (RFC 9110 §7.6.1, plus the two
+/// pre-standard ones still seen in the wild).
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    STRIP[..7].contains(n) || n == "keep-alive" || n == "proxy-connection"
+}
+
 /// Removes hop-by-hop headers, including any named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names that are there is
+    // cheaper than nine hashed removals of names that are not.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -288,46 +299,64 @@ impl Service<Request<Body>> for HttpUpstream {
         }
         let creds = apply_static_credentials(&self.credentials, &mut parts.headers);
         parts.version = http::Version::HTTP_11;
-        let req = Request::from_parts(parts, body);
+        let mut req = Request::from_parts(parts, body);
         let pool = self.pool.clone();
-        let fut = async move {
-            let mut req = req;
-            apply_dynamic_credentials(creds, &mut req)
-                .await
-                .map_err(CallError::Credentials)?;
-            pool.send(req).await.map_err(CallError::Send)
-        };
         let timeout = self.response_timeout;
         let authority = self.authority.clone();
+        // One small future: the per-request credential lookup (rare) is
+        // boxed apart, and the result is turned into a response by a plain
+        // function, so the state moved into the box on every call is little
+        // more than the pooled send itself.
         Box::pin(async move {
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(Ok(res)) => {
-                    let (mut parts, body) = res.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    Ok(Response::from_parts(parts, Body::new(body)))
+            let res = tokio::time::timeout(timeout, async {
+                if creds.is_some() {
+                    Box::pin(apply_dynamic_credentials(creds, &mut req))
+                        .await
+                        .map_err(CallError::Credentials)?;
                 }
-                Ok(Err(CallError::Credentials(e))) => {
-                    tracing::warn!(upstream = %authority, error = %e, "no credentials for the upstream");
-                    Ok(error_response(&e, id.as_ref()))
-                }
-                Ok(Err(CallError::Send(e))) => {
-                    tracing::warn!(upstream = %authority, error = %e, "upstream request failed");
-                    let err = GatewayError::new(
-                        ErrorKind::UpstreamUnavailable,
-                        format!("Bad Gateway: upstream {authority} failed: {e}"),
-                    );
-                    Ok(error_response(&err, id.as_ref()))
-                }
-                Err(_) => {
-                    tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
-                    let err = GatewayError::new(
-                        ErrorKind::UpstreamTimeout,
-                        format!("Gateway Timeout: upstream {authority} sent no response within {timeout:?}"),
-                    );
-                    Ok(error_response(&err, id.as_ref()))
-                }
-            }
+                pool.send(req).await.map_err(CallError::Send)
+            })
+            .await;
+            Ok(upstream_response(res, &authority, timeout, id.as_ref()))
         })
+    }
+}
+
+/// The client's response for what the upstream call came to.
+fn upstream_response(
+    res: Result<Result<Response<PooledBody>, CallError>, tokio::time::error::Elapsed>,
+    authority: &http::uri::Authority,
+    timeout: Duration,
+    id: Option<&mcp_gateway_core::RequestId>,
+) -> Response<Body> {
+    match res {
+        Ok(Ok(res)) => {
+            let (mut parts, body) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Ok(Err(CallError::Credentials(e))) => {
+            tracing::warn!(upstream = %authority, error = %e, "no credentials for the upstream");
+            error_response(&e, id)
+        }
+        Ok(Err(CallError::Send(e))) => {
+            tracing::warn!(upstream = %authority, error = %e, "upstream request failed");
+            let err = GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("Bad Gateway: upstream {authority} failed: {e}"),
+            );
+            error_response(&err, id)
+        }
+        Err(_) => {
+            tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
+            let err = GatewayError::new(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "Gateway Timeout: upstream {authority} sent no response within {timeout:?}"
+                ),
+            );
+            error_response(&err, id)
+        }
     }
 }
 
@@ -502,6 +531,38 @@ impl Service<Request<Body>> for Upstreams {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-trace, Keep-Alive"),
+        );
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("close"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert("mcp-session-id", HeaderValue::from_static("abc"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "mcp-session-id"]);
+
+        // Nothing hop-by-hop: the map is left as it was.
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
 
     #[tokio::test]
     async fn refused_connection_is_502_with_json_rpc_error() {
