@@ -37,7 +37,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
@@ -48,6 +47,7 @@ use mcp_gateway_core::{ErrorKind, GatewayError, McpRequest, MessageKind, Princip
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use thread_local::ThreadLocal;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -159,7 +159,12 @@ fn write_json(e: &AuditEvent, out: &mut Vec<u8>) {
         fn text(&mut self, k: &str, v: Option<&str>) {
             let Some(v) = v else { return };
             self.key(k);
-            if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            // No early exit: the fold over every byte vectorizes, and the
+            // strings are short.
+            let special = v.bytes().fold(false, |acc, b| {
+                acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+            });
+            if !special {
                 self.out.push(b'"');
                 self.out.extend_from_slice(v.as_bytes());
                 self.out.push(b'"');
@@ -333,8 +338,9 @@ pub struct JsonlConfig {
     /// Rotated files kept. Default 5.
     #[serde(default = "default_keep")]
     pub keep: usize,
-    /// Records buffered between the request path and the writer thread.
-    /// Default 65 536.
+    /// Records buffered between the request path and the writer thread,
+    /// per serving thread (each records into a batch of its own, which the
+    /// writer takes every 10 ms). Default 65 536.
     #[serde(default = "default_buffer")]
     pub buffer: usize,
     /// What to do when the buffer is full. Default `drop`.
@@ -352,15 +358,26 @@ fn default_buffer() -> usize {
     65_536
 }
 
+/// Lines recorded on one thread and not yet taken by the writer.
+#[derive(Default)]
+struct Batch {
+    lines: Vec<u8>,
+    records: usize,
+}
+
 /// State shared by a [`JsonlSink`] and its writer thread.
 struct JsonlShared {
-    /// Records waiting for the writer: a lock-free bounded queue, so the
-    /// request path never takes a lock nor wakes a thread.
-    /// Lines already serialised by the recording thread: the record's many
-    /// small strings are freed where they were allocated (a cross-thread
-    /// free in the allocator costs more than the serialisation), and a
-    /// slot is one pointer-sized buffer.
-    queue: ArrayQueue<Vec<u8>>,
+    /// Records waiting for the writer, serialised by the recording thread
+    /// into a batch of its own. Its lock is taken by that thread and, every
+    /// 10 ms, by the writer, so it is never contended in practice; and
+    /// unlike a shared queue of lines, nothing is allocated per record,
+    /// no cache line is shared by the serving threads, and no buffer is
+    /// freed on a thread other than the one that allocated it.
+    batches: ThreadLocal<Mutex<Batch>>,
+    /// Records one batch may hold (`JsonlConfig::buffer`).
+    cap: usize,
+    /// How often the writer takes the batches.
+    drain_every: Duration,
     /// Flush requests and completions (generation counters).
     flush: Mutex<(u64, u64)>,
     flushed: Condvar,
@@ -369,10 +386,10 @@ struct JsonlShared {
 
 /// A JSON Lines file, written by its own thread. See the module docs.
 ///
-/// The writer drains the queue every 10 ms (and at once on
-/// [`flush`](AuditSink::flush)); it writes through a 64 KiB buffer that
-/// goes to disk whenever the queue runs empty, rotates the file by size,
-/// and flushes on [`close`](JsonlSink::close) or drop.
+/// Each recording thread serialises its records into a batch of its own;
+/// the writer takes the batches every 10 ms (and at once on
+/// [`flush`](AuditSink::flush)), writes them out, rotates the file by size
+/// (between lines), and flushes on [`close`](JsonlSink::close) or drop.
 pub struct JsonlSink {
     shared: Arc<JsonlShared>,
     overflow: Overflow,
@@ -382,22 +399,35 @@ pub struct JsonlSink {
 
 impl std::fmt::Debug for JsonlSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queued: usize = self.shared.batches.iter().map(|b| lock(b).records).sum();
         f.debug_struct("JsonlSink")
-            .field("queued", &self.shared.queue.len())
+            .field("queued", &queued)
             .finish()
     }
 }
 
-/// How often the writer drains the queue.
+/// A mutex's guard; a panic elsewhere leaves a batch of whole lines, so a
+/// poisoned lock is still good.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How often the writer takes the batches.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 impl JsonlSink {
     /// Opens (appends to) the file and starts the writer.
     pub fn open(cfg: JsonlConfig) -> std::io::Result<Self> {
+        Self::open_draining_every(cfg, DRAIN_EVERY)
+    }
+
+    fn open_draining_every(cfg: JsonlConfig, drain_every: Duration) -> std::io::Result<Self> {
         let file = open_append(&cfg.path)?;
         let size = file.metadata()?.len();
         let shared = Arc::new(JsonlShared {
-            queue: ArrayQueue::new(cfg.buffer.max(1)),
+            batches: ThreadLocal::new(),
+            cap: cfg.buffer.max(1),
+            drain_every,
             flush: Mutex::new((0, 0)),
             flushed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -446,44 +476,75 @@ fn rotated(path: &Path, i: usize) -> PathBuf {
 
 fn writer(cfg: JsonlConfig, file: File, mut size: u64, shared: Arc<JsonlShared>) {
     let mut out = BufWriter::with_capacity(64 << 10, file);
+    let mut taken = Vec::new();
     loop {
         // Note a flush request before draining, so everything recorded
         // before the request is written when it is acknowledged.
-        let wanted = shared.flush.lock().unwrap_or_else(|e| e.into_inner()).0;
+        let wanted = lock(&shared.flush).0;
         let stopping = shared.stop.load(Ordering::SeqCst);
-        while let Some(line) = shared.queue.pop() {
-            if out.write_all(&line).is_err() {
-                tracing::error!(path = %cfg.path.display(), "audit log write failed");
-                continue;
-            }
-            size += line.len() as u64;
-            if size >= cfg.max_bytes {
-                match rotate(&cfg, &mut out) {
-                    Ok(()) => size = 0,
-                    Err(err) => tracing::error!(error = %err, "audit log rotation failed"),
+        for batch in shared.batches.iter() {
+            {
+                let mut b = lock(batch);
+                if b.records == 0 {
+                    continue;
                 }
+                // The thread gets the writer's empty buffer (with its
+                // capacity) and keeps recording at once.
+                std::mem::swap(&mut b.lines, &mut taken);
+                b.records = 0;
+            }
+            write_lines(&cfg, &mut out, &mut size, &taken);
+            taken.clear();
+            if taken.capacity() > 4 << 20 {
+                // A burst's buffer is not kept for ever.
+                taken = Vec::new();
             }
         }
-        // The queue ran empty: put what is buffered on disk.
+        // Everything taken: put what is buffered on disk.
         let _ = out.flush();
         {
-            let mut f = shared.flush.lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = lock(&shared.flush);
             if f.1 < wanted {
                 f.1 = wanted;
                 shared.flushed.notify_all();
             }
         }
-        if stopping && shared.queue.is_empty() {
+        if stopping {
+            // `record` checks `stop` under its batch's lock, so nothing
+            // can be added to a batch after this last pass took it.
             break;
         }
-        if !stopping {
-            std::thread::park_timeout(DRAIN_EVERY);
-        }
+        std::thread::park_timeout(shared.drain_every);
     }
     let _ = out.flush();
-    let mut f = shared.flush.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = lock(&shared.flush);
     f.1 = f.0;
     shared.flushed.notify_all();
+}
+
+/// Writes whole lines, rotating the file once it reaches its size (between
+/// lines, as a file never ends mid-record).
+fn write_lines(cfg: &JsonlConfig, out: &mut BufWriter<File>, size: &mut u64, mut lines: &[u8]) {
+    while !lines.is_empty() {
+        let need = cfg.max_bytes.saturating_sub(*size).max(1) as usize;
+        // Through the end of the line that takes the file to its size, or
+        // everything when the file stays below it.
+        let cut = match lines.get(need - 1..) {
+            Some(rest) => memchr::memchr(b'\n', rest).map_or(lines.len(), |i| need + i),
+            None => lines.len(),
+        };
+        if out.write_all(&lines[..cut]).is_err() {
+            tracing::error!(path = %cfg.path.display(), "audit log write failed");
+        }
+        *size += cut as u64;
+        lines = &lines[cut..];
+        if *size >= cfg.max_bytes {
+            match rotate(cfg, out) {
+                Ok(()) => *size = 0,
+                Err(err) => tracing::error!(error = %err, "audit log rotation failed"),
+            }
+        }
+    }
 }
 
 fn rotate(cfg: &JsonlConfig, out: &mut BufWriter<File>) -> std::io::Result<()> {
@@ -509,16 +570,25 @@ fn rotate(cfg: &JsonlConfig, out: &mut BufWriter<File>) -> std::io::Result<()> {
 
 impl AuditSink for JsonlSink {
     fn record(&self, event: AuditEvent) {
-        let mut line = Vec::with_capacity(512);
-        write_json(&event, &mut line);
-        line.push(b'\n');
-        if self.shared.stop.load(Ordering::Relaxed) || self.shared.queue.push(line).is_err() {
+        let batch = self.shared.batches.get_or(Mutex::default);
+        let mut b = lock(batch);
+        if b.records >= self.shared.cap || self.shared.stop.load(Ordering::SeqCst) {
+            drop(b);
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        write_json(&event, &mut b.lines);
+        b.lines.push(b'\n');
+        b.records += 1;
     }
 
     fn saturated(&self) -> bool {
-        self.overflow == Overflow::Refuse && self.shared.queue.is_full()
+        self.overflow == Overflow::Refuse
+            && self
+                .shared
+                .batches
+                .get()
+                .is_some_and(|b| lock(b).records >= self.shared.cap)
     }
 
     fn dropped(&self) -> u64 {
@@ -1513,7 +1583,57 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(ids, (0..200).collect::<Vec<_>>());
         assert!(files > 1, "rotated");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            // Rotated as the size is reached: over it by less than a line.
+            let len = entry.unwrap().metadata().unwrap().len();
+            assert!(len < 4096 + 200, "a file of {len} bytes");
+        }
         assert_eq!(sink.dropped(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn jsonl_overflow_drops_and_counts_or_refuses() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-audit-ovf-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("audit.jsonl");
+        // A writer that takes the batches only when asked: the bound is
+        // reached deterministically.
+        let sink = JsonlSink::open_draining_every(
+            JsonlConfig {
+                path: path.clone(),
+                max_bytes: 1 << 20,
+                keep: 1,
+                buffer: 4,
+                overflow: Overflow::Refuse,
+            },
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let event = |i: u32| AuditEvent {
+            event: "call".into(),
+            id: Some(i.to_string()),
+            outcome: "ok".into(),
+            ..Default::default()
+        };
+        assert!(!sink.saturated());
+        for i in 0..10 {
+            sink.record(event(i));
+        }
+        assert_eq!(sink.dropped(), 6);
+        assert!(sink.saturated(), "refuse calls while the batch is full");
+        sink.flush();
+        assert!(!sink.saturated(), "the writer took the batch");
+        sink.record(event(10));
+        sink.close();
+        sink.record(event(11));
+        assert_eq!(sink.dropped(), 7, "a record after close is counted");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<AuditEvent>(l).unwrap().id.unwrap())
+            .collect();
+        assert_eq!(ids, ["0", "1", "2", "3", "10"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

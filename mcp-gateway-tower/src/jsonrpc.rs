@@ -225,6 +225,24 @@ fn header_version(h: &HeaderMap) -> Result<Option<ProtocolVersion>, GatewayError
     })
 }
 
+/// Whether `Accept` allows JSON and event streams (directly or by
+/// wildcard): what every POST must, read in one pass over the ranges.
+fn accepts_json_and_sse(h: &HeaderMap) -> (bool, bool) {
+    let (mut json, mut sse) = (false, false);
+    for v in h.get_all(ACCEPT) {
+        for part in v.to_str().unwrap_or("").split(',') {
+            let m = part.split_once(';').map_or(part, |(m, _)| m).trim();
+            if m == "*/*" {
+                return (true, true);
+            }
+            json |= m.eq_ignore_ascii_case("application/json")
+                || m.eq_ignore_ascii_case("application/*");
+            sse |= m.eq_ignore_ascii_case("text/event-stream") || m.eq_ignore_ascii_case("text/*");
+        }
+    }
+    (json, sse)
+}
+
 /// Does `Accept` allow `mime` (directly or by wildcard)?
 fn accepts(h: &HeaderMap, mime: &str) -> bool {
     let (ty, _) = mime.split_once('/').unwrap_or((mime, ""));
@@ -251,7 +269,7 @@ fn check_post_headers(h: &HeaderMap) -> Result<(), GatewayError> {
             "Unsupported Media Type: Content-Type must be application/json",
         ));
     }
-    if !(accepts(h, "application/json") && accepts(h, "text/event-stream")) {
+    if accepts_json_and_sse(h) != (true, true) {
         return Err(GatewayError::new(
             ErrorKind::NotAcceptable,
             "Not Acceptable: Accept must allow both application/json and text/event-stream",
@@ -360,6 +378,31 @@ fn validate(
 mod tests {
     use super::*;
     use tower::ServiceExt;
+
+    #[test]
+    fn accept_ranges_for_post() {
+        let check = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(ACCEPT, v.parse().unwrap());
+            }
+            accepts_json_and_sse(&h)
+        };
+        assert_eq!(
+            check(&["application/json, text/event-stream"]),
+            (true, true)
+        );
+        assert_eq!(
+            check(&["application/json", "text/event-stream"]),
+            (true, true)
+        );
+        assert_eq!(check(&["Application/JSON;q=0.9 , TEXT/*"]), (true, true));
+        assert_eq!(check(&["*/*"]), (true, true));
+        assert_eq!(check(&["application/*"]), (true, false));
+        assert_eq!(check(&["text/event-stream"]), (false, true));
+        assert_eq!(check(&["text/html, application/xml"]), (false, false));
+        assert_eq!(check(&[]), (false, false));
+    }
 
     fn svc() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> {
         JsonRpcLayer::default().layer(tower::service_fn(|req: Request<Body>| async move {

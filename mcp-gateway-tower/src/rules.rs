@@ -172,15 +172,30 @@ impl ToolPolicy for RulePolicy {
 /// else literally. Iterative with one backtrack point: linear-ish, no
 /// regex engine, no pathological blow-up.
 pub fn glob(pattern: &str, text: &str) -> bool {
+    // Called for every rule on every call: no allocation on the common
+    // paths. ASCII (tool names, most URIs) matches byte by byte; otherwise
+    // `?` must take a whole character, so the two are compared as chars.
+    if !pattern.contains(['*', '?']) {
+        return pattern == text;
+    }
+    if pattern.is_ascii() && text.is_ascii() {
+        return glob_in(pattern.as_bytes(), text.as_bytes(), b'*', b'?');
+    }
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
+    glob_in(&p, &t, '*', '?')
+}
+
+/// Wildcard matching with backtracking to the last `*` only (linear in
+/// practice, never exponential).
+fn glob_in<T: PartialEq + Copy>(p: &[T], t: &[T], star_sym: T, one: T) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == one || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == star_sym {
             star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
@@ -191,7 +206,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == star_sym)
 }
 
 #[cfg(test)]
@@ -209,6 +224,13 @@ mod tests {
         assert!(!glob("t?st", "tst"));
         assert!(glob("a*b*c", "aXXbYYc"));
         assert!(!glob("a*b*c", "aXXbYY"));
+        // No wildcard: equality.
+        assert!(glob("search", "search"));
+        assert!(!glob("search", "search2"));
+        // `?` takes one character, not one byte, outside ASCII.
+        assert!(glob("caf?", "café"));
+        assert!(glob("*é*", "résumé"));
+        assert!(!glob("caf?", "cafés"));
     }
 
     fn access<'a>(p: Option<&'a Principal>, t: Target<'a>) -> Access<'a> {
