@@ -315,6 +315,14 @@ impl InMemoryLimiter {
 
     /// The entry of `key`, from this thread's cache when it has it.
     fn entry(&self, key: &LimitKey) -> Arc<Entry> {
+        self.with_entry(key, Arc::clone)
+    }
+
+    /// Runs `f` on the entry of `key` without taking a reference to it: an
+    /// entry is shared by every thread, and a count taken and given back
+    /// on each check would move its cache line between them. `f` must not
+    /// call back into the limiter (the thread's cache is borrowed).
+    fn with_entry<R>(&self, key: &LimitKey, f: impl FnOnce(&Arc<Entry>) -> R) -> R {
         let cell = self.local.get_or(|| {
             RefCell::new(ThreadCache {
                 generation: self.generation.load(Ordering::Acquire),
@@ -339,11 +347,12 @@ impl InMemoryLimiter {
             }
         }
         if let Some(e) = cache.entries.get(key) {
-            return e.clone();
+            return f(e);
         }
         let e = self.shared_entry(key);
-        cache.entries.insert(owned(key), e.clone());
-        e
+        let r = f(&e);
+        cache.entries.insert(owned(key), e);
+        r
     }
 
     fn shared_entry(&self, key: &LimitKey) -> Arc<Entry> {
@@ -431,29 +440,7 @@ impl Limiter for InMemoryLimiter {
     }
 
     fn hit(&self, key: &LimitKey, quota: &Quota) -> LimitFuture<'_, Result<(), Duration>> {
-        let e = self.entry(key);
-        let bucket = e.rate.get_or_init(|| {
-            let burst = quota.burst.max(1);
-            let per_second = quota.per_second.max(1e-6);
-            let refill = Duration::from_secs_f64(f64::from(burst) / per_second);
-            e.refill_ns
-                .store(refill.as_nanos() as u64, Ordering::Release);
-            let q = GovQuota::with_period(Duration::from_secs_f64(1.0 / per_second))
-                .expect("a positive period")
-                .allow_burst(NonZeroU32::new(burst).expect("at least 1"));
-            RateLimiter::direct_with_clock(q, self.clock.clone())
-        });
-        let now = self.now();
-        // To the second: the sweep needs no finer, and a store on every
-        // call would bounce the line between threads.
-        if now.saturating_sub(e.last_hit.load(Ordering::Relaxed)) > LAST_HIT_GRAIN {
-            e.last_hit.store(now, Ordering::Release);
-        }
-        StoreFuture::ready(
-            bucket
-                .check()
-                .map_err(|nu| nu.wait_time_from(self.clock.now())),
-        )
+        StoreFuture::ready(self.with_entry(key, |e| self.hit_entry(e, quota)))
     }
 
     fn acquire(&self, key: &LimitKey, max: u32) -> LimitFuture<'_, Option<Slot>> {
@@ -474,9 +461,43 @@ impl Limiter for InMemoryLimiter {
         amount: u64,
         must_fit: bool,
     ) -> LimitFuture<'_, Result<(), Duration>> {
+        StoreFuture::ready(self.with_entry(key, |e| self.charge_entry(e, budget, amount, must_fit)))
+    }
+}
+
+impl InMemoryLimiter {
+    fn hit_entry(&self, e: &Entry, quota: &Quota) -> Result<(), Duration> {
+        let bucket = e.rate.get_or_init(|| {
+            let burst = quota.burst.max(1);
+            let per_second = quota.per_second.max(1e-6);
+            let refill = Duration::from_secs_f64(f64::from(burst) / per_second);
+            e.refill_ns
+                .store(refill.as_nanos() as u64, Ordering::Release);
+            let q = GovQuota::with_period(Duration::from_secs_f64(1.0 / per_second))
+                .expect("a positive period")
+                .allow_burst(NonZeroU32::new(burst).expect("at least 1"));
+            RateLimiter::direct_with_clock(q, self.clock.clone())
+        });
+        let now = self.now();
+        // To the second: the sweep needs no finer, and a store on every
+        // call would bounce the line between threads.
+        if now.saturating_sub(e.last_hit.load(Ordering::Relaxed)) > LAST_HIT_GRAIN {
+            e.last_hit.store(now, Ordering::Release);
+        }
+        bucket
+            .check()
+            .map_err(|nu| nu.wait_time_from(self.clock.now()))
+    }
+
+    fn charge_entry(
+        &self,
+        e: &Entry,
+        budget: &Budget,
+        amount: u64,
+        must_fit: bool,
+    ) -> Result<(), Duration> {
         let window = Duration::from_secs(budget.window_secs.max(1)).as_nanos() as u64;
         let now = self.now();
-        let e = self.entry(key);
         let w = &e.window;
         if w.len_ns.load(Ordering::Relaxed) != window {
             w.len_ns.store(window, Ordering::Release);
@@ -496,7 +517,7 @@ impl Limiter for InMemoryLimiter {
         let left = Duration::from_nanos(window.saturating_sub(now.saturating_sub(start)));
         if !must_fit {
             w.used.fetch_add(amount, Ordering::AcqRel);
-            return StoreFuture::ready(Ok(()));
+            return Ok(());
         }
         let fits = w
             .used
@@ -504,7 +525,11 @@ impl Limiter for InMemoryLimiter {
                 (u < budget.amount && u + amount <= budget.amount).then_some(u + amount)
             })
             .is_ok();
-        StoreFuture::ready(if fits { Ok(()) } else { Err(left) })
+        if fits {
+            Ok(())
+        } else {
+            Err(left)
+        }
     }
 }
 
