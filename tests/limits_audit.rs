@@ -214,6 +214,11 @@ fn call(id: u32, tool: &str, args: Value) -> String {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}}).to_string()
 }
 
+/// Whether the call `id` to `tool` got a result (not an error).
+async fn answered(u: &str, key: &str, sid: Option<&str>, id: u32, tool: &str, args: Value) -> bool {
+    post(u, key, sid, &call(id, tool, args)).await.answer()["result"].is_object()
+}
+
 async fn session(u: &str, key: &str) -> String {
     let r = post(u, key, None, INIT).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -266,21 +271,12 @@ async fn rate_limits_refuse_with_retry_after_and_recover() {
     let sid = session(&u, "k-ann").await;
     let s = Some(sid.as_str());
     // Per tool: two of `a`, the third is refused; `b` still has room.
-    assert!(post(&u, "k-ann", s, &call(1, "a", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
-    assert!(post(&u, "k-ann", s, &call(2, "a", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "k-ann", s, 1, "a", json!({})).await);
+    assert!(answered(&u, "k-ann", s, 2, "a", json!({})).await);
     let r = post(&u, "k-ann", s, &call(3, "a", json!({}))).await;
     assert_eq!(r.status, 200);
     limited(&r, "principal_tool_rate");
-    assert!(post(&u, "k-ann", s, &call(4, "b", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "k-ann", s, 4, "b", json!({})).await);
     // Per principal: the burst of 3 is spent (the refused call did not reach the backend).
     let calls_before = stub.calls.load(Ordering::SeqCst);
     let r = post(&u, "k-ann", s, &call(5, "c", json!({}))).await;
@@ -303,16 +299,10 @@ async fn rate_limits_refuse_with_retry_after_and_recover() {
     }
     // Another principal has its own bucket.
     let sid_bob = session(&u, "k-bob").await;
-    assert!(post(&u, "k-bob", Some(&sid_bob), &call(6, "a", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "k-bob", Some(&sid_bob), 6, "a", json!({})).await);
     // After the advertised wait, calls go through again.
     tokio::time::sleep(Duration::from_millis(wait)).await;
-    assert!(post(&u, "k-ann", s, &call(7, "c", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "k-ann", s, 7, "c", json!({})).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,21 +321,12 @@ async fn backend_rate_counts_every_caller() {
     .await;
     let u = url(&gw);
     let (sa, sb) = (session(&u, "k-ann").await, session(&u, "k-bob").await);
-    assert!(post(&u, "k-ann", Some(&sa), &call(1, "x", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
-    assert!(post(&u, "k-bob", Some(&sb), &call(2, "x", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "k-ann", Some(&sa), 1, "x", json!({})).await);
+    assert!(answered(&u, "k-bob", Some(&sb), 2, "x", json!({})).await);
     let r = post(&u, "k-bob", Some(&sb), &call(3, "x", json!({}))).await;
     let wait = limited(&r, "backend_rate");
     tokio::time::sleep(Duration::from_millis(wait)).await;
-    assert!(post(&u, "k-ann", Some(&sa), &call(4, "x", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "k-ann", Some(&sa), 4, "x", json!({})).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,10 +397,7 @@ async fn in_flight_permits_live_in_the_stream() {
     stub.release.notify_one();
     let rest = body.collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&rest).contains("held"));
-    assert!(post(&u, "k-ann", s, &call(3, "x", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "k-ann", s, 3, "x", json!({})).await);
 
     // A client that goes away mid-stream releases it too.
     let held = open(&u, "k-ann", s, &call(4, "hold", json!({}))).await;
@@ -430,11 +408,8 @@ async fn in_flight_permits_live_in_the_stream() {
         "principal_in_flight",
     );
     drop(body);
-    eventually("the dropped stream to release its permit", || async {
-        post(&u, "k-ann", s, &call(6, "x", json!({})))
-            .await
-            .answer()["result"]
-            .is_object()
+    eventually("the dropped stream to release its permit", || {
+        answered(&u, "k-ann", s, 6, "x", json!({}))
     })
     .await;
     stub.release.notify_waiters();
@@ -467,14 +442,8 @@ async fn token_and_cost_budgets_refuse_before_the_backend_and_renew_per_window()
     let sid = session(&u, "k-ann").await;
     let s = Some(sid.as_str());
     // Cost: 3 + 3 fits in 7, a third does not; refused before the backend.
-    assert!(post(&u, "k-ann", s, &call(1, "pricey", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
-    assert!(post(&u, "k-ann", s, &call(2, "pricey", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "k-ann", s, 1, "pricey", json!({})).await);
+    assert!(answered(&u, "k-ann", s, 2, "pricey", json!({})).await);
     let before = stub.calls.load(Ordering::SeqCst);
     let wait = limited(
         &post(&u, "k-ann", s, &call(3, "pricey", json!({}))).await,
@@ -495,10 +464,7 @@ async fn token_and_cost_budgets_refuse_before_the_backend_and_renew_per_window()
     let sid = session(&u, "k-ann").await;
     let s = Some(sid.as_str());
     let big = json!({"text": "x".repeat(400)});
-    assert!(post(&u, "k-ann", s, &call(5, "free", big.clone()))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "k-ann", s, 5, "free", big.clone()).await);
     let wait = limited(
         &post(&u, "k-ann", s, &call(6, "free", big.clone())).await,
         "token_budget",
@@ -925,10 +891,7 @@ async fn backend_caps_count_every_caller_and_release() {
     );
     stub.release.notify_one();
     body.collect().await.unwrap();
-    assert!(post(&u, "k-bob", Some(&sb), &call(3, "x", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "k-bob", Some(&sb), 3, "x", json!({})).await);
     // Ending a session frees a backend slot for anyone.
     delete(&u, "k-ann", &sa).await;
     session(&u, "k-bob").await;
@@ -954,10 +917,7 @@ async fn anonymous_callers_are_limited_by_their_address() {
     let gw = serve(app).await;
     let u = url(&gw);
     let sid = session(&u, "").await;
-    assert!(post(&u, "", Some(&sid), &call(1, "x", json!({})))
-        .await
-        .answer()["result"]
-        .is_object());
+    assert!(answered(&u, "", Some(&sid), 1, "x", json!({})).await);
     limited(
         &post(&u, "", Some(&sid), &call(2, "x", json!({}))).await,
         "principal_rate",

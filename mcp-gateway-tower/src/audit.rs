@@ -448,7 +448,7 @@ impl JsonlSink {
     /// Writes everything queued, stops the writer and waits for it.
     pub fn close(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(t) = lock(&self.thread).take() {
             t.thread().unpark();
             let _ = t.join();
         }
@@ -596,9 +596,9 @@ impl AuditSink for JsonlSink {
     }
 
     fn flush(&self) {
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let thread = lock(&self.thread);
         let Some(t) = thread.as_ref() else { return };
-        let mut f = self.shared.flush.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = lock(&self.shared.flush);
         f.0 += 1;
         let want = f.0;
         t.thread().unpark();
@@ -669,9 +669,7 @@ impl Shared {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         sid.hash(&mut h);
-        self.sessions[h.finish() as usize % self.sessions.len()]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.sessions[h.finish() as usize % self.sessions.len()])
     }
 }
 
