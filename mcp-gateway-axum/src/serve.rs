@@ -23,12 +23,17 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
-use axum::serve::ListenerExt;
 use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// Binds `threads` listeners to `addr` with `SO_REUSEPORT` (port 0 picks one
 /// port for all of them). The first listener's address is the bound one.
@@ -60,10 +65,12 @@ pub fn bind_per_core(addr: SocketAddr, threads: usize) -> io::Result<Vec<std::ne
 
 /// Serves `app` on every listener: the first on the caller's runtime, each
 /// other one on its own thread with a single-threaded runtime. Accepted
-/// sockets get `TCP_NODELAY`; requests carry axum's
-/// `ConnectInfo<SocketAddr>` (the client address anonymous limits key by). When `shutdown` completes, every listener
-/// stops accepting, open requests finish, and the call returns once all
-/// threads have.
+/// sockets get `TCP_NODELAY`; a connection speaks HTTP/1.1, or HTTP/2 when
+/// it opens with the HTTP/2 preface (h2c, prior knowledge); requests carry
+/// axum's `ConnectInfo<SocketAddr>` (the client address anonymous limits
+/// key by). When `shutdown` completes, every listener stops accepting,
+/// open requests finish, idle connections close, and the call returns once
+/// all threads have.
 pub async fn serve_per_core<F>(
     listeners: Vec<std::net::TcpListener>,
     app: Router,
@@ -72,15 +79,15 @@ pub async fn serve_per_core<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut listeners = listeners.into_iter();
     let first = listeners
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener"))?;
+    let stop = Arc::new(Stop::default());
     let mut threads = Vec::new();
     for (i, l) in listeners.enumerate() {
         let app = app.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<io::Result<()>>();
         std::thread::Builder::new()
             .name(format!("mcp-gateway-{}", i + 1))
@@ -88,33 +95,17 @@ where
                 let res = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| {
-                        rt.block_on(async move {
-                            let l = tokio::net::TcpListener::from_std(l)?;
-                            axum::serve(
-                                l.tap_io(nodelay),
-                                app.into_make_service_with_connect_info::<SocketAddr>(),
-                            )
-                            .with_graceful_shutdown(async move {
-                                let _ = stop.wait_for(|s| *s).await;
-                            })
-                            .await
-                        })
-                    });
+                    .and_then(|rt| rt.block_on(serve_listener(l, app, stop)));
                 let _ = done_tx.send(res);
             })?;
         threads.push(done_rx);
     }
-    let first = tokio::net::TcpListener::from_std(first)?;
-    let res = axum::serve(
-        first.tap_io(nodelay),
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let trigger = stop.clone();
+    tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
-    })
-    .await;
+        trigger.stop();
+    });
+    let res = serve_listener(first, app, stop).await;
     for t in threads {
         if let Ok(Err(e)) = t.await {
             return Err(e);
@@ -123,9 +114,263 @@ where
     res
 }
 
-fn nodelay(s: &mut tokio::net::TcpStream) {
-    // Small request/response messages: never wait for Nagle.
-    let _ = s.set_nodelay(true);
+/// One thread's accept loop; returns when `stop` is set and every
+/// connection it accepted has closed.
+async fn serve_listener(l: std::net::TcpListener, app: Router, stop: Arc<Stop>) -> io::Result<()> {
+    let l = tokio::net::TcpListener::from_std(l)?;
+    let live = Arc::new(Live::default());
+    let mut stopped = std::pin::pin!(stop.wait());
+    loop {
+        let accepted = tokio::select! {
+            a = l.accept() => a,
+            () = &mut stopped => break,
+        };
+        let (sock, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: the listener is fine,
+                // so back off a little instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Small request/response messages: never wait for Nagle.
+        let _ = sock.set_nodelay(true);
+        let app = app.clone();
+        let stop = stop.clone();
+        let guard = live.enter();
+        tokio::spawn(async move {
+            serve_connection(sock, peer, app, stop).await;
+            drop(guard);
+        });
+    }
+    drop(l);
+    live.idle().await;
+    Ok(())
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn serve_connection(
+    sock: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    stop: Arc<Stop>,
+) {
+    // Every request gets the client address, as axum's
+    // `into_make_service_with_connect_info` gives it. The router is always
+    // ready, so it is called without a readiness wait.
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        tower::Service::call(&mut app.clone(), req)
+    });
+    // Which protocol: a look at the first bytes, without consuming them
+    // (one `recv(MSG_PEEK)` per connection, where a rewinding reader would
+    // sit in every read of the connection's life).
+    let mut head = [0u8; H2_PREFACE.len()];
+    let n = tokio::select! {
+        n = sock.peek(&mut head) => match n {
+            Ok(n) => n,
+            Err(_) => return,
+        },
+        // Connected but silent: nothing to finish.
+        () = stop.wait() => return,
+    };
+    let io = TokioIo::new(sock);
+    if n == 0 {
+        return;
+    }
+    if head[..n] != H2_PREFACE[..n] {
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+        let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
+    } else if n == H2_PREFACE.len() {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc);
+        let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
+    } else {
+        // Part of the preface so far: let hyper-util's detection read on.
+        let auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = auto.serve_connection(io, svc);
+        let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// The stop signal the threads share. Connections register their task's
+/// waker once, and then only load a flag when polled (a `Notify` or a
+/// `watch` future in a `select!` costs hundreds of instructions on every
+/// poll of every connection).
+#[derive(Default)]
+struct Stop {
+    stopped: AtomicBool,
+    waiters: Mutex<Waiters>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    next: u64,
+    wakers: HashMap<u64, Waker>,
+}
+
+impl Stop {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let wakers: Vec<Waker> = self.lock().wakers.drain().map(|(_, w)| w).collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    fn register(&self, w: &Waker) -> u64 {
+        let mut g = self.lock();
+        g.next += 1;
+        let key = g.next;
+        g.wakers.insert(key, w.clone());
+        key
+    }
+
+    fn unregister(&self, key: u64) {
+        self.lock().wakers.remove(&key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Completes once stopped.
+    fn wait(&self) -> StopWait<'_> {
+        StopWait {
+            stop: self,
+            key: None,
+        }
+    }
+}
+
+struct StopWait<'a> {
+    stop: &'a Stop,
+    key: Option<u64>,
+}
+
+impl Future for StopWait<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.key.is_none() {
+            // Registered before the flag is read: a stop after this read
+            // finds the waker.
+            self.key = Some(self.stop.register(cx.waker()));
+        }
+        if self.stop.is_stopped() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for StopWait<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.stop.unregister(k);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection that starts its graceful shutdown when `stop` is set.
+    struct Watched<C, G> {
+        #[pin]
+        conn: C,
+        stop: Arc<Stop>,
+        key: Option<u64>,
+        shutdown: Option<G>,
+    }
+
+    impl<C, G> PinnedDrop for Watched<C, G> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(k) = this.key {
+                this.stop.unregister(k);
+            }
+        }
+    }
+}
+
+impl<C, G> Watched<C, G>
+where
+    C: Future,
+    G: FnOnce(Pin<&mut C>),
+{
+    fn new(conn: C, stop: Arc<Stop>, shutdown: G) -> Self {
+        Watched {
+            conn,
+            stop,
+            key: None,
+            shutdown: Some(shutdown),
+        }
+    }
+}
+
+impl<C, G> Future for Watched<C, G>
+where
+    C: Future,
+    G: FnOnce(Pin<&mut C>),
+{
+    type Output = C::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let mut this = self.project();
+        if this.shutdown.is_some() {
+            if this.key.is_none() {
+                // The task's waker, once: a task keeps its waker.
+                *this.key = Some(this.stop.register(cx.waker()));
+            }
+            if this.stop.is_stopped() {
+                if let Some(g) = this.shutdown.take() {
+                    g(this.conn.as_mut());
+                }
+            }
+        }
+        this.conn.poll(cx)
+    }
+}
+
+/// Connections alive on one thread, waited for at shutdown.
+#[derive(Default)]
+struct Live {
+    count: AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+struct LiveGuard(Arc<Live>);
+
+impl Live {
+    fn enter(self: &Arc<Self>) -> LiveGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        LiveGuard(self.clone())
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -156,5 +401,78 @@ mod tests {
         }
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    /// A server on two threads answering `/` with the client's address.
+    fn start() -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let app = Router::new().route(
+            "/",
+            axum::routing::get(
+                |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>| async move {
+                    peer.to_string()
+                },
+            ),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_per_core(listeners, app, async {
+            let _ = rx.await;
+        }));
+        (addr, tx, server)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn http2_with_prior_knowledge_and_the_client_address() {
+        use http_body_util::BodyExt;
+        let (addr, tx, server) = start();
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let local = s.local_addr().unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+                .await
+                .unwrap();
+        let driver = tokio::spawn(conn);
+        for _ in 0..3 {
+            let req = http::Request::get(format!("http://{addr}/"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let res = send.send_request(req).await.unwrap();
+            assert_eq!(res.version(), http::Version::HTTP_2);
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, local.to_string());
+        }
+        drop(send);
+        let _ = driver.await;
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn shutdown_closes_idle_and_silent_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (addr, tx, server) = start();
+        // One keep-alive connection that has had its answer, one that never
+        // said anything.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0; 1024];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tx.send(()).unwrap();
+        // Returns although neither client closes.
+        server.await.unwrap().unwrap();
+        assert_eq!(idle.read(&mut buf).await.unwrap(), 0);
+        // Closed, or reset if the stop came before its accept.
+        assert!(!matches!(silent.read(&mut buf).await, Ok(n) if n > 0));
+        // And nothing listens any more.
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }
