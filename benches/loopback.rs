@@ -25,6 +25,9 @@
 //! MCPGW_BENCH_PROFILE=full MCPGW_BENCH_MODE=sse MCPGW_BENCH_CONNS=32 cargo bench --bench loopback
 //! # paired comparison of some servers (differences against the first):
 //! MCPGW_BENCH_COMPARE=secure,full MCPGW_BENCH_MODE=json cargo bench --bench loopback
+//! # instructions, steady whatever the machine does: the server under test
+//! # runs under a wrapper (stopped with SIGTERM, so it writes its output)
+//! MCPGW_BENCH_WRAP="valgrind --tool=callgrind" MCPGW_BENCH_PROFILE=gateway cargo bench --bench loopback
 //! ```
 //!
 //! Roles: `stub`, `direct` (a second stub, in comparisons), `relay`,
@@ -233,15 +236,29 @@ async fn serve_tcp_relay(upstream: String) {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// Started under `MCPGW_BENCH_WRAP`: stopped with SIGTERM, so the
+    /// wrapper (a profiler) can write its output.
+    wrapped: bool,
 }
 
 impl Server {
     fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let exe = std::env::current_exe().unwrap();
+        // MCPGW_BENCH_WRAP="valgrind --tool=callgrind": servers under test
+        // (not the stub) run under that command.
+        let wrap = std::env::var("MCPGW_BENCH_WRAP")
+            .ok()
+            .filter(|_| !args.contains(&"stub"));
+        let mut cmd = match &wrap {
+            Some(w) => {
+                let mut words = w.split_whitespace();
+                let mut c = Command::new(words.next().expect("MCPGW_BENCH_WRAP is empty"));
+                c.args(words).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd.args(args).stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -249,6 +266,7 @@ impl Server {
         Server {
             child,
             addr: line.trim().parse().unwrap(),
+            wrapped: wrap.is_some(),
         }
     }
 
@@ -293,7 +311,13 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if self.wrapped {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+        } else {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
         // The full-stack server's audit log.
         let _ = std::fs::remove_dir_all(

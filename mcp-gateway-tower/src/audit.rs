@@ -143,71 +143,102 @@ fn is_zero(n: &u64) -> bool {
 /// checks), written by hand: most of its strings need no escaping, and
 /// checking that is cheaper than escaping byte by byte.
 fn write_json(e: &AuditEvent, out: &mut Vec<u8>) {
+    // Each field is written as few pieces: its key's whole prefix
+    // (`,"key":"`) is one literal, as `event` always comes first.
     struct Obj<'a> {
         out: &'a mut Vec<u8>,
-        first: bool,
     }
     impl Obj<'_> {
-        fn key(&mut self, k: &str) {
-            if !std::mem::take(&mut self.first) {
-                self.out.push(b',');
-            }
-            self.out.push(b'"');
-            self.out.extend_from_slice(k.as_bytes());
-            self.out.extend_from_slice(b"\":");
-        }
-        fn text(&mut self, k: &str, v: Option<&str>) {
+        /// `prefix` is `,"key":"`.
+        #[inline]
+        fn text(&mut self, prefix: &str, v: Option<&str>) {
             let Some(v) = v else { return };
-            self.key(k);
-            // No early exit: the fold over every byte vectorizes, and the
-            // strings are short.
-            let special = v.bytes().fold(false, |acc, b| {
-                acc | (b < 0x20) | (b == b'"') | (b == b'\\')
-            });
-            if !special {
-                self.out.push(b'"');
+            self.out.extend_from_slice(prefix.as_bytes());
+            if !needs_escape(v.as_bytes()) {
                 self.out.extend_from_slice(v.as_bytes());
                 self.out.push(b'"');
             } else {
+                // serde_json writes the quotes itself.
+                self.out.pop();
                 // Writing a str into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *self.out, v);
             }
         }
-        fn number(&mut self, k: &str, v: Option<impl itoa::Integer>) {
+        /// `prefix` is `,"key":`.
+        #[inline]
+        fn number(&mut self, prefix: &str, v: Option<impl itoa::Integer>) {
             let Some(v) = v else { return };
-            self.key(k);
+            self.out.extend_from_slice(prefix.as_bytes());
             self.out
                 .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         }
     }
-    out.push(b'{');
-    let mut o = Obj { out, first: true };
-    o.text("event", Some(&e.event));
-    o.text("time", Some(&e.time));
-    o.text("principal", e.principal.as_deref());
-    o.text("tenant", e.tenant.as_deref());
-    o.text("auth_method", e.auth_method.as_deref());
-    o.text("session", e.session.as_deref());
-    o.text("backend", e.backend.as_deref());
-    o.text("method", e.method.as_deref());
-    o.text("target", e.target.as_deref());
-    o.text("id", e.id.as_deref());
-    o.text("outcome", Some(&e.outcome));
-    o.number("error_code", e.error_code);
-    o.text("limit", e.limit.as_deref());
-    o.number("http_status", e.http_status);
-    o.number("ttfb_us", e.ttfb_us);
-    o.number("duration_us", e.duration_us);
-    o.number("bytes_in", Some(e.bytes_in));
-    o.number("bytes_out", Some(e.bytes_out));
-    o.number("progress", (e.progress != 0).then_some(e.progress));
-    o.number("cost", (e.cost != 0).then_some(e.cost));
-    o.text("arguments", e.arguments.as_deref());
-    o.text("protocol_version", e.protocol_version.as_deref());
-    o.number("calls", e.calls);
-    o.number("errors", e.errors);
-    o.text("end_reason", e.end_reason.as_deref());
+    macro_rules! text {
+        ($o:ident, $k:literal, $v:expr) => {
+            $o.text(concat!(",\"", $k, "\":\""), $v)
+        };
+    }
+    macro_rules! number {
+        ($o:ident, $k:literal, $v:expr) => {
+            $o.number(concat!(",\"", $k, "\":"), $v)
+        };
+    }
+    out.reserve(512);
+    let mut o = Obj { out };
+    o.text("{\"event\":\"", Some(&e.event));
+    text!(o, "time", Some(&e.time));
+    text!(o, "principal", e.principal.as_deref());
+    text!(o, "tenant", e.tenant.as_deref());
+    text!(o, "auth_method", e.auth_method.as_deref());
+    text!(o, "session", e.session.as_deref());
+    text!(o, "backend", e.backend.as_deref());
+    text!(o, "method", e.method.as_deref());
+    text!(o, "target", e.target.as_deref());
+    text!(o, "id", e.id.as_deref());
+    text!(o, "outcome", Some(&e.outcome));
+    number!(o, "error_code", e.error_code);
+    text!(o, "limit", e.limit.as_deref());
+    number!(o, "http_status", e.http_status);
+    number!(o, "ttfb_us", e.ttfb_us);
+    number!(o, "duration_us", e.duration_us);
+    number!(o, "bytes_in", Some(e.bytes_in));
+    number!(o, "bytes_out", Some(e.bytes_out));
+    number!(o, "progress", (e.progress != 0).then_some(e.progress));
+    number!(o, "cost", (e.cost != 0).then_some(e.cost));
+    text!(o, "arguments", e.arguments.as_deref());
+    text!(o, "protocol_version", e.protocol_version.as_deref());
+    number!(o, "calls", e.calls);
+    number!(o, "errors", e.errors);
+    text!(o, "end_reason", e.end_reason.as_deref());
     o.out.push(b'}');
+}
+
+/// Whether `s` holds a byte JSON must escape: `"`, `\\` or a control
+/// character. Eight bytes at a time (the classic SWAR "has a byte less
+/// than / equal to" tests): a record has a dozen short strings, and a byte
+/// loop over them was the largest part of writing a line.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Some byte of `x` is below `n` (n <= 0x80); bytes >= 0x80 never count.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
+    let zero = |x: u64| below(x, 1);
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_ne_bytes(w);
+        if below(x, 0x20)
+            || zero(x ^ (ONES * u64::from(b'"')))
+            || zero(x ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// What to do when a sink's buffer is full.
@@ -661,15 +692,20 @@ struct Shared {
     cfg: AuditConfig,
     /// Per-session totals, sharded by session id so concurrent calls of
     /// different sessions rarely share a lock.
-    sessions: [Mutex<HashMap<String, SessionTotals>>; 16],
+    sessions: [Mutex<HashMap<String, SessionTotals, foldhash::fast::RandomState>>; 16],
 }
 
 impl Shared {
-    fn totals(&self, sid: &str) -> std::sync::MutexGuard<'_, HashMap<String, SessionTotals>> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        sid.hash(&mut h);
-        lock(&self.sessions[h.finish() as usize % self.sessions.len()])
+    fn totals(
+        &self,
+        sid: &str,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, SessionTotals, foldhash::fast::RandomState>>
+    {
+        // foldhash, not SipHash: this runs on every call. The maps keep
+        // foldhash's per-map random seed; the shard pick needs none.
+        use std::hash::BuildHasher;
+        let h = foldhash::fast::FixedState::default().hash_one(sid);
+        lock(&self.sessions[h as usize % self.sessions.len()])
     }
 }
 
@@ -1394,6 +1430,21 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_check_finds_every_special_byte_anywhere() {
+        let naive = |s: &[u8]| s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        for len in 0..20 {
+            for pos in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[pos] = b;
+                    assert_eq!(needs_escape(&s), naive(&s), "byte {b:#x} at {pos} of {len}");
+                }
+            }
+        }
+        assert!(!needs_escape("résumé ✓ 2026-11-24T03:40:00Z".as_bytes()));
+    }
 
     #[test]
     fn the_cached_clock_agrees_with_the_formatter() {

@@ -151,17 +151,24 @@ impl Authenticator for AuthChain {
 
 /// The bearer token of `Authorization: Bearer …`, if any.
 pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+    let v = parts.headers.get(header::AUTHORIZATION)?.as_bytes();
+    let space = memchr::memchr(b' ', v)?;
+    if !v[..space].eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    // Tokens run to hundreds of bytes: the ASCII check goes a word at a
+    // time (`HeaderValue::to_str` goes byte by byte). A header value holds
+    // no control characters but tab, so ASCII here is what `to_str` takes.
+    let token = std::str::from_utf8(&v[space + 1..]).ok()?;
+    token
+        .is_ascii()
+        .then(|| token.trim_ascii())
         .filter(|t| !t.is_empty())
 }
 
 /// Whether `token` has the shape of a JWS compact serialisation.
 pub fn looks_like_jwt(token: &str) -> bool {
-    token.split('.').count() == 3 && token.starts_with("eyJ")
+    token.starts_with("eyJ") && memchr::memchr_iter(b'.', token.as_bytes()).count() == 2
 }
 
 /// API keys, stored as SHA-256 hashes; each maps to a principal.
@@ -750,6 +757,34 @@ mod tests {
         });
         let (s, body, _) = send(&l, req).await;
         assert_eq!((s, body.as_str()), (200, "billing-agent leaked=false"));
+    }
+
+    #[test]
+    fn bearer_tokens_and_jwt_shape() {
+        let token = |v: &[u8]| {
+            let mut req = Request::new(());
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+            let (parts, ()) = req.into_parts();
+            bearer_token(&parts).map(str::to_owned)
+        };
+        assert_eq!(token(b"Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(token(b"bEaReR   abc \t").as_deref(), Some("abc"));
+        assert_eq!(token(b"Bearer"), None);
+        assert_eq!(token(b"Bearer    "), None);
+        assert_eq!(token(b"Basic abc"), None);
+        assert_eq!(token(b"Bearerx abc"), None);
+        // Header values may carry obs-text; a token never does.
+        assert_eq!(token(b"Bearer ab\xffc"), None);
+        assert_eq!(token("Bearer ab\u{e9}".as_bytes()), None);
+        let (parts, ()) = Request::new(()).into_parts();
+        assert_eq!(bearer_token(&parts), None);
+
+        assert!(looks_like_jwt("eyJh.eyJp.sig"));
+        assert!(looks_like_jwt("eyJ.."));
+        assert!(!looks_like_jwt("eyJh.eyJp"));
+        assert!(!looks_like_jwt("eyJh.eyJp.sig.x"));
+        assert!(!looks_like_jwt("abc.def.ghi"));
     }
 
     #[test]

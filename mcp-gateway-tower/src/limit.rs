@@ -54,7 +54,7 @@ use tower_service::Service;
 
 use crate::body::{take_ready, Body, BoxError, BoxFuture};
 use crate::error::error_response;
-use crate::rules::glob;
+use crate::rules::Glob;
 use crate::session::{SessionEnd, SessionObserver};
 
 /// The future the [`Limiter`] operations return: ready at once in
@@ -607,6 +607,8 @@ struct Shared {
     backend: Arc<str>,
     limiter: Arc<dyn Limiter>,
     tokens: Arc<dyn TokenCounter>,
+    /// `cfg.tool_costs`, compiled, in the same order.
+    tool_costs: Vec<(Glob, u64)>,
     /// Session slots by gateway session id, released when it ends.
     sessions: Mutex<HashMap<String, Vec<Slot>>>,
 }
@@ -626,11 +628,19 @@ impl std::fmt::Debug for LimitLayer {
     }
 }
 
+fn compile_costs(cfg: &LimitConfig) -> Vec<(Glob, u64)> {
+    cfg.tool_costs
+        .iter()
+        .map(|(p, c)| (Glob::new(p), *c))
+        .collect()
+}
+
 impl LimitLayer {
     /// Limits for the backend named `backend`, counted by `limiter`.
     pub fn new(cfg: LimitConfig, backend: impl Into<Arc<str>>, limiter: Arc<dyn Limiter>) -> Self {
         LimitLayer {
             shared: Arc::new(Shared {
+                tool_costs: compile_costs(&cfg),
                 cfg,
                 backend: backend.into(),
                 limiter,
@@ -649,6 +659,7 @@ impl LimitLayer {
                 backend: s.backend.clone(),
                 limiter: s.limiter.clone(),
                 tokens: counter,
+                tool_costs: s.tool_costs.clone(),
                 sessions: Mutex::new(HashMap::new()),
             }),
         }
@@ -776,10 +787,9 @@ impl Shared {
     }
 
     fn cost_of(&self, tool: &str) -> u64 {
-        self.cfg
-            .tool_costs
+        self.tool_costs
             .iter()
-            .find(|(pat, _)| glob(pat, tool))
+            .find(|(pat, _)| pat.matches(tool))
             .map_or(self.cfg.default_cost, |(_, c)| *c)
     }
 

@@ -89,37 +89,85 @@ pub struct PolicyConfig {
 /// A rule policy whose rules can be replaced while it serves.
 #[derive(Debug)]
 pub struct RulePolicy {
-    current: ArcSwap<PolicyConfig>,
+    current: ArcSwap<Compiled>,
+}
+
+/// The rules in force, with their patterns compiled once (a policy is
+/// checked on every call, and changed rarely).
+#[derive(Debug)]
+struct Compiled {
+    cfg: Arc<PolicyConfig>,
+    rules: Vec<Rule>,
+}
+
+impl Compiled {
+    fn new(cfg: &PolicyConfig) -> Self {
+        Compiled {
+            rules: cfg.rules.iter().map(Rule::new).collect(),
+            cfg: Arc::new(cfg.clone()),
+        }
+    }
+}
+
+/// A [`RuleConfig`] with compiled patterns.
+#[derive(Debug)]
+struct Rule {
+    effect: Effect,
+    subjects: Vec<Glob>,
+    roles: Vec<Glob>,
+    scopes: Vec<Glob>,
+    tenants: Vec<Glob>,
+    backends: Vec<Glob>,
+    tools: Vec<Glob>,
+    prompts: Vec<Glob>,
+    resources: Vec<Glob>,
+}
+
+impl Rule {
+    fn new(r: &RuleConfig) -> Self {
+        let c = |v: &[String]| v.iter().map(|p| Glob::new(p)).collect();
+        Rule {
+            effect: r.effect,
+            subjects: c(&r.subjects),
+            roles: c(&r.roles),
+            scopes: c(&r.scopes),
+            tenants: c(&r.tenants),
+            backends: c(&r.backends),
+            tools: c(&r.tools),
+            prompts: c(&r.prompts),
+            resources: c(&r.resources),
+        }
+    }
 }
 
 impl RulePolicy {
     /// A policy with `cfg`.
     pub fn new(cfg: &PolicyConfig) -> Self {
         RulePolicy {
-            current: ArcSwap::from_pointee(cfg.clone()),
+            current: ArcSwap::from_pointee(Compiled::new(cfg)),
         }
     }
 
     /// Swaps in new rules; requests already deciding finish with the old.
     pub fn replace(&self, cfg: &PolicyConfig) {
-        self.current.store(Arc::new(cfg.clone()));
+        self.current.store(Arc::new(Compiled::new(cfg)));
     }
 
     /// The rules in force.
     pub fn current(&self) -> Arc<PolicyConfig> {
-        self.current.load_full()
+        self.current.load().cfg.clone()
     }
 }
 
-fn any_match(patterns: &[String], value: &str) -> bool {
-    patterns.iter().any(|p| glob(p, value))
+fn any_match(patterns: &[Glob], value: &str) -> bool {
+    patterns.iter().any(|p| p.matches(value))
 }
 
-fn principal_matches(patterns: &[String], values: &[String]) -> bool {
+fn principal_matches(patterns: &[Glob], values: &[String]) -> bool {
     patterns.is_empty() || values.iter().any(|v| any_match(patterns, v))
 }
 
-fn applies(rule: &RuleConfig, a: &Access<'_>) -> bool {
+fn applies(rule: &Rule, a: &Access<'_>) -> bool {
     let names = match a.target {
         Target::Tool(_) => &rule.tools,
         Target::Prompt(_) => &rule.prompts,
@@ -141,7 +189,7 @@ fn applies(rule: &RuleConfig, a: &Access<'_>) -> bool {
     }
 }
 
-fn principal_applies(rule: &RuleConfig, p: &Principal) -> bool {
+fn principal_applies(rule: &Rule, p: &Principal) -> bool {
     (rule.subjects.is_empty() || any_match(&rule.subjects, p.subject()))
         && principal_matches(&rule.roles, p.roles())
         && principal_matches(&rule.scopes, p.scopes())
@@ -150,9 +198,9 @@ fn principal_applies(rule: &RuleConfig, p: &Principal) -> bool {
 
 impl ToolPolicy for RulePolicy {
     fn check(&self, a: &Access<'_>) -> Decision {
-        let cfg = self.current.load();
+        let cur = self.current.load();
         let mut allowed = false;
-        for (i, rule) in cfg.rules.iter().enumerate() {
+        for (i, rule) in cur.rules.iter().enumerate() {
             if applies(rule, a) {
                 match rule.effect {
                     Effect::Deny => return Decision::Deny(Some(format!("rule {} denies", i + 1))),
@@ -160,10 +208,66 @@ impl ToolPolicy for RulePolicy {
                 }
             }
         }
-        if allowed || cfg.default == Effect::Allow {
+        if allowed || cur.cfg.default == Effect::Allow {
             Decision::Allow
         } else {
             Decision::Deny(Some("no rule allows it".into()))
+        }
+    }
+}
+
+/// A glob pattern compiled once: the common shapes (`name`, `prefix*`,
+/// `*suffix`, `*part*`, `*`) are matched without the general loop.
+#[derive(Debug, Clone)]
+pub struct Glob {
+    shape: Shape,
+}
+
+#[derive(Debug, Clone)]
+enum Shape {
+    Any,
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Suffix(Box<str>),
+    Contains(Box<memchr::memmem::Finder<'static>>),
+    General(Box<str>),
+}
+
+impl Glob {
+    /// Compiles `pattern` (`*` any run, `?` one character).
+    pub fn new(pattern: &str) -> Self {
+        let shape = if pattern.contains('?') {
+            Shape::General(pattern.into())
+        } else {
+            let inner = pattern.trim_start_matches('*').trim_end_matches('*');
+            let (lead, trail) = (pattern.starts_with('*'), pattern.ends_with('*'));
+            if inner.contains('*') {
+                Shape::General(pattern.into())
+            } else if inner.is_empty() && lead {
+                Shape::Any
+            } else {
+                match (lead, trail) {
+                    (false, false) => Shape::Exact(inner.into()),
+                    (false, true) => Shape::Prefix(inner.into()),
+                    (true, false) => Shape::Suffix(inner.into()),
+                    (true, true) => Shape::Contains(Box::new(
+                        memchr::memmem::Finder::new(inner.as_bytes()).into_owned(),
+                    )),
+                }
+            }
+        };
+        Glob { shape }
+    }
+
+    /// Whether `text` matches, as [`glob`] says.
+    pub fn matches(&self, text: &str) -> bool {
+        match &self.shape {
+            Shape::Any => true,
+            Shape::Exact(s) => **s == *text,
+            Shape::Prefix(s) => text.starts_with(&**s),
+            Shape::Suffix(s) => text.ends_with(&**s),
+            Shape::Contains(f) => f.find(text.as_bytes()).is_some(),
+            Shape::General(p) => glob(p, text),
         }
     }
 }
@@ -172,8 +276,8 @@ impl ToolPolicy for RulePolicy {
 /// else literally. Iterative with one backtrack point: linear-ish, no
 /// regex engine, no pathological blow-up.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    // Called for every rule on every call: no allocation on the common
-    // paths. ASCII (tool names, most URIs) matches byte by byte; otherwise
+    // No allocation on the common paths (a [`Glob`] with `?` or inner `*`
+    // comes here on every check). ASCII (tool names, most URIs) matches byte by byte; otherwise
     // `?` must take a whole character, so the two are compared as chars.
     if !pattern.contains(['*', '?']) {
         return pattern == text;
@@ -231,6 +335,53 @@ mod tests {
         assert!(glob("caf?", "café"));
         assert!(glob("*é*", "résumé"));
         assert!(!glob("caf?", "cafés"));
+    }
+
+    #[test]
+    fn compiled_globs_match_as_glob_does() {
+        let patterns = [
+            "",
+            "*",
+            "**",
+            "get_*",
+            "get_**",
+            "*_weather",
+            "*delete*",
+            "**delete**",
+            "search",
+            "a*b",
+            "a*b*c",
+            "t?st",
+            "*?",
+            "caf?",
+            "*é*",
+            "é*",
+            "*é",
+            "file:///docs/*",
+        ];
+        let texts = [
+            "",
+            "get_weather",
+            "get_",
+            "set_weather",
+            "bulk_delete_all",
+            "delete",
+            "search",
+            "search2",
+            "ab",
+            "aXXbYYc",
+            "test",
+            "café",
+            "résumé",
+            "é",
+            "file:///docs/a/b.md",
+        ];
+        for p in patterns {
+            let g = Glob::new(p);
+            for t in texts {
+                assert_eq!(g.matches(t), glob(p, t), "pattern {p:?}, text {t:?}");
+            }
+        }
     }
 
     fn access<'a>(p: Option<&'a Principal>, t: Target<'a>) -> Access<'a> {
