@@ -119,7 +119,7 @@ where
 async fn serve_listener(l: std::net::TcpListener, app: Router, stop: Arc<Stop>) -> io::Result<()> {
     let l = tokio::net::TcpListener::from_std(l)?;
     let live = Arc::new(Live::default());
-    let mut stopped = std::pin::pin!(stop.wait());
+    let mut stopped = stop.wait();
     loop {
         let accepted = tokio::select! {
             a = l.accept() => a,
@@ -180,10 +180,10 @@ async fn serve_connection(
         // Connected but silent: nothing to finish.
         () = stop.wait() => return,
     };
-    let io = TokioIo::new(sock);
     if n == 0 {
         return;
     }
+    let io = TokioIo::new(sock);
     if head[..n] != H2_PREFACE[..n] {
         let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
         let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
@@ -245,36 +245,35 @@ impl Stop {
     }
 
     /// Completes once stopped.
-    fn wait(&self) -> StopWait<'_> {
-        StopWait {
-            stop: self,
-            key: None,
-        }
+    fn wait(self: &Arc<Self>) -> StopWait {
+        StopWait(Registration::new(self.clone()))
     }
 }
 
-struct StopWait<'a> {
-    stop: &'a Stop,
+/// A task's interest in the stop: its waker registered on first poll (a
+/// task keeps its waker), removed on drop; after that a poll only reads
+/// the flag.
+struct Registration {
+    stop: Arc<Stop>,
     key: Option<u64>,
 }
 
-impl Future for StopWait<'_> {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+impl Registration {
+    fn new(stop: Arc<Stop>) -> Self {
+        Registration { stop, key: None }
+    }
+
+    fn stopped(&mut self, cx: &Context<'_>) -> bool {
         if self.key.is_none() {
             // Registered before the flag is read: a stop after this read
             // finds the waker.
             self.key = Some(self.stop.register(cx.waker()));
         }
-        if self.stop.is_stopped() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        self.stop.is_stopped()
     }
 }
 
-impl Drop for StopWait<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(k) = self.key {
             self.stop.unregister(k);
@@ -282,22 +281,27 @@ impl Drop for StopWait<'_> {
     }
 }
 
+/// Completes once stopped.
+struct StopWait(Registration);
+
+impl Future for StopWait {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.stopped(cx) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A connection that starts its graceful shutdown when `stop` is set.
+    /// A connection that starts its graceful shutdown when the stop comes.
     struct Watched<C, G> {
         #[pin]
         conn: C,
-        stop: Arc<Stop>,
-        key: Option<u64>,
+        stop: Registration,
         shutdown: Option<G>,
-    }
-
-    impl<C, G> PinnedDrop for Watched<C, G> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(k) = this.key {
-                this.stop.unregister(k);
-            }
-        }
     }
 }
 
@@ -309,8 +313,7 @@ where
     fn new(conn: C, stop: Arc<Stop>, shutdown: G) -> Self {
         Watched {
             conn,
-            stop,
-            key: None,
+            stop: Registration::new(stop),
             shutdown: Some(shutdown),
         }
     }
@@ -324,15 +327,9 @@ where
     type Output = C::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
-        if this.shutdown.is_some() {
-            if this.key.is_none() {
-                // The task's waker, once: a task keeps its waker.
-                *this.key = Some(this.stop.register(cx.waker()));
-            }
-            if this.stop.is_stopped() {
-                if let Some(g) = this.shutdown.take() {
-                    g(this.conn.as_mut());
-                }
+        if this.shutdown.is_some() && this.stop.stopped(cx) {
+            if let Some(g) = this.shutdown.take() {
+                g(this.conn.as_mut());
             }
         }
         this.conn.poll(cx)

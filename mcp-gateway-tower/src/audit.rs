@@ -214,31 +214,12 @@ fn write_json(e: &AuditEvent, out: &mut Vec<u8>) {
 }
 
 /// Whether `s` holds a byte JSON must escape: `"`, `\\` or a control
-/// character. Eight bytes at a time (the classic SWAR "has a byte less
-/// than / equal to" tests): a record has a dozen short strings, and a byte
-/// loop over them was the largest part of writing a line.
+/// character. No early exit: the fold over every byte vectorizes, and the
+/// strings are short.
 fn needs_escape(s: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Some byte of `x` is below `n` (n <= 0x80); bytes >= 0x80 never count.
-    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
-    let zero = |x: u64| below(x, 1);
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0; 8];
-        w.copy_from_slice(c);
-        let x = u64::from_ne_bytes(w);
-        if below(x, 0x20)
-            || zero(x ^ (ONES * u64::from(b'"')))
-            || zero(x ^ (ONES * u64::from(b'\\')))
-        {
-            return true;
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    s.iter().fold(false, |acc, &b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
 }
 
 /// What to do when a sink's buffer is full.

@@ -276,9 +276,10 @@ impl Glob {
 /// else literally. Iterative with one backtrack point: linear-ish, no
 /// regex engine, no pathological blow-up.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    // No allocation on the common paths (a [`Glob`] with `?` or inner `*`
-    // comes here on every check). ASCII (tool names, most URIs) matches byte by byte; otherwise
-    // `?` must take a whole character, so the two are compared as chars.
+    // No allocation on the common paths (a [`Glob`] with `?` or an inner
+    // `*` comes here on every check). ASCII (tool names, most URIs) matches
+    // byte by byte; otherwise `?` must take a whole character, so the two
+    // are compared as chars.
     if !pattern.contains(['*', '?']) {
         return pattern == text;
     }
