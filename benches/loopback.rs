@@ -131,9 +131,18 @@ async fn serve_app(app: axum::Router) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // MCPGW_BENCH_BUSY_POLL_US=N overrides the serving loop's default
+    // busy-polling window (0: off), as `gateway --busy-poll-us` does.
+    let mut opts = serve::ServeOptions::default();
+    if let Some(us) = std::env::var("MCPGW_BENCH_BUSY_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts = opts.busy_poll(std::time::Duration::from_micros(us));
+    }
     let listeners = serve::bind_per_core("127.0.0.1:0".parse().unwrap(), threads).unwrap();
     println!("{}", listeners[0].local_addr().unwrap());
-    let _ = serve::serve_per_core(listeners, app, std::future::pending()).await;
+    let _ = serve::serve_per_core_with(listeners, app, std::future::pending(), opts).await;
 }
 
 /// The security stack plus limits (every limit on, none reached) and the

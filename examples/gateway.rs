@@ -16,13 +16,15 @@
 //! `--config FILE` reads a TOML file with the backend, authentication,
 //! authorization rules, tool pinning and backend credentials (format in the
 //! README; a bad file is refused at start with its line and key). Flags
-//! given beside it override `listen` and `threads`; the backend comes from
+//! given beside it override `listen`, `threads` and `busy_poll_us`; the backend comes from
 //! the file. On SIGHUP the file is read again and its `[policy]` rules
 //! replace the running ones (other sections need a restart).
 //!
 //! `--threads N` (default: one per core) serves with one single-threaded
 //! runtime per thread on a shared `SO_REUSEPORT` port, so each connection
-//! stays on one thread (see `mcp_gateway_axum::serve`).
+//! stays on one thread (see `mcp_gateway_axum::serve`). `--busy-poll-us N`
+//! (default 50; 0 = off) is how long a thread keeps checking its sockets
+//! after its last activity before it sleeps: CPU time traded for latency.
 
 use std::net::SocketAddr;
 
@@ -39,8 +41,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str =
     "usage: gateway [--listen ADDR] --upstream URL [--upstream URL ...] [--path PATH] \
-[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...] [--threads N]
-       gateway --config FILE [--listen ADDR] [--threads N]";
+[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...] [--threads N] [--busy-poll-us N]
+       gateway --config FILE [--listen ADDR] [--threads N] [--busy-poll-us N]";
 
 struct Args {
     listen: SocketAddr,
@@ -52,6 +54,8 @@ struct Args {
     hosts: Vec<String>,
     origins: Vec<String>,
     threads: usize,
+    /// `--busy-poll-us`, when given.
+    busy_poll_us: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -65,6 +69,7 @@ fn parse() -> Result<Args, String> {
         hosts: Vec::new(),
         origins: Vec::new(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        busy_poll_us: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,6 +91,13 @@ fn parse() -> Result<Args, String> {
                     .filter(|n| *n > 0)
                     .ok_or("--threads needs a positive number")?;
                 a.threads_given = true;
+            }
+            "--busy-poll-us" => {
+                a.busy_poll_us = Some(
+                    val()?
+                        .parse()
+                        .map_err(|_| "--busy-poll-us needs a number of microseconds (0: off)")?,
+                );
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -139,13 +151,17 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let (app, listen, threads, path, audit) = match &args.config {
+    let (app, listen, threads, path, audit, busy_poll_us) = match &args.config {
         Some(file) => from_config(file, &args),
         None => {
             let (app, listen, threads, path) = from_flags(&args);
-            (app, listen, threads, path, None)
+            (app, listen, threads, path, None, args.busy_poll_us)
         }
     };
+    let mut opts = serve::ServeOptions::default();
+    if let Some(us) = busy_poll_us {
+        opts = opts.busy_poll(std::time::Duration::from_micros(us));
+    }
     let listeners = match serve::bind_per_core(listen, threads) {
         Ok(l) => l,
         Err(e) => {
@@ -156,9 +172,9 @@ async fn main() {
     let addr = listeners[0]
         .local_addr()
         .expect("bound socket has an address");
-    tracing::info!(%addr, %path, threads = listeners.len(), "mcp-gateway listening");
+    tracing::info!(%addr, %path, threads = listeners.len(), busy_poll = ?opts.busy_poll, "mcp-gateway listening");
     println!("mcp-gateway listening on http://{addr}{path}");
-    let served = serve::serve_per_core(listeners, app, shutdown_signal()).await;
+    let served = serve::serve_per_core_with(listeners, app, shutdown_signal(), opts).await;
     if let Some(sink) = audit {
         // Every record of the requests that just finished reaches the disk.
         sink.flush();
@@ -181,7 +197,14 @@ type AuditHandle = Option<std::sync::Arc<dyn mcp_gateway_tower::audit::AuditSink
 fn from_config(
     file: &std::path::Path,
     args: &Args,
-) -> (axum::Router, SocketAddr, usize, String, AuditHandle) {
+) -> (
+    axum::Router,
+    SocketAddr,
+    usize,
+    String,
+    AuditHandle,
+    Option<u64>,
+) {
     let cfg = match GatewayConfig::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -213,7 +236,8 @@ fn from_config(
         .builder
         .build()
         .expect("checked when the file was loaded");
-    (app, listen, threads, cfg.path.clone(), audit)
+    let busy_poll_us = args.busy_poll_us.or(cfg.busy_poll_us);
+    (app, listen, threads, cfg.path.clone(), audit, busy_poll_us)
 }
 
 #[cfg(unix)]

@@ -102,6 +102,10 @@ pub struct GatewayConfig {
     pub path: String,
     /// Serving threads. Default: one per core.
     pub threads: Option<usize>,
+    /// Busy polling window of each serving thread, in microseconds
+    /// ([`ServeOptions::busy_poll`](crate::serve::ServeOptions::busy_poll));
+    /// 0 turns it off. Default 50.
+    pub busy_poll_us: Option<u64>,
     /// Extra allowed `Host` values.
     #[serde(default)]
     pub allow_hosts: Vec<String>,

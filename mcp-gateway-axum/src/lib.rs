@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 #[cfg(feature = "config")]
+mod busy_poll;
 pub mod config;
 pub mod serve;
 

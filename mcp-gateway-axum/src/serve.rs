@@ -35,6 +35,8 @@ use std::task::{Context, Poll, Waker};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::busy_poll::{self, PollerGuard};
+
 /// Binds `threads` listeners to `addr` with `SO_REUSEPORT` (port 0 picks one
 /// port for all of them). The first listener's address is the bound one.
 pub fn bind_per_core(addr: SocketAddr, threads: usize) -> io::Result<Vec<std::net::TcpListener>> {
@@ -63,6 +65,51 @@ pub fn bind_per_core(addr: SocketAddr, threads: usize) -> io::Result<Vec<std::ne
     Ok(out)
 }
 
+/// How [`serve_per_core_with`] serves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// How long a serving thread keeps checking its sockets after its last
+    /// activity before it sleeps (busy polling; see below). Zero turns it
+    /// off. Default 50 µs.
+    ///
+    /// A proxy is woken twice per call, and on virtual machines a wake-up
+    /// of an idle core goes through the hypervisor: measured on a 2-core
+    /// VM, busy polling took the gateway's added p50 latency at one
+    /// connection from 110–200 µs to 0–40 µs. The price is CPU time, up to
+    /// one window after each burst of work; each polling round first offers
+    /// the core to any other runnable thread.
+    pub busy_poll: std::time::Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            busy_poll: std::time::Duration::from_micros(50),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Sets [`busy_poll`](Self::busy_poll).
+    pub fn busy_poll(mut self, window: std::time::Duration) -> Self {
+        self.busy_poll = window;
+        self
+    }
+}
+
+/// [`serve_per_core_with`] with the default [`ServeOptions`].
+pub async fn serve_per_core<F>(
+    listeners: Vec<std::net::TcpListener>,
+    app: Router,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    serve_per_core_with(listeners, app, shutdown, ServeOptions::default()).await
+}
+
 /// Serves `app` on every listener: the first on the caller's runtime, each
 /// other one on its own thread with a single-threaded runtime. Accepted
 /// sockets get `TCP_NODELAY`; a connection speaks HTTP/1.1, or HTTP/2 when
@@ -71,10 +118,14 @@ pub fn bind_per_core(addr: SocketAddr, threads: usize) -> io::Result<Vec<std::ne
 /// key by). When `shutdown` completes, every listener stops accepting,
 /// open requests finish, idle connections close, and the call returns once
 /// all threads have.
-pub async fn serve_per_core<F>(
+///
+/// Threads busy-poll as `opts` says; on the caller's runtime only when it
+/// is single-threaded (as `#[tokio::main(flavor = "current_thread")]`).
+pub async fn serve_per_core_with<F>(
     listeners: Vec<std::net::TcpListener>,
     app: Router,
     shutdown: F,
+    opts: ServeOptions,
 ) -> io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
@@ -88,6 +139,7 @@ where
     for (i, l) in listeners.enumerate() {
         let app = app.clone();
         let stop = stop.clone();
+        let window = opts.busy_poll;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<io::Result<()>>();
         std::thread::Builder::new()
             .name(format!("mcp-gateway-{}", i + 1))
@@ -95,7 +147,7 @@ where
                 let res = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| rt.block_on(serve_listener(l, app, stop)));
+                    .and_then(|rt| rt.block_on(serve_listener(l, app, stop, window)));
                 let _ = done_tx.send(res);
             })?;
         threads.push(done_rx);
@@ -105,7 +157,7 @@ where
         shutdown.await;
         trigger.stop();
     });
-    let res = serve_listener(first, app, stop).await;
+    let res = serve_listener(first, app, stop, opts.busy_poll).await;
     for t in threads {
         if let Ok(Err(e)) = t.await {
             return Err(e);
@@ -116,9 +168,15 @@ where
 
 /// One thread's accept loop; returns when `stop` is set and every
 /// connection it accepted has closed.
-async fn serve_listener(l: std::net::TcpListener, app: Router, stop: Arc<Stop>) -> io::Result<()> {
+async fn serve_listener(
+    l: std::net::TcpListener,
+    app: Router,
+    stop: Arc<Stop>,
+    busy_poll: std::time::Duration,
+) -> io::Result<()> {
     let l = tokio::net::TcpListener::from_std(l)?;
     let live = Arc::new(Live::default());
+    let _poller = PollerGuard::start(busy_poll);
     let mut stopped = stop.wait();
     loop {
         let accepted = tokio::select! {
@@ -326,6 +384,7 @@ where
 {
     type Output = C::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        busy_poll::note_activity();
         let mut this = self.project();
         if this.shutdown.is_some() && this.stop.stopped(cx) {
             if let Some(g) = this.shutdown.take() {
@@ -398,6 +457,69 @@ mod tests {
         }
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
+        // Nothing is left running on the caller's runtime: the busy poller
+        // ended with the loop.
+        let metrics = tokio::runtime::Handle::current().metrics();
+        for _ in 0..1000 {
+            if metrics.num_alive_tasks() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(metrics.num_alive_tasks(), 0);
+    }
+
+    /// Parks of this (current-thread) runtime while `n` requests go through
+    /// a one-thread server on it that busy-polls for `window`.
+    async fn parks_during_requests(window: std::time::Duration, n: usize) -> u64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let opts = ServeOptions::default().busy_poll(window);
+        let server = tokio::spawn(serve_per_core_with(
+            listeners,
+            app,
+            async {
+                let _ = rx.await;
+            },
+            opts,
+        ));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut call = async |s: &mut tokio::net::TcpStream| {
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        };
+        // The first call starts the poller; count from the second on.
+        call(&mut s).await;
+        let parks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .worker_park_count(0)
+        };
+        let before = parks();
+        for _ in 0..n {
+            call(&mut s).await;
+        }
+        let during = parks() - before;
+        drop(s);
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+        during
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn busy_polling_keeps_a_serving_thread_awake_between_requests() {
+        // Off: the thread sleeps while each answer is on its way.
+        assert!(parks_during_requests(std::time::Duration::ZERO, 20).await >= 20);
+        // On (with a window far longer than the test): it never sleeps.
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(parks_during_requests(hour, 20).await, 0);
     }
 
     /// A server on two threads answering `/` with the client's address.
