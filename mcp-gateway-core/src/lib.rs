@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+mod json_scan;
 pub mod jsonrpc;
 pub mod principal;
 pub mod protocol;
