@@ -25,6 +25,27 @@ pub mod headers {
     pub const LAST_EVENT_ID: &str = "last-event-id";
 }
 
+/// The names of [`headers`] as [`http::HeaderName`]s: a header map finds
+/// these without parsing and lower-casing a string on every lookup (some
+/// 150 instructions each, several times per request).
+pub mod header_names {
+    use http::HeaderName;
+
+    use super::headers;
+
+    /// [`headers::MCP_SESSION_ID`].
+    pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static(headers::MCP_SESSION_ID);
+    /// [`headers::MCP_PROTOCOL_VERSION`].
+    pub const MCP_PROTOCOL_VERSION: HeaderName =
+        HeaderName::from_static(headers::MCP_PROTOCOL_VERSION);
+    /// [`headers::MCP_METHOD`].
+    pub const MCP_METHOD: HeaderName = HeaderName::from_static(headers::MCP_METHOD);
+    /// [`headers::MCP_NAME`].
+    pub const MCP_NAME: HeaderName = HeaderName::from_static(headers::MCP_NAME);
+    /// [`headers::LAST_EVENT_ID`].
+    pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static(headers::LAST_EVENT_ID);
+}
+
 /// A protocol revision the gateway speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProtocolVersion {

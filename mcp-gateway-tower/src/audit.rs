@@ -40,7 +40,7 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
-use mcp_gateway_core::protocol::headers;
+use mcp_gateway_core::protocol::header_names;
 use mcp_gateway_core::session::SessionRecord;
 use mcp_gateway_core::sse::SseScanner;
 use mcp_gateway_core::{ErrorKind, GatewayError, McpRequest, MessageKind, Principal};
@@ -821,7 +821,7 @@ where
             http_method: req.method().clone(),
             session: req
                 .headers()
-                .get(headers::MCP_SESSION_ID)
+                .get(&header_names::MCP_SESSION_ID)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             declared_len: req
@@ -853,7 +853,7 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
         mcp.as_ref().is_some_and(McpRequest::is_initialize) && res.status().is_success();
     let session = if started_session {
         res.headers()
-            .get(headers::MCP_SESSION_ID)
+            .get(&header_names::MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     } else {

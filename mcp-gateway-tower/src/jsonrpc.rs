@@ -44,7 +44,7 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method as HttpMethod, Request, Response};
 use http_body_util::BodyExt;
-use mcp_gateway_core::protocol::{check_stateless_headers, headers, HeaderValue};
+use mcp_gateway_core::protocol::{check_stateless_headers, header_names, HeaderValue};
 use mcp_gateway_core::{Envelope, ErrorKind, GatewayError, McpRequest, ProtocolVersion};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -209,7 +209,7 @@ where
 
 /// The `MCP-Protocol-Version` header, if sent; unknown → -32022.
 fn header_version(h: &HeaderMap) -> Result<Option<ProtocolVersion>, GatewayError> {
-    let Some(raw) = h.get(headers::MCP_PROTOCOL_VERSION) else {
+    let Some(raw) = h.get(&header_names::MCP_PROTOCOL_VERSION) else {
         return Ok(None);
     };
     let s = raw.to_str().unwrap_or("");
@@ -309,7 +309,7 @@ where
 
 /// One header's value for the 2026-07-28 checks: repeated or non-text
 /// values are reported as invalid rather than resolved one way or another.
-fn single<'a>(h: &'a HeaderMap, name: &str) -> HeaderValue<'a> {
+fn single<'a>(h: &'a HeaderMap, name: &http::HeaderName) -> HeaderValue<'a> {
     let mut it = h.get_all(name).iter();
     match (it.next(), it.next()) {
         (None, _) => HeaderValue::Absent,
@@ -361,8 +361,8 @@ fn validate(
     if version == ProtocolVersion::V2026_07_28 && !first.is_initialize() {
         check_stateless_headers(
             first,
-            single(h, headers::MCP_METHOD),
-            single(h, headers::MCP_NAME),
+            single(h, &header_names::MCP_METHOD),
+            single(h, &header_names::MCP_NAME),
             version,
         )?;
     }

@@ -42,7 +42,7 @@ use governor::{Quota as GovQuota, RateLimiter};
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
-use mcp_gateway_core::protocol::headers;
+use mcp_gateway_core::protocol::header_names;
 use mcp_gateway_core::session::{SessionRecord, StoreFuture};
 use mcp_gateway_core::{
     ErrorKind, GatewayError, McpRequest, Message, Method, Principal, RequestId,
@@ -1049,7 +1049,7 @@ where
     if !slots.is_empty() && res.status().is_success() {
         if let Some(sid) = res
             .headers()
-            .get(headers::MCP_SESSION_ID)
+            .get(&header_names::MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
         {
             shared

@@ -24,7 +24,7 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use http::{Method as HttpMethod, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use mcp_gateway_core::protocol::headers;
+use mcp_gateway_core::protocol::{header_names, headers};
 use mcp_gateway_core::session::{SessionId, SessionRecord, SessionStore, StoreError};
 use mcp_gateway_core::{Era, ErrorKind, GatewayError, McpRequest, ProtocolVersion, RequestId};
 use tower::ServiceExt;
@@ -309,7 +309,7 @@ where
         .expect("static request parts are valid");
     if let Some(v) = rec.protocol_version() {
         req.headers_mut().insert(
-            headers::MCP_PROTOCOL_VERSION,
+            header_names::MCP_PROTOCOL_VERSION,
             HeaderValue::from_static(v.as_str()),
         );
     }
@@ -348,7 +348,7 @@ where
                 return Ok(no_instance(first_id(&req)));
             };
             // A stateless request has no session; never forward a stray id.
-            req.headers_mut().remove(headers::MCP_SESSION_ID);
+            req.headers_mut().remove(&header_names::MCP_SESSION_ID);
             req.extensions_mut().insert(Instance(i));
             return inner.oneshot(req).await;
         }
@@ -392,13 +392,13 @@ where
         .get::<SessionOwner>()
         .map(|o| o.0.to_string());
     // initialize starts a new session: an id sent along is not forwarded.
-    req.headers_mut().remove(headers::MCP_SESSION_ID);
+    req.headers_mut().remove(&header_names::MCP_SESSION_ID);
     req.extensions_mut().insert(Instance(instance));
     let mut res = inner.clone().oneshot(req).await?;
     if !res.status().is_success() {
         return Ok(res);
     }
-    let upstream_id = res.headers().get(headers::MCP_SESSION_ID).cloned();
+    let upstream_id = res.headers().get(&header_names::MCP_SESSION_ID).cloned();
     let gid = SessionId::random();
     let record = SessionRecord::new(gid.clone(), instance, upstream_id.clone())
         .with_protocol_version(version)
@@ -406,7 +406,7 @@ where
     match shared.store.insert(record).await {
         Ok(rec) => {
             res.headers_mut()
-                .insert(headers::MCP_SESSION_ID, rec.id_header().clone());
+                .insert(header_names::MCP_SESSION_ID, rec.id_header().clone());
             tracing::debug!(session = ?gid, instance, "session started");
             shared.started(&rec);
             Ok(res)
@@ -435,7 +435,7 @@ where
     S: RoutedService,
 {
     // A header value clone shares the buffer: no allocation per request.
-    let Some(sid) = req.headers().get(headers::MCP_SESSION_ID).cloned() else {
+    let Some(sid) = req.headers().get(&header_names::MCP_SESSION_ID).cloned() else {
         let e = GatewayError::new(
             ErrorKind::MissingSession,
             "Bad Request: Mcp-Session-Id header is required",
@@ -460,10 +460,11 @@ where
     let is_delete = req.method() == HttpMethod::DELETE;
     match rec.upstream_header() {
         Some(v) => {
-            req.headers_mut().insert(headers::MCP_SESSION_ID, v.clone());
+            req.headers_mut()
+                .insert(header_names::MCP_SESSION_ID, v.clone());
         }
         None => {
-            req.headers_mut().remove(headers::MCP_SESSION_ID);
+            req.headers_mut().remove(&header_names::MCP_SESSION_ID);
             if is_delete {
                 // The backend never had a session to end.
                 shared.end(sid, SessionEnd::Deleted).await;
@@ -484,10 +485,10 @@ where
         shared.end(sid, SessionEnd::Deleted).await;
         tracing::debug!(session = ?rec.id(), "session ended by client");
     }
-    if res.headers().contains_key(headers::MCP_SESSION_ID) {
+    if res.headers().contains_key(&header_names::MCP_SESSION_ID) {
         // Never leak a backend's id to the client.
         res.headers_mut()
-            .insert(headers::MCP_SESSION_ID, rec.id_header().clone());
+            .insert(header_names::MCP_SESSION_ID, rec.id_header().clone());
     }
     Ok(res)
 }
