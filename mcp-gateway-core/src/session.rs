@@ -260,13 +260,16 @@ impl Default for InMemoryConfig {
     }
 }
 
-type Shard = RwLock<HashMap<Arc<str>, Arc<SessionRecord>>>;
+/// Session ids come from the gateway's CSPRNG, and a client can only look
+/// ids up, never add them, so a fast seeded hash (foldhash, a fresh seed
+/// per map) is safe here; SipHash was a third of a lookup's cost.
+type Shard = RwLock<HashMap<Arc<str>, Arc<SessionRecord>, foldhash::fast::RandomState>>;
 
 /// A sharded in-memory [`SessionStore`]: each request takes one read lock
 /// on one of N shards, so no lock is shared by every request.
 pub struct InMemorySessionStore {
     shards: Box<[Shard]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
     count: AtomicU64,
     cfg: InMemoryConfig,
     epoch: Instant,
@@ -293,7 +296,7 @@ impl InMemorySessionStore {
     pub fn new(cfg: InMemoryConfig) -> Self {
         let n = cfg.shards.max(1).next_power_of_two();
         InMemorySessionStore {
-            shards: (0..n).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..n).map(|_| RwLock::new(HashMap::default())).collect(),
             hasher: Default::default(),
             count: AtomicU64::new(0),
             cfg,

@@ -226,33 +226,47 @@ fn header_version(h: &HeaderMap) -> Result<Option<ProtocolVersion>, GatewayError
 }
 
 /// Whether `Accept` allows JSON and event streams (directly or by
-/// wildcard): what every POST must, read in one pass over the ranges.
+/// wildcard): what every POST must, read in one pass over the ranges, as
+/// bytes (a `str` split by `char` patterns cost ~600 instructions here).
 fn accepts_json_and_sse(h: &HeaderMap) -> (bool, bool) {
     let (mut json, mut sse) = (false, false);
     for v in h.get_all(ACCEPT) {
-        for part in v.to_str().unwrap_or("").split(',') {
-            let m = part.split_once(';').map_or(part, |(m, _)| m).trim();
-            if m == "*/*" {
+        for m in media_ranges(v.as_bytes()) {
+            if m == b"*/*" {
                 return (true, true);
             }
-            json |= m.eq_ignore_ascii_case("application/json")
-                || m.eq_ignore_ascii_case("application/*");
-            sse |= m.eq_ignore_ascii_case("text/event-stream") || m.eq_ignore_ascii_case("text/*");
+            json |= m.eq_ignore_ascii_case(b"application/json")
+                || m.eq_ignore_ascii_case(b"application/*");
+            sse |=
+                m.eq_ignore_ascii_case(b"text/event-stream") || m.eq_ignore_ascii_case(b"text/*");
         }
     }
     (json, sse)
+}
+
+/// The media types of a header value's comma-separated ranges, without
+/// their parameters and surrounding whitespace.
+fn media_ranges(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',').map(media_type)
+}
+
+/// The media type of one range or `Content-Type` (before any `;`).
+fn media_type(v: &[u8]) -> &[u8] {
+    v.split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
 }
 
 /// Does `Accept` allow `mime` (directly or by wildcard)?
 fn accepts(h: &HeaderMap, mime: &str) -> bool {
     let (ty, _) = mime.split_once('/').unwrap_or((mime, ""));
     h.get_all(ACCEPT).iter().any(|v| {
-        v.to_str().unwrap_or("").split(',').any(|part| {
-            let m = part.split(';').next().unwrap_or("").trim();
-            m.eq_ignore_ascii_case(mime)
-                || m == "*/*"
-                || m.strip_suffix("/*")
-                    .is_some_and(|t| t.eq_ignore_ascii_case(ty))
+        media_ranges(v.as_bytes()).any(|m| {
+            m.eq_ignore_ascii_case(mime.as_bytes())
+                || m == b"*/*"
+                || m.strip_suffix(b"/*")
+                    .is_some_and(|t| t.eq_ignore_ascii_case(ty.as_bytes()))
         })
     })
 }
@@ -260,9 +274,7 @@ fn accepts(h: &HeaderMap, mime: &str) -> bool {
 fn check_post_headers(h: &HeaderMap) -> Result<(), GatewayError> {
     let ct_ok = h
         .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        .is_some_and(|v| media_type(v.as_bytes()).eq_ignore_ascii_case(b"application/json"));
     if !ct_ok {
         return Err(GatewayError::new(
             ErrorKind::UnsupportedMediaType,
@@ -437,6 +449,56 @@ mod tests {
             code(post(b).body(Body::from(b)).unwrap()).await,
             (200, None)
         );
+    }
+
+    #[test]
+    fn accept_and_content_type_are_read_by_media_type() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        for (accept, want) in [
+            ("application/json, text/event-stream", (true, true)),
+            (
+                " Application/JSON ;q=0.9 ,\tTEXT/event-stream; q=1",
+                (true, true),
+            ),
+            ("application/*,text/*", (true, true)),
+            ("*/*;q=0.1", (true, true)),
+            ("application/json", (true, false)),
+            ("text/event-stream", (false, true)),
+            ("application/jsonx, text/event-streams", (false, false)),
+            ("", (false, false)),
+        ] {
+            assert_eq!(
+                accepts_json_and_sse(&h(&[("accept", accept)])),
+                want,
+                "{accept:?}"
+            );
+        }
+        // Ranges spread over several Accept headers count together.
+        let two = h(&[
+            ("accept", "application/json"),
+            ("accept", "text/event-stream"),
+        ]);
+        assert_eq!(accepts_json_and_sse(&two), (true, true));
+        assert!(accepts(&h(&[("accept", "text/*")]), "text/event-stream"));
+        assert!(!accepts(
+            &h(&[("accept", "application/*")]),
+            "text/event-stream"
+        ));
+        let ct =
+            |v: &str| check_post_headers(&h(&[("content-type", v), ("accept", "*/*")])).is_ok();
+        assert!(ct("application/json"));
+        assert!(ct("Application/Json ; charset=utf-8"));
+        assert!(!ct("application/json-seq"));
+        assert!(!ct("text/plain; x=application/json"));
     }
 
     #[tokio::test]

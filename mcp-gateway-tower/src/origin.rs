@@ -127,7 +127,10 @@ impl OriginPolicy {
         let list = self.hosts.get_or_insert_with(Vec::new);
         for h in hosts {
             if let Some((host, port)) = split_host_port(h.as_ref()) {
-                list.push(HostPattern { host, port });
+                list.push(HostPattern {
+                    host: host.to_owned(),
+                    port,
+                });
             }
         }
         self
@@ -223,7 +226,8 @@ fn default_port(scheme: &str) -> Option<u16> {
 }
 
 /// `host[:port]`, `[v6][:port]` → (host, port). `None` for nonsense.
-fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
+/// `host[:port]` or `[v6]:port`, borrowed (this runs on every request).
+fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
     let s = s.trim();
     if s.is_empty() {
         return None;
@@ -237,12 +241,12 @@ fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
             None if rest.is_empty() => None,
             None => return None,
         };
-        return Some((host.to_string(), port));
+        return Some((host, port));
     }
     match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Some((h.to_string(), Some(p.parse().ok()?))),
+        Some((h, p)) if !h.contains(':') => Some((h, Some(p.parse().ok()?))),
         Some(_) => None,
-        None => Some((s.to_string(), None)),
+        None => Some((s, None)),
     }
 }
 
@@ -261,7 +265,7 @@ fn parse_origin_pattern(s: &str) -> Option<OriginPattern> {
         (h.to_string(), None)
     } else {
         let (h, p) = split_host_port(rest)?;
-        (h, p.or(default_port(scheme)))
+        (h.to_owned(), p.or(default_port(scheme)))
     };
     Some(OriginPattern {
         scheme: scheme.to_ascii_lowercase(),
