@@ -881,7 +881,8 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
         backend: res
             .extensions()
             .get::<BackendName>()
-            .map(|b| b.0.to_string()),
+            // Not `to_string`: that goes through the formatting machinery.
+            .map(|b| String::from(&*b.0)),
         cost: res.extensions().get::<CostCharged>().map_or(0, |c| c.0),
         mcp,
     };
