@@ -27,14 +27,17 @@
 //! MCPGW_BENCH_COMPARE=secure,full MCPGW_BENCH_MODE=json cargo bench --bench loopback
 //! # instructions, steady whatever the machine does: the server under test
 //! # runs under a wrapper (stopped with SIGTERM, so it writes its output)
-//! MCPGW_BENCH_WRAP="valgrind --tool=callgrind" MCPGW_BENCH_PROFILE=gateway cargo bench --bench loopback
+//! # (busy polling off, or its polling rounds are counted too)
+//! MCPGW_BENCH_WRAP="valgrind --tool=callgrind" MCPGW_BENCH_BUSY_POLL_US=0 MCPGW_BENCH_PROFILE=gateway cargo bench --bench loopback
 //! ```
 //!
 //! Roles: `stub`, `direct` (a second stub, in comparisons), `relay`,
 //! `bare`, `gateway`, `secure`, `limits`, `audit`, `full`.
 //! `MCPGW_BENCH_THREADS=N` changes the servers' threads (default one per
-//! core) and `MCPGW_BENCH_AUDIT=null` gives the audit layer a sink that
-//! drops every record (to tell the layer from the file writer).
+//! core), `MCPGW_BENCH_BUSY_POLL_US=N` their busy-polling window (default
+//! as `gateway`, 50; 0 = off), and `MCPGW_BENCH_AUDIT=null` gives the audit
+//! layer a sink that drops every record (to tell the layer from the file
+//! writer).
 //!
 //! The same binary plays every part: `--role <role>` starts a server that
 //! prints its address on stdout.
