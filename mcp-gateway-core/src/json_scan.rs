@@ -168,48 +168,49 @@ impl<'a> Scanner<'a> {
         &mut self,
         mut member: impl FnMut(&mut Self, Cow<'a, str>) -> Scan<()>,
     ) -> Scan<()> {
-        if !self.eat(b'{') {
-            return Err(ScanError::Syntax("expected an object"));
-        }
-        self.enter()?;
-        if !self.eat(b'}') {
-            loop {
-                self.ws();
-                let key = self.string()?;
-                if !self.eat(b':') {
-                    return Err(ScanError::Syntax("expected ':' after an object key"));
-                }
-                member(self, key)?;
-                if self.eat(b',') {
-                    continue;
-                }
-                if self.eat(b'}') {
-                    break;
-                }
-                return Err(ScanError::Syntax("expected ',' or '}' in an object"));
+        let (open, close) = (b'{', b'}');
+        let errors = ("expected an object", "expected ',' or '}' in an object");
+        self.items(open, close, errors, |s| {
+            s.ws();
+            let key = s.string()?;
+            if !s.eat(b':') {
+                return Err(ScanError::Syntax("expected ':' after an object key"));
             }
-        }
-        self.depth -= 1;
-        Ok(())
+            member(s, key)
+        })
     }
 
     /// Walks an array, calling `item` for each element; `item` must
     /// consume it.
-    pub(crate) fn array(&mut self, mut item: impl FnMut(&mut Self) -> Scan<()>) -> Scan<()> {
-        if !self.eat(b'[') {
-            return Err(ScanError::Syntax("expected an array"));
+    pub(crate) fn array(&mut self, item: impl FnMut(&mut Self) -> Scan<()>) -> Scan<()> {
+        let errors = ("expected an array", "expected ',' or ']' in an array");
+        self.items(b'[', b']', errors, item)
+    }
+
+    /// The comma-separated items between `open` and `close`, one nesting
+    /// level down; `errors` are the messages for a missing `open` and for
+    /// a missing separator.
+    fn items(
+        &mut self,
+        open: u8,
+        close: u8,
+        errors: (&'static str, &'static str),
+        mut item: impl FnMut(&mut Self) -> Scan<()>,
+    ) -> Scan<()> {
+        if !self.eat(open) {
+            return Err(ScanError::Syntax(errors.0));
         }
         self.enter()?;
-        if !self.eat(b']') {
+        if !self.eat(close) {
             loop {
                 item(self)?;
                 if self.eat(b',') {
                     continue;
                 }
-                if self.eat(b']') {
+                if self.eat(close) {
                     break;
                 }
-                return Err(ScanError::Syntax("expected ',' or ']' in an array"));
+                return Err(ScanError::Syntax(errors.1));
             }
         }
         self.depth -= 1;

@@ -815,18 +815,13 @@ mod tests {
                 arb_member()
             )
                 .prop_map(|(name, uri, pv, meta, args, other)| {
-                    let mut p = serde_json::Map::new();
-                    for (k, v) in [
+                    let mut p = members(&[
                         ("name", name),
                         ("uri", uri),
                         ("protocolVersion", pv),
                         ("arguments", args),
                         ("other", other),
-                    ] {
-                        if let Some(v) = v {
-                            p.insert(k.into(), v);
-                        }
-                    }
+                    ]);
                     if let Some(m) = meta {
                         p.insert(
                             "_meta".into(),
@@ -845,21 +840,25 @@ mod tests {
             prop_oneof![3 => Just(None), 1 => arb_member()],
         )
             .prop_map(|(jsonrpc, id, method, params, result, error)| {
-                let mut o = serde_json::Map::new();
-                for (k, v) in [
+                serde_json::Value::Object(members(&[
                     ("jsonrpc", jsonrpc),
                     ("id", id),
                     ("method", method),
                     ("params", params),
                     ("result", result),
                     ("error", error),
-                ] {
-                    if let Some(v) = v {
-                        o.insert(k.into(), v);
-                    }
-                }
-                serde_json::Value::Object(o)
+                ]))
             })
+    }
+
+    /// An object of the members that are present.
+    fn members(
+        pairs: &[(&str, Option<serde_json::Value>)],
+    ) -> serde_json::Map<String, serde_json::Value> {
+        pairs
+            .iter()
+            .filter_map(|(k, v)| Some(((*k).to_owned(), v.clone()?)))
+            .collect()
     }
 
     proptest! {
