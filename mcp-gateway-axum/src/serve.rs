@@ -78,7 +78,9 @@ pub struct ServeOptions {
     /// VM, busy polling took the gateway's added p50 latency at one
     /// connection from 110–200 µs to 0–40 µs. The price is CPU time, up to
     /// one window after each burst of work; each polling round first offers
-    /// the core to any other runnable thread.
+    /// the core to any other runnable thread. Under a CPU quota (a
+    /// container's `cpu.max`) polling spends quota: there, or on machines
+    /// where waking a thread is cheap (bare metal), zero may serve better.
     pub busy_poll: std::time::Duration,
 }
 
