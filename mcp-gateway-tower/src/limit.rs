@@ -837,7 +837,8 @@ impl Shared {
                 .await
                 .map_err(|d| (LimitKind::BackendRate, d))?;
         }
-        let mut slots = Vec::new();
+        // At most two: the principal's and the backend's.
+        let mut slots = Vec::with_capacity(2);
         mine.kind = LimitKind::PrincipalInFlight;
         if let Some(k) = &mut theirs {
             k.kind = LimitKind::BackendInFlight;
@@ -957,7 +958,12 @@ async fn admit_all(
         counted = true;
         match shared.admit(who, m).await {
             Ok((s, c)) => {
-                admitted.slots.extend(s);
+                // One message (the usual case): its slots as they are.
+                if admitted.slots.is_empty() {
+                    admitted.slots = s;
+                } else {
+                    admitted.slots.extend(s);
+                }
                 admitted.cost += c;
             }
             Err((kind, retry)) => {
