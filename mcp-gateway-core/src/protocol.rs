@@ -187,8 +187,8 @@ pub fn method_has_name_header(method: &Method) -> bool {
 
 /// The 2026-07-28 standard headers of one request, as found on the wire.
 ///
-/// `None` means absent; a header sent more than once must be reported by the
-/// caller as [`HeaderValue::Repeated`], since an intermediary that resolved
+/// A header sent more than once must be reported by the caller as
+/// [`HeaderValue::Invalid`], since an intermediary that resolved
 /// duplicates differently could route on a value the backend never sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderValue<'a> {
