@@ -16,7 +16,8 @@
 //! `--config FILE` reads a TOML file with the backend, authentication,
 //! authorization rules, tool pinning and backend credentials (format in the
 //! README; a bad file is refused at start with its line and key). Flags
-//! given beside it override `listen`, `threads` and `busy_poll_us`; the backend comes from
+//! given beside it override `listen`, `threads`, `busy_poll_us` and
+//! `header_read_timeout_secs`; the backend comes from
 //! the file. On SIGHUP the file is read again and its `[policy]` rules
 //! replace the running ones (other sections need a restart).
 //!
@@ -25,6 +26,9 @@
 //! stays on one thread (see `mcp_gateway_axum::serve`). `--busy-poll-us N`
 //! (default 50; 0 = off) is how long a thread keeps checking its sockets
 //! after its last activity before it sleeps: CPU time traded for latency.
+//! `--header-timeout-secs N` (default: none) closes a connection whose
+//! client takes longer than that to send a request's headers, or stays idle
+//! that long between requests: set it where clients are not trusted.
 
 use std::net::SocketAddr;
 
@@ -41,8 +45,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str =
     "usage: gateway [--listen ADDR] --upstream URL [--upstream URL ...] [--path PATH] \
-[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...] [--threads N] [--busy-poll-us N]
-       gateway --config FILE [--listen ADDR] [--threads N] [--busy-poll-us N]";
+[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...] [--threads N] [--busy-poll-us N] [--header-timeout-secs N]
+       gateway --config FILE [--listen ADDR] [--threads N] [--busy-poll-us N] [--header-timeout-secs N]";
 
 struct Args {
     listen: SocketAddr,
@@ -56,6 +60,8 @@ struct Args {
     threads: usize,
     /// `--busy-poll-us`, when given.
     busy_poll_us: Option<u64>,
+    /// `--header-timeout-secs`, when given.
+    header_timeout_secs: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -70,6 +76,7 @@ fn parse() -> Result<Args, String> {
         origins: Vec::new(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         busy_poll_us: None,
+        header_timeout_secs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +98,15 @@ fn parse() -> Result<Args, String> {
                     .filter(|n| *n > 0)
                     .ok_or("--threads needs a positive number")?;
                 a.threads_given = true;
+            }
+            "--header-timeout-secs" => {
+                a.header_timeout_secs = Some(
+                    val()?
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or("--header-timeout-secs needs a positive number of seconds")?,
+                );
             }
             "--busy-poll-us" => {
                 a.busy_poll_us = Some(
@@ -151,16 +167,20 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let (app, listen, threads, path, audit, busy_poll_us) = match &args.config {
+    let (app, listen, threads, path, audit, serving) = match &args.config {
         Some(file) => from_config(file, &args),
         None => {
             let (app, listen, threads, path) = from_flags(&args);
-            (app, listen, threads, path, None, args.busy_poll_us)
+            let serving = (args.busy_poll_us, args.header_timeout_secs);
+            (app, listen, threads, path, None, serving)
         }
     };
     let mut opts = serve::ServeOptions::default();
-    if let Some(us) = busy_poll_us {
+    if let Some(us) = serving.0 {
         opts = opts.busy_poll(std::time::Duration::from_micros(us));
+    }
+    if let Some(secs) = serving.1 {
+        opts = opts.header_read_timeout(Some(std::time::Duration::from_secs(secs)));
     }
     let listeners = match serve::bind_per_core(listen, threads) {
         Ok(l) => l,
@@ -172,7 +192,8 @@ async fn main() {
     let addr = listeners[0]
         .local_addr()
         .expect("bound socket has an address");
-    tracing::info!(%addr, %path, threads = listeners.len(), busy_poll = ?opts.busy_poll, "mcp-gateway listening");
+    tracing::info!(%addr, %path, threads = listeners.len(), busy_poll = ?opts.busy_poll,
+        header_read_timeout = ?opts.header_read_timeout, "mcp-gateway listening");
     println!("mcp-gateway listening on http://{addr}{path}");
     let served = serve::serve_per_core_with(listeners, app, shutdown_signal(), opts).await;
     if let Some(sink) = audit {
@@ -203,7 +224,7 @@ fn from_config(
     usize,
     String,
     AuditHandle,
-    Option<u64>,
+    (Option<u64>, Option<u64>),
 ) {
     let cfg = match GatewayConfig::load(file) {
         Ok(c) => c,
@@ -236,8 +257,12 @@ fn from_config(
         .builder
         .build()
         .expect("checked when the file was loaded");
-    let busy_poll_us = args.busy_poll_us.or(cfg.busy_poll_us);
-    (app, listen, threads, cfg.path.clone(), audit, busy_poll_us)
+    let serving = (
+        args.busy_poll_us.or(cfg.busy_poll_us),
+        args.header_timeout_secs
+            .or(cfg.header_read_timeout_secs.filter(|n| *n > 0)),
+    );
+    (app, listen, threads, cfg.path.clone(), audit, serving)
 }
 
 #[cfg(unix)]

@@ -106,6 +106,11 @@ pub struct GatewayConfig {
     /// ([`ServeOptions::busy_poll`](crate::serve::ServeOptions::busy_poll));
     /// 0 turns it off. Default 50.
     pub busy_poll_us: Option<u64>,
+    /// Seconds a client may take to send a request's headers (also the
+    /// idle limit of a keep-alive connection;
+    /// [`ServeOptions::header_read_timeout`](crate::serve::ServeOptions::header_read_timeout)).
+    /// Default, or 0: no limit.
+    pub header_read_timeout_secs: Option<u64>,
     /// Extra allowed `Host` values.
     #[serde(default)]
     pub allow_hosts: Vec<String>,

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::busy_poll::{self, PollerGuard};
 
@@ -82,12 +82,25 @@ pub struct ServeOptions {
     /// container's `cpu.max`) polling spends quota: there, or on machines
     /// where waking a thread is cheap (bare metal), zero may serve better.
     pub busy_poll: std::time::Duration,
+    /// How long a client may take to send a request's headers, counted
+    /// from when the connection opens or its previous response ended (so an
+    /// idle keep-alive connection is closed after it too). `None`, the
+    /// default, waits for ever.
+    ///
+    /// Set it where clients are not trusted: without it a client can hold
+    /// a connection (a file descriptor) open by sending nothing, or a
+    /// header a byte at a time. It costs a timer per request (about 1 500
+    /// instructions, some 3 % of the gateway's work per call), which is why
+    /// it is not on by default; deployments behind a load balancer that
+    /// enforces its own have no need of it.
+    pub header_read_timeout: Option<std::time::Duration>,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             busy_poll: std::time::Duration::from_micros(50),
+            header_read_timeout: None,
         }
     }
 }
@@ -96,6 +109,12 @@ impl ServeOptions {
     /// Sets [`busy_poll`](Self::busy_poll).
     pub fn busy_poll(mut self, window: std::time::Duration) -> Self {
         self.busy_poll = window;
+        self
+    }
+
+    /// Sets [`header_read_timeout`](Self::header_read_timeout).
+    pub fn header_read_timeout(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.header_read_timeout = limit;
         self
     }
 }
@@ -141,7 +160,7 @@ where
     for (i, l) in listeners.enumerate() {
         let app = app.clone();
         let stop = stop.clone();
-        let window = opts.busy_poll;
+        let opts = opts.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<io::Result<()>>();
         std::thread::Builder::new()
             .name(format!("mcp-gateway-{}", i + 1))
@@ -149,7 +168,7 @@ where
                 let res = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| rt.block_on(serve_listener(l, app, stop, window)));
+                    .and_then(|rt| rt.block_on(serve_listener(l, app, stop, opts)));
                 let _ = done_tx.send(res);
             })?;
         threads.push(done_rx);
@@ -159,7 +178,7 @@ where
         shutdown.await;
         trigger.stop();
     });
-    let res = serve_listener(first, app, stop, opts.busy_poll).await;
+    let res = serve_listener(first, app, stop, opts).await;
     for t in threads {
         if let Ok(Err(e)) = t.await {
             return Err(e);
@@ -174,11 +193,12 @@ async fn serve_listener(
     l: std::net::TcpListener,
     app: Router,
     stop: Arc<Stop>,
-    busy_poll: std::time::Duration,
+    opts: ServeOptions,
 ) -> io::Result<()> {
     let l = tokio::net::TcpListener::from_std(l)?;
     let live = Arc::new(Live::default());
-    let _poller = PollerGuard::start(busy_poll);
+    let _poller = PollerGuard::start(opts.busy_poll);
+    let header_timeout = opts.header_read_timeout;
     let mut stopped = stop.wait();
     loop {
         let accepted = tokio::select! {
@@ -201,7 +221,7 @@ async fn serve_listener(
         let stop = stop.clone();
         let guard = live.enter();
         tokio::spawn(async move {
-            serve_connection(sock, peer, app, stop).await;
+            serve_connection(sock, peer, app, stop, header_timeout).await;
             drop(guard);
         });
     }
@@ -218,6 +238,7 @@ async fn serve_connection(
     peer: SocketAddr,
     app: Router,
     stop: Arc<Stop>,
+    header_timeout: Option<std::time::Duration>,
 ) {
     // Every request gets the client address, as axum's
     // `into_make_service_with_connect_info` gives it. The router is always
@@ -232,10 +253,17 @@ async fn serve_connection(
     // (one `recv(MSG_PEEK)` per connection, where a rewinding reader would
     // sit in every read of the connection's life).
     let mut head = [0u8; H2_PREFACE.len()];
+    let first_bytes = async {
+        match header_timeout {
+            Some(t) => tokio::time::timeout(t, sock.peek(&mut head)).await.ok(),
+            None => Some(sock.peek(&mut head).await),
+        }
+    };
     let n = tokio::select! {
-        n = sock.peek(&mut head) => match n {
-            Ok(n) => n,
-            Err(_) => return,
+        n = first_bytes => match n {
+            Some(Ok(n)) => n,
+            // An error, or silent for longer than a header may take.
+            _ => return,
         },
         // Connected but silent: nothing to finish.
         () = stop.wait() => return,
@@ -245,7 +273,11 @@ async fn serve_connection(
     }
     let io = TokioIo::new(sock);
     if head[..n] != H2_PREFACE[..n] {
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        if let Some(t) = header_timeout {
+            http1.timer(TokioTimer::new()).header_read_timeout(t);
+        }
+        let conn = http1.serve_connection(io, svc);
         let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
     } else if n == H2_PREFACE.len() {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -253,7 +285,10 @@ async fn serve_connection(
         let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
     } else {
         // Part of the preface so far: let hyper-util's detection read on.
-        let auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Some(t) = header_timeout {
+            auto.http1().timer(TokioTimer::new()).header_read_timeout(t);
+        }
         let conn = auto.serve_connection(io, svc);
         let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
     }
@@ -522,6 +557,61 @@ mod tests {
         // On (with a window far longer than the test): it never sleeps.
         let hour = std::time::Duration::from_secs(3600);
         assert_eq!(parks_during_requests(hour, 20).await, 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let limit = std::time::Duration::from_millis(200);
+        let opts = ServeOptions::default().header_read_timeout(Some(limit));
+        let server = tokio::spawn(serve_per_core_with(
+            listeners,
+            app,
+            async {
+                let _ = rx.await;
+            },
+            opts,
+        ));
+        // Reads until the server closes the connection; how long that took.
+        async fn closed_after(mut s: tokio::net::TcpStream) -> std::time::Duration {
+            let t0 = std::time::Instant::now();
+            let mut buf = [0u8; 256];
+            let wait = async {
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+                .await
+                .expect("the server must close the connection");
+            t0.elapsed()
+        }
+        // Silent from the start.
+        let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_after(silent).await >= limit);
+        // Half a header, then nothing.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        assert!(closed_after(slow).await >= limit / 2);
+        // A whole request is answered, and the idle connection then closes.
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = ok.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        closed_after(ok).await;
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     /// A server on two threads answering `/` with the client's address.
