@@ -167,21 +167,14 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let (app, listen, threads, path, audit, serving) = match &args.config {
+    let (app, listen, threads, path, audit, opts) = match &args.config {
         Some(file) => from_config(file, &args),
         None => {
             let (app, listen, threads, path) = from_flags(&args);
-            let serving = (args.busy_poll_us, args.header_timeout_secs);
-            (app, listen, threads, path, None, serving)
+            let opts = serve_options(args.busy_poll_us, args.header_timeout_secs);
+            (app, listen, threads, path, None, opts)
         }
     };
-    let mut opts = serve::ServeOptions::default();
-    if let Some(us) = serving.0 {
-        opts = opts.busy_poll(std::time::Duration::from_micros(us));
-    }
-    if let Some(secs) = serving.1 {
-        opts = opts.header_read_timeout(Some(std::time::Duration::from_secs(secs)));
-    }
     let listeners = match serve::bind_per_core(listen, threads) {
         Ok(l) => l,
         Err(e) => {
@@ -224,7 +217,7 @@ fn from_config(
     usize,
     String,
     AuditHandle,
-    (Option<u64>, Option<u64>),
+    serve::ServeOptions,
 ) {
     let cfg = match GatewayConfig::load(file) {
         Ok(c) => c,
@@ -257,12 +250,28 @@ fn from_config(
         .builder
         .build()
         .expect("checked when the file was loaded");
-    let serving = (
+    let opts = serve_options(
         args.busy_poll_us.or(cfg.busy_poll_us),
         args.header_timeout_secs
             .or(cfg.header_read_timeout_secs.filter(|n| *n > 0)),
     );
-    (app, listen, threads, cfg.path.clone(), audit, serving)
+    (app, listen, threads, cfg.path.clone(), audit, opts)
+}
+
+/// The serving options from `--busy-poll-us` / `--header-timeout-secs` or
+/// their keys in the file; the defaults where neither says.
+fn serve_options(
+    busy_poll_us: Option<u64>,
+    header_timeout_secs: Option<u64>,
+) -> serve::ServeOptions {
+    let mut opts = serve::ServeOptions::default();
+    if let Some(us) = busy_poll_us {
+        opts = opts.busy_poll(std::time::Duration::from_micros(us));
+    }
+    if let Some(secs) = header_timeout_secs {
+        opts = opts.header_read_timeout(Some(std::time::Duration::from_secs(secs)));
+    }
+    opts
 }
 
 #[cfg(unix)]
