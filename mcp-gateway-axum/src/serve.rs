@@ -506,23 +506,30 @@ mod tests {
         assert_eq!(metrics.num_alive_tasks(), 0);
     }
 
-    /// Parks of this (current-thread) runtime while `n` requests go through
-    /// a one-thread server on it that busy-polls for `window`.
-    async fn parks_during_requests(window: std::time::Duration, n: usize) -> u64 {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A one-thread server on this runtime answering `/` with "ok".
+    fn start_one(
+        opts: ServeOptions,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
         let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), 1).unwrap();
         let addr = listeners[0].local_addr().unwrap();
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let opts = ServeOptions::default().busy_poll(window);
-        let server = tokio::spawn(serve_per_core_with(
-            listeners,
-            app,
-            async {
-                let _ = rx.await;
-            },
-            opts,
-        ));
+        let stopped = async {
+            let _ = rx.await;
+        };
+        let server = tokio::spawn(serve_per_core_with(listeners, app, stopped, opts));
+        (addr, tx, server)
+    }
+
+    /// Parks of this (current-thread) runtime while `n` requests go through
+    /// a one-thread server on it that busy-polls for `window`.
+    async fn parks_during_requests(window: std::time::Duration, n: usize) -> u64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (addr, tx, server) = start_one(ServeOptions::default().busy_poll(window));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut buf = vec![0u8; 4096];
         let mut call = async |s: &mut tokio::net::TcpStream| {
@@ -562,20 +569,9 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), 1).unwrap();
-        let addr = listeners[0].local_addr().unwrap();
-        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let limit = std::time::Duration::from_millis(200);
-        let opts = ServeOptions::default().header_read_timeout(Some(limit));
-        let server = tokio::spawn(serve_per_core_with(
-            listeners,
-            app,
-            async {
-                let _ = rx.await;
-            },
-            opts,
-        ));
+        let (addr, tx, server) =
+            start_one(ServeOptions::default().header_read_timeout(Some(limit)));
         // Reads until the server closes the connection; how long that took.
         async fn closed_after(mut s: tokio::net::TcpStream) -> std::time::Duration {
             let t0 = std::time::Instant::now();
