@@ -10,15 +10,23 @@
 //! side, upstream call, stream relay) stays on one thread. Shared state
 //! (sessions, pools) is already `Send + Sync`, so nothing else changes.
 //!
+//! Each thread also busy-polls for a moment after its last activity
+//! instead of going to sleep at once, and can cut off clients that are slow
+//! to send their headers: see [`ServeOptions`].
+//!
 //! Applications that embed the layers keep their own runtime; this module
 //! is for running the gateway as a process.
 //!
 //! ```no_run
 //! # async fn run(app: axum::Router) -> std::io::Result<()> {
-//! let listeners = mcp_gateway_axum::serve::bind_per_core("127.0.0.1:8080".parse().unwrap(), 2)?;
-//! mcp_gateway_axum::serve::serve_per_core(listeners, app, async {
+//! use std::time::Duration;
+//! use mcp_gateway_axum::serve::{bind_per_core, serve_per_core_with, ServeOptions};
+//!
+//! let listeners = bind_per_core("127.0.0.1:8080".parse().unwrap(), 2)?;
+//! let opts = ServeOptions::default().header_read_timeout(Some(Duration::from_secs(30)));
+//! serve_per_core_with(listeners, app, async {
 //!     let _ = tokio::signal::ctrl_c().await;
-//! })
+//! }, opts)
 //! .await
 //! # }
 //! ```
