@@ -514,23 +514,29 @@ mod tests {
         assert_eq!(metrics.num_alive_tasks(), 0);
     }
 
-    /// A one-thread server on this runtime answering `/` with "ok".
-    fn start_one(
-        opts: ServeOptions,
-    ) -> (
+    /// What a test server hands back: its address, its stop, its task.
+    type Serving = (
         SocketAddr,
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<io::Result<()>>,
-    ) {
-        let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    );
+
+    /// `app` served on `threads` threads, the first on this runtime.
+    fn serving(threads: usize, app: Router, opts: ServeOptions) -> Serving {
+        let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), threads).unwrap();
         let addr = listeners[0].local_addr().unwrap();
-        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let stopped = async {
             let _ = rx.await;
         };
         let server = tokio::spawn(serve_per_core_with(listeners, app, stopped, opts));
         (addr, tx, server)
+    }
+
+    /// A one-thread server on this runtime answering `/` with "ok".
+    fn start_one(opts: ServeOptions) -> Serving {
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        serving(1, app, opts)
     }
 
     /// Parks of this (current-thread) runtime while `n` requests go through
@@ -619,13 +625,7 @@ mod tests {
     }
 
     /// A server on two threads answering `/` with the client's address.
-    fn start() -> (
-        SocketAddr,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<io::Result<()>>,
-    ) {
-        let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), 2).unwrap();
-        let addr = listeners[0].local_addr().unwrap();
+    fn start() -> Serving {
         let app = Router::new().route(
             "/",
             axum::routing::get(
@@ -634,11 +634,7 @@ mod tests {
                 },
             ),
         );
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_per_core(listeners, app, async {
-            let _ = rx.await;
-        }));
-        (addr, tx, server)
+        serving(2, app, ServeOptions::default())
     }
 
     #[tokio::test(flavor = "current_thread")]
