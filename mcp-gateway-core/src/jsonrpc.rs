@@ -26,7 +26,6 @@ use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::json_scan::{Kind, ScanError, Scanner};
@@ -80,8 +79,10 @@ impl RequestId {
 
     /// Builds an id from JSON text; `None` unless it is a number or string.
     pub fn from_raw_json(raw: &[u8]) -> Option<RequestId> {
-        let v: &RawValue = serde_json::from_slice(raw).ok()?;
-        id_kind_ok(v.get()).then(|| RequestId(Bytes::copy_from_slice(v.get().as_bytes())))
+        let mut sc = Scanner::new(std::str::from_utf8(raw).ok()?);
+        let v = sc.raw().ok()?;
+        sc.finish().ok()?;
+        id_kind_ok(v).then(|| RequestId(Bytes::copy_from_slice(v.as_bytes())))
     }
 }
 
@@ -264,35 +265,23 @@ impl Envelope {
             ));
         };
         let mut sc = Scanner::new(text);
-        let wires = match sc.peek_kind().map_err(scan_error)? {
-            Kind::Array => {
-                let mut wires = Vec::new();
-                sc.array(|sc| {
-                    wires.push(Wire::scan(sc)?);
-                    Ok(())
-                })
-                .map_err(scan_error)?;
-                if wires.is_empty() {
-                    sc.shape_error("empty JSON-RPC batch");
-                }
-                Some(wires)
-            }
-            _ => None,
-        };
-        let single = match wires {
-            None => Some(Wire::scan(&mut sc).map_err(scan_error)?),
-            Some(_) => None,
-        };
-        sc.finish().map_err(scan_error)?;
-        match (single, wires) {
-            (Some(w), _) => Ok(Envelope::Single(w.into_message(&body)?)),
-            (None, Some(ws)) => {
-                let msgs: Result<Vec<_>, _> =
-                    ws.into_iter().map(|w| w.into_message(&body)).collect();
-                Ok(Envelope::Batch(msgs?))
-            }
-            (None, None) => unreachable!("one of the two was scanned"),
+        if sc.peek_kind().map_err(scan_error)? != Kind::Array {
+            let wire = Wire::scan(&mut sc).map_err(scan_error)?;
+            sc.finish().map_err(scan_error)?;
+            return Ok(Envelope::Single(wire.into_message(&body)?));
         }
+        let mut wires = Vec::new();
+        sc.array(|sc| {
+            wires.push(Wire::scan(sc)?);
+            Ok(())
+        })
+        .map_err(scan_error)?;
+        if wires.is_empty() {
+            sc.shape_error("empty JSON-RPC batch");
+        }
+        sc.finish().map_err(scan_error)?;
+        let msgs: Result<Vec<_>, _> = wires.into_iter().map(|w| w.into_message(&body)).collect();
+        Ok(Envelope::Batch(msgs?))
     }
 
     /// The messages, one or many.
