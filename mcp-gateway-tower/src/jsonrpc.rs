@@ -391,14 +391,23 @@ mod tests {
     use super::*;
     use tower::ServiceExt;
 
+    /// A header map of these (name, value) pairs, repeats kept.
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
     #[test]
     fn accept_ranges_for_post() {
         let check = |values: &[&str]| {
-            let mut h = HeaderMap::new();
-            for v in values {
-                h.append(ACCEPT, v.parse().unwrap());
-            }
-            accepts_json_and_sse(&h)
+            let pairs: Vec<_> = values.iter().map(|v| ("accept", *v)).collect();
+            accepts_json_and_sse(&headers(&pairs))
         };
         assert_eq!(
             check(&["application/json, text/event-stream"]),
@@ -453,16 +462,7 @@ mod tests {
 
     #[test]
     fn accept_and_content_type_are_read_by_media_type() {
-        let h = |pairs: &[(&str, &str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.append(
-                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    http::HeaderValue::from_str(v).unwrap(),
-                );
-            }
-            m
-        };
+        // Accept ranges with parameters, whitespace, case and wildcards.
         for (accept, want) in [
             ("application/json, text/event-stream", (true, true)),
             (
@@ -477,24 +477,28 @@ mod tests {
             ("", (false, false)),
         ] {
             assert_eq!(
-                accepts_json_and_sse(&h(&[("accept", accept)])),
+                accepts_json_and_sse(&headers(&[("accept", accept)])),
                 want,
                 "{accept:?}"
             );
         }
         // Ranges spread over several Accept headers count together.
-        let two = h(&[
+        let two = headers(&[
             ("accept", "application/json"),
             ("accept", "text/event-stream"),
         ]);
         assert_eq!(accepts_json_and_sse(&two), (true, true));
-        assert!(accepts(&h(&[("accept", "text/*")]), "text/event-stream"));
-        assert!(!accepts(
-            &h(&[("accept", "application/*")]),
+        assert!(accepts(
+            &headers(&[("accept", "text/*")]),
             "text/event-stream"
         ));
-        let ct =
-            |v: &str| check_post_headers(&h(&[("content-type", v), ("accept", "*/*")])).is_ok();
+        assert!(!accepts(
+            &headers(&[("accept", "application/*")]),
+            "text/event-stream"
+        ));
+        let ct = |v: &str| {
+            check_post_headers(&headers(&[("content-type", v), ("accept", "*/*")])).is_ok()
+        };
         assert!(ct("application/json"));
         assert!(ct("Application/Json ; charset=utf-8"));
         assert!(!ct("application/json-seq"));
