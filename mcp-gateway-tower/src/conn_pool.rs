@@ -3,12 +3,13 @@
 //! Why not hyper-util's pooled client: it spawns a task per connection and
 //! reaches it through channels, so every call crosses two extra task
 //! wake-ups (request in, response out). On a loopback hop that was about
-//! half of the gateway's added latency. Here the request's own task drives
-//! the HTTP/1.1 connection: while waiting for the response head, and then
-//! from inside the response body, which polls the connection before each
-//! frame. When the body ends the connection goes back to the pool; when the
-//! body is dropped early (client gone) the connection is closed with it,
-//! which is exactly the cancellation a stream needs.
+//! half of the gateway's added latency. Here the request's own task uses
+//! the connection: it writes the request (head and body in one write),
+//! reads the response head, and the response body reads the rest as it is
+//! polled — HTTP/1.1 framing from the [`http1`](crate::http1) module, no
+//! second state machine. When the body ends the connection goes back to
+//! the pool; when the body is dropped early (client gone) the connection
+//! is closed with it, which is exactly the cancellation a stream needs.
 //!
 //! Idle connections sit in lock-free bounded queues. A connection is
 //! registered with the I/O driver of the runtime that opened it; with one
@@ -17,41 +18,49 @@
 //! its home thread (an extra thread wake-up per call). So a connection
 //! opened on a current-thread runtime is reused only on its thread, and
 //! each such thread keeps up to `max_idle` idle ones; a multi-threaded
-//! runtime has one driver for all its workers and shares one queue. One taken from the queue is polled
-//! once before reuse so that a connection the backend closed while idle is
-//! noticed and discarded, and a request that failed before a byte of it was
-//! written on a reused connection is retried once on a new one.
+//! runtime has one driver for all its workers and shares one queue. One
+//! taken from the queue is checked before reuse (no system call unless its
+//! socket turned readable) so that a connection the backend closed while
+//! idle is noticed and discarded, and a request that failed before a byte
+//! of it was written on a reused connection is sent again on a new one.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
-use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body::{Body as _, Frame, SizeHint};
 use thread_local::ThreadLocal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
+use crate::http1::{self, BodyFraming, Decoded, RequestFraming};
 
-type Connection = http1::Connection<TokioIo<TcpStream>, Body>;
+/// The smallest read: below this much free space the buffer grows first.
+const MIN_READ: usize = 1024;
+/// The first read size, and the floor of the adaptive one.
+const READ_SIZE: usize = 8 * 1024;
+/// The largest read size (large bodies: fewer, bigger reads).
+const MAX_READ_SIZE: usize = 256 * 1024;
 
-/// One HTTP/1.1 connection: the handle that sends requests and the state
-/// machine that moves bytes, driven by whoever uses it. Always kept boxed:
-/// it is some 700 bytes, and it moves from the pool into the call and into
-/// the response body on every request.
+/// One HTTP/1.1 connection, driven by the task that uses it. Kept boxed:
+/// it moves from the pool into the call and into the response body.
 struct Conn {
-    tx: http1::SendRequest<Body>,
-    io: Connection,
-    /// The connection future finished (closed or failed); never poll again.
-    done: bool,
+    io: TcpStream,
+    /// Bytes read and not yet consumed. Response heads and bodies are
+    /// split off it without a copy.
+    rbuf: BytesMut,
+    /// The head of the request being written (reused from call to call).
+    wbuf: Vec<u8>,
+    /// How much the next read asks for (grows while reads fill it).
+    read_size: usize,
     idle_since: Instant,
     /// The thread that opened it, when that was a current-thread runtime
     /// (whose driver it is registered with).
@@ -59,17 +68,73 @@ struct Conn {
 }
 
 impl Conn {
-    /// Moves bytes; returns false once the connection is finished.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.done && Pin::new(&mut self.io).poll(cx).is_ready() {
-            self.done = true;
+    fn new(io: TcpStream, home: Option<ThreadId>) -> Self {
+        Conn {
+            io,
+            rbuf: BytesMut::new(),
+            wbuf: Vec::with_capacity(512),
+            read_size: READ_SIZE,
+            idle_since: Instant::now(),
+            home,
         }
-        !self.done
     }
 
-    /// Whether the connection can take a new request now.
-    fn reusable(&mut self, cx: &mut Context<'_>) -> bool {
-        self.drive(cx) && matches!(self.tx.poll_ready(cx), Poll::Ready(Ok(())))
+    /// Whether an idle connection can take a request: nothing arrived on
+    /// it since its last response (no close from the backend, no stray
+    /// bytes). Costs no system call unless the socket turned readable.
+    fn still_open(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(
+                self.io.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+
+    /// Reads more bytes into `rbuf`; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        if spare < MIN_READ {
+            self.rbuf.reserve(self.read_size);
+        }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let n = ready!(std::pin::pin!(self.io.read_buf(&mut self.rbuf)).poll(cx))?;
+        // A read that filled the buffer says more is waiting: ask for more
+        // next time; small reads bring the size back down.
+        if n == spare {
+            self.read_size = (self.read_size * 2).min(MAX_READ_SIZE);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_SIZE);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Writes all of `bufs`. The error says whether any byte went out.
+    async fn write_all(&mut self, bufs: &mut [IoSlice<'_>]) -> Result<(), (io::Error, bool)> {
+        let mut bufs = bufs;
+        let mut wrote = false;
+        IoSlice::advance_slices(&mut bufs, 0);
+        while !bufs.is_empty() {
+            match self.io.write_vectored(bufs).await {
+                Ok(0) => return Err((io::ErrorKind::WriteZero.into(), wrote)),
+                Ok(n) => {
+                    wrote = true;
+                    IoSlice::advance_slices(&mut bufs, n);
+                }
+                Err(e) => return Err((e, wrote)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -153,18 +218,14 @@ impl ConnPool {
     /// A live idle connection, if the pool has one.
     fn take_idle(&self) -> Option<Box<Conn>> {
         let now = Instant::now();
-        let mut cx = Context::from_waker(Waker::noop());
         let home = home_here();
         let idle = self.inner.queue(home);
         while let Some(mut c) = idle.pop() {
-            // Polling with a no-op waker reads a pending EOF (the backend
-            // closed the idle connection) without registering interest; the
-            // real task polls again with its own waker before waiting. (A
-            // queue can outlive its thread and pass to a new one: the home
-            // check drops what the old thread left.)
+            // (A queue can outlive its thread and pass to a new one: the
+            // home check drops what the old thread left.)
             if c.home == home
                 && now.duration_since(c.idle_since) < self.inner.cfg.idle_timeout
-                && c.reusable(&mut cx)
+                && c.still_open()
             {
                 return Some(c);
             }
@@ -194,16 +255,7 @@ impl ConnPool {
         // connections behind NAT or a crashed VM).
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
-        let (tx, io) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        Ok(Box::new(Conn {
-            tx,
-            io,
-            done: false,
-            idle_since: Instant::now(),
-            home: home_here(),
-        }))
+        Ok(Box::new(Conn::new(stream, home_here())))
     }
 
     /// Returns a finished-with connection to its thread's pool, or drops
@@ -219,121 +271,288 @@ impl ConnPool {
     }
 
     /// Sends `req` and returns the response with its head read; the body is
-    /// read (and the connection driven) by whoever polls it.
-    pub(crate) async fn send(
-        &self,
-        mut req: Request<Body>,
-    ) -> Result<Response<PooledBody>, BoxError> {
+    /// read from the connection by whoever polls it.
+    pub(crate) async fn send(&self, req: Request<Body>) -> Result<Response<PooledBody>, BoxError> {
+        let (parts, mut body) = req.into_parts();
+        let framing = RequestFraming::of(&parts.method, &body.size_hint());
+        // The body's first bytes go out with the head, in one write: all of
+        // it when it is held in one buffer (the JSON-RPC layer's, the usual
+        // case), else its first frame, read before the head is written. They
+        // are kept until written, for a second attempt.
+        let whole = body.as_bytes().cloned();
+        let first = match (&whole, framing) {
+            (Some(b), _) => Some(b.clone()),
+            (None, RequestFraming::None) => None,
+            (None, _) => next_data(&mut body).await?,
+        };
+        let done = whole.is_some() || body.is_end_stream();
+        let first_len = first.as_ref().map_or(0, |b| b.len() as u64);
+        if let (true, RequestFraming::Length(n)) = (done, framing) {
+            check_length(n, first_len)?;
+        }
+        let mut size_line = Vec::new();
+        if let (Some(b), RequestFraming::Chunked) = (&first, framing) {
+            http1::chunk_size_line(b.len(), &mut size_line);
+        }
         loop {
             let (mut c, reused) = match self.take_idle() {
                 Some(c) => (c, true),
                 // Boxed: the cold path's state stays out of every call's future.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            let mut fut = std::pin::pin!(c.tx.try_send_request(req));
-            let res = poll_fn(|cx| {
-                // Drive the connection first: it writes the request and
-                // reads the head, which the response future then yields
-                // within the same poll.
-                c.drive(cx);
-                fut.as_mut().poll(cx)
-            })
-            .await;
-            match res {
-                Ok(res) => {
-                    return Ok(res.map(|body| PooledBody {
-                        body,
-                        conn: Some(c),
-                        pool: Arc::downgrade(&self.inner),
-                    }))
+            c.wbuf.clear();
+            http1::encode_head(&parts, framing, &self.inner.addr, &mut c.wbuf);
+            let head = std::mem::take(&mut c.wbuf);
+            let data = first.as_deref().unwrap_or_default();
+            let written = match framing {
+                RequestFraming::Chunked => {
+                    let (crlf, end): (&[u8], &[u8]) = match (data.is_empty(), done) {
+                        (true, _) => (b"", http1::LAST_CHUNK),
+                        (false, true) => (b"\r\n", http1::LAST_CHUNK),
+                        (false, false) => (b"\r\n", b""),
+                    };
+                    c.write_all(&mut [
+                        IoSlice::new(&head),
+                        IoSlice::new(&size_line),
+                        IoSlice::new(data),
+                        IoSlice::new(crlf),
+                        IoSlice::new(end),
+                    ])
+                    .await
                 }
-                Err(mut e) => match e.take_message() {
-                    // Nothing was written on a connection the backend had
-                    // already given up: safe to retry once on a new one.
-                    Some(back) if reused => req = back,
-                    _ => return Err(e.into_error().into()),
-                },
+                _ => {
+                    c.write_all(&mut [IoSlice::new(&head), IoSlice::new(data)])
+                        .await
+                }
+            };
+            c.wbuf = head;
+            match written {
+                Ok(()) => {}
+                // Nothing was written on a connection the backend had
+                // already given up: safe to send again on a new one.
+                Err((_, false)) if reused => continue,
+                Err((e, _)) => return Err(e.into()),
             }
+            if !done {
+                write_rest_of_body(&mut c, &mut body, framing, first_len).await?;
+            }
+            let head = loop {
+                if let Some(head) = http1::parse_head(&mut c.rbuf, &parts.method)? {
+                    break head;
+                }
+                if c.fill().await? == 0 {
+                    return Err("upstream closed the connection before responding".into());
+                }
+            };
+            let state = match head.framing {
+                BodyFraming::Length(0) => BodyState::Done,
+                BodyFraming::Length(n) => BodyState::Length(n),
+                BodyFraming::Chunked(d) => BodyState::Chunked(d),
+                BodyFraming::Close => BodyState::Close,
+            };
+            let mut body = PooledBody {
+                conn: Some(c),
+                state,
+                keep_alive: head.keep_alive,
+                pool: Arc::downgrade(&self.inner),
+            };
+            if let BodyState::Done = body.state {
+                body.release();
+            }
+            let mut res = Response::new(body);
+            *res.status_mut() = head.status;
+            *res.version_mut() = head.version;
+            *res.headers_mut() = head.headers;
+            return Ok(res);
         }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that drives its connection and hands it back to the
-    /// pool when the body is complete.
-    pub(crate) struct PooledBody {
-        #[pin]
-        body: Incoming,
-        conn: Option<Box<Conn>>,
-        pool: Weak<Inner>,
-    }
-
-    impl PinnedDrop for PooledBody {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if http_body::Body::is_end_stream(&*this.body) {
-                release(this.conn.take(), this.pool, None);
+/// The next non-empty data frame of `body` (trailers are not forwarded).
+async fn next_data(body: &mut Body) -> Result<Option<Bytes>, BoxError> {
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if !data.is_empty() {
+                return Ok(Some(data));
             }
-            // Otherwise the response was not read to the end: dropping the
-            // connection closes it, which tells the backend the client left.
+        }
+    }
+    Ok(None)
+}
+
+/// A body must be as long as its `Content-Length` said.
+fn check_length(announced: u64, sent: u64) -> Result<(), BoxError> {
+    if announced == sent {
+        Ok(())
+    } else {
+        Err(format!("request body was {sent} bytes, announced {announced}").into())
+    }
+}
+
+/// Writes what is left of a streamed body after its first frame: in
+/// chunks, or raw up to its announced length (and an error if it sends
+/// another amount). `sent`: the bytes already written.
+async fn write_rest_of_body(
+    c: &mut Conn,
+    body: &mut Body,
+    framing: RequestFraming,
+    mut sent: u64,
+) -> Result<(), BoxError> {
+    while let Some(data) = next_data(body).await? {
+        sent += data.len() as u64;
+        let written = if framing == RequestFraming::Chunked {
+            c.wbuf.clear();
+            http1::chunk_size_line(data.len(), &mut c.wbuf);
+            let line = std::mem::take(&mut c.wbuf);
+            let r = c
+                .write_all(&mut [
+                    IoSlice::new(&line),
+                    IoSlice::new(&data),
+                    IoSlice::new(b"\r\n"),
+                ])
+                .await;
+            c.wbuf = line;
+            r
+        } else {
+            c.write_all(&mut [IoSlice::new(&data)]).await
+        };
+        written.map_err(|(e, _)| e)?;
+    }
+    match framing {
+        RequestFraming::Chunked => c
+            .write_all(&mut [IoSlice::new(http1::LAST_CHUNK)])
+            .await
+            .map_err(|(e, _)| e)?,
+        RequestFraming::Length(n) => check_length(n, sent)?,
+        RequestFraming::None => {}
+    }
+    Ok(())
+}
+
+/// Where a response body is.
+#[derive(Debug)]
+enum BodyState {
+    /// This many bytes left.
+    Length(u64),
+    /// Chunked, decoding.
+    Chunked(http1::ChunkDecoder),
+    /// Until the backend closes.
+    Close,
+    /// Complete.
+    Done,
+}
+
+/// A response body read from its connection as it is polled; the
+/// connection goes back to the pool once the body is complete.
+pub(crate) struct PooledBody {
+    conn: Option<Box<Conn>>,
+    state: BodyState,
+    keep_alive: bool,
+    pool: Weak<Inner>,
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body not read to the end: dropping its connection closes it,
+        // which tells the backend the client left.
+        if let BodyState::Done = self.state {
+            self.release();
         }
     }
 }
 
-/// Puts a connection whose response is complete back in the pool. If the
-/// connection needs more driving before it can take a request (rare: the
-/// end of the body was seen before the connection finished its bookkeeping),
-/// a small task finishes that, bounded by a timeout.
-fn release(conn: Option<Box<Conn>>, pool: &Weak<Inner>, cx: Option<&mut Context<'_>>) {
-    let (Some(mut c), Some(inner)) = (conn, pool.upgrade()) else {
-        return;
-    };
-    let noop = &mut Context::from_waker(Waker::noop());
-    if c.reusable(cx.unwrap_or(noop)) {
-        ConnPool::put(&inner, c);
-        return;
-    }
-    if c.done || tokio::runtime::Handle::try_current().is_err() {
-        return;
-    }
-    tokio::spawn(async move {
-        let ready = poll_fn(|cx| {
-            if !c.drive(cx) {
-                return Poll::Ready(false);
+impl PooledBody {
+    /// Hands a connection whose response is complete back to the pool,
+    /// if it may carry another request.
+    fn release(&mut self) {
+        let Some(c) = self.conn.take() else { return };
+        if self.keep_alive && c.rbuf.is_empty() {
+            if let Some(inner) = self.pool.upgrade() {
+                ConnPool::put(&inner, c);
             }
-            c.tx.poll_ready(cx).map(|r| r.is_ok())
-        });
-        if let Ok(true) = tokio::time::timeout(Duration::from_secs(5), ready).await {
-            ConnPool::put(&inner, c);
         }
-    });
+    }
+
+    /// Ends the body with an error; the connection is closed.
+    fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.state = BodyState::Done;
+        Poll::Ready(Some(Err(e)))
+    }
 }
 
 impl http_body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        if let Some(c) = this.conn.as_mut() {
-            c.drive(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(c) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.state {
+                BodyState::Done => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                BodyState::Length(left) => {
+                    if !c.rbuf.is_empty() {
+                        let n = (*left).min(c.rbuf.len() as u64);
+                        *left -= n;
+                        let data = c.rbuf.split_to(n as usize).freeze();
+                        if *left == 0 {
+                            this.state = BodyState::Done;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                BodyState::Chunked(dec) => match dec.decode(&mut c.rbuf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::Trailers(t)) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                    Ok(Decoded::End) => {
+                        this.state = BodyState::Done;
+                        continue;
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return this.fail(e.into()),
+                },
+                BodyState::Close => {
+                    if !c.rbuf.is_empty() {
+                        let data = c.rbuf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+            }
+            match ready!(c.poll_fill(cx)) {
+                Ok(0) if matches!(this.state, BodyState::Close) => {
+                    this.keep_alive = false;
+                    this.state = BodyState::Done;
+                }
+                Ok(0) => {
+                    return this
+                        .fail("upstream closed the connection before the body was complete".into())
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e.into()),
+            }
         }
-        let res = this.body.poll_frame(cx);
-        if let Poll::Ready(None) = res {
-            release(this.conn.take(), this.pool, Some(cx));
-        }
-        res
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        matches!(self.state, BodyState::Done) || self.conn.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 
@@ -341,6 +560,8 @@ impl http_body::Body for PooledBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A backend counting accepted connections, answering `ok` with a
@@ -487,6 +708,225 @@ mod tests {
             assert_eq!(&body[..], b"ok");
             // Wait until the backend has closed the connection now pooled.
             closed.recv().await.unwrap();
+        }
+    }
+
+    /// Reads one request (head, then a body by its length or chunks) from
+    /// `s`; `None` at the end of the stream.
+    async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let text = String::from_utf8_lossy(buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let head = text[..end].to_ascii_lowercase();
+                let body_end = if head.contains("transfer-encoding: chunked") {
+                    text.find("\r\n0\r\n\r\n").map(|i| i + 7)
+                } else {
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |n| n.parse::<usize>().unwrap());
+                    (text.len() >= end + 4 + len).then_some(end + 4 + len)
+                };
+                if let Some(body_end) = body_end {
+                    buf.drain(..body_end);
+                    return Some(text[..body_end].to_string());
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// A backend answering the requests on each connection with the given
+    /// raw responses in turn (closing after the last, or after one that
+    /// is not self-delimited or says close); the requests it read, and
+    /// the number of connections, are reported.
+    async fn scripted(
+        responses: Vec<&'static [u8]>,
+    ) -> (
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+        Arc<AtomicUsize>,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let n = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                n.fetch_add(1, Ordering::SeqCst);
+                let (tx, responses) = (tx.clone(), responses.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for r in responses {
+                        let Some(req) = read_request(&mut s, &mut buf).await else {
+                            return;
+                        };
+                        let _ = tx.send(req);
+                        if s.write_all(r).await.is_err() {
+                            return;
+                        }
+                        // As a server does after a response that ends with
+                        // the connection or asks for it to close.
+                        let text = String::from_utf8_lossy(r).to_ascii_lowercase();
+                        if text.starts_with("http/1.0")
+                            || text.contains("connection: close")
+                            || !(text.contains("content-length") || text.contains("chunked"))
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rx, accepted)
+    }
+
+    async fn body_of(res: Response<PooledBody>) -> Result<Bytes, BoxError> {
+        Ok(res.into_body().collect().await?.to_bytes())
+    }
+
+    #[tokio::test]
+    async fn chunked_body_arrives_as_sent_and_the_connection_is_reused() {
+        let (addr, mut reqs, accepted) = scripted(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n1;ext\r\n!\r\n0\r\nx-done: yes\r\n\r\n",
+            b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n",
+        ])
+        .await;
+        let pool = ConnPool::new(addr, cfg());
+        let res = pool.send(req()).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let collected = res.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-done"], "yes");
+        assert_eq!(&collected.to_bytes()[..], b"hello!");
+        let sent = reqs.recv().await.unwrap();
+        assert!(sent.starts_with("POST /mcp HTTP/1.1\r\n"), "{sent}");
+        assert!(sent.contains("content-length: 2\r\n") && sent.ends_with("\r\n\r\n{}"));
+        // An empty 202: the connection is pooled at once.
+        let res = pool.send(req()).await.unwrap();
+        assert_eq!(res.status(), 202);
+        assert_eq!(pool.idle(), 1);
+        assert!(body_of(res).await.unwrap().is_empty());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_is_read_event_by_event() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (next_tx, mut next) = tokio::sync::mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            read_request(&mut s, &mut Vec::new()).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            for i in 0..3 {
+                // The next event only once the client has read this one.
+                let event = format!("data: {i}\n\n");
+                s.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
+                    .await
+                    .unwrap();
+                next.recv().await.unwrap();
+            }
+            s.write_all(b"0\r\n\r\n").await.unwrap();
+        });
+        let pool = ConnPool::new(addr, cfg());
+        let mut body = pool.send(req()).await.unwrap().into_body();
+        for i in 0..3 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), format!("data: {i}\n\n"));
+            next_tx.send(()).unwrap();
+        }
+        assert!(body.frame().await.is_none());
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_request_body_is_sent_in_chunks() {
+        let (addr, mut reqs, _) =
+            scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]).await;
+        let pool = ConnPool::new(addr, cfg());
+        let frames = futures_util::stream::iter([
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"{\"a\":"))),
+            Ok(Frame::data(Bytes::from_static(b"1}"))),
+        ]);
+        let body = Body::new(http_body_util::StreamBody::new(frames));
+        let req = Request::post("/mcp").body(body).unwrap();
+        let res = pool.send(req).await.unwrap();
+        assert_eq!(body_of(res).await.unwrap(), "ok");
+        let sent = reqs.recv().await.unwrap();
+        assert!(sent.contains("transfer-encoding: chunked\r\n"), "{sent}");
+        assert!(
+            sent.ends_with("\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n"),
+            "{sent}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_boxed_body_of_known_size_is_sent_with_its_length() {
+        let (addr, mut reqs, _) =
+            scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]).await;
+        let pool = ConnPool::new(addr, cfg());
+        let body = Body::new(http_body_util::Full::new(Bytes::from_static(b"[1,2]")));
+        let req = Request::put("/mcp").body(body).unwrap();
+        let res = pool.send(req).await.unwrap();
+        assert_eq!(body_of(res).await.unwrap(), "ok");
+        let sent = reqs.recv().await.unwrap();
+        assert!(sent.starts_with("PUT /mcp HTTP/1.1\r\n"), "{sent}");
+        assert!(sent.ends_with("content-length: 5\r\n\r\n[1,2]"), "{sent}");
+    }
+
+    #[tokio::test]
+    async fn bodies_ended_by_close_or_after_connection_close_are_not_pooled() {
+        for response in [
+            &b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nto the end"[..],
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 10\r\n\r\nto the end",
+            b"HTTP/1.0 200 OK\r\ncontent-length: 10\r\n\r\nto the end",
+            // Bytes after the response: the connection is out of step.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nto the endHTTP/1.1",
+        ] {
+            let (addr, _reqs, accepted) = scripted(vec![response, response]).await;
+            let pool = ConnPool::new(addr, cfg());
+            for _ in 0..2 {
+                let res = pool.send(req()).await.unwrap();
+                assert_eq!(body_of(res).await.unwrap(), "to the end");
+                assert_eq!(pool.idle(), 0);
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_or_malformed_is_an_error() {
+        for response in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nxyz\r\n",
+        ] {
+            let (addr, _reqs, _) = scripted(vec![response]).await;
+            let pool = ConnPool::new(addr, cfg());
+            let res = pool.send(req()).await.unwrap();
+            let err = body_of(res).await.unwrap_err().to_string();
+            assert!(
+                err.contains("before the body was complete") || err.contains("invalid HTTP/1.1"),
+                "{err}"
+            );
+            assert_eq!(pool.idle(), 0);
+        }
+        // No response at all, or not HTTP: the send fails.
+        for response in [&b""[..], b"SSH-2.0-x\r\n\r\n"] {
+            let (addr, _reqs, _) = scripted(vec![response]).await;
+            let pool = ConnPool::new(addr, cfg());
+            assert!(pool.send(req()).await.is_err());
         }
     }
 }

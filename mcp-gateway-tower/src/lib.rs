@@ -33,6 +33,7 @@ pub mod builder;
 mod conn_pool;
 pub mod credentials;
 pub mod error;
+mod http1;
 pub mod jsonrpc;
 #[cfg(feature = "jwt")]
 pub mod jwt;

@@ -1,0 +1,740 @@
+//! HTTP/1.1 as the gateway's upstream client speaks it: request heads
+//! written, response heads and bodies read (RFC 9112).
+//!
+//! Why not hyper's client connection: the upstream hop of a `tools/call`
+//! cost some 20 000 instructions with it (a dispatcher with a request
+//! channel and a response callback, its own buffers, header maps built
+//! twice), about two fifths of the whole gateway's work per call. The
+//! client side is the easy side of HTTP/1.1 — the gateway writes the
+//! requests itself and reads the answers of a backend it was configured
+//! to trust — so the framing rules fit in this module and the connection
+//! handling in `conn_pool`. The server side (untrusted clients) stays
+//! with hyper.
+//!
+//! What a response may be, and how it is read:
+//! - interim `1xx` responses are skipped (`101` is refused: the gateway
+//!   never asks for an upgrade);
+//! - no body for `HEAD`, `204` and `304`;
+//! - `Transfer-Encoding` ending in `chunked`: chunks (extensions ignored,
+//!   trailers kept); any other transfer coding, or neither header: the
+//!   body runs to the end of the connection;
+//! - `Content-Length` (repeated values must agree);
+//! - a connection is reused only after an HTTP/1.1 response without
+//!   `Connection: close` whose body had its own framing and nothing after
+//!   it.
+
+use std::fmt;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body::SizeHint;
+
+/// The largest response head (status line and fields) accepted, and the
+/// largest trailer section.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// The most fields accepted in a response head or a trailer section.
+const MAX_FIELDS: usize = 128;
+/// The longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// A response the backend sent that HTTP/1.1 does not allow, or one past
+/// the gateway's bounds. The connection it came on is not reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProtocolError(&'static str);
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid HTTP/1.1 response from the upstream: {}", self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// How a request's body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestFraming {
+    /// No body and no framing field (`GET`, `DELETE`, … without a body).
+    None,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (a streamed body of unknown length).
+    Chunked,
+}
+
+impl RequestFraming {
+    /// The framing for a body of this size: an empty body of a method that
+    /// gives a body no meaning is sent without a framing field (RFC 9110
+    /// §8.6), a known size as a length, anything else in chunks.
+    pub(crate) fn of(method: &Method, size: &SizeHint) -> Self {
+        match size.exact() {
+            Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
+                RequestFraming::None
+            }
+            Some(n) => RequestFraming::Length(n),
+            None => RequestFraming::Chunked,
+        }
+    }
+}
+
+/// Writes the request line and fields of `parts` into `out`. The framing
+/// fields are the gateway's own (any `Content-Length` or
+/// `Transfer-Encoding` in `parts` is left out), and `Host` is
+/// `default_host` when `parts` has none.
+pub(crate) fn encode_head(
+    parts: &http::request::Parts,
+    framing: RequestFraming,
+    default_host: &str,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(default_host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::None => {}
+        RequestFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the line that opens a chunk of `len` bytes (`len` > 0).
+pub(crate) fn chunk_size_line(len: usize, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+/// The last chunk and an empty trailer section.
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How a response's body is delimited.
+#[derive(Debug)]
+pub(crate) enum BodyFraming {
+    /// `Content-Length`; `Length(0)` for a response without a body.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(ChunkDecoder),
+    /// Until the backend closes the connection.
+    Close,
+}
+
+/// A response head, read.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: BodyFraming,
+    /// Whether the connection may carry another request once the body is
+    /// read.
+    pub keep_alive: bool,
+}
+
+/// Reads a response head from the start of `buf`, consuming it (and any
+/// interim `1xx` responses before it). `Ok(None)`: the head is not
+/// complete yet. `method` is the request's (a `HEAD` response has no body).
+pub(crate) fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, ProtocolError> {
+    loop {
+        // Field positions as offsets into `buf`: the bytes are frozen
+        // after the parse (which borrows them), and the values then point
+        // into that one buffer without a copy.
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+        let mut fields =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut fields,
+        );
+        let (len, code, minor, count) = match parsed {
+            Ok(httparse::Status::Complete(len)) => {
+                let base = buf.as_ptr() as usize;
+                for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+                    let name = h.name.as_ptr() as usize - base;
+                    let value = h.value.as_ptr() as usize - base;
+                    *span = (
+                        name as u32,
+                        h.name.len() as u32,
+                        value as u32,
+                        h.value.len() as u32,
+                    );
+                }
+                let code = res.code.unwrap_or(0);
+                (len, code, res.version.unwrap_or(1), res.headers.len())
+            }
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return Err(ProtocolError("response head too large"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ProtocolError("too many header fields"))
+            }
+            Err(_) => return Err(ProtocolError("malformed response head")),
+        };
+        if len > MAX_HEAD {
+            return Err(ProtocolError("response head too large"));
+        }
+        match code {
+            101 => return Err(ProtocolError("unexpected 101 Switching Protocols")),
+            100..=199 => {
+                // Interim (100 Continue, 103 Early Hints): the final
+                // response follows.
+                buf.advance(len);
+                continue;
+            }
+            _ => {}
+        }
+        let status =
+            StatusCode::from_u16(code).map_err(|_| ProtocolError("invalid status code"))?;
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(n, nl, v, vl) in &spans[..count] {
+            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+            let name = HeaderName::from_bytes(&head[n..n + nl])
+                .map_err(|_| ProtocolError("invalid field name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                .map_err(|_| ProtocolError("invalid field value"))?;
+            headers.append(name, value);
+        }
+        let version = if minor == 1 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        let (framing, delimited) = body_framing(&headers, status, method)?;
+        // HTTP/1.0 keep-alive is not worth its rules for a backend: close.
+        let keep_alive = delimited && version == Version::HTTP_11 && !has_token(&headers, "close");
+        return Ok(Some(ResponseHead {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// The body framing (RFC 9112 §6.3), and whether the message delimits
+/// itself (false when it ends with the connection, or when both framing
+/// fields were sent, which a connection is not trusted after).
+fn body_framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    method: &Method,
+) -> Result<(BodyFraming, bool), ProtocolError> {
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((BodyFraming::Length(0), true));
+    }
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        let last = codings
+            .last()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .map(|c| c.trim_ascii());
+        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        let alone = !headers.contains_key(CONTENT_LENGTH);
+        return Ok(if chunked {
+            (BodyFraming::Chunked(ChunkDecoder::default()), alone)
+        } else {
+            (BodyFraming::Close, false)
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let n =
+                parse_decimal(part.trim_ascii()).ok_or(ProtocolError("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ProtocolError("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (BodyFraming::Length(n), true),
+        None => (BodyFraming::Close, false),
+    })
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+/// Whether a `Connection` field lists `token`.
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// What the chunked decoder found in the buffer.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Decoded {
+    /// Body bytes (a chunk, or part of one).
+    Data(Bytes),
+    /// The trailer section, when it is not empty.
+    Trailers(HeaderMap),
+    /// The body is complete.
+    End,
+    /// More bytes are needed.
+    NeedMore,
+}
+
+/// Where the chunked decoder is in the body.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Before a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk's data, with this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: the trailer section.
+    Trailers,
+    /// The body is complete.
+    Done,
+}
+
+/// The chunked transfer coding (RFC 9112 §7.1), decoded incrementally:
+/// any split of the input yields the same bytes.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkDecoder {
+    state: ChunkState,
+}
+
+impl ChunkDecoder {
+    /// Decodes from the front of `buf`, consuming what it uses.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(nl) = memchr::memchr(b'\n', buf) else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(ProtocolError("chunk-size line too long"));
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if nl > MAX_CHUNK_LINE {
+                        return Err(ProtocolError("chunk-size line too long"));
+                    }
+                    let size = parse_chunk_size(&buf[..nl])?;
+                    buf.advance(nl + 1);
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = left.min(buf.len() as u64);
+                    self.state = if n == left {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left - n)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(n as usize).freeze()));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ProtocolError("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => return self.trailers(buf),
+                ChunkState::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+
+    fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+            self.state = ChunkState::Done;
+            return Ok(Decoded::End);
+        }
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        match httparse::parse_headers(buf, &mut fields) {
+            Ok(httparse::Status::Complete((len, fields))) => {
+                let mut map = HeaderMap::with_capacity(fields.len());
+                for f in fields.iter() {
+                    let name = HeaderName::from_bytes(f.name.as_bytes())
+                        .map_err(|_| ProtocolError("invalid trailer name"))?;
+                    let value = HeaderValue::from_bytes(f.value)
+                        .map_err(|_| ProtocolError("invalid trailer value"))?;
+                    map.append(name, value);
+                }
+                buf.advance(len);
+                self.state = ChunkState::Done;
+                Ok(Decoded::Trailers(map))
+            }
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                Err(ProtocolError("trailer section too large"))
+            }
+            Ok(httparse::Status::Partial) => Ok(Decoded::NeedMore),
+            Err(_) => Err(ProtocolError("malformed trailer section")),
+        }
+    }
+}
+
+/// Parses `1a;ext=v\r` (the line without its LF): hexadecimal digits,
+/// then optional whitespace and extensions, which are ignored.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
+    let line = line
+        .strip_suffix(b"\r")
+        .ok_or(ProtocolError("chunk-size line not ended by CRLF"))?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(ProtocolError("missing chunk size"));
+    }
+    if digits > 15 {
+        return Err(ProtocolError("chunk size too large"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(ProtocolError("invalid chunk-size line"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |n, &b| {
+        let d = (b as char).to_digit(16).unwrap_or(0);
+        n * 16 + u64::from(d)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn head(bytes: &str) -> Result<Option<ResponseHead>, ProtocolError> {
+        parse_head(&mut BytesMut::from(bytes), &Method::POST)
+    }
+
+    fn framing(bytes: &str) -> (String, bool) {
+        let h = head(bytes).unwrap().unwrap();
+        (format!("{:?}", h.framing), h.keep_alive)
+    }
+
+    #[test]
+    fn request_head_has_our_framing_and_a_host() {
+        let (parts, ()) = http::Request::post("/mcp?x=1")
+            .header("content-length", "999")
+            .header("transfer-encoding", "gzip")
+            .header("mcp-session-id", "abc")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        encode_head(&parts, RequestFraming::Length(2), "b:80", &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "POST /mcp?x=1 HTTP/1.1\r\nhost: b:80\r\nmcp-session-id: abc\r\ncontent-length: 2\r\n\r\n"
+        );
+        let (parts, ()) = http::Request::get("http://a/s")
+            .header("host", "a")
+            .body(())
+            .unwrap()
+            .into_parts();
+        out.clear();
+        encode_head(&parts, RequestFraming::Chunked, "b:80", &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "GET /s HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_framing_follows_method_and_size() {
+        let exact = |n| SizeHint::with_exact(n);
+        assert_eq!(
+            RequestFraming::of(&Method::GET, &exact(0)),
+            RequestFraming::None
+        );
+        assert_eq!(
+            RequestFraming::of(&Method::DELETE, &exact(0)),
+            RequestFraming::None
+        );
+        assert_eq!(
+            RequestFraming::of(&Method::POST, &exact(0)),
+            RequestFraming::Length(0)
+        );
+        assert_eq!(
+            RequestFraming::of(&Method::POST, &exact(7)),
+            RequestFraming::Length(7)
+        );
+        assert_eq!(
+            RequestFraming::of(&Method::POST, &SizeHint::new()),
+            RequestFraming::Chunked
+        );
+        let mut line = Vec::new();
+        chunk_size_line(255, &mut line);
+        assert_eq!(line, b"ff\r\n");
+    }
+
+    #[test]
+    fn response_head_is_read_with_fields_in_order() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-A: 1\r\nx-a: 2\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\nhello",
+        );
+        let h = parse_head(&mut buf, &Method::POST).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert_eq!(h.version, Version::HTTP_11);
+        assert_eq!(h.headers["content-type"], "text/event-stream");
+        let xa: Vec<_> = h.headers.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert!(matches!(h.framing, BodyFraming::Chunked(_)));
+        assert!(h.keep_alive);
+        // The body's bytes stay in the buffer.
+        assert_eq!(&buf[..], b"5\r\nhello");
+    }
+
+    #[test]
+    fn incomplete_head_waits_and_oversized_head_fails() {
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-len").unwrap().is_none());
+        let big = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(
+            head(&big).unwrap_err(),
+            ProtocolError("response head too large")
+        );
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("x{i}: 1\r\n")).collect();
+        assert_eq!(
+            head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).unwrap_err(),
+            ProtocolError("too many header fields")
+        );
+        assert_eq!(
+            head("HTTP/1.1 2000 OK\r\n\r\n").unwrap_err(),
+            ProtocolError("malformed response head")
+        );
+        assert_eq!(
+            head("SSH-2.0-OpenSSH\r\n\r\n").unwrap_err(),
+            ProtocolError("malformed response head")
+        );
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_upgrades_refused() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+             HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n",
+        );
+        let h = parse_head(&mut buf, &Method::POST).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::ACCEPTED);
+        assert!(!h.headers.contains_key("link"));
+        assert!(buf.is_empty());
+        assert_eq!(
+            head("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n").unwrap_err(),
+            ProtocolError("unexpected 101 Switching Protocols")
+        );
+        // An interim response alone: wait for the final one.
+        let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(parse_head(&mut buf, &Method::POST).unwrap().is_none());
+    }
+
+    #[test]
+    fn body_framing_follows_rfc_9112() {
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n"),
+            ("Length(12)".into(), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n"),
+            ("Length(3)".into(), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+            ("Length(0)".into(), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\n\r\n"),
+            ("Length(0)".into(), true)
+        );
+        // Neither field: until the connection closes, never reused.
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), ("Close".into(), false));
+        // A transfer coding that does not end in chunked: until close.
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n"),
+            ("Close".into(), false)
+        );
+        // Both fields: chunked wins, and the connection is not trusted after.
+        let (f, keep) = framing(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\ncontent-length: 3\r\n\r\n",
+        );
+        assert!(f.starts_with("Chunked"), "{f}");
+        assert!(!keep);
+        // Connection: close, and HTTP/1.0.
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"
+            ),
+            ("Length(0)".into(), false)
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            ("Length(0)".into(), false)
+        );
+        // A HEAD response announces a length it does not send.
+        let h = parse_head(
+            &mut BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"),
+            &Method::HEAD,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(h.framing, BodyFraming::Length(0)));
+        for bad in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1e3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+        ] {
+            assert!(head(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Decodes all of `input`, fed in pieces cut at `cuts`.
+    fn decode_split(
+        input: &[u8],
+        cuts: &[usize],
+    ) -> Result<(Vec<u8>, Vec<HeaderMap>), ProtocolError> {
+        let mut dec = ChunkDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut trailers = Vec::new();
+        let mut fed = 0;
+        let mut cuts = cuts.to_vec();
+        cuts.push(input.len());
+        for cut in cuts {
+            let cut = cut.clamp(fed, input.len());
+            buf.extend_from_slice(&input[fed..cut]);
+            fed = cut;
+            loop {
+                match dec.decode(&mut buf)? {
+                    Decoded::Data(b) => out.extend_from_slice(&b),
+                    Decoded::Trailers(t) => trailers.push(t),
+                    Decoded::End => return Ok((out, trailers)),
+                    Decoded::NeedMore => break,
+                }
+            }
+        }
+        Err(ProtocolError("incomplete"))
+    }
+
+    #[test]
+    fn chunks_are_decoded_with_extensions_and_trailers() {
+        let (data, trailers) = decode_split(
+            b"5\r\nhello\r\n6;name=val\r\n world\r\nA  ;x\r\n0123456789\r\n0\r\nx-sum: 1\r\n\r\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(data, b"hello world0123456789");
+        assert_eq!(trailers.len(), 1);
+        assert_eq!(trailers[0]["x-sum"], "1");
+        let (data, trailers) = decode_split(b"3\r\nabc\r\n0\r\n\r\n", &[]).unwrap();
+        assert_eq!(data, b"abc");
+        assert!(trailers.is_empty());
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for bad in [
+            &b"zz\r\nab\r\n"[..],
+            b"3\r\nabcX\r\n",
+            b"3\nabc\r\n",
+            b"3 x\r\nabc\r\n",
+            b"1000000000000000\r\n",
+            b"0\r\nbad trailer\r\n\r\n",
+        ] {
+            assert!(
+                decode_split(bad, &[]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
+        assert_eq!(
+            decode_split(long.as_bytes(), &[]).unwrap_err(),
+            ProtocolError("chunk-size line too long")
+        );
+    }
+
+    /// A chunked encoding of `chunks`, with an extension on every other
+    /// size line and the given trailer.
+    fn encode(chunks: &[Vec<u8>], trailer: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().filter(|c| !c.is_empty()).enumerate() {
+            chunk_size_line(c.len(), &mut out);
+            if i % 2 == 1 {
+                out.truncate(out.len() - 2);
+                out.extend_from_slice(b";e=1\r\n");
+            }
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(if trailer {
+            b"0\r\nx-t: v\r\n\r\n"
+        } else {
+            LAST_CHUNK
+        });
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_a_chunked_body_decodes_the_same(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            trailer in any::<bool>(),
+            cuts in proptest::collection::vec(0usize..2500, 0..12),
+        ) {
+            let input = encode(&chunks, trailer);
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let (data, trailers) = decode_split(&input, &cuts).unwrap();
+            prop_assert_eq!(data, chunks.concat());
+            prop_assert_eq!(trailers.len(), usize::from(trailer));
+        }
+    }
+}
