@@ -577,46 +577,55 @@ mod tests {
 
     #[test]
     fn body_framing_follows_rfc_9112() {
-        assert_eq!(
-            framing("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n"),
-            ("Length(12)".into(), true)
-        );
-        assert_eq!(
-            framing("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n"),
-            ("Length(3)".into(), true)
-        );
-        assert_eq!(
-            framing("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
-            ("Length(0)".into(), true)
-        );
-        assert_eq!(
-            framing("HTTP/1.1 304 Not Modified\r\n\r\n"),
-            ("Length(0)".into(), true)
-        );
-        // Neither field: until the connection closes, never reused.
-        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), ("Close".into(), false));
-        // A transfer coding that does not end in chunked: until close.
-        assert_eq!(
-            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n"),
-            ("Close".into(), false)
-        );
+        for (response, expected, keep_alive) in [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
+                "Length(12)",
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n",
+                "Length(3)",
+                true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+                "Length(0)",
+                true,
+            ),
+            ("HTTP/1.1 304 Not Modified\r\n\r\n", "Length(0)", true),
+            // Neither field: until the connection closes, never reused.
+            ("HTTP/1.1 200 OK\r\n\r\n", "Close", false),
+            // A transfer coding that does not end in chunked: until close.
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                "Close",
+                false,
+            ),
+            // Connection: close, and HTTP/1.0.
+            (
+                "HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n",
+                "Length(0)",
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n",
+                "Length(0)",
+                false,
+            ),
+        ] {
+            assert_eq!(
+                framing(response),
+                (expected.into(), keep_alive),
+                "{response}"
+            );
+        }
         // Both fields: chunked wins, and the connection is not trusted after.
         let (f, keep) = framing(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\ncontent-length: 3\r\n\r\n",
         );
         assert!(f.starts_with("Chunked"), "{f}");
         assert!(!keep);
-        // Connection: close, and HTTP/1.0.
-        assert_eq!(
-            framing(
-                "HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"
-            ),
-            ("Length(0)".into(), false)
-        );
-        assert_eq!(
-            framing("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"),
-            ("Length(0)".into(), false)
-        );
         // A HEAD response announces a length it does not send.
         let h = parse_head(
             &mut BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"),
