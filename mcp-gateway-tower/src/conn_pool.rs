@@ -118,24 +118,26 @@ impl Conn {
     async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
+}
 
-    /// Writes all of `bufs`. The error says whether any byte went out.
-    async fn write_all(&mut self, bufs: &mut [IoSlice<'_>]) -> Result<(), (io::Error, bool)> {
-        let mut bufs = bufs;
-        let mut wrote = false;
-        IoSlice::advance_slices(&mut bufs, 0);
-        while !bufs.is_empty() {
-            match self.io.write_vectored(bufs).await {
-                Ok(0) => return Err((io::ErrorKind::WriteZero.into(), wrote)),
-                Ok(n) => {
-                    wrote = true;
-                    IoSlice::advance_slices(&mut bufs, n);
-                }
-                Err(e) => return Err((e, wrote)),
+/// Writes all of `bufs`. The error says whether any byte went out.
+async fn write_all(
+    io: &mut TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+) -> Result<(), (io::Error, bool)> {
+    let mut wrote = false;
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match io.write_vectored(bufs).await {
+            Ok(0) => return Err((io::ErrorKind::WriteZero.into(), wrote)),
+            Ok(n) => {
+                wrote = true;
+                IoSlice::advance_slices(&mut bufs, n);
             }
+            Err(e) => return Err((e, wrote)),
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Pool settings.
@@ -279,13 +281,16 @@ impl ConnPool {
         // it when it is held in one buffer (the JSON-RPC layer's, the usual
         // case), else its first frame, read before the head is written. They
         // are kept until written, for a second attempt.
-        let whole = body.as_bytes().cloned();
-        let first = match (&whole, framing) {
-            (Some(b), _) => Some(b.clone()),
-            (None, RequestFraming::None) => None,
-            (None, _) => next_data(&mut body).await?,
+        let (first, done) = match body.as_bytes() {
+            Some(b) => (Some(b.clone()), true),
+            None => {
+                let first = match framing {
+                    RequestFraming::None => None,
+                    _ => next_data(&mut body).await?,
+                };
+                (first, body.is_end_stream())
+            }
         };
-        let done = whole.is_some() || body.is_end_stream();
         let first_len = first.as_ref().map_or(0, |b| b.len() as u64);
         if let (true, RequestFraming::Length(n)) = (done, framing) {
             check_length(n, first_len)?;
@@ -302,7 +307,6 @@ impl ConnPool {
             };
             c.wbuf.clear();
             http1::encode_head(&parts, framing, &self.inner.addr, &mut c.wbuf);
-            let head = std::mem::take(&mut c.wbuf);
             let data = first.as_deref().unwrap_or_default();
             let written = match framing {
                 RequestFraming::Chunked => {
@@ -311,21 +315,17 @@ impl ConnPool {
                         (false, true) => (b"\r\n", http1::LAST_CHUNK),
                         (false, false) => (b"\r\n", b""),
                     };
-                    c.write_all(&mut [
-                        IoSlice::new(&head),
+                    let bufs = &mut [
+                        IoSlice::new(&c.wbuf),
                         IoSlice::new(&size_line),
                         IoSlice::new(data),
                         IoSlice::new(crlf),
                         IoSlice::new(end),
-                    ])
-                    .await
+                    ];
+                    write_all(&mut c.io, bufs).await
                 }
-                _ => {
-                    c.write_all(&mut [IoSlice::new(&head), IoSlice::new(data)])
-                        .await
-                }
+                _ => write_all(&mut c.io, &mut [IoSlice::new(&c.wbuf), IoSlice::new(data)]).await,
             };
-            c.wbuf = head;
             match written {
                 Ok(()) => {}
                 // Nothing was written on a connection the backend had
@@ -344,19 +344,13 @@ impl ConnPool {
                     return Err("upstream closed the connection before responding".into());
                 }
             };
-            let state = match head.framing {
-                BodyFraming::Length(0) => BodyState::Done,
-                BodyFraming::Length(n) => BodyState::Length(n),
-                BodyFraming::Chunked(d) => BodyState::Chunked(d),
-                BodyFraming::Close => BodyState::Close,
-            };
             let mut body = PooledBody {
                 conn: Some(c),
-                state,
+                state: head.framing,
                 keep_alive: head.keep_alive,
                 pool: Arc::downgrade(&self.inner),
             };
-            if let BodyState::Done = body.state {
+            if body.is_end_stream() {
                 body.release();
             }
             let mut res = Response::new(body);
@@ -404,24 +398,19 @@ async fn write_rest_of_body(
         let written = if framing == RequestFraming::Chunked {
             c.wbuf.clear();
             http1::chunk_size_line(data.len(), &mut c.wbuf);
-            let line = std::mem::take(&mut c.wbuf);
-            let r = c
-                .write_all(&mut [
-                    IoSlice::new(&line),
-                    IoSlice::new(&data),
-                    IoSlice::new(b"\r\n"),
-                ])
-                .await;
-            c.wbuf = line;
-            r
+            let bufs = &mut [
+                IoSlice::new(&c.wbuf),
+                IoSlice::new(&data),
+                IoSlice::new(b"\r\n"),
+            ];
+            write_all(&mut c.io, bufs).await
         } else {
-            c.write_all(&mut [IoSlice::new(&data)]).await
+            write_all(&mut c.io, &mut [IoSlice::new(&data)]).await
         };
         written.map_err(|(e, _)| e)?;
     }
     match framing {
-        RequestFraming::Chunked => c
-            .write_all(&mut [IoSlice::new(http1::LAST_CHUNK)])
+        RequestFraming::Chunked => write_all(&mut c.io, &mut [IoSlice::new(http1::LAST_CHUNK)])
             .await
             .map_err(|(e, _)| e)?,
         RequestFraming::Length(n) => check_length(n, sent)?,
@@ -430,24 +419,12 @@ async fn write_rest_of_body(
     Ok(())
 }
 
-/// Where a response body is.
-#[derive(Debug)]
-enum BodyState {
-    /// This many bytes left.
-    Length(u64),
-    /// Chunked, decoding.
-    Chunked(http1::ChunkDecoder),
-    /// Until the backend closes.
-    Close,
-    /// Complete.
-    Done,
-}
-
 /// A response body read from its connection as it is polled; the
 /// connection goes back to the pool once the body is complete.
 pub(crate) struct PooledBody {
     conn: Option<Box<Conn>>,
-    state: BodyState,
+    /// What is left to read; `Length(0)` once the body is complete.
+    state: BodyFraming,
     keep_alive: bool,
     pool: Weak<Inner>,
 }
@@ -456,7 +433,7 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         // A body not read to the end: dropping its connection closes it,
         // which tells the backend the client left.
-        if let BodyState::Done = self.state {
+        if self.is_end_stream() {
             self.release();
         }
     }
@@ -477,7 +454,7 @@ impl PooledBody {
     /// Ends the body with an error; the connection is closed.
     fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.conn = None;
-        self.state = BodyState::Done;
+        self.state = BodyFraming::Length(0);
         Poll::Ready(Some(Err(e)))
     }
 }
@@ -496,32 +473,29 @@ impl http_body::Body for PooledBody {
                 return Poll::Ready(None);
             };
             match &mut this.state {
-                BodyState::Done => {
+                BodyFraming::Length(0) => {
                     this.release();
                     return Poll::Ready(None);
                 }
-                BodyState::Length(left) => {
+                BodyFraming::Length(left) => {
                     if !c.rbuf.is_empty() {
                         let n = (*left).min(c.rbuf.len() as u64);
                         *left -= n;
                         let data = c.rbuf.split_to(n as usize).freeze();
-                        if *left == 0 {
-                            this.state = BodyState::Done;
-                        }
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
-                BodyState::Chunked(dec) => match dec.decode(&mut c.rbuf) {
+                BodyFraming::Chunked(dec) => match dec.decode(&mut c.rbuf) {
                     Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                     Ok(Decoded::Trailers(t)) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
                     Ok(Decoded::End) => {
-                        this.state = BodyState::Done;
+                        this.state = BodyFraming::Length(0);
                         continue;
                     }
                     Ok(Decoded::NeedMore) => {}
                     Err(e) => return this.fail(e.into()),
                 },
-                BodyState::Close => {
+                BodyFraming::Close => {
                     if !c.rbuf.is_empty() {
                         let data = c.rbuf.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -529,9 +503,9 @@ impl http_body::Body for PooledBody {
                 }
             }
             match ready!(c.poll_fill(cx)) {
-                Ok(0) if matches!(this.state, BodyState::Close) => {
+                Ok(0) if matches!(this.state, BodyFraming::Close) => {
                     this.keep_alive = false;
-                    this.state = BodyState::Done;
+                    this.state = BodyFraming::Length(0);
                 }
                 Ok(0) => {
                     return this
@@ -544,13 +518,12 @@ impl http_body::Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, BodyState::Done) || self.conn.is_none()
+        matches!(self.state, BodyFraming::Length(0))
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.state {
-            BodyState::Length(n) => SizeHint::with_exact(n),
-            BodyState::Done => SizeHint::with_exact(0),
+            BodyFraming::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
     }

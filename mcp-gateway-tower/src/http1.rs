@@ -134,7 +134,8 @@ pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// How a response's body is delimited.
 #[derive(Debug)]
 pub(crate) enum BodyFraming {
-    /// `Content-Length`; `Length(0)` for a response without a body.
+    /// `Content-Length`: this many bytes (left); `Length(0)` for a
+    /// response without a body, or one read to its end.
     Length(u64),
     /// Chunked transfer coding.
     Chunked(ChunkDecoder),
