@@ -23,8 +23,8 @@
 //! ```
 #![deny(missing_docs)]
 
-#[cfg(feature = "config")]
 mod busy_poll;
+#[cfg(feature = "config")]
 pub mod config;
 pub mod serve;
 
