@@ -35,9 +35,10 @@
 //! `bare`, `gateway`, `secure`, `limits`, `audit`, `full`.
 //! `MCPGW_BENCH_THREADS=N` changes the servers' threads (default one per
 //! core), `MCPGW_BENCH_BUSY_POLL_US=N` their busy-polling window (default
-//! as `gateway`, 50; 0 = off), and `MCPGW_BENCH_AUDIT=null` gives the audit
-//! layer a sink that drops every record (to tell the layer from the file
-//! writer).
+//! as `gateway`, 50; 0 = off), `MCPGW_BENCH_HTTP1=hyper` serves HTTP/1 with
+//! hyper instead of the built-in server, and `MCPGW_BENCH_AUDIT=null` gives
+//! the audit layer a sink that drops every record (to tell the layer from
+//! the file writer).
 //!
 //! The same binary plays every part: `--role <role>` starts a server that
 //! prints its address on stdout.
@@ -142,6 +143,11 @@ async fn serve_app(app: axum::Router) {
         .and_then(|v| v.parse().ok())
     {
         opts = opts.busy_poll(std::time::Duration::from_micros(us));
+    }
+    // MCPGW_BENCH_HTTP1=hyper: hyper's HTTP/1 server, as `gateway
+    // --http1-server hyper`.
+    if std::env::var("MCPGW_BENCH_HTTP1").as_deref() == Ok("hyper") {
+        opts = opts.http1(serve::Http1Server::Hyper);
     }
     let listeners = serve::bind_per_core("127.0.0.1:0".parse().unwrap(), threads).unwrap();
     println!("{}", listeners[0].local_addr().unwrap());

@@ -29,6 +29,8 @@
 //! `--header-timeout-secs N` (default: none) closes a connection whose
 //! client takes longer than that to send a request's headers, or stays idle
 //! that long between requests: set it where clients are not trusted.
+//! `--http1-server hyper` serves HTTP/1 with hyper instead of the built-in
+//! server (`mcp_gateway_tower::server`); HTTP/2 is always hyper's.
 
 use std::net::SocketAddr;
 
@@ -45,8 +47,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str =
     "usage: gateway [--listen ADDR] --upstream URL [--upstream URL ...] [--path PATH] \
-[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...] [--threads N] [--busy-poll-us N] [--header-timeout-secs N]
-       gateway --config FILE [--listen ADDR] [--threads N] [--busy-poll-us N] [--header-timeout-secs N]";
+[--allow-host HOST[:PORT] ...] [--allow-origin ORIGIN ...] [--threads N] [--busy-poll-us N] [--header-timeout-secs N] [--http1-server builtin|hyper]
+       gateway --config FILE [--listen ADDR] [--threads N] [--busy-poll-us N] [--header-timeout-secs N] [--http1-server builtin|hyper]";
 
 struct Args {
     listen: SocketAddr,
@@ -62,6 +64,8 @@ struct Args {
     busy_poll_us: Option<u64>,
     /// `--header-timeout-secs`, when given.
     header_timeout_secs: Option<u64>,
+    /// `--http1-server`.
+    http1: serve::Http1Server,
 }
 
 fn parse() -> Result<Args, String> {
@@ -77,6 +81,7 @@ fn parse() -> Result<Args, String> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         busy_poll_us: None,
         header_timeout_secs: None,
+        http1: serve::Http1Server::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -114,6 +119,13 @@ fn parse() -> Result<Args, String> {
                         .parse()
                         .map_err(|_| "--busy-poll-us needs a number of microseconds (0: off)")?,
                 );
+            }
+            "--http1-server" => {
+                a.http1 = match val()?.as_str() {
+                    "builtin" => serve::Http1Server::Builtin,
+                    "hyper" => serve::Http1Server::Hyper,
+                    _ => return Err("--http1-server is builtin or hyper".into()),
+                };
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -171,7 +183,7 @@ async fn main() {
         Some(file) => from_config(file, &args),
         None => {
             let (app, listen, threads, path) = from_flags(&args);
-            let opts = serve_options(args.busy_poll_us, args.header_timeout_secs);
+            let opts = serve_options(args.busy_poll_us, args.header_timeout_secs, args.http1);
             (app, listen, threads, path, None, opts)
         }
     };
@@ -254,17 +266,20 @@ fn from_config(
         args.busy_poll_us.or(cfg.busy_poll_us),
         args.header_timeout_secs
             .or(cfg.header_read_timeout_secs.filter(|n| *n > 0)),
+        args.http1,
     );
     (app, listen, threads, cfg.path.clone(), audit, opts)
 }
 
 /// The serving options from `--busy-poll-us` / `--header-timeout-secs` or
-/// their keys in the file; the defaults where neither says.
+/// their keys in the file, and `--http1-server`; the defaults where
+/// neither says.
 fn serve_options(
     busy_poll_us: Option<u64>,
     header_timeout_secs: Option<u64>,
+    http1: serve::Http1Server,
 ) -> serve::ServeOptions {
-    let mut opts = serve::ServeOptions::default();
+    let mut opts = serve::ServeOptions::default().http1(http1);
     if let Some(us) = busy_poll_us {
         opts = opts.busy_poll(std::time::Duration::from_micros(us));
     }

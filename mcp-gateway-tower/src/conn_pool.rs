@@ -121,7 +121,7 @@ impl Conn {
 }
 
 /// Writes all of `bufs`. The error says whether any byte went out.
-async fn write_all(
+pub(crate) async fn write_all(
     io: &mut TcpStream,
     mut bufs: &mut [IoSlice<'_>],
 ) -> Result<(), (io::Error, bool)> {

@@ -124,8 +124,26 @@ pub(crate) fn encode_head(
 
 /// Writes the line that opens a chunk of `len` bytes (`len` > 0).
 pub(crate) fn chunk_size_line(len: usize, out: &mut Vec<u8>) {
-    use std::io::Write;
-    let _ = write!(out, "{len:x}\r\n");
+    out.extend_from_slice(chunk_size_line_in(len, &mut [0; 18]));
+}
+
+/// The line that opens a chunk of `len` bytes, written into `buf` (no
+/// allocation, no formatter).
+pub(crate) fn chunk_size_line_in(len: usize, buf: &mut [u8; 18]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut i = 16;
+    let mut n = len;
+    loop {
+        i -= 1;
+        buf[i] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[16] = b'\r';
+    buf[17] = b'\n';
+    &buf[i..]
 }
 
 /// The last chunk and an empty trailer section.
@@ -449,6 +467,23 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        let mut buf = [0u8; 18];
+        for (n, line) in [
+            (1, "1"),
+            (15, "f"),
+            (16, "10"),
+            (8192, "2000"),
+            (usize::MAX, "ffffffffffffffff"),
+        ] {
+            assert_eq!(
+                chunk_size_line_in(n, &mut buf),
+                format!("{line}\r\n").as_bytes()
+            );
+        }
+    }
     use proptest::prelude::*;
 
     fn head(bytes: &str) -> Result<Option<ResponseHead>, ProtocolError> {

@@ -41,6 +41,7 @@ pub mod limit;
 pub mod origin;
 pub mod pinning;
 pub mod rules;
+pub mod server;
 pub mod session;
 pub mod sse;
 pub mod upstream;

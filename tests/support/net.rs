@@ -10,33 +10,41 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokio::task::JoinHandle;
 
-/// A server task; aborted when dropped, so no test leaves a listener behind.
+/// A server; stopped when dropped (listener closed, idle connections
+/// closed, requests in progress finished), so no test leaves one behind.
 pub struct Served {
     pub addr: SocketAddr,
-    task: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
-/// Serves `app` on an ephemeral loopback port, with the client address in
-/// the request extensions (as `mcp_gateway_axum::serve` does).
+/// Serves `app` on an ephemeral loopback port as the `gateway` example
+/// does (`mcp_gateway_axum::serve`, its built-in HTTP/1 server), on one
+/// listener of this runtime, without busy polling.
 pub async fn serve(app: axum::Router) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await;
+    use mcp_gateway_axum::serve::{bind_per_core, serve_per_core_with, ServeOptions};
+    let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    let opts = ServeOptions::default().busy_poll(std::time::Duration::ZERO);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    tokio::spawn(async move {
+        let _ = serve_per_core_with(listeners, app, stopped, opts).await;
     });
-    Served { addr, task }
+    Served {
+        addr,
+        stop: Some(stop),
+    }
 }
 
 /// The `/mcp` URL of a server.
