@@ -32,7 +32,8 @@
 //! ```
 //!
 //! Roles: `stub`, `direct` (a second stub, in comparisons), `relay`,
-//! `bare`, `gateway`, `secure`, `limits`, `audit`, `full`.
+//! `bare`, `gateway`, `secure`, `limits`, `audit`, `full`; `<role>+hyper`
+//! serves that role's HTTP/1 with hyper (`MCPGW_BENCH_COMPARE=gateway,gateway+hyper`).
 //! `MCPGW_BENCH_THREADS=N` changes the servers' threads (default one per
 //! core), `MCPGW_BENCH_BUSY_POLL_US=N` their busy-polling window (default
 //! as `gateway`, 50; 0 = off), `MCPGW_BENCH_HTTP1=hyper` serves HTTP/1 with
@@ -127,6 +128,9 @@ async fn serve_gateway(upstream: String, max_sessions: usize) {
     serve_app(app).await;
 }
 
+/// Set by a `<role>+hyper` server: serve HTTP/1 with hyper.
+static HYPER_HTTP1: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 /// Serves `app` the way the `gateway` example does, printing the address.
 async fn serve_app(app: axum::Router) {
     use mcp_gateway_axum::serve;
@@ -144,9 +148,11 @@ async fn serve_app(app: axum::Router) {
     {
         opts = opts.busy_poll(std::time::Duration::from_micros(us));
     }
-    // MCPGW_BENCH_HTTP1=hyper: hyper's HTTP/1 server, as `gateway
-    // --http1-server hyper`.
-    if std::env::var("MCPGW_BENCH_HTTP1").as_deref() == Ok("hyper") {
+    // MCPGW_BENCH_HTTP1=hyper, or a role named `<role>+hyper`: hyper's
+    // HTTP/1 server, as `gateway --http1-server hyper`.
+    if std::env::var("MCPGW_BENCH_HTTP1").as_deref() == Ok("hyper")
+        || HYPER_HTTP1.get() == Some(&true)
+    {
         opts = opts.http1(serve::Http1Server::Hyper);
     }
     let listeners = serve::bind_per_core("127.0.0.1:0".parse().unwrap(), threads).unwrap();
@@ -504,9 +510,13 @@ fn server_role(args: &[String]) -> bool {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let Some(role) = arg("--role") else {
+    let Some(mut role) = arg("--role") else {
         return false;
     };
+    if let Some(base) = role.strip_suffix("+hyper") {
+        role = base.to_owned();
+        let _ = HYPER_HTTP1.set(true);
+    }
     let upstream = arg("--upstream").unwrap_or_default();
     let max_sessions = arg("--max-sessions")
         .and_then(|v| v.parse().ok())
@@ -605,8 +615,10 @@ impl Target {
         }
         let upstream = format!("http://{}{direct}", stub.addr);
         let server = Server::start(&["--role", role, "--upstream", &upstream]);
+        let name = role;
+        let role = role.strip_suffix("+hyper").unwrap_or(role);
         Target {
-            name: role.into(),
+            name: name.into(),
             server,
             path: if role == "relay" {
                 direct

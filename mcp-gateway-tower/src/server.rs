@@ -519,7 +519,11 @@ impl Conn {
         }
         let mut head_sent = false;
         loop {
-            let frame = poll_fn(|cx| {
+            // Wait for a frame (watching the client), then take whatever
+            // else is ready at once: one write for all of it, and the last
+            // chunk goes out with the last data instead of in a write of
+            // its own.
+            let first = poll_fn(|cx| {
                 if let Poll::Ready(f) = body.as_mut().poll_frame(cx) {
                     return Poll::Ready(Some(f));
                 }
@@ -529,65 +533,120 @@ impl Conn {
                 }
             })
             .await;
-            let data = match frame {
-                // The client went away: dropping the body cancels the call.
-                None => return false,
-                Some(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(d) => d,
-                    // Trailers: not sent (clients of this server ask for
-                    // none); the body ends after them.
-                    Err(_) => continue,
-                },
-                Some(Some(Err(_))) => {
+            // The client went away: dropping the body cancels the call.
+            let Some(mut next) = first else { return false };
+            let mut batch = Batch::default();
+            let end = loop {
+                match next {
+                    Some(Ok(frame)) => {
+                        // Trailers are not sent (clients of this server ask
+                        // for none); the body ends after them.
+                        if let Ok(data) = frame.into_data() {
+                            batch.push(data);
+                        }
+                    }
+                    None => break End::Complete,
                     // Mid-body failure: the client must see a cut message,
-                    // never a complete one, so no last chunk; close.
-                    if !head_sent {
-                        let _ = write_all(&mut self.io, &mut [IoSlice::new(&self.wbuf)]).await;
-                    }
-                    return false;
+                    // never a complete one: no last chunk, and close.
+                    Some(Err(_)) => break End::Failed,
                 }
-                Some(None) => {
-                    let tail: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
-                    let head: &[u8] = if head_sent { b"" } else { &self.wbuf };
-                    if write_all(&mut self.io, &mut [IoSlice::new(head), IoSlice::new(tail)])
-                        .await
-                        .is_err()
-                    {
-                        return false;
-                    }
-                    return keep_alive;
+                if body.is_end_stream() {
+                    break End::Complete;
+                }
+                if batch.is_full() {
+                    break End::NotYet;
+                }
+                match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+                    Poll::Ready(f) => next = f,
+                    Poll::Pending => break End::NotYet,
                 }
             };
-            if data.is_empty() {
-                continue;
-            }
-            let end = body.is_end_stream();
             let head: &[u8] = if head_sent { b"" } else { &self.wbuf };
-            let res = if chunked {
-                let mut line = [0u8; 18];
-                let size_line = crate::http1::chunk_size_line_in(data.len(), &mut line);
-                let tail: &[u8] = if end { b"\r\n0\r\n\r\n" } else { b"\r\n" };
-                write_all(
-                    &mut self.io,
-                    &mut [
-                        IoSlice::new(head),
-                        IoSlice::new(size_line),
-                        IoSlice::new(&data),
-                        IoSlice::new(tail),
-                    ],
-                )
-                .await
-            } else {
-                write_all(&mut self.io, &mut [IoSlice::new(head), IoSlice::new(&data)]).await
-            };
-            if res.is_err() {
+            let last = chunked && end == End::Complete;
+            let mut lines = [[0u8; 18]; Batch::MAX];
+            let mut slices = [IoSlice::new(b""); 2 + 3 * Batch::MAX];
+            let n = batch.slices(head, chunked, last, &mut lines, &mut slices);
+            if n > 0 && write_all(&mut self.io, &mut slices[..n]).await.is_err() {
                 return false;
             }
             head_sent = true;
-            if end {
-                return keep_alive;
+            match end {
+                End::Complete => return keep_alive,
+                End::Failed => return false,
+                End::NotYet => {}
             }
         }
+    }
+}
+
+/// How a batch of response frames left the body.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The body ended (the message is complete after this batch).
+    Complete,
+    /// The body failed.
+    Failed,
+    /// More frames will come.
+    NotYet,
+}
+
+/// Response data frames written together.
+#[derive(Default)]
+struct Batch {
+    frames: [Option<Bytes>; Batch::MAX],
+    len: usize,
+}
+
+impl Batch {
+    /// At most this many frames per write.
+    const MAX: usize = 16;
+
+    fn push(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.frames[self.len] = Some(data);
+            self.len += 1;
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == Self::MAX
+    }
+
+    /// The write: `head`, each frame (chunked if `chunked`), and the last
+    /// chunk if `last`. Returns how many of `out` are used.
+    fn slices<'a>(
+        &'a self,
+        head: &'a [u8],
+        chunked: bool,
+        last: bool,
+        lines: &'a mut [[u8; 18]; Self::MAX],
+        out: &mut [IoSlice<'a>; 2 + 3 * Self::MAX],
+    ) -> usize {
+        let mut n = 0;
+        let mut put = |s: &'a [u8]| {
+            if !s.is_empty() {
+                out[n] = IoSlice::new(s);
+                n += 1;
+            }
+        };
+        put(head);
+        for (data, line) in self.frames[..self.len]
+            .iter()
+            .flatten()
+            .zip(lines.iter_mut())
+        {
+            if chunked {
+                put(crate::http1::chunk_size_line_in(data.len(), line));
+                put(data);
+                put(b"\r\n");
+            } else {
+                put(data);
+            }
+        }
+        if last {
+            put(b"0\r\n\r\n");
+        }
+        n
     }
 }
 
