@@ -234,7 +234,9 @@ pub(crate) fn parse_head(
         let status =
             StatusCode::from_u16(code).map_err(|_| ProtocolError("invalid status code"))?;
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for what the layers set (the session id, for one): a full
+        // map rehashes every field to take one more.
+        let mut headers = HeaderMap::with_capacity(count + 4);
         for &(n, nl, v, vl) in &spans[..count] {
             let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
             let name = HeaderName::from_bytes(&head[n..n + nl])

@@ -309,13 +309,40 @@ where
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    match http_body_util::Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(GatewayError::new(
+    let unreadable = |e: BoxError| {
+        GatewayError::new(
             ErrorKind::InvalidRequest,
             format!("could not read request body: {e}"),
-        )),
+        )
+    };
+    // Most bodies arrive whole in one frame (the server hands over a body
+    // it has already read): take it as it is, without a collector.
+    let mut body = std::pin::pin!(body);
+    let first = match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        None => return Ok(Bytes::new()),
+        Some(Err(e)) => return Err(unreadable(e.into())),
+        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+    };
+    if first.len() > max {
+        return Err(too_large());
+    }
+    if body.is_end_stream() {
+        return Ok(first);
+    }
+    match http_body_util::Limited::new(body, max - first.len())
+        .collect()
+        .await
+    {
+        Ok(rest) if first.is_empty() => Ok(rest.to_bytes()),
+        Ok(rest) => {
+            let rest = rest.to_bytes();
+            let mut all = bytes::BytesMut::with_capacity(first.len() + rest.len());
+            all.extend_from_slice(&first);
+            all.extend_from_slice(&rest);
+            Ok(all.freeze())
+        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(unreadable(e)),
     }
 }
 
@@ -449,6 +476,39 @@ mod tests {
         Request::post("/mcp")
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
+    }
+
+    #[tokio::test]
+    async fn a_body_in_several_frames_is_read_whole_and_bounded() {
+        let frames = |parts: Vec<Bytes>| {
+            let frames = parts
+                .into_iter()
+                .map(|b| Ok::<_, Infallible>(http_body::Frame::data(b)));
+            Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+                frames,
+            )))
+        };
+        let echo = JsonRpcLayer::default().layer(tower::service_fn(|req: Request<Body>| async {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            Ok::<_, Infallible>(Response::new(Body::from(body)))
+        }));
+        let msg = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        let (a, b) = msg.split_at(17);
+        let parts = vec![
+            Bytes::from_static(a.as_bytes()),
+            Bytes::from_static(b.as_bytes()),
+        ];
+        let res = echo
+            .oneshot(post("").body(frames(parts)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, msg.as_bytes(), "downstream gets the same bytes");
+        // Over the limit across frames, with no Content-Length: 413.
+        let mib = Bytes::from(vec![b' '; 1 << 20]);
+        let r = post("").body(frames(vec![mib; 5])).unwrap();
+        assert_eq!(code(r).await, (413, Some(-32600)));
     }
 
     #[tokio::test]

@@ -238,7 +238,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
     } else {
         Version::HTTP_10
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the layers add (Host for the backend,
+    // credentials): a full map rehashes every field to take one more.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = version == Version::HTTP_10;
