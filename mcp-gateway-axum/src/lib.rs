@@ -50,7 +50,9 @@ use mcp_gateway_tower::origin::OriginPolicy;
 use mcp_gateway_tower::pinning::ToolPins;
 use mcp_gateway_tower::session::{BackendSelector, RoundRobin, SessionLayer};
 use mcp_gateway_tower::sse::SseRelayConfig;
-use mcp_gateway_tower::upstream::{BoxUpstream, HttpUpstreamConfig, ServiceUpstream, Upstreams};
+use mcp_gateway_tower::upstream::{
+    HttpUpstreamConfig, ServiceUpstream, UpstreamInstance, Upstreams,
+};
 use mcp_gateway_tower::{error_response, Body, BoxError, ServiceBuilderExt};
 use tower::ServiceBuilder;
 
@@ -142,7 +144,7 @@ impl McpGatewayBuilder {
     pub fn upstream_url(mut self, url: &str) -> Result<Self, BoxError> {
         let up = mcp_gateway_tower::upstream::HttpUpstream::new(url, self.http.clone())?;
         self.instances.push(Box::new(move |creds| {
-            Upstreams::boxed(match creds {
+            UpstreamInstance::from(match creds {
                 Some((p, b)) => up.with_credentials(p, b),
                 None => up,
             })
@@ -236,10 +238,10 @@ impl McpGatewayBuilder {
     {
         self.instances.push(Box::new(move |creds| {
             let up = ServiceUpstream::new(svc);
-            match creds {
+            UpstreamInstance::Service(match creds {
                 Some((p, b)) => Upstreams::boxed(up.with_credentials(p, b)),
                 None => Upstreams::boxed(up),
-            }
+            })
         }));
         self
     }
@@ -394,7 +396,7 @@ fn client_addr<B>(mut req: http::Request<B>) -> http::Request<B> {
 
 /// An upstream instance waiting for the credentials chosen at build time.
 type PendingUpstream =
-    Box<dyn FnOnce(Option<(Arc<dyn CredentialProvider>, Arc<str>)>) -> BoxUpstream + Send>;
+    Box<dyn FnOnce(Option<(Arc<dyn CredentialProvider>, Arc<str>)>) -> UpstreamInstance + Send>;
 
 /// Where RFC 9728 puts protected-resource metadata.
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";

@@ -324,9 +324,11 @@ fn first_id(req: &Request<Body>) -> Option<RequestId> {
         .and_then(|m| m.first_id().cloned())
 }
 
+/// `inner` has been driven ready by [`Session::poll_ready`] (and taken
+/// with `take_ready`), so it is called without another readiness check.
 async fn route<S>(
     shared: Arc<Shared>,
-    inner: S,
+    mut inner: S,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Infallible>
 where
@@ -350,7 +352,7 @@ where
             // A stateless request has no session; never forward a stray id.
             req.headers_mut().remove(&header_names::MCP_SESSION_ID);
             req.extensions_mut().insert(Instance(i));
-            return inner.oneshot(req).await;
+            return inner.call(req).await;
         }
     }
     in_session(shared, inner, req).await
@@ -428,7 +430,7 @@ where
 
 async fn in_session<S>(
     shared: Arc<Shared>,
-    inner: S,
+    mut inner: S,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Infallible>
 where
@@ -475,7 +477,8 @@ where
         }
     }
     req.extensions_mut().insert(Instance(rec.instance()));
-    let mut res = inner.oneshot(req).await?;
+    // Ready: see `route`.
+    let mut res = inner.call(req).await?;
     let status = res.status();
     if status == StatusCode::NOT_FOUND && rec.upstream_id().is_some() {
         // The backend no longer knows the session: forget it here as well,

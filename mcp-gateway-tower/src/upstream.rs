@@ -283,6 +283,14 @@ impl Service<Request<Body>> for HttpUpstream {
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
+        self.send(req)
+    }
+}
+
+impl HttpUpstream {
+    /// Sends `req` to the backend: [`Service::call`] without the `&mut`
+    /// (an instance shared by a set needs no clone per call).
+    pub fn send(&self, req: Request<Body>) -> BoxFuture {
         let (mut parts, body) = req.into_parts();
         let id = parts
             .extensions
@@ -446,7 +454,29 @@ where
 /// named by its [`Instance`] extension (0 when absent).
 #[derive(Clone)]
 pub struct Upstreams {
-    instances: Arc<[BoxUpstream]>,
+    instances: Arc<[UpstreamInstance]>,
+}
+
+/// One instance of a backend in an [`Upstreams`] set.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum UpstreamInstance {
+    /// Reached over HTTP: called in place, without a clone per call.
+    Http(Box<HttpUpstream>),
+    /// Any other service (cloned and driven ready per call).
+    Service(BoxUpstream),
+}
+
+impl From<HttpUpstream> for UpstreamInstance {
+    fn from(u: HttpUpstream) -> Self {
+        UpstreamInstance::Http(Box::new(u))
+    }
+}
+
+impl From<BoxUpstream> for UpstreamInstance {
+    fn from(s: BoxUpstream) -> Self {
+        UpstreamInstance::Service(s)
+    }
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -458,14 +488,15 @@ impl std::fmt::Debug for Upstreams {
 }
 
 impl Upstreams {
-    /// A set of instances (at least one).
-    pub fn new(instances: Vec<BoxUpstream>) -> Self {
+    /// A set of instances (at least one): [`HttpUpstream`]s, boxed
+    /// services ([`Upstreams::boxed`]), or [`UpstreamInstance`]s.
+    pub fn new<I: Into<UpstreamInstance>>(instances: Vec<I>) -> Self {
         assert!(
             !instances.is_empty(),
             "a backend needs at least one instance"
         );
         Upstreams {
-            instances: instances.into(),
+            instances: instances.into_iter().map(Into::into).collect(),
         }
     }
 
@@ -490,7 +521,7 @@ impl Upstreams {
     {
         let v = urls
             .into_iter()
-            .map(|u| HttpUpstream::new(u.as_ref(), cfg.clone()).map(Self::boxed))
+            .map(|u| HttpUpstream::new(u.as_ref(), cfg.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         if v.is_empty() {
             return Err("no upstream URL".into());
@@ -512,7 +543,7 @@ impl Upstreams {
 impl Service<Request<Body>> for Upstreams {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<BoxUpstream, Request<Body>>;
+    type Future = BoxFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -522,8 +553,10 @@ impl Service<Request<Body>> for Upstreams {
         let i = req.extensions().get::<Instance>().map_or(0, |i| i.0);
         // An out-of-range index is a bug in a custom selector; fall back to a
         // valid instance rather than panic in the request path.
-        let svc = self.instances[i % self.instances.len()].clone();
-        svc.oneshot(req)
+        match &self.instances[i % self.instances.len()] {
+            UpstreamInstance::Http(up) => up.send(req),
+            UpstreamInstance::Service(svc) => Box::pin(svc.clone().oneshot(req)),
+        }
     }
 }
 
