@@ -942,6 +942,40 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_or_are_refused_without_panicking(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)
+        ) {
+            let mut buf = BytesMut::from(&data[..]);
+            let _ = parse_request(&mut buf);
+        }
+
+        #[test]
+        fn a_head_parses_the_same_however_it_arrives(split in 0usize..200) {
+            const REQ: &[u8] =
+                b"POST /mcp?x=1 HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nx-a: b\r\nx-a: c\r\n\r\nhello";
+            let head_len = REQ.len() - 5;
+            let split = split.min(REQ.len());
+            let mut buf = BytesMut::from(&REQ[..split]);
+            let early = parse_request(&mut buf).unwrap();
+            proptest::prop_assert_eq!(early.is_some(), split >= head_len);
+            let head = match early {
+                Some(h) => h,
+                None => {
+                    buf.extend_from_slice(&REQ[split..]);
+                    parse_request(&mut buf).unwrap().expect("complete")
+                }
+            };
+            proptest::prop_assert_eq!(&head.parts.method, &Method::POST);
+            proptest::prop_assert_eq!(head.parts.uri.path(), "/mcp");
+            proptest::prop_assert_eq!(head.parts.uri.query(), Some("x=1"));
+            proptest::prop_assert_eq!(head.parts.headers.get_all("x-a").iter().count(), 2);
+            proptest::prop_assert!(matches!(head.framing, Framing::Length(5)));
+            proptest::prop_assert!(head.keep_alive);
+        }
+    }
+
     #[tokio::test]
     async fn keeps_alive_and_answers_pipelined_requests_in_order() {
         let addr = start(echo()).await;
