@@ -153,7 +153,9 @@ impl SseScanner {
         }
         while i < chunk.len() {
             let rest = &chunk[i..];
-            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            // memchr's vectorised search: a `data` line is most of an
+            // event, and a byte-at-a-time scan cost ~9 instructions a byte.
+            match memchr::memchr2(b'\n', b'\r', rest) {
                 None => {
                     self.push_partial(rest);
                     break;
