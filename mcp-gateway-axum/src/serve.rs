@@ -14,6 +14,11 @@
 //! instead of going to sleep at once, and can cut off clients that are slow
 //! to send their headers: see [`ServeOptions`].
 //!
+//! HTTP/1.1 connections are served by
+//! [`mcp_gateway_tower::server::serve_http1`] (the router called from the
+//! connection's own task, no body channel), HTTP/2 ones (prior knowledge)
+//! by hyper; [`Http1Server::Hyper`] puts HTTP/1.1 on hyper too.
+//!
 //! Applications that embed the layers keep their own runtime; this module
 //! is for running the gateway as a process.
 //!
