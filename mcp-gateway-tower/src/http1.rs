@@ -318,7 +318,7 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 }
 
 /// Whether a `Connection` field lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(CONNECTION).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')

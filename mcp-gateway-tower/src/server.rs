@@ -52,7 +52,7 @@ use tokio::net::TcpStream;
 use tower::Service;
 
 use crate::body::{Body, BoxError};
-use crate::http1::{ChunkDecoder, Decoded, MAX_HEAD};
+use crate::http1::{has_token, ChunkDecoder, Decoded, MAX_HEAD};
 
 /// At most this many request header fields.
 const MAX_FIELDS: usize = 100;
@@ -126,13 +126,16 @@ pub async fn serve_http1<S, B>(
         {
             return;
         }
+        // Readiness first, as the tower contract asks (a router is always
+        // ready: this costs it nothing).
+        let Ok(()) = poll_fn(|cx| service.poll_ready(cx)).await;
         let call = service.call(Request::from_parts(parts, body));
         let Some(res) = conn.run_while_watching(call, &mut feed).await else {
             return;
         };
         let Ok(res) = res;
         let (parts, body) = res.into_parts();
-        keep_alive &= !has_close(&parts.headers) && !stopping.load(Ordering::Acquire);
+        keep_alive &= !has_token(&parts.headers, "close") && !stopping.load(Ordering::Acquire);
         let done = conn
             .write_response(parts, body, version, head_only, keep_alive, &mut feed)
             .await;
@@ -303,14 +306,6 @@ fn decimal(s: &[u8]) -> Option<u64> {
         return None;
     }
     Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-fn has_close(h: &HeaderMap) -> bool {
-    h.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
 }
 
 /// The client went away (closed, reset, or broke the framing).
