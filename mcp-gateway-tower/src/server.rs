@@ -558,12 +558,8 @@ impl Conn {
                     Poll::Pending => break End::NotYet,
                 }
             };
-            let head: &[u8] = if head_sent { b"" } else { &self.wbuf };
             let last = chunked && end == End::Complete;
-            let mut lines = [[0u8; 18]; Batch::MAX];
-            let mut slices = [IoSlice::new(b""); 2 + 3 * Batch::MAX];
-            let n = batch.slices(head, chunked, last, &mut lines, &mut slices);
-            if n > 0 && write_all(&mut self.io, &mut slices[..n]).await.is_err() {
+            if self.send(batch, head_sent, chunked, last).await.is_err() {
                 return false;
             }
             head_sent = true;
@@ -595,8 +591,9 @@ struct Batch {
 }
 
 impl Batch {
-    /// At most this many frames per write.
-    const MAX: usize = 16;
+    /// At most this many frames per write (an event and the end of its
+    /// stream are two).
+    const MAX: usize = 4;
 
     fn push(&mut self, data: Bytes) {
         if !data.is_empty() {
@@ -644,6 +641,48 @@ impl Batch {
             put(b"0\r\n\r\n");
         }
         n
+    }
+}
+
+impl Conn {
+    /// Writes the head (unless `head_sent`) and `batch`. Without waiting
+    /// when the socket takes it all, the usual case; otherwise the rest is
+    /// copied out and written as the socket drains. Either way the slices
+    /// and the batch are gone before any wait, so they are not part of the
+    /// response future, which every response moves (the arrays made it
+    /// 2 KiB).
+    async fn send(
+        &mut self,
+        batch: Batch,
+        head_sent: bool,
+        chunked: bool,
+        last: bool,
+    ) -> io::Result<()> {
+        let rest = {
+            let head: &[u8] = if head_sent { b"" } else { &self.wbuf };
+            let mut lines = [[0u8; 18]; Batch::MAX];
+            let mut slices = [IoSlice::new(b""); 2 + 3 * Batch::MAX];
+            let n = batch.slices(head, chunked, last, &mut lines, &mut slices);
+            let slices = &slices[..n];
+            let total: usize = slices.iter().map(|s| s.len()).sum();
+            let wrote = match self.io.try_write_vectored(slices) {
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            if wrote == total {
+                return Ok(());
+            }
+            let mut rest = Vec::with_capacity(total - wrote);
+            let mut skip = wrote;
+            for s in slices {
+                let take = s.len().saturating_sub(skip);
+                rest.extend_from_slice(&s[s.len() - take..]);
+                skip = skip.saturating_sub(s.len());
+            }
+            rest
+        };
+        self.io.write_all(&rest).await
     }
 }
 
@@ -1182,6 +1221,33 @@ mod tests {
         )
         .await;
         assert!(out.ends_with("content-length: 8\r\n\r\n"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_socket_takes_at_once_arrives_whole() {
+        // 8 MiB: far more than a socket buffer, so the first write is
+        // partial and the rest goes out as the client reads.
+        let big = Bytes::from((0..8 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let body = big.clone();
+        let svc = Svc::new(tower::service_fn(move |_req: Request<Body>| {
+            let body = body.clone();
+            async move { Ok(Response::new(Body::from(body))) }
+        }));
+        let addr = start(svc).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // Let the server fill the socket before reading anything.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert_eq!(out.len() - at, big.len());
+        assert!(out[at..] == big[..], "the bytes arrive in order, none lost");
     }
 
     #[tokio::test]
