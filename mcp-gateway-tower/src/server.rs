@@ -33,6 +33,29 @@
 //!   response body are dropped, which is how a streamed call is cancelled;
 //! - an optional header read timeout, and a graceful stop that lets the
 //!   request in progress finish.
+//!
+//! A minimal accept loop around any tower service (`mcp_gateway_axum::serve`
+//! adds threads per core, busy polling, HTTP/2 and graceful shutdown):
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use std::sync::atomic::AtomicBool;
+//! use std::sync::Arc;
+//! use mcp_gateway_tower::server::{serve_http1, Http1Config};
+//! use mcp_gateway_tower::Body;
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let svc = tower::service_fn(|_req: http::Request<Body>| async {
+//!     Ok::<_, Infallible>(http::Response::new(Body::from("hello")))
+//! });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! loop {
+//!     let (socket, _peer) = listener.accept().await?;
+//!     let stopping = Arc::new(AtomicBool::new(false));
+//!     tokio::spawn(serve_http1(socket, svc, Http1Config::default(), stopping));
+//! }
+//! # }
+//! ```
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
