@@ -16,8 +16,8 @@
 //! `--config FILE` reads a TOML file with the backend, authentication,
 //! authorization rules, tool pinning and backend credentials (format in the
 //! README; a bad file is refused at start with its line and key). Flags
-//! given beside it override `listen`, `threads`, `busy_poll_us` and
-//! `header_read_timeout_secs`; the backend comes from
+//! given beside it override `listen`, `threads`, `busy_poll_us`,
+//! `header_read_timeout_secs` and `http1_server`; the backend comes from
 //! the file. On SIGHUP the file is read again and its `[policy]` rules
 //! replace the running ones (other sections need a restart).
 //!
@@ -64,8 +64,8 @@ struct Args {
     busy_poll_us: Option<u64>,
     /// `--header-timeout-secs`, when given.
     header_timeout_secs: Option<u64>,
-    /// `--http1-server`.
-    http1: serve::Http1Server,
+    /// `--http1-server`, when given.
+    http1: Option<serve::Http1Server>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -81,7 +81,7 @@ fn parse() -> Result<Args, String> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         busy_poll_us: None,
         header_timeout_secs: None,
-        http1: serve::Http1Server::default(),
+        http1: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -121,11 +121,11 @@ fn parse() -> Result<Args, String> {
                 );
             }
             "--http1-server" => {
-                a.http1 = match val()?.as_str() {
+                a.http1 = Some(match val()?.as_str() {
                     "builtin" => serve::Http1Server::Builtin,
                     "hyper" => serve::Http1Server::Hyper,
                     _ => return Err("--http1-server is builtin or hyper".into()),
-                };
+                });
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -183,7 +183,11 @@ async fn main() {
         Some(file) => from_config(file, &args),
         None => {
             let (app, listen, threads, path) = from_flags(&args);
-            let opts = serve_options(args.busy_poll_us, args.header_timeout_secs, args.http1);
+            let opts = serve_options(
+                args.busy_poll_us,
+                args.header_timeout_secs,
+                args.http1.unwrap_or_default(),
+            );
             (app, listen, threads, path, None, opts)
         }
     };
@@ -266,7 +270,7 @@ fn from_config(
         args.busy_poll_us.or(cfg.busy_poll_us),
         args.header_timeout_secs
             .or(cfg.header_read_timeout_secs.filter(|n| *n > 0)),
-        args.http1,
+        args.http1.or(cfg.http1_server).unwrap_or_default(),
     );
     (app, listen, threads, cfg.path.clone(), audit, opts)
 }

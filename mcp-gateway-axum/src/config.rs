@@ -111,6 +111,10 @@ pub struct GatewayConfig {
     /// [`ServeOptions::header_read_timeout`](crate::serve::ServeOptions::header_read_timeout)).
     /// Default, or 0: no limit.
     pub header_read_timeout_secs: Option<u64>,
+    /// Which server speaks HTTP/1.1: `"builtin"` (the default) or
+    /// `"hyper"` ([`ServeOptions::http1`](crate::serve::ServeOptions::http1);
+    /// `--http1-server` overrides).
+    pub http1_server: Option<crate::serve::Http1Server>,
     /// Extra allowed `Host` values.
     #[serde(default)]
     pub allow_hosts: Vec<String>,
@@ -777,6 +781,18 @@ mode = "hide"
 
     fn error(text: &str) -> ConfigError {
         GatewayConfig::parse(text, Path::new(".")).unwrap_err()
+    }
+
+    #[test]
+    fn the_http1_server_is_named_in_the_file() {
+        let c = GatewayConfig::parse(GOOD, Path::new(".")).unwrap();
+        assert_eq!(c.http1_server, None);
+        let text = format!("http1_server = \"hyper\"\n{GOOD}");
+        let c = GatewayConfig::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(c.http1_server, Some(crate::serve::Http1Server::Hyper));
+        let e = error(&format!("http1_server = \"nginx\"\n{GOOD}"));
+        assert_eq!(e.key.as_deref(), Some("http1_server"), "{e}");
+        assert_eq!(e.line, Some(1), "{e}");
     }
 
     #[test]

@@ -113,8 +113,14 @@ pub struct ServeOptions {
     pub http1: Http1Server,
 }
 
-/// The HTTP/1 server of [`serve_per_core_with`].
+/// The HTTP/1 server of [`serve_per_core_with`] (`"builtin"` or `"hyper"`
+/// in the configuration file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "config",
+    derive(serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum Http1Server {
     /// [`mcp_gateway_tower::server::serve_http1`]: the service called from
