@@ -308,15 +308,7 @@ async fn serve_connection(
     }
     let http1 = head[..n] != H2_PREFACE[..n];
     if http1 && opts.http1 == Http1Server::Builtin {
-        // Every request gets the client address, as axum's
-        // `into_make_service_with_connect_info` gives it; the router is
-        // always ready, so it is called without a readiness wait.
-        let svc = tower::service_fn(move |req: http::Request<mcp_gateway_tower::Body>| {
-            let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            tower::Service::call(&mut app.clone(), req)
-        });
+        let svc = tower::service_fn(move |req| call_router(&app, peer, req));
         let stopping = Arc::new(AtomicBool::new(false));
         let cfg = Http1Config {
             header_read_timeout: header_timeout,
@@ -327,12 +319,7 @@ async fn serve_connection(
         Watched::new(conn, stop, move |_| stopping.store(true, Ordering::Release)).await;
         return;
     }
-    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let mut req = req.map(axum::body::Body::new);
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
-        tower::Service::call(&mut app.clone(), req)
-    });
+    let svc = hyper::service::service_fn(move |req| call_router(&app, peer, req));
     let io = TokioIo::new(sock);
     if http1 {
         let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -354,6 +341,25 @@ async fn serve_connection(
         let conn = auto.serve_connection(io, svc);
         let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
     }
+}
+
+/// Calls the router with `req`, whichever server read it. Every request
+/// gets the client address, as axum's `into_make_service_with_connect_info`
+/// gives it; the router is always ready, so it is called without a
+/// readiness wait.
+fn call_router<B>(
+    app: &Router,
+    peer: SocketAddr,
+    req: http::Request<B>,
+) -> axum::routing::future::RouteFuture<std::convert::Infallible>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let mut req = req.map(axum::body::Body::new);
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    tower::Service::call(&mut app.clone(), req)
 }
 
 /// The stop signal the threads share. Connections register their task's

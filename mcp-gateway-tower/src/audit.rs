@@ -52,7 +52,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::acl::BackendName;
-use crate::body::{take_ready, Body, BoxError, BoxFuture};
+use crate::body::{lock, take_ready, Body, BoxError, BoxFuture};
 use crate::error::error_response;
 use crate::limit::{CostCharged, LimitKind};
 use crate::session::{SessionEnd, SessionObserver};
@@ -416,12 +416,6 @@ impl std::fmt::Debug for JsonlSink {
             .field("queued", &queued)
             .finish()
     }
-}
-
-/// A mutex's guard; a panic elsewhere leaves a batch of whole lines, so a
-/// poisoned lock is still good.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How often the writer takes the batches.

@@ -133,6 +133,13 @@ pub(crate) type BoxFuture = std::pin::Pin<
     >,
 >;
 
+/// A mutex's guard, poisoned or not: the state behind the crate's mutexes
+/// (audit batches, a streamed request body's hand-over) stays whole if a
+/// holder panics, so a poisoned lock is still good.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Takes the service `poll_ready` prepared and leaves a clone in its place:
 /// tower's way to use a service from a `'static` future.
 pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {

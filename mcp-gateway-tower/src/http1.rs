@@ -279,11 +279,7 @@ fn body_framing(
     }
     let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
     if codings.peek().is_some() {
-        let last = codings
-            .last()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .map(|c| c.trim_ascii());
-        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        let chunked = codings.last().is_some_and(|v| ends_chunked(v.as_bytes()));
         let alone = !headers.contains_key(CONTENT_LENGTH);
         return Ok(if chunked {
             (BodyFraming::Chunked(ChunkDecoder::default()), alone)
@@ -293,19 +289,37 @@ fn body_framing(
     }
     let mut length = None;
     for v in headers.get_all(CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n =
-                parse_decimal(part.trim_ascii()).ok_or(ProtocolError("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
+        add_content_length(v.as_bytes(), &mut length).map_err(ProtocolError)?;
     }
     Ok(match length {
         Some(n) => (BodyFraming::Length(n), true),
         None => (BodyFraming::Close, false),
     })
+}
+
+/// Whether a `Transfer-Encoding` field value ends with the chunked coding
+/// (only the last coding frames the body).
+pub(crate) fn ends_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Adds one `Content-Length` field value (a list, maybe) to the length
+/// found so far: every value must be a decimal, and all must agree.
+pub(crate) fn add_content_length(
+    value: &[u8],
+    length: &mut Option<u64>,
+) -> Result<(), &'static str> {
+    for part in value.split(|&b| b == b',') {
+        let n = parse_decimal(part.trim_ascii()).ok_or("invalid Content-Length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length values");
+        }
+        *length = Some(n);
+    }
+    Ok(())
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {

@@ -74,8 +74,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::Service;
 
-use crate::body::{Body, BoxError};
-use crate::http1::{has_token, ChunkDecoder, Decoded, MAX_HEAD};
+use crate::body::{lock, Body, BoxError};
+use crate::http1::{add_content_length, ends_chunked, has_token, ChunkDecoder, Decoded, MAX_HEAD};
 
 /// At most this many request header fields.
 const MAX_FIELDS: usize = 100;
@@ -278,17 +278,10 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
             .map_err(|_| bad("invalid field value"))?;
         if name == CONTENT_LENGTH {
-            for part in value.as_bytes().split(|&b| b == b',') {
-                let n = decimal(part.trim_ascii()).ok_or(bad("invalid Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(bad("conflicting Content-Length values"));
-                }
-                length = Some(n);
-            }
+            add_content_length(value.as_bytes(), &mut length).map_err(bad)?;
         } else if name == TRANSFER_ENCODING {
-            // Only the last coding counts: it must be chunked.
-            let last = value.as_bytes().rsplit(|&b| b == b',').next();
-            chunked = Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+            // The last field's last coding counts: it must be chunked.
+            chunked = Some(ends_chunked(value.as_bytes()));
         } else if name == CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -321,14 +314,6 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
         keep_alive: !close,
         expect_continue,
     }))
-}
-
-/// A non-negative decimal of at most 19 digits (no sign, no spaces).
-fn decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// The client went away (closed, reset, or broke the framing).
@@ -864,10 +849,6 @@ impl Feed {
         }
         FeedStep::Fed
     }
-}
-
-fn lock(m: &Mutex<FeedState>) -> std::sync::MutexGuard<'_, FeedState> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A request body streamed from the connection.
