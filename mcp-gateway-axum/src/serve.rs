@@ -95,6 +95,9 @@ pub struct ServeOptions {
     /// the core to any other runnable thread. Under a CPU quota (a
     /// container's `cpu.max`) polling spends quota: there, or on machines
     /// where waking a thread is cheap (bare metal), zero may serve better.
+    /// A thread with more than two calls in flight stops polling at its
+    /// first idle round: under load the next event is near anyway, and
+    /// polling would take the core from the peers the calls wait on.
     pub busy_poll: std::time::Duration,
     /// How long a client may take to send a request's headers, counted
     /// from when the connection opens or its previous response ended (so an
@@ -351,7 +354,7 @@ fn call_router<B>(
     app: &Router,
     peer: SocketAddr,
     req: http::Request<B>,
-) -> axum::routing::future::RouteFuture<std::convert::Infallible>
+) -> busy_poll::Counted<axum::routing::future::RouteFuture<std::convert::Infallible>>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -359,7 +362,7 @@ where
     let mut req = req.map(axum::body::Body::new);
     req.extensions_mut()
         .insert(axum::extract::ConnectInfo(peer));
-    tower::Service::call(&mut app.clone(), req)
+    busy_poll::Counted::new(tower::Service::call(&mut app.clone(), req))
 }
 
 /// The stop signal the threads share. Connections register their task's
