@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::body::{Body, BoxError, BoxFuture};
-use crate::conn_pool::{ConnPool, PoolConfig, PooledBody};
+use crate::conn_pool::{ConnPool, PoolConfig, PooledBody, TimedOut};
 use crate::credentials::CredentialProvider;
 use crate::error::error_response;
 
@@ -269,6 +269,7 @@ async fn apply_dynamic_credentials(
 enum CallError {
     Credentials(GatewayError),
     Send(BoxError),
+    TimedOut,
 }
 
 impl Service<Request<Body>> for HttpUpstream {
@@ -310,20 +311,30 @@ impl HttpUpstream {
         let mut req = Request::from_parts(parts, body);
         let pool = self.pool.clone();
         let timeout = self.response_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let authority = self.authority.clone();
         // One small future: the per-request credential lookup (rare) is
-        // boxed apart, and the result is turned into a response by a plain
-        // function, so the state moved into the box on every call is little
-        // more than the pooled send itself.
+        // boxed apart, the deadline is kept by the connection's own timer
+        // (see `conn_pool`), and the result is turned into a response by a
+        // plain function, so the state moved into the box on every call is
+        // little more than the pooled send itself.
         Box::pin(async move {
-            let res = tokio::time::timeout(timeout, async {
+            let res = async {
                 if creds.is_some() {
-                    Box::pin(apply_dynamic_credentials(creds, &mut req))
-                        .await
-                        .map_err(CallError::Credentials)?;
+                    let lookup = apply_dynamic_credentials(creds, &mut req);
+                    match Box::pin(tokio::time::timeout_at(deadline, lookup)).await {
+                        Ok(r) => r.map_err(CallError::Credentials)?,
+                        Err(_) => return Err(CallError::TimedOut),
+                    }
                 }
-                pool.send(req).await.map_err(CallError::Send)
-            })
+                pool.send(req, deadline).await.map_err(|e| {
+                    if e.is::<TimedOut>() {
+                        CallError::TimedOut
+                    } else {
+                        CallError::Send(e)
+                    }
+                })
+            }
             .await;
             Ok(upstream_response(res, &authority, timeout, id.as_ref()))
         })
@@ -332,22 +343,22 @@ impl HttpUpstream {
 
 /// The client's response for what the upstream call came to.
 fn upstream_response(
-    res: Result<Result<Response<PooledBody>, CallError>, tokio::time::error::Elapsed>,
+    res: Result<Response<PooledBody>, CallError>,
     authority: &http::uri::Authority,
     timeout: Duration,
     id: Option<&mcp_gateway_core::RequestId>,
 ) -> Response<Body> {
     match res {
-        Ok(Ok(res)) => {
+        Ok(res) => {
             let (mut parts, body) = res.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Body::new(body))
         }
-        Ok(Err(CallError::Credentials(e))) => {
+        Err(CallError::Credentials(e)) => {
             tracing::warn!(upstream = %authority, error = %e, "no credentials for the upstream");
             error_response(&e, id)
         }
-        Ok(Err(CallError::Send(e))) => {
+        Err(CallError::Send(e)) => {
             tracing::warn!(upstream = %authority, error = %e, "upstream request failed");
             let err = GatewayError::new(
                 ErrorKind::UpstreamUnavailable,
@@ -355,7 +366,7 @@ fn upstream_response(
             );
             error_response(&err, id)
         }
-        Err(_) => {
+        Err(CallError::TimedOut) => {
             tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
             let err = GatewayError::new(
                 ErrorKind::UpstreamTimeout,
@@ -641,6 +652,34 @@ mod tests {
             .unwrap();
         assert_eq!(res.status(), 504);
         hold.abort();
+    }
+
+    #[tokio::test]
+    async fn a_credential_lookup_that_never_ends_is_504_within_the_response_timeout() {
+        struct Stuck;
+        impl CredentialProvider for Stuck {
+            fn credentials<'a>(
+                &'a self,
+                _: Option<&'a Principal>,
+                _: &'a str,
+            ) -> crate::credentials::CredentialFuture<'a> {
+                Box::pin(std::future::pending())
+            }
+        }
+        let up = HttpUpstream::new(
+            "http://127.0.0.1:9/mcp",
+            HttpUpstreamConfig {
+                response_timeout: Duration::from_millis(100),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .with_credentials(Arc::new(Stuck), "stuck");
+        let res = up
+            .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 504);
     }
 
     #[test]
