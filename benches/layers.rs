@@ -15,7 +15,11 @@
 //!   temporary file: the "full stack" of the limits issue;
 //! - `jwt+jsonrpc+acl+limit` and `audit+jwt+jsonrpc+acl`: each of the two
 //!   alone, to see which costs what;
-//! - `jwt_uncached`: one RS256 verification without the cache, for scale.
+//! - `jwt_uncached`: one RS256 verification without the cache, for scale;
+//! - `layers_sse/…`: the security stack and the full stack on a call the
+//!   backend answers with an event stream (a priming event, then the
+//!   result), which the limit layer (tokens of the result) and the audit
+//!   layer (progress, error code) read event by event as it passes.
 
 // criterion_group! generates undocumented items.
 #![allow(missing_docs)]
@@ -60,6 +64,12 @@ fn acl() -> AclLayer {
         .with_pins(Arc::new(ToolPins::new(PinMode::Block)))
 }
 
+/// The result as the loopback benchmark's stub streams it.
+fn sse_result() -> &'static str {
+    static S: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    S.get_or_init(|| format!("id: 0\ndata: \n\nevent: message\ndata: {RESULT}\n\n"))
+}
+
 fn stub() -> impl Service<
     http::Request<Body>,
     Response = http::Response<Body>,
@@ -67,12 +77,33 @@ fn stub() -> impl Service<
     Future = impl Send,
 > + Clone
        + Send {
-    tower::service_fn(|_req: http::Request<Body>| async {
-        let mut res = http::Response::new(Body::from(RESULT));
-        res.headers_mut().insert(
-            "content-type",
-            http::HeaderValue::from_static("application/json"),
-        );
+    stub_answering(RESULT, "application/json")
+}
+
+fn sse_stub() -> impl Service<
+    http::Request<Body>,
+    Response = http::Response<Body>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
+       + Send {
+    stub_answering(sse_result(), "text/event-stream")
+}
+
+fn stub_answering(
+    body: &'static str,
+    content_type: &'static str,
+) -> impl Service<
+    http::Request<Body>,
+    Response = http::Response<Body>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
+       + Send {
+    tower::service_fn(move |_req: http::Request<Body>| async move {
+        let mut res = http::Response::new(Body::from(body));
+        res.headers_mut()
+            .insert("content-type", http::HeaderValue::from_static(content_type));
         Ok::<_, Infallible>(res)
     })
 }
@@ -93,10 +124,17 @@ async fn drive<S>(svc: S, req: http::Request<Body>)
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
 {
+    drive_expecting(svc, req, RESULT).await
+}
+
+async fn drive_expecting<S>(svc: S, req: http::Request<Body>, expected: &str)
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+{
     let res = svc.oneshot(req).await.unwrap();
     assert_eq!(res.status(), 200);
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body.len(), RESULT.len());
+    assert_eq!(body.len(), expected.len());
 }
 
 fn bench(c: &mut Criterion) {
@@ -161,6 +199,34 @@ fn bench(c: &mut Criterion) {
     g.bench_function("full", |b| {
         b.iter(|| rt.block_on(drive(full.clone(), request(Some(&bearer)))))
     });
+    g.finish();
+    let mut g = c.benchmark_group("layers_sse");
+    let secure = AuthLayer::new(bench_jwt(), AuthConfig::default())
+        .layer(JsonRpcLayer::default().layer(acl().layer(sse_stub())));
+    g.bench_function("jwt+jsonrpc+acl", |b| {
+        b.iter(|| {
+            rt.block_on(drive_expecting(
+                secure.clone(),
+                request(Some(&bearer)),
+                sse_result(),
+            ))
+        })
+    });
+    let full = AuditLayer::new(sink.clone(), AuditConfig::default()).layer(
+        AuthLayer::new(bench_jwt(), AuthConfig::default())
+            .layer(JsonRpcLayer::default().layer(acl().layer(limits.layer(sse_stub())))),
+    );
+    g.bench_function("full", |b| {
+        b.iter(|| {
+            rt.block_on(drive_expecting(
+                full.clone(),
+                request(Some(&bearer)),
+                sse_result(),
+            ))
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("layers");
     let auth = bench_jwt();
     let raw = bench_token();
     g.bench_function("jwt_uncached", |b| {
