@@ -64,33 +64,17 @@ fn acl() -> AclLayer {
         .with_pins(Arc::new(ToolPins::new(PinMode::Block)))
 }
 
+const JSON: &str = "application/json";
+const SSE: &str = "text/event-stream";
+
 /// The result as the loopback benchmark's stub streams it.
 fn sse_result() -> &'static str {
     static S: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     S.get_or_init(|| format!("id: 0\ndata: \n\nevent: message\ndata: {RESULT}\n\n"))
 }
 
-fn stub() -> impl Service<
-    http::Request<Body>,
-    Response = http::Response<Body>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-       + Send {
-    stub_answering(RESULT, "application/json")
-}
-
-fn sse_stub() -> impl Service<
-    http::Request<Body>,
-    Response = http::Response<Body>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-       + Send {
-    stub_answering(sse_result(), "text/event-stream")
-}
-
-fn stub_answering(
+/// A service answering every request at once with `body`.
+fn stub(
     body: &'static str,
     content_type: &'static str,
 ) -> impl Service<
@@ -143,7 +127,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let bearer = format!("Bearer {}", bench_token());
-    let jsonrpc = JsonRpcLayer::default().layer(stub());
+    let jsonrpc = JsonRpcLayer::default().layer(stub(RESULT, JSON));
     // The ACL alone sees a principal an earlier layer put there.
     let agent = mcp_gateway_core::Principal::builder("bench-agent")
         .roles(["agent"])
@@ -155,9 +139,9 @@ fn bench(c: &mut Criterion) {
         })
         .layer(JsonRpcLayer::default())
         .layer(acl())
-        .service(stub());
+        .service(stub(RESULT, JSON));
     let full = AuthLayer::new(bench_jwt(), AuthConfig::default())
-        .layer(JsonRpcLayer::default().layer(acl().layer(stub())));
+        .layer(JsonRpcLayer::default().layer(acl().layer(stub(RESULT, JSON))));
     let mut g = c.benchmark_group("layers");
     g.bench_function("jsonrpc", |b| {
         b.iter(|| rt.block_on(drive(jsonrpc.clone(), request(None))))
@@ -182,16 +166,16 @@ fn bench(c: &mut Criterion) {
     let limits = LimitLayer::new(generous_limits(), "bench", Arc::new(InMemoryLimiter::new()));
     let full = AuditLayer::new(sink.clone(), AuditConfig::default()).layer(
         AuthLayer::new(bench_jwt(), AuthConfig::default())
-            .layer(JsonRpcLayer::default().layer(acl().layer(limits.layer(stub())))),
+            .layer(JsonRpcLayer::default().layer(acl().layer(limits.layer(stub(RESULT, JSON))))),
     );
     let with_limits = AuthLayer::new(bench_jwt(), AuthConfig::default())
-        .layer(JsonRpcLayer::default().layer(acl().layer(limits.layer(stub()))));
+        .layer(JsonRpcLayer::default().layer(acl().layer(limits.layer(stub(RESULT, JSON)))));
     g.bench_function("jwt+jsonrpc+acl+limit", |b| {
         b.iter(|| rt.block_on(drive(with_limits.clone(), request(Some(&bearer)))))
     });
     let with_audit = AuditLayer::new(sink.clone(), AuditConfig::default()).layer(
         AuthLayer::new(bench_jwt(), AuthConfig::default())
-            .layer(JsonRpcLayer::default().layer(acl().layer(stub()))),
+            .layer(JsonRpcLayer::default().layer(acl().layer(stub(RESULT, JSON)))),
     );
     g.bench_function("audit+jwt+jsonrpc+acl", |b| {
         b.iter(|| rt.block_on(drive(with_audit.clone(), request(Some(&bearer)))))
@@ -202,7 +186,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
     let mut g = c.benchmark_group("layers_sse");
     let secure = AuthLayer::new(bench_jwt(), AuthConfig::default())
-        .layer(JsonRpcLayer::default().layer(acl().layer(sse_stub())));
+        .layer(JsonRpcLayer::default().layer(acl().layer(stub(sse_result(), SSE))));
     g.bench_function("jwt+jsonrpc+acl", |b| {
         b.iter(|| {
             rt.block_on(drive_expecting(
@@ -213,8 +197,9 @@ fn bench(c: &mut Criterion) {
         })
     });
     let full = AuditLayer::new(sink.clone(), AuditConfig::default()).layer(
-        AuthLayer::new(bench_jwt(), AuthConfig::default())
-            .layer(JsonRpcLayer::default().layer(acl().layer(limits.layer(sse_stub())))),
+        AuthLayer::new(bench_jwt(), AuthConfig::default()).layer(
+            JsonRpcLayer::default().layer(acl().layer(limits.layer(stub(sse_result(), SSE)))),
+        ),
     );
     g.bench_function("full", |b| {
         b.iter(|| {

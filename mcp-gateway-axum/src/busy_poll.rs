@@ -50,7 +50,9 @@ fn in_flight() -> usize {
 
 pin_project_lite::pin_project! {
     /// A call's future, counted in this thread's calls in flight until it
-    /// completes or is dropped.
+    /// completes or is dropped. (The count wraps rather than panics: on a
+    /// multi-threaded runtime a call may end on another thread than it
+    /// started on, but there no poller reads the count.)
     pub(crate) struct Counted<F> {
         #[pin]
         inner: F,

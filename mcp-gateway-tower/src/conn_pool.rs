@@ -472,8 +472,9 @@ impl ConnPool {
                 Ok(Err(e)) => return Err(e),
                 Err(e) => return Err(e.into()),
             }
+            // (A completed attempt has always read the head.)
             let Some(head) = head else {
-                unreachable!("a completed attempt has read the head")
+                return Err("upstream response head missing".into());
             };
             let mut body = PooledBody {
                 conn: Some(c),
@@ -710,15 +711,21 @@ mod tests {
         Request::post("/mcp").body(Body::from("{}")).unwrap()
     }
 
-    #[test]
-    fn current_thread_runtimes_keep_their_own_connections() {
-        // The backend on a runtime of its own, alive for the whole test.
-        let backend_rt = tokio::runtime::Builder::new_multi_thread()
+    /// A [`backend`] on a runtime of its own, alive while the runtime is
+    /// held.
+    fn backend_on_its_own_runtime() -> (tokio::runtime::Runtime, String, Arc<AtomicUsize>) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let (addr, accepted) = backend_rt.block_on(backend());
+        let (addr, accepted) = rt.block_on(backend());
+        (rt, addr, accepted)
+    }
+
+    #[test]
+    fn current_thread_runtimes_keep_their_own_connections() {
+        let (_backend_rt, addr, accepted) = backend_on_its_own_runtime();
         let pool = ConnPool::new(addr, cfg());
         // Thread A calls, then keeps running its runtime (with its idle
         // connection) while thread B calls.
@@ -857,12 +864,7 @@ mod tests {
 
     #[test]
     fn a_connection_is_reused_only_on_the_runtime_that_opened_it() {
-        let backend_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (addr, accepted) = backend_rt.block_on(backend());
+        let (_backend_rt, addr, accepted) = backend_on_its_own_runtime();
         let pool = ConnPool::new(addr, cfg());
         let runtime = || {
             tokio::runtime::Builder::new_current_thread()
