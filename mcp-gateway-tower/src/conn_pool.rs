@@ -200,7 +200,7 @@ impl Conn {
 }
 
 /// Writes all of `bufs`. The error says whether any byte went out.
-pub(crate) async fn write_all(
+async fn write_all(
     io: &mut TcpStream,
     mut bufs: &mut [IoSlice<'_>],
 ) -> Result<(), (io::Error, bool)> {

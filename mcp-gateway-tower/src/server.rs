@@ -517,10 +517,7 @@ impl Conn {
             _ => self.wbuf.extend_from_slice(b"\r\n"),
         }
         if bodiless {
-            return write_all(&mut self.io, &mut [IoSlice::new(&self.wbuf)])
-                .await
-                .is_ok()
-                && keep_alive;
+            return self.io.write_all(&self.wbuf).await.is_ok() && keep_alive;
         }
         let mut head_sent = false;
         loop {
@@ -694,12 +691,6 @@ impl Conn {
     }
 }
 
-async fn write_all(io: &mut TcpStream, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    crate::conn_pool::write_all(io, bufs)
-        .await
-        .map_err(|(e, _)| e)
-}
-
 fn status_line(status: StatusCode, out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -710,9 +701,8 @@ fn status_line(status: StatusCode, out: &mut Vec<u8>) {
 
 /// `content-length: n`, and the end of the head.
 fn content_length(n: u64, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    crate::http1::content_length_field(n, out);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A `date` field, formatted once a second per thread.
