@@ -238,24 +238,26 @@ impl SseScanner {
             return;
         }
         self.has_fields = true;
-        if self.collect && !self.oversized && self.event_wire > self.max_event {
+        if !self.collect {
+            // Boundary mode only needs to know that a data field was present;
+            // `line` holds at most the first PREFIX bytes of the line. Checked
+            // before the name/value split, which this mode never uses (the
+            // search for ':' ran over the whole line, data included).
+            if line.starts_with(b"data:") || (line == b"data" && self.line_len_was == 4) {
+                self.data_seen = true;
+            }
+            return;
+        }
+        if !self.oversized && self.event_wire > self.max_event {
             self.mark_oversized();
         }
-        let (name, value) = match line.iter().position(|&b| b == b':') {
+        let (name, value) = match memchr::memchr(b':', line) {
             Some(c) => {
                 let v = &line[c + 1..];
                 (&line[..c], v.strip_prefix(b" ").unwrap_or(v))
             }
             None => (line, &b""[..]),
         };
-        if !self.collect {
-            // Boundary mode only needs to know that a data field was present;
-            // `line` holds at most the first PREFIX bytes of the line.
-            if line.starts_with(b"data:") || (line == b"data" && self.line_len_was == 4) {
-                self.data_seen = true;
-            }
-            return;
-        }
         if self.oversized {
             // The line may have been dropped before its name was seen; an
             // oversized event is almost always a big `data` line.

@@ -229,8 +229,10 @@ pin_project! {
         keep_alive: Option<Duration>,
         idle_timeout: Option<Duration>,
         timer: Option<Pin<Box<Sleep>>>,
-        last_upstream: Instant,
-        last_sent: Instant,
+        // Since when the stream has been quiet. The clock is read only when
+        // the upstream goes quiet: a frame clears this, and the next poll
+        // that finds nothing stamps it. A relayed event costs no clock read.
+        quiet: Option<Quiet>,
         finished: bool,
     }
 
@@ -245,6 +247,16 @@ pin_project! {
     }
 }
 
+/// When a quiet stretch of a relayed stream started, for keep-alive and
+/// idle timeout.
+#[derive(Debug, Clone, Copy)]
+struct Quiet {
+    /// The upstream's last frame (or the start of the stream).
+    upstream: Instant,
+    /// The last bytes passed on to the client, keep-alives included.
+    sent: Instant,
+}
+
 impl<H: OnSseEvent> RelayBody<H> {
     /// Wraps `inner`.
     pub fn new(inner: Body, cfg: SseRelayConfig, hook: H, ctx: StreamContext) -> Self {
@@ -253,7 +265,6 @@ impl<H: OnSseEvent> RelayBody<H> {
         } else {
             SseScanner::boundaries_only()
         };
-        let now = Instant::now();
         RelayBody {
             inner,
             scanner,
@@ -262,8 +273,7 @@ impl<H: OnSseEvent> RelayBody<H> {
             keep_alive: cfg.keep_alive,
             idle_timeout: cfg.idle_timeout,
             timer: None,
-            last_upstream: now,
-            last_sent: now,
+            quiet: None,
             finished: false,
         }
     }
@@ -289,12 +299,10 @@ impl<H: OnSseEvent> http_body::Body for RelayBody<H> {
         loop {
             match Pin::new(&mut *this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let now = Instant::now();
-                    *this.last_upstream = now;
+                    *this.quiet = None;
                     if let Some(data) = frame.data_ref() {
                         let (hook, ctx) = (&*this.hook, &**this.ctx);
                         this.scanner.feed(data, |ev| hook.on_event(ctx, ev));
-                        *this.last_sent = now;
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -312,9 +320,17 @@ impl<H: OnSseEvent> http_body::Body for RelayBody<H> {
                 Poll::Pending => {}
             }
             // The upstream is silent: decide on keep-alive or idle timeout.
+            if this.keep_alive.is_none() && this.idle_timeout.is_none() {
+                return Poll::Pending;
+            }
             let now = Instant::now();
+            // Quiet since the last frame (or the start): both clocks start now.
+            let quiet = this.quiet.get_or_insert(Quiet {
+                upstream: now,
+                sent: now,
+            });
             if let Some(idle) = *this.idle_timeout {
-                if now.duration_since(*this.last_upstream) >= idle {
+                if now.duration_since(quiet.upstream) >= idle {
                     tracing::debug!(?idle, "SSE stream idle; ending it");
                     *this.finished = true;
                     this.hook.on_end(this.ctx, this.scanner.events_seen(), true);
@@ -322,15 +338,14 @@ impl<H: OnSseEvent> http_body::Body for RelayBody<H> {
                 }
             }
             if let Some(every) = *this.keep_alive {
-                if now.duration_since(*this.last_sent) >= every && this.scanner.at_event_boundary()
-                {
-                    *this.last_sent = now;
+                if now.duration_since(quiet.sent) >= every && this.scanner.at_event_boundary() {
+                    quiet.sent = now;
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEP_ALIVE)))));
                 }
             }
             let next = [
-                this.keep_alive.map(|k| *this.last_sent + k),
-                this.idle_timeout.map(|i| *this.last_upstream + i),
+                this.keep_alive.map(|k| quiet.sent + k),
+                this.idle_timeout.map(|i| quiet.upstream + i),
             ]
             .into_iter()
             .flatten()
@@ -459,6 +474,44 @@ mod tests {
             StreamContext::default(),
         );
         assert!(relay.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_frame_restarts_the_keep_alive_and_idle_clocks() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let body =
+            http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async {
+                rx.recv().await.map(|f| (f, rx))
+            }));
+        let mut relay = RelayBody::new(
+            Body::new(body),
+            SseRelayConfig {
+                keep_alive: Some(Duration::from_secs(2)),
+                idle_timeout: Some(Duration::from_secs(3)),
+                ..Default::default()
+            },
+            (),
+            StreamContext::default(),
+        );
+        let start = Instant::now();
+        let event = || Ok(Frame::data(Bytes::from_static(b"data: x\n\n")));
+        // Quiet for 1.5 s (under both limits), then an event.
+        let tx2 = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tx2.send(event()).await.unwrap();
+        });
+        relay.frame().await.unwrap().unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(1500));
+        // The keep-alive comes 2 s after that event, not 2 s after the start.
+        let f = relay.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), KEEP_ALIVE);
+        assert_eq!(start.elapsed(), Duration::from_millis(3500));
+        // A keep-alive is not upstream activity: the stream ends 3 s after
+        // the event, not 3 s after the keep-alive.
+        assert!(relay.frame().await.is_none());
+        assert_eq!(start.elapsed(), Duration::from_millis(4500));
+        drop(tx);
     }
 
     #[tokio::test]
