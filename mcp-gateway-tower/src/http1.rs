@@ -176,6 +176,108 @@ pub(crate) struct ResponseHead {
     pub keep_alive: bool,
 }
 
+/// Where a head's fields lie in its buffer: (name offset, name length,
+/// value offset, value length). httparse's fields borrow the buffer, which
+/// is frozen only after the parse, so positions are noted in between. A
+/// head's first [`Spans::INLINE`] fields are noted on the stack and only a
+/// larger head takes a vector: an array for the most fields a head may
+/// have was zeroed on every message (1.6 KiB for a request, 2 KiB for a
+/// response), more work than noting a small head's fields.
+pub(crate) struct Spans {
+    inline: [(u32, u32, u32, u32); Spans::INLINE],
+    more: Vec<(u32, u32, u32, u32)>,
+    len: usize,
+}
+
+impl Spans {
+    /// Fields noted on the stack.
+    const INLINE: usize = 24;
+
+    /// No fields noted yet.
+    pub(crate) fn new() -> Spans {
+        Spans {
+            inline: [(0, 0, 0, 0); Spans::INLINE],
+            more: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Notes where each of `fields` lies in the buffer that starts at
+    /// `base` (filled in place: a `Spans` is too large to move around).
+    #[inline]
+    pub(crate) fn note(&mut self, fields: &[httparse::Header<'_>], base: *const u8) {
+        let base = base as usize;
+        let span = |h: &httparse::Header<'_>| {
+            (
+                (h.name.as_ptr() as usize - base) as u32,
+                h.name.len() as u32,
+                (h.value.as_ptr() as usize - base) as u32,
+                h.value.len() as u32,
+            )
+        };
+        self.len = fields.len();
+        if fields.len() <= Spans::INLINE {
+            for (s, h) in self.inline.iter_mut().zip(fields) {
+                *s = span(h);
+            }
+        } else {
+            self.more = fields.iter().map(span).collect();
+        }
+    }
+
+    /// The positions, in field order.
+    pub(crate) fn as_slice(&self) -> &[(u32, u32, u32, u32)] {
+        if self.len <= Spans::INLINE {
+            &self.inline[..self.len]
+        } else {
+            &self.more
+        }
+    }
+
+    /// Calls `f` with each field of `head` (the frozen buffer the
+    /// positions point into), in order: its name, and its value sharing
+    /// `head`'s bytes. Stops at the first invalid field or error of `f`.
+    #[inline(always)]
+    pub(crate) fn for_each<E>(
+        &self,
+        head: &Bytes,
+        invalid: impl Fn(&'static str) -> E,
+        mut f: impl FnMut(HeaderName, HeaderValue) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for &(n, nl, v, vl) in self.as_slice() {
+            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+            let name = field_name(&head[n..n + nl]).map_err(|_| invalid("invalid field name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                .map_err(|_| invalid("invalid field value"))?;
+            f(name, value)?;
+        }
+        Ok(())
+    }
+}
+
+/// A field name as a [`HeaderName`]. The MCP fields come from constants:
+/// they are not standard HTTP names, and [`HeaderName::from_bytes`] copies
+/// such a name into an allocation of its own every time it meets one.
+/// Same result either way (names are compared without case and stored in
+/// lower case).
+pub(crate) fn field_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    use mcp_gateway_core::protocol::{header_names as mcp, headers};
+    // The first byte (in lower case) and the length rule out almost every
+    // other field before a comparison.
+    let known = match (name.first().map(|b| b | 0x20), name.len()) {
+        (Some(b'm'), 14) => Some((headers::MCP_SESSION_ID, mcp::MCP_SESSION_ID)),
+        (Some(b'm'), 20) => Some((headers::MCP_PROTOCOL_VERSION, mcp::MCP_PROTOCOL_VERSION)),
+        (Some(b'm'), 10) => Some((headers::MCP_METHOD, mcp::MCP_METHOD)),
+        (Some(b'm'), 8) => Some((headers::MCP_NAME, mcp::MCP_NAME)),
+        (Some(b'l'), 13) => Some((headers::LAST_EVENT_ID, mcp::LAST_EVENT_ID)),
+        _ => None,
+    };
+    match known {
+        Some((text, header)) if name.eq_ignore_ascii_case(text.as_bytes()) => Ok(header),
+        _ => HeaderName::from_bytes(name),
+    }
+}
+
 /// Reads a response head from the start of `buf`, consuming it (and any
 /// interim `1xx` responses before it). `Ok(None)`: the head is not
 /// complete yet. `method` is the request's (a `HEAD` response has no body).
@@ -183,11 +285,8 @@ pub(crate) fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ResponseHead>, ProtocolError> {
+    let mut spans = Spans::new();
     loop {
-        // Field positions as offsets into `buf`: the bytes are frozen
-        // after the parse (which borrows them), and the values then point
-        // into that one buffer without a copy.
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
         let mut fields =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut res = httparse::Response::new(&mut []);
@@ -196,21 +295,12 @@ pub(crate) fn parse_head(
             buf,
             &mut fields,
         );
-        let (len, code, minor, count) = match parsed {
+        let (len, code, minor) = match parsed {
             Ok(httparse::Status::Complete(len)) => {
-                let base = buf.as_ptr() as usize;
-                for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-                    let name = h.name.as_ptr() as usize - base;
-                    let value = h.value.as_ptr() as usize - base;
-                    *span = (
-                        name as u32,
-                        h.name.len() as u32,
-                        value as u32,
-                        h.value.len() as u32,
-                    );
-                }
+                // The values then point into the frozen head, no copy.
+                spans.note(res.headers, buf.as_ptr());
                 let code = res.code.unwrap_or(0);
-                (len, code, res.version.unwrap_or(1), res.headers.len())
+                (len, code, res.version.unwrap_or(1))
             }
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(ProtocolError("response head too large"))
@@ -239,15 +329,11 @@ pub(crate) fn parse_head(
         let head = buf.split_to(len).freeze();
         // Room for what the layers set (the session id, for one): a full
         // map rehashes every field to take one more.
-        let mut headers = HeaderMap::with_capacity(count + 4);
-        for &(n, nl, v, vl) in &spans[..count] {
-            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-            let name = HeaderName::from_bytes(&head[n..n + nl])
-                .map_err(|_| ProtocolError("invalid field name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-                .map_err(|_| ProtocolError("invalid field value"))?;
+        let mut headers = HeaderMap::with_capacity(spans.as_slice().len() + 4);
+        spans.for_each(&head, ProtocolError, |name, value| {
             headers.append(name, value);
-        }
+            Ok(())
+        })?;
         let version = if minor == 1 {
             Version::HTTP_11
         } else {
@@ -504,6 +590,57 @@ mod tests {
         }
     }
     use proptest::prelude::*;
+
+    #[test]
+    fn mcp_field_names_from_constants_are_what_from_bytes_gives() {
+        for name in [
+            "mcp-session-id",
+            "Mcp-Session-Id",
+            "MCP-PROTOCOL-VERSION",
+            "mcp-method",
+            "Mcp-Name",
+            "Last-Event-ID",
+            "content-type",
+            "x-custom",
+            "mcp-sessionid",
+            "mcp-session-i\u{1}",
+            "bad name",
+            "",
+        ] {
+            let ours = field_name(name.as_bytes());
+            let theirs = HeaderName::from_bytes(name.as_bytes());
+            assert_eq!(ours.is_ok(), theirs.is_ok(), "{name:?}");
+            if let (Ok(a), Ok(b)) = (ours, theirs) {
+                assert_eq!(a, b, "{name:?}");
+                assert_eq!(a.as_str(), b.as_str(), "{name:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_with_more_fields_than_the_stack_notes_keeps_them_all_in_order() {
+        for n in [Spans::INLINE - 1, Spans::INLINE, Spans::INLINE + 1, 60] {
+            let mut text = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..n {
+                text.push_str(&format!("x-f{i}: v{i}\r\nx-r: {i}\r\n"));
+            }
+            text.push_str("Mcp-Session-Id: s1\r\ncontent-length: 0\r\n\r\n");
+            let h = head(&text).unwrap().unwrap();
+            assert_eq!(h.headers.len(), 2 * n + 2, "{n} fields");
+            for i in 0..n {
+                assert_eq!(h.headers[format!("x-f{i}").as_str()], format!("v{i}"));
+            }
+            let repeated: Vec<String> = h
+                .headers
+                .get_all("x-r")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            let expected: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+            assert_eq!(repeated, expected);
+            assert_eq!(h.headers["mcp-session-id"], "s1");
+        }
+    }
 
     fn head(bytes: &str) -> Result<Option<ResponseHead>, ProtocolError> {
         parse_head(&mut BytesMut::from(bytes), &Method::POST)

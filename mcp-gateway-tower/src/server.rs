@@ -68,14 +68,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::Service;
 
 use crate::body::{lock, Body, BoxError};
-use crate::http1::{add_content_length, ends_chunked, has_token, ChunkDecoder, Decoded, MAX_HEAD};
+use crate::http1::{
+    add_content_length, ends_chunked, has_token, ChunkDecoder, Decoded, Spans, MAX_HEAD,
+};
 
 /// At most this many request header fields.
 const MAX_FIELDS: usize = 100;
@@ -198,36 +200,23 @@ fn bad(why: &'static str) -> Refusal {
 /// Reads a request head from the front of `buf`, consuming it. `Ok(None)`:
 /// not complete yet.
 fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
-    // Field positions as offsets: the bytes are frozen after the parse,
-    // and names, values and the target then point into them.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+    // Field positions are noted as offsets: the bytes are frozen after the
+    // parse, and names, values and the target then point into them.
     let mut fields =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut spans = Spans::new();
     let mut req = httparse::Request::new(&mut []);
-    let (len, method, target, minor, count) = match httparse::ParserConfig::default()
+    let (len, method, target, minor) = match httparse::ParserConfig::default()
         .parse_request_with_uninit_headers(&mut req, buf, &mut fields)
     {
         Ok(httparse::Status::Complete(len)) => {
             let base = buf.as_ptr() as usize;
-            for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-                *span = (
-                    (h.name.as_ptr() as usize - base) as u32,
-                    h.name.len() as u32,
-                    (h.value.as_ptr() as usize - base) as u32,
-                    h.value.len() as u32,
-                );
-            }
+            spans.note(req.headers, buf.as_ptr());
             let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
                 .map_err(|_| bad("invalid method"))?;
             let path = req.path.unwrap_or("");
             let target = (path.as_ptr() as usize - base, path.len());
-            (
-                len,
-                method,
-                target,
-                req.version.unwrap_or(1),
-                req.headers.len(),
-            )
+            (len, method, target, req.version.unwrap_or(1))
         }
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(Refusal(
@@ -266,17 +255,12 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
     };
     // Room for the fields the layers add (Host for the backend,
     // credentials): a full map rehashes every field to take one more.
-    let mut headers = HeaderMap::with_capacity(count + 4);
+    let mut headers = HeaderMap::with_capacity(spans.as_slice().len() + 4);
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = version == Version::HTTP_10;
     let mut expect_continue = false;
-    for &(n, nl, v, vl) in &spans[..count] {
-        let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-        let name =
-            HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| bad("invalid field name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-            .map_err(|_| bad("invalid field value"))?;
+    spans.for_each(&head, bad, |name, value| {
         if name == CONTENT_LENGTH {
             add_content_length(value.as_bytes(), &mut length).map_err(bad)?;
         } else if name == TRANSFER_ENCODING {
@@ -293,7 +277,8 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
         headers.append(name, value);
-    }
+        Ok(())
+    })?;
     let framing = match (chunked, length) {
         (Some(_), Some(_)) => return Err(bad("both Content-Length and Transfer-Encoding")),
         (Some(_), None) if version == Version::HTTP_10 => {
@@ -945,6 +930,28 @@ mod tests {
             }
         });
         addr
+    }
+
+    #[test]
+    fn a_request_with_many_fields_keeps_them_all_in_order() {
+        let mut text = String::from("POST /mcp HTTP/1.1\r\nhost: a\r\n");
+        for i in 0..40 {
+            text.push_str(&format!("x-f{i}: v{i}\r\n"));
+        }
+        text.push_str("MCP-Protocol-Version: 2025-11-25\r\ncontent-length: 0\r\n\r\n");
+        let mut buf = BytesMut::from(text.as_bytes());
+        let head = parse_request(&mut buf).unwrap().unwrap();
+        let names: Vec<&str> = head.parts.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(head.parts.headers.len(), 43);
+        for i in 0..40 {
+            assert_eq!(
+                head.parts.headers[format!("x-f{i}").as_str()],
+                format!("v{i}")
+            );
+        }
+        assert_eq!(head.parts.headers["mcp-protocol-version"], "2025-11-25");
+        assert!(names.contains(&"mcp-protocol-version"));
+        assert!(buf.is_empty());
     }
 
     /// Answers with the request's method, path and body (read whole).
