@@ -690,6 +690,57 @@ async fn session_end_records_the_totals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_gets_a_record_per_message_each_with_the_session() {
+    let b = stub_backend(Stub::default()).await;
+    let (gw, mut rx) = gateway(&url(&b), LimitConfig::default()).await;
+    let u = url(&gw);
+    let sid = session(&u, "k-ann").await;
+    // Batches are allowed up to 2025-03-26.
+    let batch = format!(
+        "[{},{}]",
+        call(31, "x", json!({})),
+        call(32, "y", json!({}))
+    );
+    let r = net::raw(
+        "POST",
+        &u,
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "2025-03-26"),
+            ("x-api-key", "k-ann"),
+        ],
+        &batch,
+    )
+    .await;
+    assert!(r.status < 300, "batch: {}", r.status);
+    let e = next_call(&mut rx).await;
+    assert_eq!(e.method.as_deref(), Some("initialize"));
+    for (id, tool) in [("31", "x"), ("32", "y")] {
+        let e = next_call(&mut rx).await;
+        assert_eq!(
+            (e.id.as_deref(), e.target.as_deref(), e.session.as_deref()),
+            (Some(id), Some(tool), Some(sid.as_str())),
+            "{e:?}"
+        );
+    }
+    delete(&u, "k-ann", &sid).await;
+    let end = loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.event == "session_end" {
+            break e;
+        }
+    };
+    // initialize + the batch's two calls.
+    assert_eq!(end.calls, Some(3));
+    assert_eq!(end.session.as_deref(), Some(sid.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jsonl_file_written_under_load_has_one_line_per_call() {
     let b = stub_backend(Stub::default()).await;
     let dir = std::env::temp_dir().join(format!("mcpgw-jsonl-{}", std::process::id()));

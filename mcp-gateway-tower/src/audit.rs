@@ -653,7 +653,7 @@ pub struct AuditConfig {
 struct SessionTotals {
     started: Option<Instant>,
     principal: Option<Principal>,
-    backend: Option<String>,
+    backend: Option<Arc<str>>,
     protocol_version: Option<Cow<'static, str>>,
     calls: u64,
     errors: u64,
@@ -733,7 +733,7 @@ impl SessionObserver for SessionEnds {
             event: "session_end".into(),
             time: now_rfc3339(),
             session: Some(record.id().as_str().to_owned()),
-            backend: t.backend,
+            backend: t.backend.as_deref().map(String::from),
             outcome: "ok".into(),
             duration_us: t.started.map(|s| s.elapsed().as_micros() as u64),
             bytes_in: t.bytes_in,
@@ -872,11 +872,8 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
         kind: res.extensions().get::<ErrorKind>().copied(),
         limit: res.extensions().get::<LimitKind>().copied(),
         principal: res.extensions().get::<Principal>().cloned(),
-        backend: res
-            .extensions()
-            .get::<BackendName>()
-            // Not `to_string`: that goes through the formatting machinery.
-            .map(|b| String::from(&*b.0)),
+        // Shared, not copied: the record's `String` is made once, in `base`.
+        backend: res.extensions().get::<BackendName>().map(|b| b.0.clone()),
         cost: res.extensions().get::<CostCharged>().map_or(0, |c| c.0),
         mcp,
     };
@@ -920,7 +917,7 @@ struct CallRecord {
     kind: Option<ErrorKind>,
     limit: Option<LimitKind>,
     principal: Option<Principal>,
-    backend: Option<String>,
+    backend: Option<Arc<str>>,
     cost: u64,
     mcp: Option<McpRequest>,
 }
@@ -940,11 +937,18 @@ impl CallRecord {
     }
 
     fn base(&self, event: &'static str) -> AuditEvent {
+        self.base_with_session(event, self.session.clone())
+    }
+
+    /// [`CallRecord::base`] with the session id given (moved out of the
+    /// record for a call's last event, instead of copied).
+    fn base_with_session(&self, event: &'static str, session: Option<String>) -> AuditEvent {
         let mut e = AuditEvent {
             event: event.into(),
             time: now_rfc3339(),
-            session: self.session.clone(),
-            backend: self.backend.clone(),
+            session,
+            // Not `to_string`: that goes through the formatting machinery.
+            backend: self.backend.as_deref().map(String::from),
             http_status: Some(self.status),
             protocol_version: self.version(),
             ..Default::default()
@@ -1239,7 +1243,7 @@ impl http_body::Body for AuditBody {
     }
 }
 
-fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
+fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
     let ended = meter.ended || (meter.bytes == 0 && !meter.failed && call.status == 202);
     let (outcome, code): (&str, Option<i64>) = match call.kind {
         Some(ErrorKind::Denied | ErrorKind::ToolChanged) => {
@@ -1261,8 +1265,36 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
         },
     };
     let duration = call.start.elapsed();
-    let base = |method: Option<Cow<'static, str>>, target: Option<String>, id: Option<String>| {
-        let mut e = call.base("call");
+    // One record per message (a batch has several), else one for the request.
+    let n = call
+        .mcp
+        .as_ref()
+        .map_or(1, |mcp| mcp.envelope().messages().len() as u64);
+    // The session's totals first: the last record then takes the session
+    // id instead of a copy of it.
+    if let Some(sid) = &call.session {
+        if let Some(t) = shared.totals(sid).get_mut(sid) {
+            t.calls += n;
+            if outcome != "ok" {
+                t.errors += n;
+            }
+            t.bytes_in += call.bytes_in;
+            t.bytes_out += meter.bytes;
+            t.cost += call.cost;
+        }
+    }
+    let mut session = call.session.take();
+    let base = |last: bool,
+                session: &mut Option<String>,
+                method: Option<Cow<'static, str>>,
+                target: Option<String>,
+                id: Option<String>| {
+        let session = if last {
+            session.take()
+        } else {
+            session.clone()
+        };
+        let mut e = call.base_with_session("call", session);
         e.method = method;
         e.target = target;
         e.id = id;
@@ -1277,10 +1309,9 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
         e.cost = call.cost;
         e
     };
-    let mut n = 0u64;
     match &call.mcp {
         Some(mcp) => {
-            for m in mcp.envelope().messages() {
+            for (i, m) in mcp.envelope().messages().iter().enumerate() {
                 let method = match m.kind() {
                     MessageKind::Response | MessageKind::Error => Some(Cow::Borrowed("response")),
                     _ => m.method().map(|x| match x.static_name() {
@@ -1289,6 +1320,8 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
                     }),
                 };
                 let mut e = base(
+                    i as u64 + 1 == n,
+                    &mut session,
                     method,
                     m.target().map(str::to_owned),
                     m.id()
@@ -1298,26 +1331,15 @@ fn emit(shared: &Shared, call: CallRecord, meter: &Meter) {
                     e.arguments = arguments(&shared.cfg.arguments, m.arguments());
                 }
                 shared.sink.record(e);
-                n += 1;
             }
         }
-        None => {
-            shared
-                .sink
-                .record(base(Some(call.http_method.to_string().into()), None, None));
-            n += 1;
-        }
-    }
-    if let Some(sid) = &call.session {
-        if let Some(t) = shared.totals(sid).get_mut(sid) {
-            t.calls += n;
-            if outcome != "ok" {
-                t.errors += n;
-            }
-            t.bytes_in += call.bytes_in;
-            t.bytes_out += meter.bytes;
-            t.cost += call.cost;
-        }
+        None => shared.sink.record(base(
+            true,
+            &mut session,
+            Some(call.http_method.to_string().into()),
+            None,
+            None,
+        )),
     }
 }
 
