@@ -648,6 +648,19 @@ async fn every_outcome_is_recorded_with_its_fields() {
     );
 }
 
+/// The next `session_end` record (other records before it are skipped).
+async fn next_session_end(rx: &mut Receiver<AuditEvent>) -> AuditEvent {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.event == "session_end" {
+            return e;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_end_records_the_totals() {
     let b = stub_backend(Stub::default()).await;
@@ -670,15 +683,7 @@ async fn session_end_records_the_totals() {
     }
     post(&u, "k-ann", Some(&sid), &call(9, "forbidden", json!({}))).await;
     delete(&u, "k-ann", &sid).await;
-    let end = loop {
-        let e = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if e.event == "session_end" {
-            break e;
-        }
-    };
+    let end = next_session_end(&mut rx).await;
     assert_eq!(end.session.as_deref(), Some(sid.as_str()));
     assert_eq!(end.principal.as_deref(), Some("ann"));
     assert_eq!(end.end_reason.as_deref(), Some("deleted"));
@@ -726,15 +731,7 @@ async fn a_batch_gets_a_record_per_message_each_with_the_session() {
         );
     }
     delete(&u, "k-ann", &sid).await;
-    let end = loop {
-        let e = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if e.event == "session_end" {
-            break e;
-        }
-    };
+    let end = next_session_end(&mut rx).await;
     // initialize + the batch's two calls.
     assert_eq!(end.calls, Some(3));
     assert_eq!(end.session.as_deref(), Some(sid.as_str()));

@@ -420,22 +420,25 @@ mod tests {
         assert_eq!(seen.load(Ordering::Relaxed), 3);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn keep_alive_only_between_events() {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    type FrameSender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+    /// A relay of a body whose frames the test sends.
+    fn relay_of_sent_frames(cfg: SseRelayConfig) -> (FrameSender, RelayBody<()>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let body =
             http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async {
                 rx.recv().await.map(|f| (f, rx))
             }));
-        let mut relay = RelayBody::new(
-            Body::new(body),
-            SseRelayConfig {
-                keep_alive: Some(Duration::from_secs(1)),
-                ..Default::default()
-            },
-            (),
-            StreamContext::default(),
-        );
+        let relay = RelayBody::new(Body::new(body), cfg, (), StreamContext::default());
+        (tx, relay)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_only_between_events() {
+        let (tx, mut relay) = relay_of_sent_frames(SseRelayConfig {
+            keep_alive: Some(Duration::from_secs(1)),
+            ..Default::default()
+        });
         // Mid-event: no keep-alive may be inserted, however long the wait.
         tx.send(Ok(Frame::data(Bytes::from_static(b"data: half"))))
             .await
@@ -478,21 +481,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_frame_restarts_the_keep_alive_and_idle_clocks() {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-        let body =
-            http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async {
-                rx.recv().await.map(|f| (f, rx))
-            }));
-        let mut relay = RelayBody::new(
-            Body::new(body),
-            SseRelayConfig {
-                keep_alive: Some(Duration::from_secs(2)),
-                idle_timeout: Some(Duration::from_secs(3)),
-                ..Default::default()
-            },
-            (),
-            StreamContext::default(),
-        );
+        let (tx, mut relay) = relay_of_sent_frames(SseRelayConfig {
+            keep_alive: Some(Duration::from_secs(2)),
+            idle_timeout: Some(Duration::from_secs(3)),
+            ..Default::default()
+        });
         let start = Instant::now();
         let event = || Ok(Frame::data(Bytes::from_static(b"data: x\n\n")));
         // Quiet for 1.5 s (under both limits), then an event.
