@@ -695,6 +695,60 @@ async fn session_end_records_the_totals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_end_waits_for_the_calls_still_under_way() {
+    let stub = Stub::default();
+    let b = stub_backend(stub.clone()).await;
+    let (gw, mut rx) = gateway(&url(&b), LimitConfig::default()).await;
+    let u = url(&gw);
+    let sid = session(&u, "k-ann").await;
+    // A call whose stream stays open until released.
+    let held = open(&u, "k-ann", Some(&sid), &call(41, "hold", json!({}))).await;
+    let mut body = held.into_body();
+    body.frame().await.unwrap().unwrap();
+    // The session ends (on another connection) while the call runs; the
+    // end is signalled before the DELETE is answered.
+    delete(&u, "k-ann", &sid).await;
+    let mut seen = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        assert_ne!(e.event, "session_end", "ended before its call: {e:?}");
+        seen.push(e);
+    }
+    // The call finishes: its record, then the session's end counting it.
+    stub.release.notify_one();
+    while body.frame().await.is_some() {}
+    let call_record = loop {
+        let e = next_call(&mut rx).await;
+        if e.id.as_deref() == Some("41") {
+            break e;
+        }
+    };
+    assert_eq!(call_record.outcome, "ok");
+    let end = next_session_end(&mut rx).await;
+    assert_eq!(end.session.as_deref(), Some(sid.as_str()));
+    assert_eq!(end.end_reason.as_deref(), Some("deleted"));
+    // initialize + the held call.
+    assert_eq!(end.calls, Some(2));
+    assert!(end.bytes_out >= call_record.bytes_out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_abandoned_after_its_session_ended_still_lets_the_end_be_recorded() {
+    let b = stub_backend(Stub::default()).await;
+    let (gw, mut rx) = gateway(&url(&b), LimitConfig::default()).await;
+    let u = url(&gw);
+    let sid = session(&u, "k-ann").await;
+    let held = open(&u, "k-ann", Some(&sid), &call(42, "hold", json!({}))).await;
+    let mut body = held.into_body();
+    body.frame().await.unwrap().unwrap();
+    delete(&u, "k-ann", &sid).await;
+    // The client leaves; the stream is never released by the backend.
+    drop(body);
+    let end = next_session_end(&mut rx).await;
+    assert_eq!(end.session.as_deref(), Some(sid.as_str()));
+    assert_eq!(end.calls, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_gets_a_record_per_message_each_with_the_session() {
     let b = stub_backend(Stub::default()).await;
     let (gw, mut rx) = gateway(&url(&b), LimitConfig::default()).await;

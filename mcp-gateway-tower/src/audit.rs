@@ -10,8 +10,13 @@
 //! A call's [`AuditEvent`] is emitted when its response body ends or is
 //! dropped, so a streamed call reports its real duration, the progress
 //! notifications relayed, the bytes sent, and whether the client went
-//! away. Session events: `session_start` (principal, backend, protocol
-//! version) and `session_end` (duration, calls, errors, bytes, cost, why).
+//! away. The end is acted on as it is read, before the server writes the
+//! last bytes: a client never holds an answer whose call is not recorded,
+//! and one client's records come in the order its calls depended on each
+//! other. Session events: `session_start` (principal, backend, protocol
+//! version) and `session_end` (duration, calls, errors, bytes, cost, why);
+//! a session ended while some of its `POST`s are under way has its
+//! `session_end` recorded after the last of them, which its totals count.
 //!
 //! Arguments are not recorded unless configured ([`ArgumentsPolicy`]):
 //! their SHA-256, or the arguments with named keys redacted.
@@ -660,6 +665,10 @@ struct SessionTotals {
     bytes_in: u64,
     bytes_out: u64,
     cost: u64,
+    /// Calls of the session under way (see [`InFlight`]).
+    in_flight: u32,
+    /// How the session ended, while `session_end` waits for `in_flight`.
+    ended: Option<SessionEnd>,
 }
 
 struct Shared {
@@ -724,29 +733,100 @@ struct SessionEnds(Arc<Shared>);
 
 impl SessionObserver for SessionEnds {
     fn ended(&self, record: &SessionRecord, why: SessionEnd) {
-        let totals = self
-            .0
-            .totals(record.id().as_str())
-            .remove(record.id().as_str());
-        let Some(t) = totals else { return };
-        let mut e = AuditEvent {
-            event: "session_end".into(),
-            time: now_rfc3339(),
-            session: Some(record.id().as_str().to_owned()),
-            backend: t.backend.as_deref().map(String::from),
-            outcome: "ok".into(),
-            duration_us: t.started.map(|s| s.elapsed().as_micros() as u64),
-            bytes_in: t.bytes_in,
-            bytes_out: t.bytes_out,
-            cost: t.cost,
-            protocol_version: t.protocol_version,
-            calls: Some(t.calls),
-            errors: Some(t.errors),
-            end_reason: Some(why.as_str().into()),
-            ..Default::default()
+        let sid = record.id().as_str();
+        let totals = {
+            let mut map = self.0.totals(sid);
+            match map.get_mut(sid) {
+                // Calls still under way: the last of them records the end,
+                // with its own figures in the totals.
+                Some(t) if t.in_flight > 0 => {
+                    t.ended = Some(why);
+                    None
+                }
+                _ => map.remove(sid),
+            }
         };
-        set_principal(&mut e, t.principal.as_ref());
-        self.0.sink.record(e);
+        if let Some(t) = totals {
+            self.0.sink.record(session_end_event(sid, t, why));
+        }
+    }
+}
+
+/// The `session_end` record of session `sid`.
+fn session_end_event(sid: &str, t: SessionTotals, why: SessionEnd) -> AuditEvent {
+    let mut e = AuditEvent {
+        event: "session_end".into(),
+        time: now_rfc3339(),
+        session: Some(sid.to_owned()),
+        backend: t.backend.as_deref().map(String::from),
+        outcome: "ok".into(),
+        duration_us: t.started.map(|s| s.elapsed().as_micros() as u64),
+        bytes_in: t.bytes_in,
+        bytes_out: t.bytes_out,
+        cost: t.cost,
+        protocol_version: t.protocol_version,
+        calls: Some(t.calls),
+        errors: Some(t.errors),
+        end_reason: Some(why.as_str().into()),
+        ..Default::default()
+    };
+    set_principal(&mut e, t.principal.as_ref());
+    e
+}
+
+/// A `POST` of a known session, under way. The session's `session_end`
+/// waits until every such call has been recorded: a client may read a
+/// call's whole answer and end the session (a `DELETE` on another
+/// connection) before the gateway has dropped that answer's body and
+/// recorded the call, and the session's totals would miss it. Dropped when
+/// the call is recorded, or with the call if it never got an answer; the
+/// last one out of an ended session records its end. `GET` streams are not
+/// waited for (one may outlive its session indefinitely), nor is the
+/// `DELETE` that ends the session.
+struct InFlight {
+    shared: Arc<Shared>,
+    sid: String,
+}
+
+impl InFlight {
+    /// Counts a call of `sid`, if the session is one this layer tracks and
+    /// has not ended (a call after the end is not the session's work).
+    fn start(shared: &Arc<Shared>, sid: &str) -> Option<InFlight> {
+        let mut map = shared.totals(sid);
+        let t = map.get_mut(sid)?;
+        if t.ended.is_some() {
+            return None;
+        }
+        t.in_flight += 1;
+        drop(map);
+        Some(InFlight {
+            shared: shared.clone(),
+            sid: sid.to_owned(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let ended = {
+            let mut map = self.shared.totals(&self.sid);
+            let Some(t) = map.get_mut(&self.sid) else {
+                return;
+            };
+            t.in_flight -= 1;
+            if t.in_flight > 0 {
+                return;
+            }
+            match t.ended {
+                Some(why) => map.remove(&self.sid).map(|t| (t, why)),
+                None => None,
+            }
+        };
+        if let Some((t, why)) = ended {
+            self.shared
+                .sink
+                .record(session_end_event(&self.sid, t, why));
+        }
     }
 }
 
@@ -810,14 +890,19 @@ where
         }
         let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
+        let session = req
+            .headers()
+            .get(&header_names::MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok());
+        let in_flight = match session {
+            Some(sid) if req.method() == http::Method::POST => InFlight::start(&shared, sid),
+            _ => None,
+        };
         let asked = Asked {
             start,
             http_method: req.method().clone(),
-            session: req
-                .headers()
-                .get(&header_names::MCP_SESSION_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            session: session.map(str::to_owned),
+            in_flight,
             declared_len: req
                 .headers()
                 .get(http::header::CONTENT_LENGTH)
@@ -835,6 +920,7 @@ struct Asked {
     start: Instant,
     http_method: http::Method,
     session: Option<String>,
+    in_flight: Option<InFlight>,
     declared_len: Option<u64>,
 }
 
@@ -876,6 +962,7 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
         backend: res.extensions().get::<BackendName>().map(|b| b.0.clone()),
         cost: res.extensions().get::<CostCharged>().map_or(0, |c| c.0),
         mcp,
+        _in_flight: asked.in_flight,
     };
     if started_session {
         if let Some(sid) = &call.session {
@@ -920,6 +1007,9 @@ struct CallRecord {
     backend: Option<Arc<str>>,
     cost: u64,
     mcp: Option<McpRequest>,
+    /// Held for its drop: released with the record, after the call is
+    /// recorded.
+    _in_flight: Option<InFlight>,
 }
 
 impl CallRecord {
@@ -1188,7 +1278,7 @@ fn inspect(json: &[u8], progress: &mut u64, code: &mut Option<i64>) {
 
 pin_project_lite::pin_project! {
     /// A response body that emits its call's audit records when it ends
-    /// or is dropped.
+    /// (in the poll that sees the end) or is dropped.
     struct AuditBody {
         #[pin]
         inner: Body,
@@ -1231,6 +1321,18 @@ impl http_body::Body for AuditBody {
             Poll::Ready(None) => this.meter.ended = true,
             Poll::Pending => {}
         }
+        // Recorded in the poll that sees the end, before the server writes
+        // the last bytes: a client never has an answer whose call is not
+        // yet recorded, so records follow the order in which a client's
+        // calls depend on each other (a server drops a body only after
+        // writing it, and a fast client's next call would be recorded
+        // first).
+        if this.meter.ended || this.meter.failed {
+            if let Some(call) = this.call.take() {
+                this.meter.finish();
+                emit(this.shared, call, this.meter);
+            }
+        }
         res
     }
 
@@ -1271,9 +1373,15 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
         .as_ref()
         .map_or(1, |mcp| mcp.envelope().messages().len() as u64);
     // The session's totals first: the last record then takes the session
-    // id instead of a copy of it.
+    // id instead of a copy of it. Once the session has ended (its end
+    // waiting for calls under way), only those calls still count: not the
+    // DELETE that ended it, nor anything after.
     if let Some(sid) = &call.session {
-        if let Some(t) = shared.totals(sid).get_mut(sid) {
+        if let Some(t) = shared
+            .totals(sid)
+            .get_mut(sid)
+            .filter(|t| t.ended.is_none() || call._in_flight.is_some())
+        {
             t.calls += n;
             if outcome != "ok" {
                 t.errors += n;
@@ -1284,11 +1392,10 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
         }
     }
     let mut session = call.session.take();
-    let base = |last: bool,
-                session: &mut Option<String>,
-                method: Option<Cow<'static, str>>,
-                target: Option<String>,
-                id: Option<String>| {
+    let mut base = |last: bool,
+                    method: Option<Cow<'static, str>>,
+                    target: Option<String>,
+                    id: Option<String>| {
         let session = if last {
             session.take()
         } else {
@@ -1321,7 +1428,6 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
                 };
                 let mut e = base(
                     i as u64 + 1 == n,
-                    &mut session,
                     method,
                     m.target().map(str::to_owned),
                     m.id()
@@ -1335,7 +1441,6 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
         }
         None => shared.sink.record(base(
             true,
-            &mut session,
             Some(call.http_method.to_string().into()),
             None,
             None,
@@ -1428,6 +1533,46 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_call_is_recorded_as_its_answer_ends_not_when_the_body_is_dropped() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let (sink, mut rx) = ChannelSink::new(8, Overflow::Drop);
+        let svc = tower::ServiceBuilder::new()
+            .layer(AuditLayer::new(Arc::new(sink), AuditConfig::default()))
+            .layer(crate::jsonrpc::JsonRpcLayer::default())
+            .service(tower::service_fn(|_req: Request<Body>| async {
+                let frames = futures_util::stream::iter([
+                    Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(b"id: 1\n"))),
+                    Ok(http_body::Frame::data(Bytes::from_static(b"data: {}\n\n"))),
+                ]);
+                let mut res = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
+                res.headers_mut()
+                    .insert(CONTENT_TYPE, "text/event-stream".parse().unwrap());
+                Ok::<_, Infallible>(res)
+            }));
+        let req = Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(Body::from(
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t"}}"#,
+            ))
+            .unwrap();
+        let mut body = svc.oneshot(req).await.unwrap().into_body();
+        body.frame().await.unwrap().unwrap();
+        assert!(rx.try_recv().is_err(), "no record before the end");
+        while let Some(f) = body.frame().await {
+            f.unwrap();
+        }
+        // The body is still alive (a server drops it after writing the end).
+        let e = rx.try_recv().expect("recorded when the end was seen");
+        assert_eq!((e.outcome.as_ref(), e.id.as_deref()), ("ok", Some("7")));
+        assert_eq!(e.bytes_out, 16);
+        drop(body);
+        assert!(rx.try_recv().is_err(), "recorded once");
+    }
 
     #[test]
     fn escape_check_finds_every_special_byte_anywhere() {

@@ -765,7 +765,7 @@ fn refusal(
 
 /// Permits and counters a call carries until its response body ends.
 struct CallHold {
-    _slots: Vec<Slot>,
+    slots: Vec<Slot>,
     tokens: Option<(LimitKey, Budget)>,
 }
 
@@ -996,7 +996,7 @@ fn hold(shared: Arc<Shared>, who: Arc<str>, res: Response<Body>, a: Admitted) ->
         .token_budget
         .map(|b| (shared.key(LimitKind::TokenBudget, &who, None), b));
     let hold = CallHold {
-        _slots: a.slots,
+        slots: a.slots,
         tokens,
     };
     Response::from_parts(
@@ -1075,7 +1075,10 @@ const TOKEN_BATCH: u64 = 1024;
 pin_project_lite::pin_project! {
     /// A response body holding a call's permits until it ends or is
     /// dropped, and charging the result's tokens as they pass (in batches,
-    /// and whatever is left when the body ends or is dropped).
+    /// and whatever is left when the body ends or is dropped). The end is
+    /// acted on in the poll that sees it, before the server writes the last
+    /// bytes: a client that has read the whole answer and calls again at
+    /// once must find the permit free, and the budget charged.
     struct HeldBody {
         #[pin]
         inner: Body,
@@ -1119,16 +1122,26 @@ impl http_body::Body for HeldBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let res = this.inner.poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(_)) = (&res, &this.hold.tokens) {
-            if let Some(data) = frame.data_ref() {
-                *this.pending += this.shared.tokens.count(data);
-                if *this.pending >= TOKEN_BATCH {
-                    let n = std::mem::take(this.pending);
-                    charge_tokens(this.shared, &this.hold.tokens, n);
+        let mut this = self.project();
+        let res = this.inner.as_mut().poll_frame(cx);
+        let ended = match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(_)) = (frame.data_ref(), &this.hold.tokens) {
+                    *this.pending += this.shared.tokens.count(data);
+                    if *this.pending >= TOKEN_BATCH {
+                        let n = std::mem::take(this.pending);
+                        charge_tokens(this.shared, &this.hold.tokens, n);
+                    }
                 }
+                this.inner.is_end_stream()
             }
+            Poll::Ready(_) => true,
+            Poll::Pending => false,
+        };
+        if ended {
+            let n = std::mem::take(this.pending);
+            charge_tokens(this.shared, &this.hold.tokens, n);
+            this.hold.slots.clear();
         }
         res
     }
@@ -1164,6 +1177,54 @@ mod tests {
             subject: subject.into(),
             tool: None,
         }
+    }
+
+    #[tokio::test]
+    async fn permits_are_released_as_the_answer_ends_not_when_it_is_dropped() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let limiter = Arc::new(InMemoryLimiter::new());
+        let cfg = LimitConfig {
+            principal_in_flight: Some(1),
+            backend_in_flight: Some(1),
+            ..Default::default()
+        };
+        let svc = tower::ServiceBuilder::new()
+            .layer(crate::jsonrpc::JsonRpcLayer::default())
+            .layer(LimitLayer::new(cfg, "b", limiter.clone()))
+            .service(tower::service_fn(|_req: Request<Body>| async {
+                let frames = futures_util::stream::iter([
+                    Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"event: message\n"))),
+                    Ok(Frame::data(Bytes::from_static(b"data: {}\n\n"))),
+                ]);
+                let body = Body::new(http_body_util::StreamBody::new(frames));
+                Ok::<_, Infallible>(Response::new(body))
+            }));
+        let req = Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(Body::from(
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+            ))
+            .unwrap();
+        let held = || {
+            (
+                limiter.held(&key(LimitKind::PrincipalInFlight, "anon")),
+                limiter.held(&key(LimitKind::BackendInFlight, "b")),
+            )
+        };
+        let mut body = svc.oneshot(req).await.unwrap().into_body();
+        assert_eq!(held(), (1, 1), "held while the answer runs");
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(held(), (1, 1), "held until the last frame");
+        while let Some(f) = body.frame().await {
+            f.unwrap();
+        }
+        // The body is still alive (a server drops it after writing the end).
+        assert_eq!(held(), (0, 0), "released when the end was seen");
+        drop(body);
+        assert_eq!(held(), (0, 0));
     }
 
     fn block<T>(f: LimitFuture<'_, T>) -> T {
