@@ -1542,24 +1542,8 @@ mod tests {
         let svc = tower::ServiceBuilder::new()
             .layer(AuditLayer::new(Arc::new(sink), AuditConfig::default()))
             .layer(crate::jsonrpc::JsonRpcLayer::default())
-            .service(tower::service_fn(|_req: Request<Body>| async {
-                let frames = futures_util::stream::iter([
-                    Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(b"id: 1\n"))),
-                    Ok(http_body::Frame::data(Bytes::from_static(b"data: {}\n\n"))),
-                ]);
-                let mut res = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
-                res.headers_mut()
-                    .insert(CONTENT_TYPE, "text/event-stream".parse().unwrap());
-                Ok::<_, Infallible>(res)
-            }));
-        let req = Request::post("/mcp")
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-11-25")
-            .body(Body::from(
-                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t"}}"#,
-            ))
-            .unwrap();
+            .service(crate::test_support::two_frame_event_stream());
+        let req = crate::test_support::tools_call(7);
         let mut body = svc.oneshot(req).await.unwrap().into_body();
         body.frame().await.unwrap().unwrap();
         assert!(rx.try_recv().is_err(), "no record before the end");
@@ -1569,7 +1553,11 @@ mod tests {
         // The body is still alive (a server drops it after writing the end).
         let e = rx.try_recv().expect("recorded when the end was seen");
         assert_eq!((e.outcome.as_ref(), e.id.as_deref()), ("ok", Some("7")));
-        assert_eq!(e.bytes_out, 16);
+        let sent: usize = crate::test_support::TWO_FRAMES
+            .iter()
+            .map(|f| f.len())
+            .sum();
+        assert_eq!(e.bytes_out, sent as u64);
         drop(body);
         assert!(rx.try_recv().is_err(), "recorded once");
     }

@@ -44,6 +44,8 @@ pub mod rules;
 pub mod server;
 pub mod session;
 pub mod sse;
+#[cfg(test)]
+mod test_support;
 pub mod upstream;
 
 pub use body::{Body, BoxError};

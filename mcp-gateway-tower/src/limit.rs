@@ -1192,22 +1192,8 @@ mod tests {
         let svc = tower::ServiceBuilder::new()
             .layer(crate::jsonrpc::JsonRpcLayer::default())
             .layer(LimitLayer::new(cfg, "b", limiter.clone()))
-            .service(tower::service_fn(|_req: Request<Body>| async {
-                let frames = futures_util::stream::iter([
-                    Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"event: message\n"))),
-                    Ok(Frame::data(Bytes::from_static(b"data: {}\n\n"))),
-                ]);
-                let body = Body::new(http_body_util::StreamBody::new(frames));
-                Ok::<_, Infallible>(Response::new(body))
-            }));
-        let req = Request::post("/mcp")
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-11-25")
-            .body(Body::from(
-                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
-            ))
-            .unwrap();
+            .service(crate::test_support::two_frame_event_stream());
+        let req = crate::test_support::tools_call(1);
         let held = || {
             (
                 limiter.held(&key(LimitKind::PrincipalInFlight, "anon")),
