@@ -694,24 +694,28 @@ async fn session_end_records_the_totals() {
     assert!(end.bytes_out > 0 && end.duration_us.is_some());
 }
 
+/// Starts a session, opens a call whose stream stays open until the stub is
+/// released (its first frame read), then ends the session on another
+/// connection. Returns the session id and the open stream.
+async fn held_call_then_delete(u: &str, id: u32) -> (String, Incoming) {
+    let sid = session(u, "k-ann").await;
+    let held = open(u, "k-ann", Some(&sid), &call(id, "hold", json!({}))).await;
+    let mut body = held.into_body();
+    body.frame().await.unwrap().unwrap();
+    delete(u, "k-ann", &sid).await;
+    (sid, body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_end_waits_for_the_calls_still_under_way() {
     let stub = Stub::default();
     let b = stub_backend(stub.clone()).await;
     let (gw, mut rx) = gateway(&url(&b), LimitConfig::default()).await;
     let u = url(&gw);
-    let sid = session(&u, "k-ann").await;
-    // A call whose stream stays open until released.
-    let held = open(&u, "k-ann", Some(&sid), &call(41, "hold", json!({}))).await;
-    let mut body = held.into_body();
-    body.frame().await.unwrap().unwrap();
-    // The session ends (on another connection) while the call runs; the
-    // end is signalled before the DELETE is answered.
-    delete(&u, "k-ann", &sid).await;
-    let mut seen = Vec::new();
+    let (sid, mut body) = held_call_then_delete(&u, 41).await;
+    // The end is signalled before the DELETE is answered.
     while let Ok(e) = rx.try_recv() {
         assert_ne!(e.event, "session_end", "ended before its call: {e:?}");
-        seen.push(e);
     }
     // The call finishes: its record, then the session's end counting it.
     stub.release.notify_one();
@@ -736,11 +740,7 @@ async fn a_call_abandoned_after_its_session_ended_still_lets_the_end_be_recorded
     let b = stub_backend(Stub::default()).await;
     let (gw, mut rx) = gateway(&url(&b), LimitConfig::default()).await;
     let u = url(&gw);
-    let sid = session(&u, "k-ann").await;
-    let held = open(&u, "k-ann", Some(&sid), &call(42, "hold", json!({}))).await;
-    let mut body = held.into_body();
-    body.frame().await.unwrap().unwrap();
-    delete(&u, "k-ann", &sid).await;
+    let (sid, body) = held_call_then_delete(&u, 42).await;
     // The client leaves; the stream is never released by the backend.
     drop(body);
     let end = next_session_end(&mut rx).await;

@@ -786,6 +786,7 @@ fn session_end_event(sid: &str, t: SessionTotals, why: SessionEnd) -> AuditEvent
 struct InFlight {
     shared: Arc<Shared>,
     sid: String,
+    released: bool,
 }
 
 impl InFlight {
@@ -802,17 +803,28 @@ impl InFlight {
         Some(InFlight {
             shared: shared.clone(),
             sid: sid.to_owned(),
+            released: false,
         })
     }
-}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
+    /// Adds the recorded call's figures to the session's totals and
+    /// releases it, under one lock.
+    fn finish(mut self, add: impl FnOnce(&mut SessionTotals)) {
+        self.release(Some(add));
+    }
+
+    fn release(&mut self, add: Option<impl FnOnce(&mut SessionTotals)>) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
         let ended = {
             let mut map = self.shared.totals(&self.sid);
             let Some(t) = map.get_mut(&self.sid) else {
                 return;
             };
+            if let Some(add) = add {
+                add(t);
+            }
             t.in_flight -= 1;
             if t.in_flight > 0 {
                 return;
@@ -827,6 +839,13 @@ impl Drop for InFlight {
                 .sink
                 .record(session_end_event(&self.sid, t, why));
         }
+    }
+}
+
+impl Drop for InFlight {
+    /// A call that never got recorded (dropped before its answer).
+    fn drop(&mut self) {
+        self.release(None::<fn(&mut SessionTotals)>);
     }
 }
 
@@ -962,7 +981,7 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
         backend: res.extensions().get::<BackendName>().map(|b| b.0.clone()),
         cost: res.extensions().get::<CostCharged>().map_or(0, |c| c.0),
         mcp,
-        _in_flight: asked.in_flight,
+        in_flight: asked.in_flight,
     };
     if started_session {
         if let Some(sid) = &call.session {
@@ -1007,9 +1026,8 @@ struct CallRecord {
     backend: Option<Arc<str>>,
     cost: u64,
     mcp: Option<McpRequest>,
-    /// Held for its drop: released with the record, after the call is
-    /// recorded.
-    _in_flight: Option<InFlight>,
+    /// Released once the call is recorded (see [`InFlight`]).
+    in_flight: Option<InFlight>,
 }
 
 impl CallRecord {
@@ -1372,23 +1390,31 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
         .mcp
         .as_ref()
         .map_or(1, |mcp| mcp.envelope().messages().len() as u64);
-    // The session's totals first: the last record then takes the session
-    // id instead of a copy of it. Once the session has ended (its end
-    // waiting for calls under way), only those calls still count: not the
-    // DELETE that ended it, nor anything after.
-    if let Some(sid) = &call.session {
-        if let Some(t) = shared
-            .totals(sid)
-            .get_mut(sid)
-            .filter(|t| t.ended.is_none() || call._in_flight.is_some())
-        {
-            t.calls += n;
-            if outcome != "ok" {
-                t.errors += n;
+    let (bytes_in, bytes_out, cost) = (call.bytes_in, meter.bytes, call.cost);
+    let add = move |t: &mut SessionTotals| {
+        t.calls += n;
+        if outcome != "ok" {
+            t.errors += n;
+        }
+        t.bytes_in += bytes_in;
+        t.bytes_out += bytes_out;
+        t.cost += cost;
+    };
+    // A call counted in flight adds its figures when it is released, after
+    // its records (below). Any other message of the session adds them now,
+    // before the last record takes the session id; once the session has
+    // ended, such messages (the DELETE that ended it, anything after) no
+    // longer count.
+    let in_flight = call.in_flight.take();
+    if in_flight.is_none() {
+        if let Some(sid) = &call.session {
+            if let Some(t) = shared
+                .totals(sid)
+                .get_mut(sid)
+                .filter(|t| t.ended.is_none())
+            {
+                add(t);
             }
-            t.bytes_in += call.bytes_in;
-            t.bytes_out += meter.bytes;
-            t.cost += call.cost;
         }
     }
     let mut session = call.session.take();
@@ -1445,6 +1471,9 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
             None,
             None,
         )),
+    }
+    if let Some(g) = in_flight {
+        g.finish(add);
     }
 }
 
