@@ -154,8 +154,10 @@ fn write_json(e: &AuditEvent, out: &mut Vec<u8>) {
         out: &'a mut Vec<u8>,
     }
     impl Obj<'_> {
-        /// `prefix` is `,"key":"`.
-        #[inline]
+        /// `prefix` is `,"key":"`. Always inlined: each call site's prefix
+        /// is then a literal of known length, copied without a `memcpy`
+        /// call (15 fields a record).
+        #[inline(always)]
         fn text(&mut self, prefix: &str, v: Option<&str>) {
             let Some(v) = v else { return };
             self.out.extend_from_slice(prefix.as_bytes());
@@ -170,7 +172,7 @@ fn write_json(e: &AuditEvent, out: &mut Vec<u8>) {
             }
         }
         /// `prefix` is `,"key":`.
-        #[inline]
+        #[inline(always)]
         fn number(&mut self, prefix: &str, v: Option<impl itoa::Integer>) {
             let Some(v) = v else { return };
             self.out.extend_from_slice(prefix.as_bytes());

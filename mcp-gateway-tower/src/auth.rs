@@ -1,9 +1,10 @@
 //! Authentication: who is calling.
 //!
 //! [`AuthLayer`] asks an [`Authenticator`] to turn the request's credential
-//! into a [`Principal`], puts it (and the [`SessionOwner`] derived from it)
-//! in the request extensions, and removes the credential headers so they
-//! never travel further. It behaves as an OAuth 2.1 resource server:
+//! into a [`Principal`], puts it in the request extensions (its key is
+//! the [`SessionOwner`](crate::session::SessionOwner) of the sessions it
+//! starts), and removes the credential headers so they never travel
+//! further. It behaves as an OAuth 2.1 resource server:
 //!
 //! - no credential, or one that does not verify: `401` with
 //!   `WWW-Authenticate: Bearer resource_metadata="…"` (RFC 9728) and the
@@ -35,7 +36,6 @@ use tower_service::Service;
 
 use crate::body::{take_ready, Body, BoxFuture};
 use crate::error::error_response;
-use crate::session::SessionOwner;
 
 /// What an authenticator made of a request.
 #[derive(Debug, Clone)]
@@ -151,19 +151,24 @@ impl Authenticator for AuthChain {
 
 /// The bearer token of `Authorization: Bearer …`, if any.
 pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    // A header value holds no control characters but tab, so ASCII here
+    // is what `HeaderValue::to_str` takes (which goes byte by byte; these
+    // checks go a word at a time, and tokens run to hundreds of bytes).
+    bearer_bytes(parts)
+        .filter(|t| t.is_ascii())
+        .and_then(|t| std::str::from_utf8(t).ok())
+}
+
+/// The token of `Authorization: Bearer …` as sent, trimmed but with its
+/// characters unchecked: enough to look up a token verified before (which
+/// was checked then) without a pass over its bytes.
+pub(crate) fn bearer_bytes(parts: &Parts) -> Option<&[u8]> {
     let v = parts.headers.get(header::AUTHORIZATION)?.as_bytes();
     let space = memchr::memchr(b' ', v)?;
     if !v[..space].eq_ignore_ascii_case(b"bearer") {
         return None;
     }
-    // Tokens run to hundreds of bytes: the ASCII check goes a word at a
-    // time (`HeaderValue::to_str` goes byte by byte). A header value holds
-    // no control characters but tab, so ASCII here is what `to_str` takes.
-    let token = std::str::from_utf8(&v[space + 1..]).ok()?;
-    token
-        .is_ascii()
-        .then(|| token.trim_ascii())
-        .filter(|t| !t.is_empty())
+    Some(v[space + 1..].trim_ascii()).filter(|t| !t.is_empty())
 }
 
 /// Whether `token` has the shape of a JWS compact serialisation.
@@ -515,7 +520,6 @@ where
                         ),
                     ));
                 }
-                parts.extensions.insert(SessionOwner(p.key().clone()));
                 parts.extensions.insert(p.clone());
             }
             for h in &shared.strip {

@@ -33,7 +33,7 @@ use std::cell::RefCell;
 use thread_local::ThreadLocal;
 
 use crate::auth::{
-    bearer_token, looks_like_jwt, AuthFailure, AuthFuture, AuthOutcome, Authenticator,
+    bearer_bytes, bearer_token, looks_like_jwt, AuthFailure, AuthFuture, AuthOutcome, Authenticator,
 };
 
 /// Leeway beyond which clock skew is not forgiven.
@@ -479,14 +479,18 @@ fn now_secs() -> u64 {
 impl Authenticator for JwtAuthenticator {
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
         Box::pin(async move {
+            let Some(raw) = bearer_bytes(parts) else {
+                return AuthOutcome::NotMine;
+            };
+            // A token found here was verified, so checked, before: the
+            // bytes as sent are enough. (Not held across an await: the
+            // task may resume on another thread, with another cache.)
+            if let Some(p) = self.recent.get_or_default().borrow_mut().get(raw) {
+                return AuthOutcome::Authenticated(p);
+            }
             let Some(token) = bearer_token(parts).filter(|t| looks_like_jwt(t)) else {
                 return AuthOutcome::NotMine;
             };
-            // Not held across an await: the task may resume on another
-            // thread, with another cache.
-            if let Some(p) = self.recent.get_or_default().borrow_mut().get(token) {
-                return AuthOutcome::Authenticated(p);
-            }
             let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             if let Some((p, until)) = self.cache.get(&hash) {
                 self.recent
@@ -568,45 +572,113 @@ impl TokenCache {
     }
 }
 
-/// Tokens a thread verified or found lately, by the token itself: no hash
-/// to compute and no lock or counter shared with other threads (the
-/// principal is a detached copy). Small: the shared cache behind it holds
-/// the rest.
+/// Tokens a thread verified or found lately, by the token itself: no
+/// SHA-256 to compute and no lock or counter shared with other threads
+/// (the principal is a detached copy). Small: the shared cache behind it
+/// holds the rest.
+///
+/// Looked up by a tag of the token's end, then compared whole: hashing
+/// a whole token (hundreds of bytes) cost more than the rest of the
+/// lookup. The end is a signature, as good as random; tokens whose tags
+/// collide only miss here (the shared cache, by SHA-256, still finds them),
+/// and an entry gets in only by verifying, so a crafted collision buys an
+/// attacker nothing.
 #[derive(Default)]
 struct Recent {
-    map: HashMap<Box<str>, (Principal, Instant), foldhash::fast::RandomState>,
+    map: HashMap<u64, Remembered, foldhash::fast::RandomState>,
+}
+
+/// A token of [`Recent`], its principal, and until when it is good.
+struct Remembered {
+    token: Box<[u8]>,
+    principal: Principal,
+    until: Instant,
 }
 
 /// Tokens each thread keeps in [`Recent`].
 const RECENT: usize = 256;
 
+/// [`Recent`]'s tag of `token`: its length and last 16 bytes.
+fn tag(token: &[u8]) -> u64 {
+    let tail = &token[token.len().saturating_sub(16)..];
+    let mut t = token.len() as u64;
+    for chunk in tail.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        t = t.rotate_left(29) ^ u64::from_le_bytes(w);
+    }
+    t
+}
+
 impl Recent {
-    fn get(&mut self, token: &str) -> Option<Principal> {
-        match self.map.get(token) {
-            Some((p, until)) if Instant::now() < *until => Some(p.clone()),
-            Some(_) => {
-                self.map.remove(token);
-                None
-            }
-            None => None,
+    fn get(&mut self, token: &[u8]) -> Option<Principal> {
+        let tag = tag(token);
+        let r = self.map.get(&tag)?;
+        if *r.token != *token {
+            return None;
         }
+        if Instant::now() < r.until {
+            return Some(r.principal.clone());
+        }
+        self.map.remove(&tag);
+        None
     }
 
     fn put(&mut self, token: &str, p: &Principal, until: Instant) {
         if self.map.len() >= RECENT {
             let now = Instant::now();
-            self.map.retain(|_, (_, u)| *u > now);
+            self.map.retain(|_, r| r.until > now);
             if self.map.len() >= RECENT {
                 self.map.clear();
             }
         }
-        self.map.insert(token.into(), (p.detached(), until));
+        let token = token.as_bytes();
+        self.map.insert(
+            tag(token),
+            Remembered {
+                token: token.into(),
+                principal: p.detached(),
+                until,
+            },
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_tokens_are_told_apart_whole_not_by_their_tag() {
+        let mut r = Recent::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        // Same length, same last 16 bytes: the same tag.
+        let (a, b) = ("a.b.0123456789abcdefXYZ", "x.y.0123456789abcdefXYZ");
+        assert_eq!(tag(a.as_bytes()), tag(b.as_bytes()));
+        let ann = Principal::builder("ann").build();
+        r.put(a, &ann, later);
+        assert_eq!(
+            r.get(a.as_bytes()).map(|p| p.subject().to_owned()),
+            Some("ann".into())
+        );
+        assert!(
+            r.get(b.as_bytes()).is_none(),
+            "another token with the same tag"
+        );
+        r.put(b, &Principal::builder("bob").build(), later);
+        assert_eq!(
+            r.get(b.as_bytes()).map(|p| p.subject().to_owned()),
+            Some("bob".into())
+        );
+        assert!(
+            r.get(a.as_bytes()).is_none(),
+            "displaced: found again in the shared cache"
+        );
+        // Short tokens and expired ones.
+        r.put("e", &ann, Instant::now());
+        assert!(r.get(b"e").is_none());
+        assert!(r.get(b"").is_none());
+    }
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     fn token(alg: Algorithm, kid: &str, secret: &[u8], claims: serde_json::Value) -> String {

@@ -33,10 +33,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota as GovQuota, RateLimiter};
 use http::header::{HeaderValue, RETRY_AFTER};
@@ -56,6 +58,9 @@ use crate::body::{take_ready, Body, BoxError, BoxFuture};
 use crate::error::error_response;
 use crate::rules::Glob;
 use crate::session::{SessionEnd, SessionObserver};
+
+mod clock;
+use clock::LimiterClock;
 
 /// The future the [`Limiter`] operations return: ready at once in
 /// process, pending for a shared store.
@@ -177,7 +182,7 @@ pub trait Limiter: Send + Sync + 'static {
     }
 }
 
-type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+type Direct = RateLimiter<NotKeyed, InMemoryState, LimiterClock, NoOpMiddleware<Nanos>>;
 
 const SHARDS: usize = 16;
 
@@ -244,8 +249,27 @@ type Shard = RwLock<HashMap<LimitKey, Arc<Entry>, Hasher>>;
 struct ThreadCache {
     generation: u64,
     entries: HashMap<LimitKey, Arc<Entry>, Hasher>,
+    /// The last entry this thread used of each kind, in front of the map.
+    /// Why: one call checks up to seven keys, each of another kind, and
+    /// the next call of the same caller checks the same seven; a compare
+    /// (the subject's pointer first) then replaces hashing the subject and
+    /// the tool and probing the map. A caller of another kind's key costs
+    /// one compare more than the map alone.
+    last: [Option<(LimitKey, Arc<Entry>)>; KINDS],
     /// Lookups since this thread last swept the shared table.
     ops: u32,
+}
+
+/// How many [`LimitKind`]s there are.
+const KINDS: usize = LimitKind::CostBudget as usize + 1;
+
+impl ThreadCache {
+    /// Forgets every entry (a sweep may have dropped them from the table).
+    fn clear(&mut self, generation: u64) {
+        self.entries.clear();
+        self.last = Default::default();
+        self.generation = generation;
+    }
 }
 
 /// How fresh `Entry::last_hit` is kept, nanoseconds.
@@ -266,8 +290,6 @@ const SWEEP_ABOVE: usize = 4096;
 /// swept now and then, so the table tracks the callers of the last few
 /// minutes rather than every caller ever seen.
 pub struct InMemoryLimiter {
-    clock: DefaultClock,
-    epoch: Instant,
     shards: [Shard; SHARDS],
     /// Bumped by a sweep; a thread whose cache is older clears it.
     generation: AtomicU64,
@@ -287,8 +309,6 @@ impl std::fmt::Debug for InMemoryLimiter {
 impl Default for InMemoryLimiter {
     fn default() -> Self {
         InMemoryLimiter {
-            clock: DefaultClock::default(),
-            epoch: Instant::now(),
             shards: Default::default(),
             generation: AtomicU64::new(0),
             len: AtomicUsize::new(0),
@@ -304,9 +324,10 @@ impl InMemoryLimiter {
         Self::default()
     }
 
-    /// Nanoseconds since the limiter was made, +1 (0 means "never").
+    /// Nanoseconds since the clock's epoch, +1 (0 means "never"); one
+    /// reading for every check of a call (see [`clock`]).
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64 + 1
+        clock::now()
     }
 
     fn shard(&self, key: &LimitKey) -> &Shard {
@@ -327,14 +348,14 @@ impl InMemoryLimiter {
             RefCell::new(ThreadCache {
                 generation: self.generation.load(Ordering::Acquire),
                 entries: HashMap::with_hasher(Hasher::default()),
+                last: Default::default(),
                 ops: 0,
             })
         });
         let mut cache = cell.borrow_mut();
         let generation = self.generation.load(Ordering::Acquire);
         if cache.generation != generation {
-            cache.entries.clear();
-            cache.generation = generation;
+            cache.clear(generation);
         }
         cache.ops += 1;
         if cache.ops >= SWEEP_EVERY
@@ -342,16 +363,25 @@ impl InMemoryLimiter {
         {
             cache.ops = 0;
             if self.sweep() {
-                cache.entries.clear();
-                cache.generation = self.generation.load(Ordering::Acquire);
+                cache.clear(self.generation.load(Ordering::Acquire));
             }
         }
-        if let Some(e) = cache.entries.get(key) {
-            return f(e);
+        let kind = key.kind as usize;
+        if let Some((k, e)) = &cache.last[kind] {
+            if k == key {
+                return f(e);
+            }
         }
-        let e = self.shared_entry(key);
+        let (k, e) = match cache.entries.get_key_value(key) {
+            Some((k, e)) => (k.clone(), e.clone()),
+            None => {
+                let (k, e) = (owned(key), self.shared_entry(key));
+                cache.entries.insert(k.clone(), e.clone());
+                (k, e)
+            }
+        };
         let r = f(&e);
-        cache.entries.insert(owned(key), e);
+        cache.last[kind] = Some((k, e));
         r
     }
 
@@ -476,7 +506,7 @@ impl InMemoryLimiter {
             let q = GovQuota::with_period(Duration::from_secs_f64(1.0 / per_second))
                 .expect("a positive period")
                 .allow_burst(NonZeroU32::new(burst).expect("at least 1"));
-            RateLimiter::direct_with_clock(q, self.clock.clone())
+            RateLimiter::direct_with_clock(q, LimiterClock)
         });
         let now = self.now();
         // To the second: the sweep needs no finer, and a store on every
@@ -486,7 +516,7 @@ impl InMemoryLimiter {
         }
         bucket
             .check()
-            .map_err(|nu| nu.wait_time_from(self.clock.now()))
+            .map_err(|nu| nu.wait_time_from(LimiterClock.now()))
     }
 
     fn charge_entry(
@@ -981,7 +1011,8 @@ fn admit_all_now(
     who: &Arc<str>,
     mcp: &McpRequest,
 ) -> Option<Result<Option<Admitted>, Response<Body>>> {
-    futures_util::FutureExt::now_or_never(admit_all(shared, who, mcp))
+    // One clock reading for all the checks: they do not wait.
+    clock::pinned(|| futures_util::FutureExt::now_or_never(admit_all(shared, who, mcp)))
 }
 
 /// The response of an admitted call: its cost noted for the audit log, its
@@ -1231,7 +1262,7 @@ mod tests {
         let slot = block(l.acquire(&busy, 1)).unwrap();
         assert_eq!(l.len(), 2);
         // The bucket refills in a millisecond; the held slot keeps its entry.
-        let t0 = Instant::now();
+        let t0 = std::time::Instant::now();
         while !l.sweep() {
             assert!(t0.elapsed() < Duration::from_secs(5), "never idle");
             std::thread::yield_now();

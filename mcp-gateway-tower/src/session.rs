@@ -26,7 +26,9 @@ use http::{Method as HttpMethod, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use mcp_gateway_core::protocol::{header_names, headers};
 use mcp_gateway_core::session::{SessionId, SessionRecord, SessionStore, StoreError};
-use mcp_gateway_core::{Era, ErrorKind, GatewayError, McpRequest, ProtocolVersion, RequestId};
+use mcp_gateway_core::{
+    Era, ErrorKind, GatewayError, McpRequest, Principal, ProtocolVersion, RequestId,
+};
 use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -73,11 +75,23 @@ impl BackendSelector for RoundRobin {
     }
 }
 
-/// Who a session belongs to. An authentication layer puts this in the
-/// request extensions; a session created with one owner is unknown (404)
-/// to requests carrying another (or none).
+/// Who a session belongs to. A session created with one owner is unknown
+/// (404) to requests carrying another (or none).
+///
+/// The owner of a request is this, if its extensions hold one, else the
+/// key of its [`Principal`] (which is how the `auth` layer states it, with
+/// one extension fewer per request). A layer of your own that knows the
+/// caller without a `Principal` puts this in the request extensions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionOwner(pub Arc<str>);
+
+/// The owner of `req`'s session: see [`SessionOwner`].
+fn session_owner<B>(req: &Request<B>) -> Option<&str> {
+    let ext = req.extensions();
+    ext.get::<SessionOwner>()
+        .map(|o| &*o.0)
+        .or_else(|| ext.get::<Principal>().map(|p| &**p.key()))
+}
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,10 +403,7 @@ where
     let Some(instance) = instance else {
         return Ok(no_instance(id));
     };
-    let owner = req
-        .extensions()
-        .get::<SessionOwner>()
-        .map(|o| o.0.to_string());
+    let owner = session_owner(&req).map(str::to_owned);
     // initialize starts a new session: an id sent along is not forwarded.
     req.headers_mut().remove(&header_names::MCP_SESSION_ID);
     req.extensions_mut().insert(Instance(instance));
@@ -454,7 +465,7 @@ where
     let Some(rec) = shared.store.get(sid).await else {
         return not_found(&req);
     };
-    let owner = req.extensions().get::<SessionOwner>().map(|o| &*o.0);
+    let owner = session_owner(&req);
     if rec.owner() != owner {
         // Indistinguishable from an unknown id: no hint that it exists.
         return not_found(&req);
@@ -494,4 +505,20 @@ where
             .insert(header_names::MCP_SESSION_ID, rec.id_header().clone());
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_owner_is_the_one_stated_else_the_principals_key() {
+        let ann = Principal::builder("ann").build();
+        let mut req = Request::new(());
+        assert_eq!(session_owner(&req), None);
+        req.extensions_mut().insert(ann.clone());
+        assert_eq!(session_owner(&req), Some(&**ann.key()));
+        req.extensions_mut().insert(SessionOwner("team-a".into()));
+        assert_eq!(session_owner(&req), Some("team-a"));
+    }
 }
