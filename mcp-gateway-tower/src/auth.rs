@@ -77,6 +77,18 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Decides on the request head.
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a>;
 
+    /// Decides at once, without a future, when that needs no waiting (a
+    /// credential seen lately, or none of this authenticator's kind);
+    /// `None` sends the request to [`authenticate`](Self::authenticate).
+    /// Must agree with it. The default always says `None`.
+    ///
+    /// Why: most calls carry a token verified a moment ago, and answering
+    /// them here spares the layer a boxed future and a suspended state.
+    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+        let _ = parts;
+        None
+    }
+
     /// Header names holding credentials this authenticator reads; the
     /// layer removes them before the request goes on. `Authorization`
     /// is always removed.
@@ -88,6 +100,9 @@ pub trait Authenticator: Send + Sync + 'static {
 impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
         (**self).authenticate(parts)
+    }
+    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+        (**self).authenticate_now(parts)
     }
     fn credential_headers(&self) -> Vec<HeaderName> {
         (**self).credential_headers()
@@ -139,6 +154,16 @@ impl Authenticator for AuthChain {
             }
             AuthOutcome::NotMine
         })
+    }
+
+    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+        for a in &self.links {
+            match a.authenticate_now(parts)? {
+                AuthOutcome::NotMine => continue,
+                decided => return Some(decided),
+            }
+        }
+        Some(AuthOutcome::NotMine)
     }
 
     fn credential_headers(&self) -> Vec<HeaderName> {
@@ -242,14 +267,19 @@ impl ApiKeys {
 
 impl Authenticator for ApiKeys {
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
-        let out = match self.presented(parts) {
+        let out = self.authenticate_now(parts);
+        Box::pin(std::future::ready(out.unwrap_or(AuthOutcome::NotMine)))
+    }
+
+    /// Always decides at once: a key is a lookup.
+    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+        Some(match self.presented(parts) {
             None => AuthOutcome::NotMine,
             Some(k) => match self.lookup(k) {
                 Some(p) => AuthOutcome::Authenticated(p.clone()),
                 None => AuthOutcome::Rejected(AuthFailure::new("unknown API key")),
             },
-        };
-        Box::pin(std::future::ready(out))
+        })
     }
 
     fn credential_headers(&self) -> Vec<HeaderName> {
@@ -302,7 +332,13 @@ impl ClientCertAuthenticator {
 
 impl Authenticator for ClientCertAuthenticator {
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
-        let out = match parts.extensions.get::<PeerCertificate>() {
+        let out = self.authenticate_now(parts);
+        Box::pin(std::future::ready(out.unwrap_or(AuthOutcome::NotMine)))
+    }
+
+    /// Always decides at once: the certificate was verified by TLS.
+    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+        Some(match parts.extensions.get::<PeerCertificate>() {
             None => AuthOutcome::NotMine,
             Some(cert) => match cert.sans.first().or(cert.common_name.as_ref()) {
                 None => AuthOutcome::Rejected(AuthFailure::new("client certificate names nobody")),
@@ -317,8 +353,7 @@ impl Authenticator for ClientCertAuthenticator {
                     AuthOutcome::Authenticated(b.build())
                 }
             },
-        };
-        Box::pin(std::future::ready(out))
+        })
     }
 }
 
@@ -474,66 +509,99 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
-        Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            if parts.uri.query().is_some_and(query_has_credential) {
-                return Ok(refuse(
-                    ErrorKind::InvalidRequest,
-                    "credentials in the query string are not accepted; send Authorization: Bearer"
-                        .into(),
-                    challenge(
-                        &shared.cfg,
-                        Some("invalid_request"),
-                        Some("credentials in the query string are not accepted"),
-                    ),
-                ));
-            }
-            let outcome = shared.authenticator.authenticate(&parts).await;
-            let principal = match outcome {
-                AuthOutcome::Authenticated(p) => Some(p),
-                AuthOutcome::NotMine if shared.cfg.allow_anonymous => None,
-                AuthOutcome::NotMine => {
-                    return Ok(refuse(
-                        ErrorKind::Unauthorized,
-                        "Unauthorized: a credential is required".into(),
-                        shared.challenge.clone(),
-                    ))
+        let (parts, body) = req.into_parts();
+        if parts.uri.query().is_some_and(query_has_credential) {
+            return Box::pin(std::future::ready(Ok(refuse(
+                ErrorKind::InvalidRequest,
+                "credentials in the query string are not accepted; send Authorization: Bearer"
+                    .into(),
+                challenge(
+                    &shared.cfg,
+                    Some("invalid_request"),
+                    Some("credentials in the query string are not accepted"),
+                ),
+            ))));
+        }
+        if let Some(outcome) = shared.authenticator.authenticate_now(&parts) {
+            // Decided at once: no future holds the request while it waits.
+            return match admit(&shared, parts, outcome) {
+                Ok((parts, principal)) => {
+                    let fut = inner.call(Request::from_parts(parts, body));
+                    Box::pin(async move { fut.await.map(|res| with_principal(res, principal)) })
                 }
-                AuthOutcome::Rejected(f) => {
-                    tracing::info!(reason = %f.description, "credential refused");
-                    return Ok(refuse(
-                        ErrorKind::Unauthorized,
-                        format!("Unauthorized: {}", f.description),
-                        challenge(&shared.cfg, Some("invalid_token"), Some(&f.description)),
-                    ));
-                }
+                Err(refused) => Box::pin(std::future::ready(Ok(refused))),
             };
-            if let Some(p) = &principal {
-                if let Some(missing) = shared.cfg.required_scopes.iter().find(|s| !p.has_scope(s)) {
-                    return Ok(refuse(
-                        ErrorKind::InsufficientScope,
-                        format!("Forbidden: the token lacks the scope {missing}"),
-                        challenge(
-                            &shared.cfg,
-                            Some("insufficient_scope"),
-                            Some(&format!("the scope {missing} is required")),
-                        ),
-                    ));
-                }
-                parts.extensions.insert(p.clone());
+        }
+        Box::pin(async move {
+            let outcome = shared.authenticator.authenticate(&parts).await;
+            match admit(&shared, parts, outcome) {
+                Ok((parts, principal)) => inner
+                    .call(Request::from_parts(parts, body))
+                    .await
+                    .map(|res| with_principal(res, principal)),
+                Err(refused) => Ok(refused),
             }
-            for h in &shared.strip {
-                parts.headers.remove(h);
-            }
-            parts.headers.remove(header::COOKIE);
-            let mut res = inner.call(Request::from_parts(parts, body)).await?;
-            if let Some(p) = principal {
-                // For layers outside this one (the audit log).
-                res.extensions_mut().insert(p);
-            }
-            Ok(res)
         })
     }
+}
+
+/// Acts on what the authenticator said: the request's head, made ready to
+/// go on (the principal in its extensions, the credentials removed), and
+/// the principal; or the refusal to answer with.
+#[allow(clippy::result_large_err)]
+fn admit(
+    shared: &Shared,
+    mut parts: Parts,
+    outcome: AuthOutcome,
+) -> Result<(Parts, Option<Principal>), Response<Body>> {
+    let principal = match outcome {
+        AuthOutcome::Authenticated(p) => Some(p),
+        AuthOutcome::NotMine if shared.cfg.allow_anonymous => None,
+        AuthOutcome::NotMine => {
+            return Err(refuse(
+                ErrorKind::Unauthorized,
+                "Unauthorized: a credential is required".into(),
+                shared.challenge.clone(),
+            ))
+        }
+        AuthOutcome::Rejected(f) => {
+            tracing::info!(reason = %f.description, "credential refused");
+            return Err(refuse(
+                ErrorKind::Unauthorized,
+                format!("Unauthorized: {}", f.description),
+                challenge(&shared.cfg, Some("invalid_token"), Some(&f.description)),
+            ));
+        }
+    };
+    if let Some(p) = &principal {
+        if let Some(missing) = shared.cfg.required_scopes.iter().find(|s| !p.has_scope(s)) {
+            return Err(refuse(
+                ErrorKind::InsufficientScope,
+                format!("Forbidden: the token lacks the scope {missing}"),
+                challenge(
+                    &shared.cfg,
+                    Some("insufficient_scope"),
+                    Some(&format!("the scope {missing} is required")),
+                ),
+            ));
+        }
+        // Its key is also the owner of the sessions it starts.
+        parts.extensions.insert(p.clone());
+    }
+    for h in &shared.strip {
+        parts.headers.remove(h);
+    }
+    parts.headers.remove(header::COOKIE);
+    Ok((parts, principal))
+}
+
+/// `res` with the caller's principal, for layers outside this one (the
+/// audit log).
+fn with_principal(mut res: Response<Body>, principal: Option<Principal>) -> Response<Body> {
+    if let Some(p) = principal {
+        res.extensions_mut().insert(p);
+    }
+    res
 }
 
 /// Lowercase hex of `bytes`.

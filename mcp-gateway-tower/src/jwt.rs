@@ -477,16 +477,23 @@ fn now_secs() -> u64 {
 }
 
 impl Authenticator for JwtAuthenticator {
+    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+        let Some(raw) = bearer_bytes(parts) else {
+            return Some(AuthOutcome::NotMine);
+        };
+        // A token found here was verified, so checked, before: the bytes
+        // as sent are enough.
+        let p = self.recent.get_or_default().borrow_mut().get(raw)?;
+        Some(AuthOutcome::Authenticated(p))
+    }
+
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
         Box::pin(async move {
-            let Some(raw) = bearer_bytes(parts) else {
-                return AuthOutcome::NotMine;
-            };
-            // A token found here was verified, so checked, before: the
-            // bytes as sent are enough. (Not held across an await: the
-            // task may resume on another thread, with another cache.)
-            if let Some(p) = self.recent.get_or_default().borrow_mut().get(raw) {
-                return AuthOutcome::Authenticated(p);
+            // What `authenticate_now` answers (the thread's cache is not
+            // held across an await: the task may resume on another
+            // thread, with another cache).
+            if let Some(decided) = self.authenticate_now(parts) {
+                return decided;
             }
             let Some(token) = bearer_token(parts).filter(|t| looks_like_jwt(t)) else {
                 return AuthOutcome::NotMine;
@@ -647,6 +654,53 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_token_verified_lately_is_decided_at_once_and_no_other() {
+        let auth = JwtAuthenticator::with_keys(
+            JwtConfig {
+                algorithms: vec![Algorithm::HS256],
+                ..Default::default()
+            },
+            vec![JwtKey::hmac(Some("h1"), Algorithm::HS256, b"s3cret").unwrap()],
+        );
+        let claims = serde_json::json!({"sub": "svc", "exp": now_secs() + 60});
+        let good = token(Algorithm::HS256, "h1", b"s3cret", claims.clone());
+        let bad = token(Algorithm::HS256, "h1", b"wrong", claims);
+        let head = |auth: Option<&str>| {
+            let mut req = http::Request::new(());
+            if let Some(a) = auth {
+                req.headers_mut()
+                    .insert(http::header::AUTHORIZATION, a.parse().unwrap());
+            }
+            req.into_parts().0
+        };
+        // No bearer token: not this authenticator's, at once.
+        assert!(matches!(
+            auth.authenticate_now(&head(None)),
+            Some(AuthOutcome::NotMine)
+        ));
+        let good_head = head(Some(&format!("Bearer {good}")));
+        // Not seen yet: it needs verifying.
+        assert!(auth.authenticate_now(&good_head).is_none());
+        assert!(matches!(
+            auth.authenticate(&good_head).await,
+            AuthOutcome::Authenticated(_)
+        ));
+        match auth.authenticate_now(&good_head) {
+            Some(AuthOutcome::Authenticated(p)) => assert_eq!(p.subject(), "svc"),
+            other => panic!("expected the cached principal, got {other:?}"),
+        }
+        // A bad token is never decided at once, however often it is sent.
+        let bad_head = head(Some(&format!("Bearer {bad}")));
+        for _ in 0..2 {
+            assert!(matches!(
+                auth.authenticate(&bad_head).await,
+                AuthOutcome::Rejected(_)
+            ));
+            assert!(auth.authenticate_now(&bad_head).is_none());
+        }
+    }
 
     #[test]
     fn recent_tokens_are_told_apart_whole_not_by_their_tag() {

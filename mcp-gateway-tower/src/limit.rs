@@ -140,7 +140,17 @@ pub struct Budget {
 }
 
 /// A held slot of a concurrency cap; released when dropped.
-pub struct Slot(#[allow(dead_code)] Box<dyn Send + Sync>);
+pub struct Slot(#[allow(dead_code)] SlotKind);
+
+/// How a slot is given back: by dropping what it holds (never read).
+#[allow(dead_code)]
+enum SlotKind {
+    /// The in-process limiter's own: no allocation (two per call, with a
+    /// principal's and a backend's cap).
+    Local(SlotGuard),
+    /// Any other limiter's guard.
+    Guard(Box<dyn Send + Sync>),
+}
 
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,7 +161,7 @@ impl std::fmt::Debug for Slot {
 impl Slot {
     /// A slot releasing through `guard`'s `Drop`.
     pub fn new(guard: impl Send + Sync + 'static) -> Self {
-        Slot(Box::new(guard))
+        Slot(SlotKind::Guard(Box::new(guard)))
     }
 }
 
@@ -481,7 +491,7 @@ impl Limiter for InMemoryLimiter {
                 (v < max).then_some(v + 1)
             })
             .is_ok();
-        StoreFuture::ready(taken.then(|| Slot::new(SlotGuard(e))))
+        StoreFuture::ready(taken.then(|| Slot(SlotKind::Local(SlotGuard(e)))))
     }
 
     fn charge(
@@ -640,7 +650,7 @@ struct Shared {
     /// `cfg.tool_costs`, compiled, in the same order.
     tool_costs: Vec<(Glob, u64)>,
     /// Session slots by gateway session id, released when it ends.
-    sessions: Mutex<HashMap<String, Vec<Slot>>>,
+    sessions: Mutex<HashMap<String, Slots>>,
 }
 
 /// Builds [`Limit`] services; also the [`SessionObserver`] that frees
@@ -793,9 +803,42 @@ fn refusal(
     res
 }
 
+/// The slots a call or a session holds: the first two (a principal's and
+/// a backend's, all one message takes) in place, any more (a batch's) in
+/// a vector. Saves an allocation per call.
+#[derive(Default)]
+struct Slots {
+    first: [Option<Slot>; 2],
+    more: Vec<Slot>,
+}
+
+impl Slots {
+    fn push(&mut self, s: Slot) {
+        match self.first.iter_mut().find(|f| f.is_none()) {
+            Some(free) => *free = Some(s),
+            None => self.more.push(s),
+        }
+    }
+
+    fn append(&mut self, other: Slots) {
+        for s in other.first.into_iter().flatten().chain(other.more) {
+            self.push(s);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.iter().all(Option::is_none) && self.more.is_empty()
+    }
+
+    /// Gives every slot back.
+    fn release(&mut self) {
+        *self = Slots::default();
+    }
+}
+
 /// Permits and counters a call carries until its response body ends.
 struct CallHold {
-    slots: Vec<Slot>,
+    slots: Slots,
     tokens: Option<(LimitKey, Budget)>,
 }
 
@@ -829,7 +872,7 @@ impl Shared {
         &self,
         who: &Arc<str>,
         m: &Message,
-    ) -> Result<(Vec<Slot>, u64), (LimitKind, Duration)> {
+    ) -> Result<(Slots, u64), (LimitKind, Duration)> {
         // One key for the principal and one for the backend, whose kind
         // changes from check to check: fewer reference-count updates on the
         // shared names (every one a cache line bounced between threads).
@@ -868,7 +911,7 @@ impl Shared {
                 .map_err(|d| (LimitKind::BackendRate, d))?;
         }
         // At most two: the principal's and the backend's.
-        let mut slots = Vec::with_capacity(2);
+        let mut slots = Slots::default();
         mine.kind = LimitKind::PrincipalInFlight;
         if let Some(k) = &mut theirs {
             k.kind = LimitKind::BackendInFlight;
@@ -965,7 +1008,7 @@ where
 
 /// What the admitted messages of a request took: slots and cost.
 struct Admitted {
-    slots: Vec<Slot>,
+    slots: Slots,
     cost: u64,
 }
 
@@ -977,7 +1020,7 @@ async fn admit_all(
     mcp: &McpRequest,
 ) -> Result<Option<Admitted>, Response<Body>> {
     let mut admitted = Admitted {
-        slots: Vec::new(),
+        slots: Slots::default(),
         cost: 0,
     };
     let mut counted = false;
@@ -992,7 +1035,7 @@ async fn admit_all(
                 if admitted.slots.is_empty() {
                     admitted.slots = s;
                 } else {
-                    admitted.slots.extend(s);
+                    admitted.slots.append(s);
                 }
                 admitted.cost += c;
             }
@@ -1052,7 +1095,7 @@ where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
 {
     let retry = Duration::from_secs(shared.cfg.session_retry_after_secs);
-    let mut slots = Vec::new();
+    let mut slots = Slots::default();
     for (kind, max, subject) in [
         (
             LimitKind::PrincipalSessions,
@@ -1172,7 +1215,7 @@ impl http_body::Body for HeldBody {
         if ended {
             let n = std::mem::take(this.pending);
             charge_tokens(this.shared, &this.hold.tokens, n);
-            this.hold.slots.clear();
+            this.hold.slots.release();
         }
         res
     }
@@ -1305,6 +1348,33 @@ mod tests {
             let p = k.tool.as_ref().unwrap().as_ptr() as usize;
             assert!(!range.contains(&p), "the cached key shares the body");
         }
+    }
+
+    #[test]
+    fn a_batchs_slots_beyond_the_first_two_are_all_held_and_given_back() {
+        struct Counted(Arc<AtomicU32>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let held = Arc::new(AtomicU32::new(0));
+        let slot = || {
+            held.fetch_add(1, Ordering::AcqRel);
+            Slot::new(Counted(held.clone()))
+        };
+        let (mut a, mut b) = (Slots::default(), Slots::default());
+        assert!(a.is_empty());
+        a.push(slot());
+        for _ in 0..3 {
+            b.push(slot());
+        }
+        a.append(b);
+        assert!(!a.is_empty());
+        assert_eq!(held.load(Ordering::Acquire), 4);
+        a.release();
+        assert!(a.is_empty());
+        assert_eq!(held.load(Ordering::Acquire), 0);
     }
 
     #[test]
