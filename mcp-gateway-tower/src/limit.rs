@@ -258,14 +258,14 @@ type Shard = RwLock<HashMap<LimitKey, Arc<Entry>, Hasher>>;
 /// this thread touches, then atomics on the entry.
 struct ThreadCache {
     generation: u64,
-    entries: HashMap<LimitKey, Arc<Entry>, Hasher>,
+    entries: HashMap<LimitKey, Arc<Handle>, Hasher>,
     /// The last entry this thread used of each kind, in front of the map.
     /// Why: one call checks up to seven keys, each of another kind, and
     /// the next call of the same caller checks the same seven; a compare
     /// (the subject's pointer first) then replaces hashing the subject and
     /// the tool and probing the map. A caller of another kind's key costs
     /// one compare more than the map alone.
-    last: [Option<(LimitKey, Arc<Entry>)>; KINDS],
+    last: [Option<(LimitKey, Arc<Handle>)>; KINDS],
     /// Lookups since this thread last swept the shared table.
     ops: u32,
 }
@@ -344,8 +344,8 @@ impl InMemoryLimiter {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    /// The entry of `key`, from this thread's cache when it has it.
-    fn entry(&self, key: &LimitKey) -> Arc<Entry> {
+    /// This thread's handle on the entry of `key`.
+    fn entry(&self, key: &LimitKey) -> Arc<Handle> {
         self.with_entry(key, Arc::clone)
     }
 
@@ -353,7 +353,7 @@ impl InMemoryLimiter {
     /// entry is shared by every thread, and a count taken and given back
     /// on each check would move its cache line between them. `f` must not
     /// call back into the limiter (the thread's cache is borrowed).
-    fn with_entry<R>(&self, key: &LimitKey, f: impl FnOnce(&Arc<Entry>) -> R) -> R {
+    fn with_entry<R>(&self, key: &LimitKey, f: impl FnOnce(&Arc<Handle>) -> R) -> R {
         let cell = self.local.get_or(|| {
             RefCell::new(ThreadCache {
                 generation: self.generation.load(Ordering::Acquire),
@@ -385,7 +385,7 @@ impl InMemoryLimiter {
         let (k, e) = match cache.entries.get_key_value(key) {
             Some((k, e)) => (k.clone(), e.clone()),
             None => {
-                let (k, e) = (owned(key), self.shared_entry(key));
+                let (k, e) = (owned(key), Arc::new(Handle(self.shared_entry(key))));
                 cache.entries.insert(k.clone(), e.clone());
                 (k, e)
             }
@@ -465,8 +465,22 @@ fn owned(key: &LimitKey) -> LimitKey {
     }
 }
 
+/// One thread's hold on a shared entry. Why: a slot keeps its entry
+/// alive until it is given back, and counting that on the entry's own
+/// reference count would move the count's cache line between threads
+/// twice a slot; a thread's handle is counted where only that thread
+/// (usually) looks.
+struct Handle(Arc<Entry>);
+
+impl std::ops::Deref for Handle {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        &self.0
+    }
+}
+
 /// Gives a slot back when dropped: one atomic decrement, no lock.
-struct SlotGuard(Arc<Entry>);
+struct SlotGuard(Arc<Handle>);
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
