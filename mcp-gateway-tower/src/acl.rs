@@ -35,9 +35,10 @@ use serde_json::Value;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{take_ready, Body, BoxFuture};
+use crate::body::{Body, BoxFuture};
 use crate::error::error_response;
 use crate::pinning::ToolPins;
+use thread_local::ThreadLocal;
 
 /// The backend a request went to, by name: in the response extensions for
 /// layers outside the ACL (the audit log).
@@ -139,7 +140,22 @@ const MAX_LIST_BYTES: usize = 16 << 20;
 struct Shared {
     policy: Arc<dyn ToolPolicy>,
     backend: Arc<str>,
+    /// Each thread's copy of `backend`, for the name every response
+    /// carries: a count only that thread moves (the shared name's count
+    /// would move between cores on every call).
+    backend_here: ThreadLocal<Arc<str>>,
     pins: Option<Arc<ToolPins>>,
+}
+
+impl Shared {
+    /// The backend's name for a response: this thread's copy.
+    fn backend_name(&self) -> BackendName {
+        BackendName(
+            self.backend_here
+                .get_or(|| Arc::from(&*self.backend))
+                .clone(),
+        )
+    }
 }
 
 /// Builds [`Acl`] services.
@@ -172,6 +188,7 @@ impl AclLayer {
             shared: Arc::new(Shared {
                 policy,
                 backend: backend.into(),
+                backend_here: ThreadLocal::new(),
                 pins,
             }),
         }
@@ -454,16 +471,14 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
-        let mut inner = take_ready(&mut self.inner);
-        let shared = self.shared.clone();
+        let shared = &self.shared;
         let principal = req.extensions().get::<Principal>().cloned();
         let mut list = None;
         if let Some(mcp) = req.extensions().get::<McpRequest>() {
             for m in mcp.envelope().messages() {
                 if let Err(e) = shared.guard(principal.as_ref(), mcp.body(), m) {
                     let mut res = error_response(&e, m.id());
-                    res.extensions_mut()
-                        .insert(BackendName(shared.backend.clone()));
+                    res.extensions_mut().insert(shared.backend_name());
                     return Box::pin(std::future::ready(Ok(res)));
                 }
                 if let Some(k) = m.method().and_then(ListKind::of) {
@@ -471,12 +486,18 @@ where
                 }
             }
         }
+        // The service polled ready, as it is: no clone of the stack below
+        // (see `Audit::call`).
+        let name = shared.backend_name();
+        // Only a list's answer needs the layer's state (to filter it): the
+        // shared count is left alone on every other call.
+        let list = list.map(|(kind, id)| (kind, id, shared.clone(), principal));
+        let fut = self.inner.call(req);
         Box::pin(async move {
-            let mut res = inner.call(req).await?;
-            res.extensions_mut()
-                .insert(BackendName(shared.backend.clone()));
+            let mut res = fut.await?;
+            res.extensions_mut().insert(name);
             match list {
-                Some((kind, id)) if res.status().is_success() => {
+                Some((kind, id, shared, principal)) if res.status().is_success() => {
                     Ok(filter_response(shared, principal, kind, id, res).await)
                 }
                 _ => Ok(res),

@@ -57,7 +57,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::acl::BackendName;
-use crate::body::{lock, take_ready, Body, BoxError, BoxFuture};
+use crate::body::{lock, Body, BoxError, BoxFuture};
 use crate::error::error_response;
 use crate::limit::{CostCharged, LimitKind};
 use crate::session::{SessionEnd, SessionObserver};
@@ -909,7 +909,6 @@ where
             );
             return Box::pin(std::future::ready(Ok(error_response(&e, None))));
         }
-        let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
         let session = req
             .headers()
@@ -930,7 +929,11 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok()),
         };
-        let fut = inner.call(req);
+        // Called here, not in the future: the service polled ready is used
+        // as it is, with no clone of the stack below (a clone touches the
+        // reference count of every layer under this one, counts every
+        // serving thread shares).
+        let fut = self.inner.call(req);
         // One await; what follows is plain code outside the future.
         Box::pin(async move { Ok(watch(shared, asked, fut.await?)) })
     }

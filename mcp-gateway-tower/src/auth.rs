@@ -507,8 +507,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
-        let shared = self.shared.clone();
+        let shared = &self.shared;
         let (parts, body) = req.into_parts();
         if parts.uri.query().is_some_and(query_has_credential) {
             return Box::pin(std::future::ready(Ok(refuse(
@@ -524,14 +523,18 @@ where
         }
         if let Some(outcome) = shared.authenticator.authenticate_now(&parts) {
             // Decided at once: no future holds the request while it waits.
-            return match admit(&shared, parts, outcome) {
+            return match admit(shared, parts, outcome) {
                 Ok((parts, principal)) => {
-                    let fut = inner.call(Request::from_parts(parts, body));
+                    // The service polled ready, as it is: no clone of the
+                    // stack below (see `Audit::call`).
+                    let fut = self.inner.call(Request::from_parts(parts, body));
                     Box::pin(async move { fut.await.map(|res| with_principal(res, principal)) })
                 }
                 Err(refused) => Box::pin(std::future::ready(Ok(refused))),
             };
         }
+        let mut inner = take_ready(&mut self.inner);
+        let shared = shared.clone();
         Box::pin(async move {
             let outcome = shared.authenticator.authenticate(&parts).await;
             match admit(&shared, parts, outcome) {

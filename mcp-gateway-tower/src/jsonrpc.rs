@@ -38,11 +38,13 @@
 //! ```
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method as HttpMethod, Request, Response};
+use http_body::Frame;
 use http_body_util::BodyExt;
 use mcp_gateway_core::protocol::{check_stateless_headers, header_names, HeaderValue};
 use mcp_gateway_core::{Envelope, ErrorKind, GatewayError, McpRequest, ProtocolVersion};
@@ -127,84 +129,147 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> BoxFuture {
-        // Take the service that was driven to readiness; leave a clone.
-        let mut inner = take_ready(&mut self.inner);
         let max = self.cfg.max_body_bytes;
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            match parts.method {
-                HttpMethod::POST => {}
-                HttpMethod::GET | HttpMethod::DELETE => {
-                    let version = match header_version(&parts.headers) {
-                        Ok(v) => v,
-                        Err(e) => return Ok(error_response(&e, None)),
-                    };
-                    if version == Some(ProtocolVersion::V2026_07_28) {
-                        return Ok(error_response(
-                            &GatewayError::new(
-                                ErrorKind::MethodNotAllowed,
-                                "GET and DELETE are not part of the 2026-07-28 transport; use POST",
-                            ),
-                            None,
-                        ));
-                    }
-                    if parts.method == HttpMethod::GET
-                        && !accepts(&parts.headers, "text/event-stream")
-                    {
-                        return Ok(error_response(
-                            &GatewayError::new(
-                                ErrorKind::NotAcceptable,
-                                "Not Acceptable: GET requires Accept: text/event-stream",
-                            ),
-                            None,
-                        ));
-                    }
-                    return inner
-                        .call(Request::from_parts(parts, Body::empty()))
-                        .await
-                        .map(|r| r.map(Body::new));
+        let (parts, body) = req.into_parts();
+        match parts.method {
+            HttpMethod::POST => {}
+            HttpMethod::GET | HttpMethod::DELETE => {
+                if let Err(refused) = check_get_or_delete(&parts) {
+                    return ready(refused);
                 }
-                _ => {
-                    return Ok(error_response(
-                        &GatewayError::new(ErrorKind::MethodNotAllowed, "Method Not Allowed"),
-                        None,
-                    ))
-                }
+                let fut = self.inner.call(Request::from_parts(parts, Body::empty()));
+                return Box::pin(async move { fut.await.map(|r| r.map(Body::new)) });
             }
-            if let Err(e) = check_post_headers(&parts.headers) {
-                return Ok(error_response(&e, None));
+            _ => {
+                return ready(error_response(
+                    &GatewayError::new(ErrorKind::MethodNotAllowed, "Method Not Allowed"),
+                    None,
+                ))
             }
-            let bytes = match read_body(&parts.headers, body, max).await {
+        }
+        if let Err(e) = check_post_headers(&parts.headers) {
+            return ready(error_response(&e, None));
+        }
+        if let Err(e) = check_declared_len(&parts.headers, max) {
+            return ready(error_response(&e, None));
+        }
+        // Most bodies arrive whole, already read by the server: then the
+        // request goes on from here, to the service polled ready as it is.
+        // Why: a future holding a clone of the stack below would touch the
+        // reference count of every layer under this one, counts that every
+        // serving thread shares.
+        let mut body = Box::pin(body);
+        let first = body
+            .as_mut()
+            .poll_frame(&mut Context::from_waker(std::task::Waker::noop()));
+        if let Poll::Ready(first) = first {
+            if first.is_none() || body.is_end_stream() {
+                let req = match first_frame(first, max) {
+                    Ok(bytes) => prepare(parts, bytes),
+                    Err(refused) => Err(refused),
+                };
+                return match req {
+                    Ok((req, seen)) => {
+                        let fut = self.inner.call(req);
+                        Box::pin(async move { fut.await.map(|r| answered(r, seen)) })
+                    }
+                    Err(refused) => ready(refused),
+                };
+            }
+            // More to come: read on below, this frame first.
+            let first = match first_frame(first, max) {
                 Ok(b) => b,
-                Err(e) => return Ok(error_response(&e, None)),
+                Err(refused) => return ready(refused),
             };
-            let envelope = match Envelope::parse(bytes.clone()) {
-                Ok(e) => e,
-                Err(e) => return Ok(error_response(&e, None)),
+            let mut inner = take_ready(&mut self.inner);
+            return Box::pin(async move {
+                let req = match read_rest(first, body, max).await {
+                    Ok(bytes) => prepare(parts, bytes),
+                    Err(e) => Err(error_response(&e, None)),
+                };
+                match req {
+                    Ok((req, seen)) => inner.call(req).await.map(|r| answered(r, seen)),
+                    Err(refused) => Ok(refused),
+                }
+            });
+        }
+        let mut inner = take_ready(&mut self.inner);
+        Box::pin(async move {
+            let req = match read_body(body, max).await {
+                Ok(bytes) => prepare(parts, bytes),
+                Err(e) => Err(error_response(&e, None)),
             };
-            let first_id = envelope.first_id().cloned();
-            // The version is checked after parsing so that even this error
-            // can answer the request's id, as JSON-RPC requires.
-            let version = match header_version(&parts.headers) {
-                Ok(v) => v,
-                Err(e) => return Ok(error_response(&e, first_id.as_ref())),
-            };
-            let mcp = match validate(&parts.headers, bytes.clone(), envelope, version) {
-                Ok(m) => m,
-                Err(e) => return Ok(error_response(&e, first_id.as_ref())),
-            };
-            let mut req = Request::from_parts(parts, Body::full(bytes));
-            // The response carries it too, for layers outside this one (the
-            // audit log) that see only what comes back.
-            let seen = mcp.clone();
-            req.extensions_mut().insert(mcp);
-            inner.call(req).await.map(|r| {
-                let mut r = r.map(Body::new);
-                r.extensions_mut().insert(seen);
-                r
-            })
+            match req {
+                Ok((req, seen)) => inner.call(req).await.map(|r| answered(r, seen)),
+                Err(refused) => Ok(refused),
+            }
         })
     }
+}
+
+/// A future that is ready with `res`.
+fn ready(res: Response<Body>) -> BoxFuture {
+    Box::pin(std::future::ready(Ok(res)))
+}
+
+/// `GET` (a server stream) and `DELETE` (a session's end): no body to
+/// read, but the protocol version and `Accept` still count.
+#[allow(clippy::result_large_err)]
+fn check_get_or_delete(parts: &http::request::Parts) -> Result<(), Response<Body>> {
+    let version = header_version(&parts.headers).map_err(|e| error_response(&e, None))?;
+    if version == Some(ProtocolVersion::V2026_07_28) {
+        return Err(error_response(
+            &GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                "GET and DELETE are not part of the 2026-07-28 transport; use POST",
+            ),
+            None,
+        ));
+    }
+    if parts.method == HttpMethod::GET && !accepts(&parts.headers, "text/event-stream") {
+        return Err(error_response(
+            &GatewayError::new(
+                ErrorKind::NotAcceptable,
+                "Not Acceptable: GET requires Accept: text/event-stream",
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and validates a `POST`'s body: the request to send on, with its
+/// [`McpRequest`] in the extensions, and a copy of that for the response;
+/// or the error to answer with.
+#[allow(clippy::result_large_err)]
+fn prepare(
+    parts: http::request::Parts,
+    bytes: Bytes,
+) -> Result<(Request<Body>, McpRequest), Response<Body>> {
+    let envelope = Envelope::parse(bytes.clone()).map_err(|e| error_response(&e, None))?;
+    let first_id = envelope.first_id().cloned();
+    // The version is checked after parsing so that even this error can
+    // answer the request's id, as JSON-RPC requires.
+    let refuse = |e: GatewayError| error_response(&e, first_id.as_ref());
+    let version = header_version(&parts.headers).map_err(refuse)?;
+    let mcp = validate(&parts.headers, bytes.clone(), envelope, version).map_err(refuse)?;
+    let mut req = Request::from_parts(parts, Body::full(bytes));
+    // The response carries it too, for layers outside this one (the audit
+    // log) that see only what comes back.
+    let seen = mcp.clone();
+    req.extensions_mut().insert(mcp);
+    Ok((req, seen))
+}
+
+/// The response, with the request's [`McpRequest`] for outer layers.
+fn answered<RB>(r: Response<RB>, seen: McpRequest) -> Response<Body>
+where
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    let mut r = r.map(Body::new);
+    r.extensions_mut().insert(seen);
+    r
 }
 
 /// The `MCP-Protocol-Version` header, if sent; unknown → -32022.
@@ -290,45 +355,82 @@ fn check_post_headers(h: &HeaderMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
-async fn read_body<B>(h: &HeaderMap, body: B, max: usize) -> Result<Bytes, GatewayError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let too_large = || {
-        GatewayError::new(
-            ErrorKind::PayloadTooLarge,
-            format!("Payload Too Large: request body exceeds {max} bytes"),
-        )
-        .with_data(&serde_json::json!({ "maxBytes": max }))
-    };
+/// The error for a body over `max` bytes (413).
+fn too_large(max: usize) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("Payload Too Large: request body exceeds {max} bytes"),
+    )
+    .with_data(&serde_json::json!({ "maxBytes": max }))
+}
+
+/// The error for a body that could not be read (400).
+fn unreadable(e: BoxError) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::InvalidRequest,
+        format!("could not read request body: {e}"),
+    )
+}
+
+/// Refuses a body whose declared length is over `max`, before reading it.
+fn check_declared_len(h: &HeaderMap, max: usize) -> Result<(), GatewayError> {
     let declared = h
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
+        return Err(too_large(max));
     }
-    let unreadable = |e: BoxError| {
-        GatewayError::new(
-            ErrorKind::InvalidRequest,
-            format!("could not read request body: {e}"),
-        )
+    Ok(())
+}
+
+/// The bytes of a body's first frame (`None`: the body is empty), or the
+/// error response for it.
+#[allow(clippy::result_large_err)]
+fn first_frame<E: Into<BoxError>>(
+    first: Option<Result<Frame<Bytes>, E>>,
+    max: usize,
+) -> Result<Bytes, Response<Body>> {
+    let bytes = match first {
+        None => Bytes::new(),
+        Some(Err(e)) => return Err(error_response(&unreadable(e.into()), None)),
+        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
     };
-    // Most bodies arrive whole in one frame (the server hands over a body
-    // it has already read): take it as it is, without a collector.
-    let mut body = std::pin::pin!(body);
+    if bytes.len() > max {
+        return Err(error_response(&too_large(max), None));
+    }
+    Ok(bytes)
+}
+
+/// Reads a whole body, bounded by `max`.
+async fn read_body<B>(mut body: Pin<Box<B>>, max: usize) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    // Most bodies arrive whole in one frame: take it as it is, without a
+    // collector.
     let first = match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
         None => return Ok(Bytes::new()),
         Some(Err(e)) => return Err(unreadable(e.into())),
         Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
     };
     if first.len() > max {
-        return Err(too_large());
+        return Err(too_large(max));
     }
     if body.is_end_stream() {
         return Ok(first);
     }
+    read_rest(first, body, max).await
+}
+
+/// Reads the rest of a body whose first `first` bytes are in, bounded by
+/// `max` in all.
+async fn read_rest<B>(first: Bytes, body: Pin<Box<B>>, max: usize) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     match http_body_util::Limited::new(body, max - first.len())
         .collect()
         .await
@@ -341,7 +443,7 @@ where
             all.extend_from_slice(&rest);
             Ok(all.freeze())
         }
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
         Err(e) => Err(unreadable(e)),
     }
 }
@@ -499,12 +601,32 @@ mod tests {
             Bytes::from_static(b.as_bytes()),
         ];
         let res = echo
+            .clone()
             .oneshot(post("").body(frames(parts)).unwrap())
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, msg.as_bytes(), "downstream gets the same bytes");
+        // A body not there yet when the request comes in: read when it is.
+        let later = futures_util::stream::once(async move {
+            tokio::task::yield_now().await;
+            Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(msg.as_bytes())))
+        });
+        let res = echo
+            .oneshot(
+                post("")
+                    .body(Body::new(http_body_util::StreamBody::new(later)))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            body,
+            msg.as_bytes(),
+            "a body that comes later is read whole"
+        );
         // Over the limit across frames, with no Content-Length: 413.
         let mib = Bytes::from(vec![b' '; 1 << 20]);
         let r = post("").body(frames(vec![mib; 5])).unwrap();

@@ -981,23 +981,25 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
-        let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
         let Some(mcp) = req.extensions().get::<McpRequest>().cloned() else {
-            return Box::pin(inner.call(req));
+            return Box::pin(self.inner.call(req));
         };
         let who = limit_subject(&req);
         if mcp.is_initialize() {
+            let inner = take_ready(&mut self.inner);
             return Box::pin(async move { initialize(&shared, &who, &mcp, inner, req).await });
         }
         if shared.limiter.is_local() {
             // The in-process limiter answers at once: decide here, and
             // leave the future only the wait for the response (a smaller
-            // future, no limiter states in it).
+            // future, no limiter states in it), calling the service polled
+            // ready as it is (no clone of the stack below: see
+            // `Audit::call`).
             match admit_all_now(&shared, &who, &mcp) {
-                Some(Ok(None)) => return Box::pin(inner.call(req)),
+                Some(Ok(None)) => return Box::pin(self.inner.call(req)),
                 Some(Ok(Some(admitted))) => {
-                    let fut = inner.call(req);
+                    let fut = self.inner.call(req);
                     return Box::pin(async move {
                         let res = fut.await?;
                         Ok(hold(shared, who, res, admitted))
@@ -1008,6 +1010,7 @@ where
                 None => {}
             }
         }
+        let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
             let admitted = match admit_all(&shared, &who, &mcp).await {
                 Ok(None) => return inner.call(req).await,
