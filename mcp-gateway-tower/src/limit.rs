@@ -873,7 +873,13 @@ impl Shared {
         }
     }
 
-    fn cost_of(&self, tool: &str) -> u64 {
+    /// The cost of a call of `tool` (its name as sent: the name is read as
+    /// text only when some tool has a cost of its own).
+    fn cost_of(&self, tool: &[u8]) -> u64 {
+        if self.tool_costs.is_empty() {
+            return self.cfg.default_cost;
+        }
+        let tool = std::str::from_utf8(tool).unwrap_or("");
         self.tool_costs
             .iter()
             .find(|(pat, _)| pat.matches(tool))
@@ -954,7 +960,7 @@ impl Shared {
         let mut cost = 0;
         if let (Some(b), Some(t)) = (self.cfg.cost_budget, &tool) {
             mine.kind = LimitKind::CostBudget;
-            cost = self.cost_of(std::str::from_utf8(t).unwrap_or(""));
+            cost = self.cost_of(t);
             self.limiter
                 .charge(&mine, &b, cost, true)
                 .await
