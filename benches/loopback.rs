@@ -13,7 +13,8 @@
 //! between scenarios, and the gateway process's resident memory holding
 //! 100 000 idle sessions.
 //!
-//! Each scenario runs `MCPGW_BENCH_REPS` rounds (default 5) of
+//! Each scenario runs `MCPGW_BENCH_REPS` rounds (default 5; three times
+//! as many at 32 connections, whose runs are short) of
 //! `MCPGW_BENCH_CALLS` calls (default 20 000); a round runs every server in
 //! turn, forward on even rounds and backward on odd ones. Figures are
 //! medians; differences are medians of the per-round differences, so the
@@ -695,7 +696,8 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
     let stub = Server::start(&["--role", "stub"]);
     let bearer = format!("Bearer {}", bench_token());
     println!(
-        "mcp-gateway loopback benchmark: {calls} tools/call per run, {reps} interleaved runs per scenario (medians); stub, server under test and load client in three processes on this {}-core machine",
+        "mcp-gateway loopback benchmark: {calls} tools/call per run, {reps} interleaved runs per scenario at 1 connection and {} at 32 (medians); stub, server under test and load client in three processes on this {}-core machine",
+        reps * 3,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
@@ -751,7 +753,11 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
                 (&full, "/mcp", true, Some(&bearer)),
             ];
             let mut all: Vec<Vec<Run>> = (0..servers.len()).map(|_| Vec::new()).collect();
-            for rep in 0..reps {
+            // A 32-connection run takes a third of a second, short enough
+            // for the host's hiccups to move one server's figure and not
+            // its neighbour's: three times the rounds, for steadier medians.
+            let rounds = if conns == 1 { reps } else { reps * 3 };
+            for rep in 0..rounds {
                 for i in round_order(servers.len(), rep) {
                     let (server, path, gateway, auth) = servers[i];
                     all[i].push(run(server, path, gateway, auth, conns, calls).await);
