@@ -144,10 +144,115 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// An [`AuditEvent`] lent rather than given: the same fields, borrowed.
+///
+/// The audit layer hands each call's record to [`AuditSink::record_ref`]
+/// in this form, so that a sink writing it out at once (the JSON Lines
+/// file, `tracing`) copies none of its strings; a sink that keeps records
+/// makes an [`AuditEvent`] of it ([`to_event`](Self::to_event)), which is
+/// what [`AuditSink::record_ref`] does unless a sink says otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[allow(missing_docs)] // The fields are those of `AuditEvent`.
+pub struct AuditEventRef<'a> {
+    pub event: &'a str,
+    pub time: &'a str,
+    pub principal: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+    pub auth_method: Option<&'a str>,
+    pub session: Option<&'a str>,
+    pub backend: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub id: Option<&'a str>,
+    pub outcome: &'a str,
+    pub error_code: Option<i64>,
+    pub limit: Option<&'a str>,
+    pub http_status: Option<u16>,
+    pub ttfb_us: Option<u64>,
+    pub duration_us: Option<u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub progress: u64,
+    pub cost: u64,
+    pub arguments: Option<&'a str>,
+    pub protocol_version: Option<&'a str>,
+    pub calls: Option<u64>,
+    pub errors: Option<u64>,
+    pub end_reason: Option<&'a str>,
+}
+
+impl AuditEvent {
+    /// This record, lent.
+    pub fn borrowed(&self) -> AuditEventRef<'_> {
+        AuditEventRef {
+            event: &self.event,
+            time: &self.time,
+            principal: self.principal.as_deref(),
+            tenant: self.tenant.as_deref(),
+            auth_method: self.auth_method.as_deref(),
+            session: self.session.as_deref(),
+            backend: self.backend.as_deref(),
+            method: self.method.as_deref(),
+            target: self.target.as_deref(),
+            id: self.id.as_deref(),
+            outcome: &self.outcome,
+            error_code: self.error_code,
+            limit: self.limit.as_deref(),
+            http_status: self.http_status,
+            ttfb_us: self.ttfb_us,
+            duration_us: self.duration_us,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            progress: self.progress,
+            cost: self.cost,
+            arguments: self.arguments.as_deref(),
+            protocol_version: self.protocol_version.as_deref(),
+            calls: self.calls,
+            errors: self.errors,
+            end_reason: self.end_reason.as_deref(),
+        }
+    }
+}
+
+impl AuditEventRef<'_> {
+    /// A record of its own, with copies of the strings.
+    pub fn to_event(&self) -> AuditEvent {
+        let text = |s: Option<&str>| s.map(str::to_owned);
+        let name = |s: Option<&str>| s.map(|s| Cow::Owned(s.to_owned()));
+        AuditEvent {
+            event: Cow::Owned(self.event.to_owned()),
+            time: self.time.to_owned(),
+            principal: text(self.principal),
+            tenant: text(self.tenant),
+            auth_method: name(self.auth_method),
+            session: text(self.session),
+            backend: text(self.backend),
+            method: name(self.method),
+            target: text(self.target),
+            id: text(self.id),
+            outcome: Cow::Owned(self.outcome.to_owned()),
+            error_code: self.error_code,
+            limit: name(self.limit),
+            http_status: self.http_status,
+            ttfb_us: self.ttfb_us,
+            duration_us: self.duration_us,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            progress: self.progress,
+            cost: self.cost,
+            arguments: text(self.arguments),
+            protocol_version: name(self.protocol_version),
+            calls: self.calls,
+            errors: self.errors,
+            end_reason: name(self.end_reason),
+        }
+    }
+}
+
 /// `event` as one line of JSON, the same as its `Serialize` gives (a test
 /// checks), written by hand: most of its strings need no escaping, and
 /// checking that is cheaper than escaping byte by byte.
-fn write_json(e: &AuditEvent, out: &mut Vec<u8>) {
+fn write_json(e: &AuditEventRef<'_>, out: &mut Vec<u8>) {
     // Each field is written as few pieces: its key's whole prefix
     // (`,"key":"`) is one literal, as `event` always comes first.
     struct Obj<'a> {
@@ -192,19 +297,19 @@ fn write_json(e: &AuditEvent, out: &mut Vec<u8>) {
     }
     out.reserve(512);
     let mut o = Obj { out };
-    o.text("{\"event\":\"", Some(&e.event));
-    text!(o, "time", Some(&e.time));
-    text!(o, "principal", e.principal.as_deref());
-    text!(o, "tenant", e.tenant.as_deref());
-    text!(o, "auth_method", e.auth_method.as_deref());
-    text!(o, "session", e.session.as_deref());
-    text!(o, "backend", e.backend.as_deref());
-    text!(o, "method", e.method.as_deref());
-    text!(o, "target", e.target.as_deref());
-    text!(o, "id", e.id.as_deref());
-    text!(o, "outcome", Some(&e.outcome));
+    o.text("{\"event\":\"", Some(e.event));
+    text!(o, "time", Some(e.time));
+    text!(o, "principal", e.principal);
+    text!(o, "tenant", e.tenant);
+    text!(o, "auth_method", e.auth_method);
+    text!(o, "session", e.session);
+    text!(o, "backend", e.backend);
+    text!(o, "method", e.method);
+    text!(o, "target", e.target);
+    text!(o, "id", e.id);
+    text!(o, "outcome", Some(e.outcome));
     number!(o, "error_code", e.error_code);
-    text!(o, "limit", e.limit.as_deref());
+    text!(o, "limit", e.limit);
     number!(o, "http_status", e.http_status);
     number!(o, "ttfb_us", e.ttfb_us);
     number!(o, "duration_us", e.duration_us);
@@ -212,11 +317,11 @@ fn write_json(e: &AuditEvent, out: &mut Vec<u8>) {
     number!(o, "bytes_out", Some(e.bytes_out));
     number!(o, "progress", (e.progress != 0).then_some(e.progress));
     number!(o, "cost", (e.cost != 0).then_some(e.cost));
-    text!(o, "arguments", e.arguments.as_deref());
-    text!(o, "protocol_version", e.protocol_version.as_deref());
+    text!(o, "arguments", e.arguments);
+    text!(o, "protocol_version", e.protocol_version);
     number!(o, "calls", e.calls);
     number!(o, "errors", e.errors);
-    text!(o, "end_reason", e.end_reason.as_deref());
+    text!(o, "end_reason", e.end_reason);
     o.out.push(b'}');
 }
 
@@ -244,6 +349,13 @@ pub enum Overflow {
 pub trait AuditSink: Send + Sync + 'static {
     /// Takes one record.
     fn record(&self, event: AuditEvent);
+    /// Takes one record, lent: how the audit layer hands over each call's
+    /// record. The default makes an [`AuditEvent`] of it for
+    /// [`record`](Self::record); a sink that writes the record out at once
+    /// implements this too, and spares the copies.
+    fn record_ref(&self, event: &AuditEventRef<'_>) {
+        self.record(event.to_event())
+    }
     /// True when the sink is full and its policy is to refuse calls.
     fn saturated(&self) -> bool {
         false
@@ -259,6 +371,9 @@ pub trait AuditSink: Send + Sync + 'static {
 impl<S: AuditSink + ?Sized> AuditSink for Arc<S> {
     fn record(&self, event: AuditEvent) {
         (**self).record(event)
+    }
+    fn record_ref(&self, event: &AuditEventRef<'_>) {
+        (**self).record_ref(event)
     }
     fn saturated(&self) -> bool {
         (**self).saturated()
@@ -278,19 +393,23 @@ pub struct TracingSink;
 
 impl AuditSink for TracingSink {
     fn record(&self, e: AuditEvent) {
+        self.record_ref(&e.borrowed());
+    }
+
+    fn record_ref(&self, e: &AuditEventRef<'_>) {
         tracing::info!(
             target: "mcp_gateway::audit",
-            event = %e.event,
-            principal = e.principal.as_deref(),
-            tenant = e.tenant.as_deref(),
-            session = e.session.as_deref(),
-            backend = e.backend.as_deref(),
-            method = e.method.as_deref(),
-            target_name = e.target.as_deref(),
-            id = e.id.as_deref(),
-            outcome = %e.outcome,
+            event = e.event,
+            principal = e.principal,
+            tenant = e.tenant,
+            session = e.session,
+            backend = e.backend,
+            method = e.method,
+            target_name = e.target,
+            id = e.id,
+            outcome = e.outcome,
             error_code = e.error_code,
-            limit = e.limit.as_deref(),
+            limit = e.limit,
             http_status = e.http_status,
             ttfb_us = e.ttfb_us,
             duration_us = e.duration_us,
@@ -300,7 +419,7 @@ impl AuditSink for TracingSink {
             cost = e.cost,
             calls = e.calls,
             errors = e.errors,
-            end_reason = e.end_reason.as_deref(),
+            end_reason = e.end_reason,
         );
     }
 }
@@ -583,6 +702,10 @@ fn rotate(cfg: &JsonlConfig, out: &mut BufWriter<File>) -> std::io::Result<()> {
 
 impl AuditSink for JsonlSink {
     fn record(&self, event: AuditEvent) {
+        self.record_ref(&event.borrowed());
+    }
+
+    fn record_ref(&self, event: &AuditEventRef<'_>) {
         let batch = self.shared.batches.get_or(Mutex::default);
         let mut b = lock(batch);
         if b.records >= self.shared.cap || self.shared.stop.load(Ordering::SeqCst) {
@@ -590,7 +713,7 @@ impl AuditSink for JsonlSink {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        write_json(&event, &mut b.lines);
+        write_json(event, &mut b.lines);
         b.lines.push(b'\n');
         b.records += 1;
     }
@@ -1422,60 +1545,61 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
             }
         }
     }
-    let mut session = call.session.take();
-    let mut base = |last: bool,
-                    method: Option<Cow<'static, str>>,
-                    target: Option<String>,
-                    id: Option<String>| {
-        let session = if last {
-            session.take()
-        } else {
-            session.clone()
-        };
-        let mut e = call.base_with_session("call", session);
-        e.method = method;
-        e.target = target;
-        e.id = id;
-        e.outcome = outcome.into();
-        e.error_code = code;
-        e.limit = call.limit.map(|l| Cow::Borrowed(l.as_str()));
-        e.ttfb_us = Some(call.ttfb.as_micros() as u64);
-        e.duration_us = Some(duration.as_micros() as u64);
-        e.bytes_in = call.bytes_in;
-        e.bytes_out = meter.bytes;
-        e.progress = meter.progress;
-        e.cost = call.cost;
-        e
+    // The records are lent to the sink (`record_ref`): nothing below
+    // copies a string, and a sink writing them out at once copies none.
+    let mut time = [0u8; 24];
+    let time = now_rfc3339_in(&mut time);
+    let version = call.version();
+    let p = call.principal.as_ref();
+    let base = AuditEventRef {
+        event: "call",
+        time,
+        principal: p.map(Principal::subject),
+        tenant: p.and_then(Principal::tenant),
+        auth_method: p.map(Principal::auth_method),
+        session: call.session.as_deref(),
+        backend: call.backend.as_deref(),
+        outcome,
+        error_code: code,
+        limit: call.limit.map(LimitKind::as_str),
+        http_status: Some(call.status),
+        ttfb_us: Some(call.ttfb.as_micros() as u64),
+        duration_us: Some(duration.as_micros() as u64),
+        bytes_in: call.bytes_in,
+        bytes_out: meter.bytes,
+        progress: meter.progress,
+        cost: call.cost,
+        protocol_version: version.as_deref(),
+        ..Default::default()
     };
     match &call.mcp {
         Some(mcp) => {
-            for (i, m) in mcp.envelope().messages().iter().enumerate() {
+            for m in mcp.envelope().messages() {
                 let method = match m.kind() {
-                    MessageKind::Response | MessageKind::Error => Some(Cow::Borrowed("response")),
-                    _ => m.method().map(|x| match x.static_name() {
-                        Some(name) => Cow::Borrowed(name),
-                        None => Cow::Owned(x.as_str().to_owned()),
-                    }),
+                    MessageKind::Response | MessageKind::Error => Some("response"),
+                    _ => m.method().map(|x| x.as_str()),
                 };
-                let mut e = base(
-                    i as u64 + 1 == n,
+                // JSON text of a UTF-8 body: borrowed, never replaced.
+                let id = m.id().map(|i| String::from_utf8_lossy(i.as_bytes()));
+                let args = match m.method() {
+                    Some(&mcp_gateway_core::Method::ToolsCall) => {
+                        arguments(&shared.cfg.arguments, m.arguments())
+                    }
+                    _ => None,
+                };
+                shared.sink.record_ref(&AuditEventRef {
                     method,
-                    m.target().map(str::to_owned),
-                    m.id()
-                        .map(|i| String::from_utf8_lossy(i.as_bytes()).into_owned()),
-                );
-                if m.method() == Some(&mcp_gateway_core::Method::ToolsCall) {
-                    e.arguments = arguments(&shared.cfg.arguments, m.arguments());
-                }
-                shared.sink.record(e);
+                    target: m.target(),
+                    id: id.as_deref(),
+                    arguments: args.as_deref(),
+                    ..base
+                });
             }
         }
-        None => shared.sink.record(base(
-            true,
-            Some(call.http_method.to_string().into()),
-            None,
-            None,
-        )),
+        None => shared.sink.record_ref(&AuditEventRef {
+            method: Some(call.http_method.as_str()),
+            ..base
+        }),
     }
     if let Some(g) = in_flight {
         g.finish(add);
@@ -1515,29 +1639,32 @@ fn redact(v: &mut Value, keys: &[String]) {
 /// second are formatted once per second per thread; records only append
 /// the milliseconds.
 pub fn now_rfc3339() -> String {
-    use std::cell::RefCell;
+    now_rfc3339_in(&mut [0; 24]).to_owned()
+}
+
+/// [`now_rfc3339`], written into `buf` (no allocation).
+fn now_rfc3339_in(buf: &mut [u8; 24]) -> &str {
+    use std::cell::Cell;
     thread_local! {
-        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+        /// The second last formatted, and its text up to the second.
+        static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
     }
     let now = SystemTime::now();
     let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    SECOND.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != d.as_secs() {
-            let mut full = rfc3339(now);
-            full.truncate(19);
-            *c = (d.as_secs(), full);
-        }
-        let mut out = String::with_capacity(24);
-        out.push_str(&c.1);
-        let ms = d.subsec_millis();
-        out.push('.');
-        out.push(char::from(b'0' + (ms / 100) as u8));
-        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
-        out.push(char::from(b'0' + (ms % 10) as u8));
-        out.push('Z');
-        out
-    })
+    let (secs, mut text) = SECOND.get();
+    if secs != d.as_secs() {
+        text.copy_from_slice(&rfc3339(now).as_bytes()[..19]);
+        SECOND.set((d.as_secs(), text));
+    }
+    buf[..19].copy_from_slice(&text);
+    let ms = d.subsec_millis();
+    buf[19] = b'.';
+    buf[20] = b'0' + (ms / 100) as u8;
+    buf[21] = b'0' + (ms / 10 % 10) as u8;
+    buf[22] = b'0' + (ms % 10) as u8;
+    buf[23] = b'Z';
+    // ASCII digits and punctuation: always UTF-8.
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 /// `t` as RFC 3339 UTC with milliseconds (`2026-11-23T22:36:01.123Z`).
@@ -1670,11 +1797,13 @@ mod tests {
         };
         for e in [plain, full] {
             let mut mine = Vec::new();
-            write_json(&e, &mut mine);
+            write_json(&e.borrowed(), &mut mine);
             assert_eq!(
                 String::from_utf8(mine).unwrap(),
                 serde_json::to_string(&e).unwrap()
             );
+            // Lent and copied back, a record is the same record.
+            assert_eq!(e.borrowed().to_event(), e);
         }
     }
 
