@@ -709,25 +709,14 @@ mod tests {
         // Same length, same last 16 bytes: the same tag.
         let (a, b) = ("a.b.0123456789abcdefXYZ", "x.y.0123456789abcdefXYZ");
         assert_eq!(tag(a.as_bytes()), tag(b.as_bytes()));
+        let who = |r: &mut Recent, t: &str| r.get(t.as_bytes()).map(|p| p.subject().to_owned());
         let ann = Principal::builder("ann").build();
         r.put(a, &ann, later);
-        assert_eq!(
-            r.get(a.as_bytes()).map(|p| p.subject().to_owned()),
-            Some("ann".into())
-        );
-        assert!(
-            r.get(b.as_bytes()).is_none(),
-            "another token with the same tag"
-        );
+        assert_eq!(who(&mut r, a).as_deref(), Some("ann"));
+        assert_eq!(who(&mut r, b), None, "another token with the same tag");
         r.put(b, &Principal::builder("bob").build(), later);
-        assert_eq!(
-            r.get(b.as_bytes()).map(|p| p.subject().to_owned()),
-            Some("bob".into())
-        );
-        assert!(
-            r.get(a.as_bytes()).is_none(),
-            "displaced: found again in the shared cache"
-        );
+        assert_eq!(who(&mut r, b).as_deref(), Some("bob"));
+        assert_eq!(who(&mut r, a), None, "displaced: the shared cache finds it");
         // Short tokens and expired ones.
         r.put("e", &ann, Instant::now());
         assert!(r.get(b"e").is_none());
