@@ -1172,17 +1172,12 @@ impl CallRecord {
         })
     }
 
+    /// A session event's record, with what the call knows.
     fn base(&self, event: &'static str) -> AuditEvent {
-        self.base_with_session(event, self.session.clone())
-    }
-
-    /// [`CallRecord::base`] with the session id given (moved out of the
-    /// record for a call's last event, instead of copied).
-    fn base_with_session(&self, event: &'static str, session: Option<String>) -> AuditEvent {
         let mut e = AuditEvent {
             event: event.into(),
             time: now_rfc3339(),
-            session,
+            session: self.session.clone(),
             // Not `to_string`: that goes through the formatting machinery.
             backend: self.backend.as_deref().map(String::from),
             http_status: Some(self.status),
@@ -1529,10 +1524,9 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
         t.cost += cost;
     };
     // A call counted in flight adds its figures when it is released, after
-    // its records (below). Any other message of the session adds them now,
-    // before the last record takes the session id; once the session has
-    // ended, such messages (the DELETE that ended it, anything after) no
-    // longer count.
+    // its records (below). Any other message of the session adds them now;
+    // once the session has ended, such messages (the DELETE that ended it,
+    // anything after) no longer count.
     let in_flight = call.in_flight.take();
     if in_flight.is_none() {
         if let Some(sid) = &call.session {
