@@ -33,14 +33,17 @@
 //! ```
 //!
 //! Roles: `stub`, `direct` (a second stub, in comparisons), `relay`,
-//! `bare`, `gateway`, `secure`, `limits`, `audit`, `full`; `<role>+hyper`
-//! serves that role's HTTP/1 with hyper (`MCPGW_BENCH_COMPARE=gateway,gateway+hyper`).
+//! `bare`, `gateway`, `secure`, `limits`, `audit`, `full`. Every role
+//! serves as the `mcp-gateway` binary does by default (hyper's HTTP/1.1
+//! server, a 30 s header timeout, no busy polling); `<role>+builtin` serves
+//! it with the tuning knobs instead: the built-in HTTP/1.1 server and 50 µs
+//! of busy polling (`MCPGW_BENCH_COMPARE=gateway,gateway+builtin`). The full
+//! run measures both side by side.
 //! `MCPGW_BENCH_THREADS=N` changes the servers' threads (default one per
-//! core), `MCPGW_BENCH_BUSY_POLL_US=N` their busy-polling window (default
-//! as `gateway`, 50; 0 = off), `MCPGW_BENCH_HTTP1=hyper` serves HTTP/1 with
-//! hyper instead of the built-in server, and `MCPGW_BENCH_AUDIT=null` gives
-//! the audit layer a sink that drops every record (to tell the layer from
-//! the file writer).
+//! core), `MCPGW_BENCH_BUSY_POLL_US=N` their busy-polling window,
+//! `MCPGW_BENCH_HTTP1=builtin` serves HTTP/1 with the built-in server, and
+//! `MCPGW_BENCH_AUDIT=null` gives the audit layer a sink that drops every
+//! record (to tell the layer from the file writer).
 //!
 //! The same binary plays every part: `--role <role>` starts a server that
 //! prints its address on stdout.
@@ -59,7 +62,7 @@ use hyper_util::rt::TokioIo;
 use mcp_gateway_axum::McpGateway;
 use mcp_gateway_core::session::InMemoryConfig;
 
-// The servers under test run on the allocator the `gateway` example uses.
+// The servers under test run on the allocator the `mcp-gateway` binary uses.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -129,32 +132,37 @@ async fn serve_gateway(upstream: String, max_sessions: usize) {
     serve_app(app).await;
 }
 
-/// Set by a `<role>+hyper` server: serve HTTP/1 with hyper.
-static HYPER_HTTP1: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// Set by a `<role>+builtin` server: the built-in HTTP/1 server and busy
+/// polling.
+static TUNED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
-/// Serves `app` the way the `gateway` example does, printing the address.
+/// Serves `app` the way the `mcp-gateway` binary does, printing the address.
 async fn serve_app(app: axum::Router) {
-    use mcp_gateway_axum::serve;
+    use mcp_gateway::serve;
+    let tuned = TUNED.get() == Some(&true);
     // MCPGW_BENCH_THREADS=N overrides one serving thread per core.
     let threads = std::env::var("MCPGW_BENCH_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // MCPGW_BENCH_BUSY_POLL_US=N overrides the serving loop's default
-    // busy-polling window (0: off), as `gateway --busy-poll-us` does.
+    // MCPGW_BENCH_BUSY_POLL_US=N overrides the busy-polling window (0:
+    // off), as `mcp-gateway --busy-poll-us` does.
     let mut opts = serve::ServeOptions::default();
+    if tuned {
+        opts = opts
+            .http1(serve::Http1Server::Builtin)
+            .busy_poll(std::time::Duration::from_micros(50));
+    }
     if let Some(us) = std::env::var("MCPGW_BENCH_BUSY_POLL_US")
         .ok()
         .and_then(|v| v.parse().ok())
     {
         opts = opts.busy_poll(std::time::Duration::from_micros(us));
     }
-    // MCPGW_BENCH_HTTP1=hyper, or a role named `<role>+hyper`: hyper's
-    // HTTP/1 server, as `gateway --http1-server hyper`.
-    if std::env::var("MCPGW_BENCH_HTTP1").as_deref() == Ok("hyper")
-        || HYPER_HTTP1.get() == Some(&true)
-    {
-        opts = opts.http1(serve::Http1Server::Hyper);
+    // MCPGW_BENCH_HTTP1=builtin: the built-in HTTP/1 server, as
+    // `mcp-gateway --http1-server builtin`.
+    if std::env::var("MCPGW_BENCH_HTTP1").as_deref() == Ok("builtin") {
+        opts = opts.http1(serve::Http1Server::Builtin);
     }
     let listeners = serve::bind_per_core("127.0.0.1:0".parse().unwrap(), threads).unwrap();
     println!("{}", listeners[0].local_addr().unwrap());
@@ -514,16 +522,16 @@ fn server_role(args: &[String]) -> bool {
     let Some(mut role) = arg("--role") else {
         return false;
     };
-    if let Some(base) = role.strip_suffix("+hyper") {
+    if let Some(base) = role.strip_suffix("+builtin") {
         role = base.to_owned();
-        let _ = HYPER_HTTP1.set(true);
+        let _ = TUNED.set(true);
     }
     let upstream = arg("--upstream").unwrap_or_default();
     let max_sessions = arg("--max-sessions")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    // The servers under test run as the `gateway` example does: one
-    // single-threaded runtime per core (`mcp_gateway_axum::serve`).
+    // The servers under test run as the `mcp-gateway` binary does: one
+    // single-threaded runtime per core (`mcp_gateway::serve`).
     let rt = if role != "stub" {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -617,7 +625,7 @@ impl Target {
         let upstream = format!("http://{}{direct}", stub.addr);
         let server = Server::start(&["--role", role, "--upstream", &upstream]);
         let name = role;
-        let role = role.strip_suffix("+hyper").unwrap_or(role);
+        let role = role.strip_suffix("+builtin").unwrap_or(role);
         Target {
             name: name.into(),
             server,
@@ -737,6 +745,7 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
         let upstream = format!("http://{}/{mode}", stub.addr);
         let direct_path = format!("/{mode}");
         let gw = Server::start(&["--role", "gateway", "--upstream", &upstream]);
+        let tuned = Server::start(&["--role", "gateway+builtin", "--upstream", &upstream]);
         let bare = Server::start(&["--role", "bare", "--upstream", &upstream]);
         let relay = Server::start(&["--role", "relay", "--upstream", &upstream]);
         let secure = Server::start(&["--role", "secure", "--upstream", &upstream]);
@@ -744,13 +753,14 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
         for conns in [1usize, 32] {
             // Interleaved repetitions, medians per figure: the machine's
             // drift hits every server alike, and one noisy run moves nothing.
-            let servers: [(&Server, &str, bool, Option<&str>); 6] = [
+            let servers: [(&Server, &str, bool, Option<&str>); 7] = [
                 (&stub, &direct_path, false, None),
                 (&relay, &direct_path, false, None),
                 (&bare, "/mcp", false, None),
                 (&gw, "/mcp", true, None),
                 (&secure, "/mcp", true, Some(&bearer)),
                 (&full, "/mcp", true, Some(&bearer)),
+                (&tuned, "/mcp", true, None),
             ];
             let mut all: Vec<Vec<Run>> = (0..servers.len()).map(|_| Vec::new()).collect();
             // A 32-connection run takes a third of a second, short enough
@@ -785,7 +795,7 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
             };
             let p50 = |r: &Run| us(r.p50);
             let cpu = |r: &Run| r.cpu_per_call * 1e6;
-            let (d, t, b, g, s, f) = (0, 1, 2, 3, 4, 5);
+            let (d, t, b, g, s, f, k) = (0, 1, 2, 3, 4, 5, 6);
             for (name, i) in [
                 ("direct (stub)", d),
                 ("TCP relay (no HTTP)", t),
@@ -793,6 +803,7 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
                 ("gateway (passthrough)", g),
                 ("gateway + JWT + ACL + pins", s),
                 ("full stack (+ limits + audit)", f),
+                ("gateway, built-in HTTP/1 + busy poll", k),
             ] {
                 let r = median(&all[i]);
                 println!(
@@ -811,6 +822,12 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
                 ratio(g, d),
                 diff(g, d, &p50),
                 median(&all[g]).cpu_per_call * 1e6
+            );
+            println!(
+                "{:<40} added p50 {:.1} µs, CPU {:.1} µs/call (default server minus built-in + busy poll)",
+                format!("{mode} {conns:>2} conn safe defaults"),
+                diff(g, k, &p50),
+                diff(g, k, &cpu)
             );
             println!(
                 "{:<40} added p50 {:.1} µs, CPU {:.1} µs/call (gateway minus bare proxy)",

@@ -47,9 +47,10 @@ SUITE_V1=$(install_suite 0.1.16)
 SUITE_V2=$(install_suite 0.2.0-alpha.12)
 
 # --- the processes -------------------------------------------------------------
-log "building examples"
-cargo build --quiet --example conformance_server --example gateway
-BIN=$(cargo metadata --format-version 1 --no-deps | "$NODE" -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).target_directory))')/debug/examples
+log "building the gateway and the fixture server"
+cargo build --quiet --bin mcp-gateway --example conformance_server
+TARGET=$(cargo metadata --format-version 1 --no-deps | "$NODE" -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).target_directory))')/debug
+BIN=$TARGET/examples
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { [ -n "${KEEP:-}" ] && cp -r "$WORK" /tmp/confwork; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -68,7 +69,7 @@ wait_url() { # logfile announcement -> the URL the process announces after "<ann
 
 "$BIN/conformance_server" --listen 127.0.0.1:0 >"$WORK/server.log" 2>&1 & PIDS+=($!)
 DIRECT=$(wait_url "$WORK/server.log" "conformance server on")
-"$BIN/gateway" --listen 127.0.0.1:0 --upstream "$DIRECT" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
+"$TARGET/mcp-gateway" --listen 127.0.0.1:0 --upstream "$DIRECT" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
 GATEWAY=$(wait_url "$WORK/gateway.log" "mcp-gateway listening on")
 if [ "$GATEWAY" = "$DIRECT" ]; then
   log "the gateway's URL is the direct server's: the runs would not go through the gateway"

@@ -8,7 +8,7 @@ mod net;
 
 use std::path::Path;
 
-use mcp_gateway_axum::config::GatewayConfig;
+use mcp_gateway::config::GatewayConfig;
 use serde_json::Value;
 
 use net::{raw, serve, url, ACCEPT, JSON};

@@ -23,11 +23,6 @@
 //! ```
 #![deny(missing_docs)]
 
-mod busy_poll;
-#[cfg(feature = "config")]
-pub mod config;
-pub mod serve;
-
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;

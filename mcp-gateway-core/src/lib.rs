@@ -12,6 +12,7 @@
 //! - [`principal`]: [`Principal`], who is calling, as authentication found it.
 #![deny(missing_docs)]
 
+pub mod body;
 pub mod error;
 mod json_scan;
 pub mod jsonrpc;
@@ -21,6 +22,7 @@ pub mod request;
 pub mod session;
 pub mod sse;
 
+pub use body::{Body, BoxError};
 pub use error::{ErrorKind, GatewayError};
 pub use jsonrpc::{Envelope, Message, MessageKind, Method, RequestId};
 pub use principal::Principal;

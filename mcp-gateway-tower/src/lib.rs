@@ -30,10 +30,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod builder;
-mod conn_pool;
-pub mod credentials;
 pub mod error;
-mod http1;
 pub mod jsonrpc;
 #[cfg(feature = "jwt")]
 pub mod jwt;
@@ -41,12 +38,13 @@ pub mod limit;
 pub mod origin;
 pub mod pinning;
 pub mod rules;
-pub mod server;
 pub mod session;
 pub mod sse;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;
+
+pub use upstream::credentials;
 
 pub use body::{Body, BoxError};
 pub use builder::ServiceBuilderExt;

@@ -26,14 +26,23 @@ impl Drop for Served {
     }
 }
 
-/// Serves `app` on an ephemeral loopback port as the `gateway` example
-/// does (`mcp_gateway_axum::serve`, its built-in HTTP/1 server), on one
-/// listener of this runtime, without busy polling.
+/// Serves `app` on an ephemeral loopback port as the `mcp-gateway` binary
+/// does (`mcp_gateway::serve`), on one listener of this runtime. The
+/// HTTP/1.1 server is hyper, or the built-in one when `MCPGW_TEST_HTTP1`
+/// is `builtin` (CI runs the integration tests with both).
 pub async fn serve(app: axum::Router) -> Served {
-    use mcp_gateway_axum::serve::{bind_per_core, serve_per_core_with, ServeOptions};
+    // reqwest (rmcp's client) is built without a TLS provider of its own
+    // (the project uses ring, not aws-lc-rs): ring becomes the process
+    // default before any test makes a client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    use mcp_gateway::serve::{bind_per_core, serve_per_core_with, Http1Server, ServeOptions};
     let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let addr = listeners[0].local_addr().unwrap();
-    let opts = ServeOptions::default().busy_poll(std::time::Duration::ZERO);
+    let http1 = match std::env::var("MCPGW_TEST_HTTP1").as_deref() {
+        Ok("builtin") => Http1Server::Builtin,
+        _ => Http1Server::Hyper,
+    };
+    let opts = ServeOptions::default().http1(http1);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {
         let _ = stopped.await;

@@ -2,7 +2,7 @@
 //! client's.
 //!
 //! The client's `Authorization` and `Cookie` are removed before any
-//! request leaves for a backend (by [`crate::upstream::HttpUpstream`],
+//! request leaves for a backend (by [`HttpUpstream`](super::HttpUpstream) and [`ServiceUpstream`](super::ServiceUpstream),
 //! whatever layers are stacked). A [`CredentialProvider`] attached to the
 //! upstream then adds the headers the backend needs, on every request to
 //! it: `POST`, `GET` streams, `DELETE` and the gateway's own session
@@ -13,8 +13,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use http::Request;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use mcp_gateway_core::{GatewayError, Principal};
+
+use crate::body::Body;
 
 /// The future [`CredentialProvider::credentials`] returns.
 pub type CredentialFuture<'a> =
@@ -109,4 +112,54 @@ impl<P: CredentialProvider + ?Sized> CredentialProvider for Arc<P> {
     fn static_headers(&self) -> Option<&HeaderMap> {
         (**self).static_headers()
     }
+}
+
+/// Credentials for one backend: the provider and the backend's name.
+pub(crate) type Credentials = Option<(Arc<dyn CredentialProvider>, Arc<str>)>;
+
+/// Applies caller-independent credentials at once; returns the provider
+/// when it must be asked per request.
+pub(crate) fn apply_static_credentials(
+    creds: &Credentials,
+    headers: &mut HeaderMap,
+) -> Credentials {
+    let (provider, backend) = creds.as_ref()?;
+    match provider.static_headers() {
+        Some(h) => {
+            for (k, v) in h {
+                headers.insert(k.clone(), v.clone());
+            }
+            None
+        }
+        None => Some((provider.clone(), backend.clone())),
+    }
+}
+
+/// Asks a per-request provider for this request's principal.
+pub(crate) async fn apply_dynamic_credentials(
+    creds: Credentials,
+    req: &mut Request<Body>,
+) -> Result<(), GatewayError> {
+    let Some((provider, backend)) = creds else {
+        return Ok(());
+    };
+    let principal = req.extensions().get::<Principal>().cloned();
+    let h = provider.credentials(principal.as_ref(), &backend).await?;
+    let mut last = None;
+    for (k, v) in h {
+        // `HeaderMap`'s iterator names a header once (replace the client's
+        // value), then `None` for its further values (append them).
+        match k {
+            Some(k) => {
+                req.headers_mut().insert(k.clone(), v);
+                last = Some(k);
+            }
+            None => {
+                if let Some(k) = &last {
+                    req.headers_mut().append(k.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,10 +1,10 @@
-//! The gateway's configuration file (TOML), behind the `config` feature.
+//! The gateway's configuration file (TOML). `docs/configuration.md` lists
+//! every key.
 //!
 //! Every option of authentication, authorization, pinning and backend
 //! credentials is reachable from it. A bad file is refused before the
 //! gateway starts, with the line and the key: unknown keys are errors, not
-//! silently ignored. The README documents the format with a complete
-//! example; in short:
+//! silently ignored. In short:
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
@@ -59,7 +59,9 @@ use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{McpGateway, McpGatewayBuilder};
+use mcp_gateway_axum::{McpGateway, McpGatewayBuilder};
+use mcp_gateway_tower::auth::ClientCertAuthenticator;
+use mcp_gateway_tower::upstream::{HttpUpstreamConfig, TlsClientConfig};
 
 /// A configuration error: where (line, key) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,17 +106,19 @@ pub struct GatewayConfig {
     pub threads: Option<usize>,
     /// Busy polling window of each serving thread, in microseconds
     /// ([`ServeOptions::busy_poll`](crate::serve::ServeOptions::busy_poll));
-    /// 0 turns it off. Default 50.
+    /// 0, the default, turns it off.
     pub busy_poll_us: Option<u64>,
-    /// Seconds a client may take to send a request's headers (also the
-    /// idle limit of a keep-alive connection;
+    /// Seconds a client may take to finish the TLS handshake and send a
+    /// request's headers (also the idle limit of a keep-alive connection;
     /// [`ServeOptions::header_read_timeout`](crate::serve::ServeOptions::header_read_timeout)).
-    /// Default, or 0: no limit.
+    /// Default 30; 0: no limit.
     pub header_read_timeout_secs: Option<u64>,
-    /// Which server speaks HTTP/1.1: `"builtin"` (the default) or
-    /// `"hyper"` ([`ServeOptions::http1`](crate::serve::ServeOptions::http1);
+    /// Which server speaks clear-text HTTP/1.1: `"hyper"` (the default) or
+    /// `"builtin"` ([`ServeOptions::http1`](crate::serve::ServeOptions::http1);
     /// `--http1-server` overrides).
     pub http1_server: Option<crate::serve::Http1Server>,
+    /// Serve HTTPS; absent: clear text.
+    pub tls: Option<TlsSection>,
     /// Extra allowed `Host` values.
     #[serde(default)]
     pub allow_hosts: Vec<String>,
@@ -159,6 +163,37 @@ pub struct BackendConfig {
     pub urls: Vec<Spanned<String>>,
     /// Credentials added to every upstream request.
     pub credentials: Option<CredentialsSection>,
+    /// `https://` backends: PEM file of the CAs that sign the backend's
+    /// certificate (only these are then trusted); default: the platform's
+    /// roots.
+    pub ca_file: Option<Spanned<String>>,
+    /// PEM client certificate chain for backends that ask for one (mTLS).
+    pub client_cert_file: Option<Spanned<String>>,
+    /// PEM key of `client_cert_file`.
+    pub client_key_file: Option<Spanned<String>>,
+    /// Accept any certificate from the backend (test benches only; logged
+    /// as a warning). Default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Speak HTTP/2 without TLS (h2c, prior knowledge) to `http://` URLs.
+    /// Default false (`https://` backends get HTTP/2 by ALPN).
+    #[serde(default)]
+    pub http2_prior_knowledge: bool,
+}
+
+/// `[tls]`: serving HTTPS (`--tls-cert`, `--tls-key`, `--client-ca`
+/// override).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain of the gateway.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// PEM CAs of client certificates: when set, every client must present
+    /// one they signed, and its identity becomes the caller's principal
+    /// when no API key or token names one.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 fn default_backend() -> String {
@@ -409,6 +444,7 @@ impl GatewayConfig {
         if self.backend.urls.is_empty() {
             return self.err(None, "backend.urls", "at least one URL is needed");
         }
+        b = b.http_upstream_config(self.upstream_config()?);
         for (i, u) in self.backend.urls.iter().enumerate() {
             b = match b.upstream_url(u.get_ref()) {
                 Ok(b) => b,
@@ -432,8 +468,19 @@ impl GatewayConfig {
             origin = origin.allow_origins(&self.allow_origins);
         }
         b = b.origin_policy(origin);
-        if let Some(a) = &self.auth {
-            b = self.auth(a, b)?;
+        let client_certs = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        match &self.auth {
+            Some(a) => b = self.auth(a, b, client_certs)?,
+            None if client_certs => {
+                b = b.authenticator(
+                    Arc::new(ClientCertAuthenticator::new()),
+                    AuthConfig::default(),
+                )
+            }
+            None => {}
         }
         let policy = self.policy.as_ref().map(|p| Arc::new(RulePolicy::new(p)));
         if let Some(p) = &policy {
@@ -550,10 +597,67 @@ impl GatewayConfig {
         Ok(creds)
     }
 
+    /// The serving TLS configuration `[tls]` describes, if any; errors name
+    /// the key and the file.
+    pub fn server_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+        let Some(t) = &self.tls else {
+            return Ok(None);
+        };
+        let (cert, key) = match (&t.cert_file, &t.key_file) {
+            (Some(c), Some(k)) => (self.path_of(c), self.path_of(k)),
+            (None, _) => return self.err(None, "tls.cert_file", "needed to serve HTTPS"),
+            (_, None) => return self.err(None, "tls.key_file", "needed to serve HTTPS"),
+        };
+        let ca = t.client_ca_file.as_ref().map(|c| self.path_of(c));
+        crate::serve::tls::server_config(&cert, &key, ca.as_deref())
+            .map(Some)
+            .map_err(|e| ConfigError {
+                file: self.file.clone(),
+                line: None,
+                key: Some("tls".into()),
+                message: e,
+            })
+    }
+
+    /// `p`, relative to the file's folder when not absolute.
+    fn path_of(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// The backend's HTTP client settings, TLS files checked.
+    fn upstream_config(&self) -> Result<HttpUpstreamConfig, ConfigError> {
+        let be = &self.backend;
+        let mut tls = TlsClientConfig::default().insecure_skip_verify(be.insecure_skip_verify);
+        for (key, v) in [
+            ("backend.ca_file", &be.ca_file),
+            ("backend.client_cert_file", &be.client_cert_file),
+            ("backend.client_key_file", &be.client_key_file),
+        ] {
+            let Some(v) = v else { continue };
+            let path = self.path_of(Path::new(v.get_ref()));
+            if let Err(e) = std::fs::metadata(&path) {
+                return self.err(Some(v.span()), key, format!("{}: {e}", path.display()));
+            }
+            match key {
+                "backend.ca_file" => tls.ca_file = Some(path),
+                "backend.client_cert_file" => tls.client_cert_file = Some(path),
+                _ => tls.client_key_file = Some(path),
+            }
+        }
+        Ok(HttpUpstreamConfig::default()
+            .http2_prior_knowledge(be.http2_prior_knowledge)
+            .tls(tls))
+    }
+
     fn auth(
         &self,
         a: &AuthSection,
         mut b: McpGatewayBuilder,
+        client_certs: bool,
     ) -> Result<McpGatewayBuilder, ConfigError> {
         let mut chain = AuthChain::new();
         if let Some(j) = &a.jwt {
@@ -582,11 +686,16 @@ impl GatewayConfig {
             }
             chain = chain.with(keys);
         }
-        if a.jwt.is_none() && a.api_keys.is_empty() && !a.allow_anonymous {
+        if client_certs {
+            // Tokens and keys name the caller when present; the verified
+            // certificate otherwise.
+            chain = chain.with(ClientCertAuthenticator::new());
+        }
+        if a.jwt.is_none() && a.api_keys.is_empty() && !a.allow_anonymous && !client_certs {
             return self.err(
                 None,
                 "auth",
-                "configure api_keys or jwt (or allow_anonymous)",
+                "configure api_keys or jwt (or allow_anonymous, or tls.client_ca_file)",
             );
         }
         if let Some(r) = &a.resource {
@@ -743,84 +852,4 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-listen = "127.0.0.1:0"
-[backend]
-name = "weather"
-urls = ["http://127.0.0.1:9/mcp"]
-credentials.headers = { Authorization = "Bearer b" }
-
-[auth]
-resource = "http://127.0.0.1:8080/mcp"
-[[auth.api_keys]]
-sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-subject = "ci"
-roles = ["reader"]
-
-[policy]
-default = "deny"
-[[policy.rules]]
-effect = "allow"
-roles = ["reader"]
-tools = ["get_*"]
-
-[pinning]
-mode = "hide"
-"#;
-
-    #[test]
-    fn a_good_file_builds() {
-        let c = GatewayConfig::parse(GOOD, Path::new(".")).unwrap();
-        let built = c.builder().unwrap();
-        assert!(built.policy.is_some() && built.pins.is_some());
-        assert_eq!(c.listen().unwrap(), Some("127.0.0.1:0".parse().unwrap()));
-    }
-
-    fn error(text: &str) -> ConfigError {
-        GatewayConfig::parse(text, Path::new(".")).unwrap_err()
-    }
-
-    #[test]
-    fn the_http1_server_is_named_in_the_file() {
-        let c = GatewayConfig::parse(GOOD, Path::new(".")).unwrap();
-        assert_eq!(c.http1_server, None);
-        let text = format!("http1_server = \"hyper\"\n{GOOD}");
-        let c = GatewayConfig::parse(&text, Path::new(".")).unwrap();
-        assert_eq!(c.http1_server, Some(crate::serve::Http1Server::Hyper));
-        let e = error(&format!("http1_server = \"nginx\"\n{GOOD}"));
-        assert_eq!(e.key.as_deref(), Some("http1_server"), "{e}");
-        assert_eq!(e.line, Some(1), "{e}");
-    }
-
-    #[test]
-    fn errors_name_the_line_and_the_key() {
-        let e = error(&GOOD.replace("tools = [\"get_*\"]", "toolz = [\"get_*\"]"));
-        assert_eq!(e.line, Some(20), "{e}");
-        assert!(e.to_string().contains("unknown field `toolz`"), "{e}");
-
-        assert_eq!(e.key.as_deref(), Some("policy.rules.toolz"), "{e}");
-
-        let e = error(&GOOD.replace("mode = \"hide\"", "mode = \"sometimes\""));
-        assert_eq!(e.line, Some(23), "{e}");
-        assert_eq!(e.key.as_deref(), Some("pinning.mode"), "{e}");
-        assert!(e.to_string().contains("sometimes"), "{e}");
-
-        let e = error(&GOOD.replace("ba7816bf", "zz7816bf"));
-        assert_eq!(e.line, Some(11), "{e}");
-        assert_eq!(e.key.as_deref(), Some("auth.api_keys[0].sha256"));
-
-        let e = error(&GOOD.replace("http://127.0.0.1:9/mcp", "ftp://x/mcp"));
-        assert_eq!(e.line, Some(5), "{e}");
-        assert_eq!(e.key.as_deref(), Some("backend.urls[0]"));
-
-        let jwt = format!(
-            "{GOOD}\n[auth.jwt]\nalgorithms = [\"RS256\"]\n[[auth.jwt.keys]]\nkid = \"k\"\nalg = \"RS999\"\npem = \"x\"\n"
-        );
-        let e = error(&jwt);
-        assert_eq!(e.key.as_deref(), Some("auth.jwt.keys[0].alg"), "{e}");
-        assert_eq!(e.line, Some(29), "{e}");
-    }
-}
+mod tests;

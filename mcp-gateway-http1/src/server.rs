@@ -1,5 +1,6 @@
 //! HTTP/1.1 serving of a tower service on one TCP connection: what
-//! `mcp_gateway_axum::serve` runs for every HTTP/1 client.
+//! what the `mcp-gateway` binary runs for every HTTP/1 client when
+//! `--http1-server builtin` is chosen.
 //!
 //! Why not hyper's server connection: on the gateway's hot path hyper's
 //! HTTP/1 dispatcher (a request body channel, its own read and write
@@ -34,15 +35,15 @@
 //! - an optional header read timeout, and a graceful stop that lets the
 //!   request in progress finish.
 //!
-//! A minimal accept loop around any tower service (`mcp_gateway_axum::serve`
+//! A minimal accept loop around any tower service (the `mcp-gateway` binary
 //! adds threads per core, busy polling, HTTP/2 and graceful shutdown):
 //!
 //! ```no_run
 //! use std::convert::Infallible;
 //! use std::sync::atomic::AtomicBool;
 //! use std::sync::Arc;
-//! use mcp_gateway_tower::server::{serve_http1, Http1Config};
-//! use mcp_gateway_tower::Body;
+//! use mcp_gateway_http1::server::{serve_http1, Http1Config};
+//! use mcp_gateway_core::Body;
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let svc = tower::service_fn(|_req: http::Request<Body>| async {
@@ -72,10 +73,16 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tower::Service;
+use tower_service::Service;
 
-use crate::body::{lock, Body, BoxError};
-use crate::http1::{
+use mcp_gateway_core::body::{Body, BoxError};
+
+/// A mutex's guard, poisoned or not: the state behind it (a streamed
+/// request body's hand-over) stays whole if a holder panics.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+use crate::framing::{
     add_content_length, ends_chunked, has_token, ChunkDecoder, Decoded, Spans, MAX_HEAD,
 };
 
@@ -620,7 +627,7 @@ impl Batch {
             .zip(lines.iter_mut())
         {
             if chunked {
-                put(crate::http1::chunk_size_line_in(data.len(), line));
+                put(crate::framing::chunk_size_line_in(data.len(), line));
                 put(data);
                 put(b"\r\n");
             } else {
@@ -686,7 +693,7 @@ fn status_line(status: StatusCode, out: &mut Vec<u8>) {
 
 /// `content-length: n`, and the end of the head.
 fn content_length(n: u64, out: &mut Vec<u8>) {
-    crate::http1::content_length_field(n, out);
+    crate::framing::content_length_field(n, out);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -8,7 +8,7 @@
 //! client side is the easy side of HTTP/1.1 — the gateway writes the
 //! requests itself and reads the answers of a backend it was configured
 //! to trust — so the framing rules fit in this module and the connection
-//! handling in `conn_pool`. The server side (untrusted clients) stays
+//! handling in [`client`](crate::client). The server side (untrusted clients) stays
 //! with hyper.
 //!
 //! What a response may be, and how it is read:

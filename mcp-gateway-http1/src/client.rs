@@ -1,4 +1,5 @@
-//! The upstream connection pool behind [`HttpUpstream`](crate::upstream::HttpUpstream).
+//! The upstream connection pool behind `mcp_gateway_tower::upstream::HttpUpstream`
+//! for `http://` backends.
 //!
 //! Why not hyper-util's pooled client: it spawns a task per connection and
 //! reaches it through channels, so every call crosses two extra task
@@ -6,7 +7,7 @@
 //! half of the gateway's added latency. Here the request's own task uses
 //! the connection: it writes the request (head and body in one write),
 //! reads the response head, and the response body reads the rest as it is
-//! polled — HTTP/1.1 framing from the [`http1`](crate::http1) module, no
+//! polled — HTTP/1.1 framing from the crate's `framing` module, no
 //! second state machine. When the body ends the connection goes back to
 //! the pool; when the body is dropped early (client gone) the connection
 //! is closed with it, which is exactly the cancellation a stream needs.
@@ -43,8 +44,8 @@ use thread_local::ThreadLocal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::body::{Body, BoxError};
-use crate::http1::{self, BodyFraming, Decoded, RequestFraming};
+use crate::framing::{self, BodyFraming, Decoded, RequestFraming};
+use mcp_gateway_core::body::{Body, BoxError};
 
 /// The smallest read: below this much free space the buffer grows first.
 const MIN_READ: usize = 1024;
@@ -134,7 +135,7 @@ impl Timer {
 
 /// The backend did not send its response head before the deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TimedOut;
+pub struct TimedOut;
 
 impl std::fmt::Display for TimedOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,9 +222,12 @@ async fn write_all(
 
 /// Pool settings.
 #[derive(Debug, Clone)]
-pub(crate) struct PoolConfig {
+pub struct PoolConfig {
+    /// Time allowed to establish a TCP connection.
     pub connect_timeout: Duration,
+    /// Idle connections are closed after this.
     pub idle_timeout: Duration,
+    /// Idle connections kept (per serving thread on current-thread runtimes).
     pub max_idle: usize,
 }
 
@@ -279,7 +283,7 @@ impl Inner {
 
 /// A pool of HTTP/1.1 connections to one backend address.
 #[derive(Clone)]
-pub(crate) struct ConnPool {
+pub struct ConnPool {
     inner: Arc<Inner>,
 }
 
@@ -293,7 +297,8 @@ impl std::fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
-    pub(crate) fn new(addr: String, cfg: PoolConfig) -> Self {
+    /// A pool for the backend at `addr` (`host:port`); connects lazily.
+    pub fn new(addr: String, cfg: PoolConfig) -> Self {
         ConnPool {
             inner: Arc::new(Inner {
                 addr,
@@ -306,7 +311,7 @@ impl ConnPool {
 
     /// Idle connections currently pooled, on every thread.
     #[cfg(test)]
-    pub(crate) fn idle(&self) -> usize {
+    pub fn idle(&self) -> usize {
         self.inner.idle_len()
     }
 
@@ -375,7 +380,7 @@ impl ConnPool {
     /// read from the connection by whoever polls it. A response head that
     /// has not arrived by `deadline` (connecting and sending included) is
     /// the error [`TimedOut`].
-    pub(crate) async fn send(
+    pub async fn send(
         &self,
         req: Request<Body>,
         deadline: tokio::time::Instant,
@@ -405,7 +410,7 @@ impl ConnPool {
         }
         let mut size_line = Vec::new();
         if let (Some(b), RequestFraming::Chunked) = (&first, framing) {
-            http1::chunk_size_line(b.len(), &mut size_line);
+            framing::chunk_size_line(b.len(), &mut size_line);
         }
         let here = Here::now();
         loop {
@@ -422,13 +427,13 @@ impl ConnPool {
             let outcome = {
                 let mut attempt = std::pin::pin!(async {
                     c.wbuf.clear();
-                    http1::encode_head(&parts, framing, &self.inner.addr, &mut c.wbuf);
+                    framing::encode_head(&parts, framing, &self.inner.addr, &mut c.wbuf);
                     let data = first.as_deref().unwrap_or_default();
                     let written = match framing {
                         RequestFraming::Chunked => {
                             let (crlf, end): (&[u8], &[u8]) = match (data.is_empty(), done) {
-                                (true, _) => (b"", http1::LAST_CHUNK),
-                                (false, true) => (b"\r\n", http1::LAST_CHUNK),
+                                (true, _) => (b"", framing::LAST_CHUNK),
+                                (false, true) => (b"\r\n", framing::LAST_CHUNK),
                                 (false, false) => (b"\r\n", b""),
                             };
                             let bufs = &mut [
@@ -454,7 +459,7 @@ impl ConnPool {
                         write_rest_of_body(&mut c, &mut body, framing, first_len).await?;
                     }
                     loop {
-                        head = http1::parse_head(&mut c.rbuf, &parts.method)?;
+                        head = framing::parse_head(&mut c.rbuf, &parts.method)?;
                         if head.is_some() {
                             return Ok(true);
                         }
@@ -529,7 +534,7 @@ async fn write_rest_of_body(
         sent += data.len() as u64;
         let written = if framing == RequestFraming::Chunked {
             c.wbuf.clear();
-            http1::chunk_size_line(data.len(), &mut c.wbuf);
+            framing::chunk_size_line(data.len(), &mut c.wbuf);
             let bufs = &mut [
                 IoSlice::new(&c.wbuf),
                 IoSlice::new(&data),
@@ -542,7 +547,7 @@ async fn write_rest_of_body(
         written.map_err(|(e, _)| e)?;
     }
     match framing {
-        RequestFraming::Chunked => write_all(&mut c.io, &mut [IoSlice::new(http1::LAST_CHUNK)])
+        RequestFraming::Chunked => write_all(&mut c.io, &mut [IoSlice::new(framing::LAST_CHUNK)])
             .await
             .map_err(|(e, _)| e)?,
         RequestFraming::Length(n) => check_length(n, sent)?,
@@ -553,7 +558,7 @@ async fn write_rest_of_body(
 
 /// A response body read from its connection as it is polled; the
 /// connection goes back to the pool once the body is complete.
-pub(crate) struct PooledBody {
+pub struct PooledBody {
     conn: Option<Box<Conn>>,
     /// What is left to read; `Length(0)` once the body is complete.
     state: BodyFraming,

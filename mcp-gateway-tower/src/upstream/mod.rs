@@ -1,0 +1,45 @@
+//! Backends: Streamable HTTP servers over `http://` or `https://`
+//! ([`HttpUpstream`]), any tower service ([`ServiceUpstream`], e.g. rmcp's
+//! `StreamableHttpService` in-process), and [`Upstreams`], the set of
+//! instances of one backend that the session router dispatches to by
+//! [`Instance`].
+//!
+//! Every upstream looks the same to the layers above it: a
+//! `Service<Request<Body>, Response = Response<Body>, Error = Infallible>`.
+//! Every failure is a response: a refused or broken connection, a TLS
+//! failure or a redirect is `502` (-32050), a backend that does not answer
+//! in time is `504` (-32051); the gateway never hangs on a dead backend.
+//!
+//! | module | holds |
+//! | --- | --- |
+//! | `client` | the HTTP(S) client: hyper with rustls, or the built-in HTTP/1.1 pool for `http://` |
+//! | `tls` | the client TLS settings of a backend ([`TlsClientConfig`]) |
+//! | [`credentials`] | the headers the gateway adds towards a backend |
+//! | `service` | [`ServiceUpstream`] |
+//! | `set` | [`Upstreams`], [`Instance`] |
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use tower::util::BoxCloneSyncService;
+
+use crate::body::Body;
+
+mod client;
+pub mod credentials;
+mod headers;
+mod service;
+mod set;
+#[cfg(test)]
+mod tests;
+#[cfg(feature = "tls")]
+mod tls;
+
+pub use self::client::{HttpClient, HttpUpstream, HttpUpstreamConfig};
+pub use self::service::ServiceUpstream;
+pub use self::set::{Instance, UpstreamInstance, Upstreams};
+#[cfg(feature = "tls")]
+pub use self::tls::TlsClientConfig;
+
+/// A type-erased upstream service: what [`Upstreams`] holds.
+pub type BoxUpstream = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;

@@ -1,0 +1,474 @@
+//! The `mcp-gateway` command line: flags, and running the gateway they
+//! describe.
+//!
+//! The flags and the configuration file map onto one gateway: with
+//! `--config`, the file describes it and the serving flags given beside it
+//! override the file's keys of the same meaning.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use mcp_gateway_axum::McpGateway;
+use mcp_gateway_tower::audit::AuditSink;
+use mcp_gateway_tower::auth::{AuthConfig, ClientCertAuthenticator};
+use mcp_gateway_tower::origin::OriginPolicy;
+use mcp_gateway_tower::rules::RulePolicy;
+
+use crate::config::GatewayConfig;
+use crate::serve::{self, Http1Server, ServeOptions};
+
+/// A production gateway for the Model Context Protocol (MCP): one endpoint
+/// in front of Streamable HTTP MCP servers, with sessions, SSE relay,
+/// authentication, tool policies, limits and an audit log.
+///
+/// Run it with `--upstream URL` (every flag below), or describe the whole
+/// gateway in a TOML file with `--config FILE` (docs/configuration.md).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mcp-gateway", version, about, long_about = None)]
+pub struct Cli {
+    /// Address to listen on. With --config, overrides the file's `listen`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// A backend instance URL (http:// or https://). Repeat it for several
+    /// instances of one backend: new sessions are spread over them and a
+    /// session stays on the instance it started on. Not with --config.
+    #[arg(
+        long = "upstream",
+        value_name = "URL",
+        required_unless_present = "config"
+    )]
+    pub upstreams: Vec<String>,
+
+    /// The MCP endpoint path. With --config, the file's `path` is used.
+    #[arg(long, value_name = "PATH", default_value = "/mcp", value_parser = endpoint_path)]
+    pub path: String,
+
+    /// The TOML configuration file describing the whole gateway (backend,
+    /// auth, policy, limits, audit, TLS).
+    #[arg(long, value_name = "FILE", conflicts_with = "upstreams")]
+    pub config: Option<PathBuf>,
+
+    /// Validate the --config file (keys, values, certificate and key files)
+    /// and exit: 0 when it is good, 2 with the line and key when not.
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// An extra allowed `Host` value (HOST or HOST:PORT); repeatable. Bound
+    /// to a loopback address the gateway accepts only loopback hosts and
+    /// origins (DNS-rebinding protection); elsewhere a browser `Origin`
+    /// must match the `Host`.
+    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+    pub allow_hosts: Vec<String>,
+
+    /// An extra allowed `Origin` value (scheme://host, with :port when not the
+    /// scheme's default); repeatable.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+
+    /// Serving threads, each with its own single-threaded runtime on a
+    /// shared SO_REUSEPORT port. Default: one per core (or the file's
+    /// `threads`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+
+    /// Busy polling window in microseconds: how long a serving thread keeps
+    /// checking its sockets after its last activity before it sleeps. CPU
+    /// time traded for latency on dedicated hosts. Default 0 (off).
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub busy_poll_us: Option<u64>,
+
+    /// Seconds a client may take to finish the TLS handshake and send a
+    /// request's headers; also how long a keep-alive connection may sit
+    /// idle. Default 30; 0 turns it off (only behind a load balancer that
+    /// enforces its own).
+    #[arg(long, value_name = "SECONDS")]
+    pub header_timeout_secs: Option<u64>,
+
+    /// The clear-text HTTP/1.1 server: hyper (default) or builtin (less CPU
+    /// per call; see docs/benchmarks.md). TLS and HTTP/2 are always hyper's.
+    #[arg(long, value_name = "SERVER")]
+    pub http1_server: Option<Http1Server>,
+
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Ask every client for a certificate and verify it against the CAs in
+    /// this PEM file (mutual TLS; needs --tls-cert). The certificate's
+    /// identity becomes the caller's principal when no key or token names one.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Log format on stderr: text or json. Colour only on a terminal.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn endpoint_path(p: &str) -> Result<String, String> {
+    if p.starts_with('/') {
+        Ok(p.to_owned())
+    } else {
+        Err("must start with /".into())
+    }
+}
+
+/// Why the gateway did not run: the message, and the process exit code (2
+/// for a bad command line or file, 1 for a failure at run time).
+#[derive(Debug)]
+pub struct Failure {
+    /// What to print.
+    pub message: String,
+    /// The exit code.
+    pub code: u8,
+}
+
+fn bad(message: impl std::fmt::Display) -> Failure {
+    Failure {
+        message: message.to_string(),
+        code: 2,
+    }
+}
+
+/// Everything a run needs, from the flags and the file.
+struct Plan {
+    app: axum::Router,
+    listen: SocketAddr,
+    threads: usize,
+    path: String,
+    opts: ServeOptions,
+    audit: Option<Arc<dyn AuditSink>>,
+    policy: Option<(PathBuf, Arc<RulePolicy>)>,
+}
+
+impl Cli {
+    /// Runs the gateway until SIGINT / SIGTERM (or, with `--check-config`,
+    /// checks the file). Prints `mcp-gateway listening on URL` on stdout
+    /// once the port is bound.
+    pub async fn run(self) -> Result<(), Failure> {
+        self.validate()?;
+        let plan = self.plan()?;
+        if self.check_config {
+            println!(
+                "configuration OK: {}",
+                self.config
+                    .as_deref()
+                    .map_or("".into(), |p| p.display().to_string())
+            );
+            return Ok(());
+        }
+        let listeners = serve::bind_per_core(plan.listen, plan.threads).map_err(|e| Failure {
+            message: format!("--listen {}: {e}", plan.listen),
+            code: 1,
+        })?;
+        let addr = listeners[0]
+            .local_addr()
+            .expect("a bound socket has an address");
+        if let Some((file, policy)) = plan.policy {
+            reload_policy_on_sighup(file, policy);
+        }
+        let scheme = if plan.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%addr, path = %plan.path, threads = listeners.len(), tls = plan.opts.tls.is_some(),
+            http1 = ?plan.opts.http1, busy_poll = ?plan.opts.busy_poll,
+            header_read_timeout = ?plan.opts.header_read_timeout, "mcp-gateway listening");
+        println!("mcp-gateway listening on {scheme}://{addr}{}", plan.path);
+        let served =
+            serve::serve_per_core_with(listeners, plan.app, shutdown_signal(), plan.opts).await;
+        if let Some(sink) = plan.audit {
+            // Every record of the requests that just finished reaches the disk.
+            sink.flush();
+            if sink.dropped() > 0 {
+                tracing::warn!(
+                    dropped = sink.dropped(),
+                    "audit records were dropped (sink full)"
+                );
+            }
+        }
+        served.map_err(|e| Failure {
+            message: format!("server error: {e}"),
+            code: 1,
+        })
+    }
+
+    /// What clap's declarations cannot say.
+    fn validate(&self) -> Result<(), Failure> {
+        if self.check_config && self.config.is_none() {
+            return Err(bad("--check-config needs --config FILE"));
+        }
+        Ok(())
+    }
+
+    fn plan(&self) -> Result<Plan, Failure> {
+        match &self.config {
+            Some(file) => self.plan_from_file(file),
+            None => self.plan_from_flags(),
+        }
+    }
+
+    /// The serving options: flags first, then the file's keys, then the
+    /// defaults.
+    fn serve_options(&self, file: Option<&GatewayConfig>) -> ServeOptions {
+        let mut opts = ServeOptions::default();
+        if let Some(us) = self.busy_poll_us.or(file.and_then(|f| f.busy_poll_us)) {
+            opts = opts.busy_poll(Duration::from_micros(us));
+        }
+        if let Some(secs) = self
+            .header_timeout_secs
+            .or(file.and_then(|f| f.header_read_timeout_secs))
+        {
+            opts = opts.header_read_timeout((secs > 0).then(|| Duration::from_secs(secs)));
+        }
+        if let Some(h) = self.http1_server.or(file.and_then(|f| f.http1_server)) {
+            opts = opts.http1(h);
+        }
+        opts
+    }
+
+    fn threads(&self, file: Option<usize>) -> usize {
+        self.threads
+            .map(|n| n as usize)
+            .or(file.filter(|n| *n > 0))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    fn listen_given(&self) -> bool {
+        self.listen != default_listen()
+    }
+
+    fn plan_from_file(&self, file: &Path) -> Result<Plan, Failure> {
+        // The file as written, with the flags that override it folded in
+        // before it is checked and built.
+        let mut cfg = GatewayConfig::load(file).map_err(bad)?;
+        if self.tls_cert.is_some() || self.client_ca.is_some() {
+            let t = cfg.tls.get_or_insert_with(Default::default);
+            if let Some(c) = &self.tls_cert {
+                t.cert_file = Some(c.clone());
+            }
+            if let Some(k) = &self.tls_key {
+                t.key_file = Some(k.clone());
+            }
+            if let Some(ca) = &self.client_ca {
+                t.client_ca_file = Some(ca.clone());
+            }
+        }
+        cfg.allow_hosts.extend(self.allow_hosts.iter().cloned());
+        cfg.allow_origins.extend(self.allow_origins.iter().cloned());
+        let tls = cfg.server_tls().map_err(bad)?;
+        let built = cfg.builder().map_err(bad)?;
+        let listen = if self.listen_given() {
+            self.listen
+        } else {
+            cfg.listen().map_err(bad)?.unwrap_or(self.listen)
+        };
+        let app = built.builder.build().map_err(bad)?;
+        Ok(Plan {
+            app,
+            listen,
+            threads: self.threads(cfg.threads),
+            path: cfg.path.clone(),
+            opts: self.serve_options(Some(&cfg)).tls(tls),
+            audit: built.audit,
+            policy: built.policy.map(|p| (file.to_owned(), p)),
+        })
+    }
+
+    fn plan_from_flags(&self) -> Result<Plan, Failure> {
+        let mut origin = if self.listen.ip().is_loopback() {
+            OriginPolicy::loopback()
+        } else {
+            OriginPolicy::same_origin()
+        };
+        if !self.allow_hosts.is_empty() {
+            origin = origin.allow_hosts(&self.allow_hosts);
+        }
+        if !self.allow_origins.is_empty() {
+            origin = origin.allow_origins(&self.allow_origins);
+        }
+        let mut builder = McpGateway::builder().path(&self.path).origin_policy(origin);
+        for u in &self.upstreams {
+            builder = builder
+                .upstream_url(u)
+                .map_err(|e| bad(format!("--upstream {u}: {e}")))?;
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                serve::tls::server_config(cert, key, self.client_ca.as_deref())
+                    .map_err(|e| bad(format!("--tls-cert / --tls-key / --client-ca: {e}")))?,
+            ),
+            _ => None,
+        };
+        if self.client_ca.is_some() {
+            builder = builder.authenticator(
+                Arc::new(ClientCertAuthenticator::new()),
+                AuthConfig::default(),
+            );
+        }
+        let app = builder.build().map_err(bad)?;
+        tracing::info!(upstreams = ?self.upstreams, "backend instances");
+        Ok(Plan {
+            app,
+            listen: self.listen,
+            threads: self.threads(None),
+            path: self.path.clone(),
+            opts: self.serve_options(None).tls(tls),
+            audit: None,
+            policy: None,
+        })
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("a valid address")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+/// On SIGHUP the file is read again and its `[policy]` rules replace the
+/// running ones (other sections need a restart).
+#[cfg(unix)]
+fn reload_policy_on_sighup(file: PathBuf, policy: Arc<RulePolicy>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match GatewayConfig::load(&file) {
+                Ok(c) => {
+                    policy.replace(&c.policy.clone().unwrap_or_default());
+                    tracing::info!(file = %file.display(), rules = policy.current().rules.len(), "policy reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy not reloaded: the file is invalid; the running rules stay")
+                }
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn reload_policy_on_sighup(_: PathBuf, _: Arc<RulePolicy>) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mcp-gateway").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = parse(&[]).unwrap_err().to_string();
+        assert!(e.contains("--upstream"), "{e}");
+        let e = parse(&["--upstream", "http://x/mcp", "--threads", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--threads"), "{e}");
+        let e = parse(&["--upstream", "http://x/mcp", "--path", "mcp"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--path") && e.contains("must start with /"),
+            "{e}"
+        );
+        let e = parse(&["--upstream", "http://x/mcp", "--tls-cert", "c.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = parse(&["--upstream", "http://x/mcp", "--http1-server", "nginx"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--http1-server") && e.contains("nginx"), "{e}");
+        let e = parse(&["--config", "g.toml", "--upstream", "http://x/mcp"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--config") && e.contains("--upstream"), "{e}");
+        let e = parse(&["--check-config", "--upstream", "http://x/mcp"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.message.contains("--config") && e.code == 2,
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn every_flag_of_the_gateway_example_still_parses() {
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:1/mcp",
+            "--upstream",
+            "http://127.0.0.1:2/mcp",
+            "--path",
+            "/x",
+            "--allow-host",
+            "gw.example",
+            "--allow-origin",
+            "https://app.example",
+            "--threads",
+            "2",
+            "--busy-poll-us",
+            "50",
+            "--header-timeout-secs",
+            "10",
+            "--http1-server",
+            "builtin",
+        ])
+        .unwrap();
+        assert_eq!(c.upstreams.len(), 2);
+        let opts = c.serve_options(None);
+        assert_eq!(opts.busy_poll, Duration::from_micros(50));
+        assert_eq!(opts.header_read_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(opts.http1, Http1Server::Builtin);
+        assert_eq!(c.threads(None), 2);
+    }
+
+    #[test]
+    fn the_defaults_are_safe_ones() {
+        let c = parse(&["--upstream", "http://127.0.0.1:1/mcp"]).unwrap();
+        let opts = c.serve_options(None);
+        assert_eq!(opts.busy_poll, Duration::ZERO);
+        assert_eq!(opts.header_read_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(opts.http1, Http1Server::Hyper);
+        assert!(opts.tls.is_none());
+        let c = parse(&[
+            "--upstream",
+            "http://127.0.0.1:1/mcp",
+            "--header-timeout-secs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.serve_options(None).header_read_timeout, None);
+    }
+}
