@@ -32,18 +32,17 @@ pub mod body;
 pub mod builder;
 pub mod error;
 pub mod jsonrpc;
-#[cfg(feature = "jwt")]
-pub mod jwt;
 pub mod limit;
 pub mod origin;
-pub mod pinning;
-pub mod rules;
 pub mod session;
 pub mod sse;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;
 
+pub use acl::{pinning, rules};
+#[cfg(feature = "jwt")]
+pub use auth::jwt;
 pub use upstream::credentials;
 
 pub use body::{Body, BoxError};

@@ -1,0 +1,134 @@
+//! Where records go: the [`AuditSink`] trait, [`TracingSink`], [`ChannelSink`].
+
+#[allow(unused_imports)]
+use super::*;
+
+/// What to do when a sink's buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Drop the record and count it.
+    #[default]
+    Drop,
+    /// Refuse new calls (503, -32056) until the sink catches up.
+    Refuse,
+}
+
+/// Where audit records go. `record` must never block.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Takes one record.
+    fn record(&self, event: AuditEvent);
+    /// Takes one record, lent: how the audit layer hands over each call's
+    /// record. The default makes an [`AuditEvent`] of it for
+    /// [`record`](Self::record); a sink that writes the record out at once
+    /// implements this too, and spares the copies.
+    fn record_ref(&self, event: &AuditEventRef<'_>) {
+        self.record(event.to_event())
+    }
+    /// True when the sink is full and its policy is to refuse calls.
+    fn saturated(&self) -> bool {
+        false
+    }
+    /// Records dropped because the sink was full.
+    fn dropped(&self) -> u64 {
+        0
+    }
+    /// Writes out what is buffered (blocking; for shutdown).
+    fn flush(&self) {}
+}
+
+impl<S: AuditSink + ?Sized> AuditSink for Arc<S> {
+    fn record(&self, event: AuditEvent) {
+        (**self).record(event)
+    }
+    fn record_ref(&self, event: &AuditEventRef<'_>) {
+        (**self).record_ref(event)
+    }
+    fn saturated(&self) -> bool {
+        (**self).saturated()
+    }
+    fn dropped(&self) -> u64 {
+        (**self).dropped()
+    }
+    fn flush(&self) {
+        (**self).flush()
+    }
+}
+
+/// Records as `tracing` events (target `mcp_gateway::audit`, level INFO)
+/// with structured fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingSink;
+
+impl AuditSink for TracingSink {
+    fn record(&self, e: AuditEvent) {
+        self.record_ref(&e.borrowed());
+    }
+
+    fn record_ref(&self, e: &AuditEventRef<'_>) {
+        tracing::info!(
+            target: "mcp_gateway::audit",
+            event = e.event,
+            principal = e.principal,
+            tenant = e.tenant,
+            session = e.session,
+            backend = e.backend,
+            method = e.method,
+            target_name = e.target,
+            id = e.id,
+            outcome = e.outcome,
+            error_code = e.error_code,
+            limit = e.limit,
+            http_status = e.http_status,
+            ttfb_us = e.ttfb_us,
+            duration_us = e.duration_us,
+            bytes_in = e.bytes_in,
+            bytes_out = e.bytes_out,
+            progress = e.progress,
+            cost = e.cost,
+            calls = e.calls,
+            errors = e.errors,
+            end_reason = e.end_reason,
+        );
+    }
+}
+
+/// A bounded channel of records, for tests and custom consumers.
+#[derive(Debug)]
+pub struct ChannelSink {
+    tx: tokio::sync::mpsc::Sender<AuditEvent>,
+    overflow: Overflow,
+    dropped: AtomicU64,
+}
+
+impl ChannelSink {
+    /// A sink holding at most `capacity` unread records, and its receiver.
+    pub fn new(
+        capacity: usize,
+        overflow: Overflow,
+    ) -> (Self, tokio::sync::mpsc::Receiver<AuditEvent>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        (
+            ChannelSink {
+                tx,
+                overflow,
+                dropped: AtomicU64::new(0),
+            },
+            rx,
+        )
+    }
+}
+
+impl AuditSink for ChannelSink {
+    fn record(&self, event: AuditEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn saturated(&self) -> bool {
+        self.overflow == Overflow::Refuse && self.tx.capacity() == 0
+    }
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}

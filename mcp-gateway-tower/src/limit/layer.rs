@@ -1,0 +1,172 @@
+//! [`LimitLayer`] and its settings.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// The limits, as configured. Every limit is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Calls per principal.
+    pub principal_rate: Option<Quota>,
+    /// Calls per principal and tool.
+    pub principal_tool_rate: Option<Quota>,
+    /// Calls per backend.
+    pub backend_rate: Option<Quota>,
+    /// Methods counted by the rate and in-flight limits besides
+    /// `tools/call` (e.g. `["tools/list", "ping"]`).
+    #[serde(default)]
+    pub count_methods: Vec<String>,
+    /// Concurrent sessions per principal.
+    pub principal_sessions: Option<u32>,
+    /// Concurrent sessions per backend.
+    pub backend_sessions: Option<u32>,
+    /// Calls in flight per principal.
+    pub principal_in_flight: Option<u32>,
+    /// Calls in flight per backend.
+    pub backend_in_flight: Option<u32>,
+    /// Tokens (arguments + results) per principal per window.
+    pub token_budget: Option<Budget>,
+    /// Cost per principal per window.
+    pub cost_budget: Option<Budget>,
+    /// Cost of a tool: the first pattern (glob) that matches its name.
+    #[serde(default)]
+    pub tool_costs: BTreeMap<String, u64>,
+    /// Cost of a tool no pattern names. Default 1.
+    #[serde(default = "one")]
+    pub default_cost: u64,
+    /// `Retry-After` for a refused session, seconds. Default 5.
+    #[serde(default = "five")]
+    pub session_retry_after_secs: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+fn five() -> u64 {
+    5
+}
+
+/// The cost charged for a call: in the response extensions, for the audit
+/// log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostCharged(pub u64);
+
+pub(crate) struct Shared {
+    pub(crate) cfg: LimitConfig,
+    pub(crate) backend: Arc<str>,
+    pub(crate) limiter: Arc<dyn Limiter>,
+    pub(crate) tokens: Arc<dyn TokenCounter>,
+    /// `cfg.tool_costs`, compiled, in the same order.
+    pub(crate) tool_costs: Vec<(Glob, u64)>,
+    /// Session slots by gateway session id, released when it ends.
+    pub(crate) sessions: Mutex<HashMap<String, Slots>>,
+}
+
+/// Builds [`Limit`] services; also the [`SessionObserver`] that frees
+/// session slots (the builder registers it on the session layer).
+#[derive(Clone)]
+pub struct LimitLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitLayer")
+            .field("cfg", &self.shared.cfg)
+            .finish()
+    }
+}
+
+fn compile_costs(cfg: &LimitConfig) -> Vec<(Glob, u64)> {
+    cfg.tool_costs
+        .iter()
+        .map(|(p, c)| (Glob::new(p), *c))
+        .collect()
+}
+
+impl LimitLayer {
+    /// Limits for the backend named `backend`, counted by `limiter`.
+    pub fn new(cfg: LimitConfig, backend: impl Into<Arc<str>>, limiter: Arc<dyn Limiter>) -> Self {
+        LimitLayer {
+            shared: Arc::new(Shared {
+                tool_costs: compile_costs(&cfg),
+                cfg,
+                backend: backend.into(),
+                limiter,
+                tokens: Arc::new(ApproxTokenCounter),
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Counts tokens with `counter` instead of the approximation.
+    pub fn token_counter(self, counter: Arc<dyn TokenCounter>) -> Self {
+        let s = &self.shared;
+        LimitLayer {
+            shared: Arc::new(Shared {
+                cfg: s.cfg.clone(),
+                backend: s.backend.clone(),
+                limiter: s.limiter.clone(),
+                tokens: counter,
+                tool_costs: s.tool_costs.clone(),
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The observer to register on the session layer
+    /// ([`crate::session::SessionLayer::observe`]) so that session slots are
+    /// released whenever a session ends.
+    pub fn session_observer(&self) -> Arc<dyn SessionObserver> {
+        Arc::new(SlotReleaser(self.shared.clone()))
+    }
+
+    /// Sessions holding slots (for tests and metrics).
+    pub fn sessions_held(&self) -> usize {
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+struct SlotReleaser(Arc<Shared>);
+
+impl SessionObserver for SlotReleaser {
+    fn ended(&self, record: &SessionRecord, _why: SessionEnd) {
+        self.0
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(record.id().as_str());
+    }
+}
+
+impl<S> Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+    fn layer(&self, inner: S) -> Limit<S> {
+        Limit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The limit service. See the module docs.
+#[derive(Clone)]
+pub struct Limit<S> {
+    pub(crate) inner: S,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<S> Limit<S> {
+    inner_accessors!();
+}
+
+impl<S> std::fmt::Debug for Limit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limit").finish_non_exhaustive()
+    }
+}
