@@ -209,7 +209,7 @@ fn secure_builder(
         // Diagnosis: the audit layer with a sink that drops every record.
         struct Null;
         impl mcp_gateway_tower::audit::AuditSink for Null {
-            fn record(&self, _: mcp_gateway_tower::audit::AuditEvent) {}
+            fn record(&self, _: &mcp_gateway_tower::audit::AuditEventRef<'_>) {}
         }
         b = b.audit(Arc::new(Null), AuditConfig::default());
     } else if audit {

@@ -686,7 +686,7 @@ async fn session_end_records_the_totals() {
     let end = next_session_end(&mut rx).await;
     assert_eq!(end.session.as_deref(), Some(sid.as_str()));
     assert_eq!(end.principal.as_deref(), Some("ann"));
-    assert_eq!(end.end_reason.as_deref(), Some("deleted"));
+    assert_eq!(end.end_reason.map(|r| r.as_str()), Some("deleted"));
     // initialize + 3 calls + 1 denied (the DELETE itself is recorded after the end).
     assert_eq!(end.calls, Some(5));
     assert_eq!(end.errors, Some(1));
@@ -729,7 +729,7 @@ async fn session_end_waits_for_the_calls_still_under_way() {
     assert_eq!(call_record.outcome, "ok");
     let end = next_session_end(&mut rx).await;
     assert_eq!(end.session.as_deref(), Some(sid.as_str()));
-    assert_eq!(end.end_reason.as_deref(), Some("deleted"));
+    assert_eq!(end.end_reason.map(|r| r.as_str()), Some("deleted"));
     // initialize + the held call.
     assert_eq!(end.calls, Some(2));
     assert!(end.bytes_out >= call_record.bytes_out);
@@ -944,7 +944,7 @@ async fn rmcp_through_full_stack(stateless: bool) {
         if e.method.as_deref() == Some("tools/call") {
             assert_eq!(e.principal.as_deref(), Some("ann"));
             assert_eq!(e.target.as_deref(), Some("echo"));
-            outcomes.push(e.outcome);
+            outcomes.push(e.outcome.as_str());
         }
     }
     // Records are emitted when each response body is released, which the
@@ -1029,7 +1029,7 @@ async fn anonymous_callers_are_limited_by_their_address() {
         let e = next_call(&mut rx).await;
         if e.method.as_deref() == Some("tools/call") {
             assert_eq!(e.principal, None);
-            outcomes.push(e.outcome);
+            outcomes.push(e.outcome.as_str());
         }
     }
     outcomes.sort();

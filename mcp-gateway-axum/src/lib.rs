@@ -334,17 +334,12 @@ impl McpGatewayBuilder {
         let selector = self
             .selector
             .unwrap_or_else(|| Arc::new(RoundRobin::new(upstreams.len())));
-        let mut sessions =
-            SessionLayer::from_arcs(store, selector).sweep_interval(self.sweep_interval);
+        // The limit and audit layers hand the session router their session
+        // observers themselves (`SessionHooks`): nothing to register here.
+        let sessions = SessionLayer::from_arcs(store, selector).sweep_interval(self.sweep_interval);
         let limit = self
             .limits
             .map(|(cfg, limiter)| LimitLayer::new(cfg, self.backend.clone(), limiter));
-        if let Some(l) = &limit {
-            sessions = sessions.observe(l.session_observer());
-        }
-        if let Some(a) = &self.audit {
-            sessions = sessions.observe(a.session_observer());
-        }
         let svc = ServiceBuilder::new()
             .map_request(client_addr)
             .mcp_origin(self.origin)

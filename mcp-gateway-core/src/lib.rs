@@ -12,6 +12,7 @@
 //! - [`principal`]: [`Principal`], who is calling, as authentication found it.
 #![deny(missing_docs)]
 
+pub mod answer;
 pub mod body;
 pub mod error;
 mod json_scan;
@@ -22,6 +23,7 @@ pub mod request;
 pub mod session;
 pub mod sse;
 
+pub use answer::Answer;
 pub use body::{Body, BoxError};
 pub use error::{ErrorKind, GatewayError};
 pub use jsonrpc::{Envelope, Message, MessageKind, Method, RequestId};

@@ -8,16 +8,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
+
 use std::hash::BuildHasher;
-use std::pin::Pin;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+use crate::answer::Answer;
 use crate::protocol::ProtocolVersion;
 
 /// A gateway session id: 192 bits from the operating system's CSPRNG,
@@ -177,57 +178,25 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// The future a [`SessionStore`] returns: ready at once for in-memory
-/// stores (no allocation on the hot path), boxed for stores that do I/O.
-pub enum StoreFuture<'a, T> {
-    /// The answer is already known.
-    Ready(Option<T>),
-    /// The answer needs I/O.
-    Pending(Pin<Box<dyn Future<Output = T> + Send + 'a>>),
-}
-
-impl<T> StoreFuture<'_, T> {
-    /// An immediate answer.
-    pub fn ready(value: T) -> Self {
-        StoreFuture::Ready(Some(value))
-    }
-}
-
-// The value is never pinned: it is moved out whole on completion.
-impl<T> Unpin for StoreFuture<'_, T> {}
-
-impl<T> Future for StoreFuture<'_, T> {
-    type Output = T;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        match self.get_mut() {
-            StoreFuture::Ready(v) => {
-                Poll::Ready(v.take().expect("StoreFuture polled after completion"))
-            }
-            StoreFuture::Pending(f) => f.as_mut().poll(cx),
-        }
-    }
-}
-
 /// Where session records live. Object-safe; implement it for a shared store
-/// (e.g. Redis) to run several gateway replicas.
+/// (e.g. Redis) to run several gateway replicas. Every operation returns an
+/// [`Answer`]: ready at once for in-memory stores (no allocation on the hot
+/// path), pending for stores that do I/O.
 pub trait SessionStore: Send + Sync + 'static {
     /// Stores a new record; fails when the store is full.
-    fn insert(
-        &self,
-        record: SessionRecord,
-    ) -> StoreFuture<'_, Result<Arc<SessionRecord>, StoreError>>;
+    fn insert(&self, record: SessionRecord) -> Answer<'_, Result<Arc<SessionRecord>, StoreError>>;
 
     /// The live record for `id`, marking it used now; `None` if unknown or
     /// idle past the timeout (an expired record is removed and handed to
     /// the next [`SessionStore::sweep`] so its backend session can be ended).
-    fn get(&self, id: &str) -> StoreFuture<'_, Option<Arc<SessionRecord>>>;
+    fn get(&self, id: &str) -> Answer<'_, Option<Arc<SessionRecord>>>;
 
     /// Removes and returns the record for `id`.
-    fn remove(&self, id: &str) -> StoreFuture<'_, Option<Arc<SessionRecord>>>;
+    fn remove(&self, id: &str) -> Answer<'_, Option<Arc<SessionRecord>>>;
 
     /// Removes every record idle past the timeout and returns them, with the
     /// ones `get` found expired since the last sweep.
-    fn sweep(&self) -> StoreFuture<'_, Vec<Arc<SessionRecord>>>;
+    fn sweep(&self) -> Answer<'_, Vec<Arc<SessionRecord>>>;
 
     /// Number of live records (approximate for shared stores).
     fn len(&self) -> usize;
@@ -334,15 +303,12 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 
 impl SessionStore for InMemorySessionStore {
-    fn insert(
-        &self,
-        record: SessionRecord,
-    ) -> StoreFuture<'_, Result<Arc<SessionRecord>, StoreError>> {
+    fn insert(&self, record: SessionRecord) -> Answer<'_, Result<Arc<SessionRecord>, StoreError>> {
         let max = self.cfg.max_sessions as u64;
         // Reserve a slot first so concurrent inserts cannot overshoot.
         if self.count.fetch_add(1, Ordering::AcqRel) >= max {
             self.count.fetch_sub(1, Ordering::AcqRel);
-            return StoreFuture::ready(Err(StoreError::Full { max: max as usize }));
+            return Answer::ready(Err(StoreError::Full { max: max as usize }));
         }
         record
             .last_seen_ms
@@ -354,14 +320,14 @@ impl SessionStore for InMemorySessionStore {
             // shared store): the slot was already counted.
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
-        StoreFuture::ready(Ok(rec))
+        Answer::ready(Ok(rec))
     }
 
-    fn get(&self, id: &str) -> StoreFuture<'_, Option<Arc<SessionRecord>>> {
+    fn get(&self, id: &str) -> Answer<'_, Option<Arc<SessionRecord>>> {
         let now = millis_since(self.epoch);
         let found = read(self.shard(id)).get(id).cloned();
         let Some(rec) = found else {
-            return StoreFuture::ready(None);
+            return Answer::ready(None);
         };
         if self.is_expired(&rec, now) {
             if let Some(gone) = write(self.shard(id)).remove(id) {
@@ -371,21 +337,21 @@ impl SessionStore for InMemorySessionStore {
                     .unwrap_or_else(|e| e.into_inner())
                     .push(gone);
             }
-            return StoreFuture::ready(None);
+            return Answer::ready(None);
         }
         rec.last_seen_ms.store(now, Ordering::Relaxed);
-        StoreFuture::ready(Some(rec))
+        Answer::ready(Some(rec))
     }
 
-    fn remove(&self, id: &str) -> StoreFuture<'_, Option<Arc<SessionRecord>>> {
+    fn remove(&self, id: &str) -> Answer<'_, Option<Arc<SessionRecord>>> {
         let gone = write(self.shard(id)).remove(id);
         if gone.is_some() {
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
-        StoreFuture::ready(gone)
+        Answer::ready(gone)
     }
 
-    fn sweep(&self) -> StoreFuture<'_, Vec<Arc<SessionRecord>>> {
+    fn sweep(&self) -> Answer<'_, Vec<Arc<SessionRecord>>> {
         let now = millis_since(self.epoch);
         let mut out = std::mem::take(&mut *self.expired.lock().unwrap_or_else(|e| e.into_inner()));
         for shard in self.shards.iter() {
@@ -405,7 +371,7 @@ impl SessionStore for InMemorySessionStore {
             self.count
                 .fetch_sub((before - map.len()) as u64, Ordering::AcqRel);
         }
-        StoreFuture::ready(out)
+        Answer::ready(out)
     }
 
     fn len(&self) -> usize {
@@ -416,6 +382,8 @@ impl SessionStore for InMemorySessionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::task::{Context, Poll};
 
     fn block<F: Future>(f: F) -> F::Output {
         // In-memory futures are always ready.

@@ -52,8 +52,8 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     /// [`AclLayer`]: tool-level authorization and list filtering (after
     /// the JSON-RPC layer).
     fn mcp_acl(self, layer: AclLayer) -> ServiceBuilder<Stack<AclLayer, L>>;
-    /// [`LimitLayer`]: rates, caps and budgets (after the ACL; register
-    /// [`LimitLayer::session_observer`] on the session layer).
+    /// [`LimitLayer`]: rates, caps and budgets (after the ACL; it hands
+    /// the session layer its session observer by itself).
     fn mcp_limit(self, layer: LimitLayer) -> ServiceBuilder<Stack<LimitLayer, L>>;
     /// [`SessionLayer`]: the session router.
     fn mcp_session(self, layer: SessionLayer) -> ServiceBuilder<Stack<SessionLayer, L>>;

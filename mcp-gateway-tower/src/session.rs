@@ -93,8 +93,9 @@ fn session_owner<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| ext.get::<Principal>().map(|p| &**p.key()))
 }
 
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a session ended (the `end_reason` of its audit record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SessionEnd {
     /// The client sent `DELETE`.
     Deleted,
@@ -125,17 +126,68 @@ pub trait SessionObserver: Send + Sync + 'static {
     fn ended(&self, record: &SessionRecord, why: SessionEnd);
 }
 
+/// Session observers that the layers outside the session router (limits,
+/// audit) hand it with a request, in the request extensions: the router
+/// adopts each one, once, before it starts a session. So stacking
+/// [`LimitLayer`](crate::limit::LimitLayer) or
+/// [`AuditLayer`](crate::audit::AuditLayer) outside a [`SessionLayer`]
+/// needs no [`SessionLayer::observe`] call: no session slot or session
+/// record can leak because one was forgotten.
+#[derive(Clone, Default)]
+pub struct SessionHooks(Vec<Arc<dyn SessionObserver>>);
+
+impl SessionHooks {
+    /// Adds `hook` to the hooks `req` carries.
+    pub fn add<B>(req: &mut Request<B>, hook: &Arc<dyn SessionObserver>) {
+        let ext = req.extensions_mut();
+        match ext.get_mut::<SessionHooks>() {
+            Some(h) => h.0.push(hook.clone()),
+            None => {
+                ext.insert(SessionHooks(vec![hook.clone()]));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SessionHooks").field(&self.0.len()).finish()
+    }
+}
+
+/// Whether two observers are the same object.
+fn same(a: &Arc<dyn SessionObserver>, b: &Arc<dyn SessionObserver>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
 struct Shared {
     store: Arc<dyn SessionStore>,
     selector: Arc<dyn BackendSelector>,
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
-    observers: Vec<Arc<dyn SessionObserver>>,
+    observers: arc_swap::ArcSwap<Vec<Arc<dyn SessionObserver>>>,
 }
 
 impl Shared {
+    /// Adopts the hooks a request brought that are not observers yet.
+    fn adopt(&self, hooks: &SessionHooks) {
+        let known = self.observers.load();
+        if hooks.0.iter().all(|h| known.iter().any(|o| same(o, h))) {
+            return;
+        }
+        self.observers.rcu(|list| {
+            let mut list = Vec::clone(list);
+            for h in &hooks.0 {
+                if !list.iter().any(|o| same(o, h)) {
+                    list.push(h.clone());
+                }
+            }
+            list
+        });
+    }
+
     fn started(&self, rec: &SessionRecord) {
-        for o in &self.observers {
+        for o in self.observers.load().iter() {
             o.started(rec);
         }
     }
@@ -149,7 +201,7 @@ impl Shared {
     }
 
     fn ended(&self, rec: &SessionRecord, why: SessionEnd) {
-        for o in &self.observers {
+        for o in self.observers.load().iter() {
             o.ended(rec, why);
         }
     }
@@ -183,17 +235,16 @@ impl SessionLayer {
                 selector,
                 sweep_interval: Duration::from_secs(30),
                 sweeper_started: AtomicBool::new(false),
-                observers: Vec::new(),
+                observers: Default::default(),
             }),
         }
     }
 
-    /// Adds an observer of session starts and ends. Must be called before
-    /// the layer is used.
-    pub fn observe(mut self, observer: Arc<dyn SessionObserver>) -> Self {
-        if let Some(s) = Arc::get_mut(&mut self.shared) {
-            s.observers.push(observer);
-        }
+    /// Adds an observer of session starts and ends. The limit and audit
+    /// layers need not be added here: they hand theirs over with the
+    /// requests ([`SessionHooks`]).
+    pub fn observe(self, observer: Arc<dyn SessionObserver>) -> Self {
+        self.shared.adopt(&SessionHooks(vec![observer]));
         self
     }
 
@@ -357,6 +408,9 @@ where
             return Ok(error_response(&e, None));
         };
         if mcp.is_initialize() {
+            if let Some(hooks) = req.extensions().get::<SessionHooks>() {
+                shared.adopt(hooks);
+            }
             return initialize(shared, inner, req).await;
         }
         if mcp.era() == Era::Stateless {

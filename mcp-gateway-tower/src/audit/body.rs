@@ -36,9 +36,9 @@ impl CallRecord {
     }
 
     /// A session event's record, with what the call knows.
-    pub(crate) fn base(&self, event: &'static str) -> AuditEvent {
+    pub(crate) fn base(&self, event: EventKind) -> AuditEvent {
         let mut e = AuditEvent {
-            event: event.into(),
+            event,
             time: now_rfc3339(),
             session: self.session.clone(),
             // Not `to_string`: that goes through the formatting machinery.
@@ -280,94 +280,56 @@ pub(crate) fn inspect(json: &[u8], progress: &mut u64, code: &mut Option<i64>) {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that emits its call's audit records when it ends
-    /// (in the poll that sees the end) or is dropped.
-    pub(crate) struct AuditBody {
-        #[pin]
-        pub(crate) inner: Body,
-        pub(crate) meter: Meter,
-        pub(crate) call: Option<CallRecord>,
-        pub(crate) shared: Arc<Shared>,
-    }
-
-    impl PinnedDrop for AuditBody {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(call) = this.call.take() {
-                this.meter.finish();
-                emit(this.shared, call, this.meter);
-            }
-        }
-    }
+/// Watches a call's response body: meters it and emits the call's audit
+/// records when it ends (in the poll that sees the end) or is dropped.
+pub(crate) struct AuditWatch {
+    pub(crate) meter: Meter,
+    pub(crate) call: Option<CallRecord>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-impl http_body::Body for AuditBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let res = this.inner.as_mut().poll_frame(cx);
-        match &res {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    this.meter.see(d);
-                }
-                if this.inner.is_end_stream() {
-                    this.meter.ended = true;
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.meter.failed = true,
-            Poll::Ready(None) => this.meter.ended = true,
-            Poll::Pending => {}
-        }
-        // Recorded in the poll that sees the end, before the server writes
-        // the last bytes: a client never has an answer whose call is not
-        // yet recorded, so records follow the order in which a client's
-        // calls depend on each other (a server drops a body only after
-        // writing it, and a fast client's next call would be recorded
-        // first).
-        if this.meter.ended || this.meter.failed {
-            if let Some(call) = this.call.take() {
-                this.meter.finish();
-                emit(this.shared, call, this.meter);
-            }
-        }
-        res
+impl BodyObserver for AuditWatch {
+    fn on_data(&mut self, data: &Bytes) {
+        self.meter.see(data);
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    // Recorded in the poll that sees the end, before the server writes
+    // the last bytes: a client never has an answer whose call is not yet
+    // recorded, so records follow the order in which a client's calls
+    // depend on each other (a server drops a body only after writing it,
+    // and a fast client's next call would be recorded first).
+    fn on_end(&mut self, end: BodyEnd<'_>) {
+        match end {
+            BodyEnd::Complete => self.meter.ended = true,
+            BodyEnd::Failed(_) => self.meter.failed = true,
+            BodyEnd::Dropped => {}
+        }
+        if let Some(call) = self.call.take() {
+            self.meter.finish();
+            emit(&self.shared, call, &self.meter);
+        }
     }
 }
 
 fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
     let ended = meter.ended || (meter.bytes == 0 && !meter.failed && call.status == 202);
-    let (outcome, code): (&str, Option<i64>) = match call.kind {
+    let (outcome, code): (Outcome, Option<i64>) = match call.kind {
         Some(ErrorKind::Denied | ErrorKind::ToolChanged) => {
-            ("denied", call.kind.map(|k| k.code() as i64))
+            (Outcome::Denied, call.kind.map(|k| k.code() as i64))
         }
         Some(ErrorKind::Limited | ErrorKind::TooManySessions) => {
-            ("limited", call.kind.map(|k| k.code() as i64))
+            (Outcome::Limited, call.kind.map(|k| k.code() as i64))
         }
         Some(ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamTimeout) => {
-            ("upstream_failure", call.kind.map(|k| k.code() as i64))
+            (Outcome::UpstreamFailure, call.kind.map(|k| k.code() as i64))
         }
-        Some(k) => ("rejected", Some(k.code() as i64)),
-        None if meter.failed => ("upstream_failure", None),
-        None if !ended => ("client_gone", None),
+        Some(k) => (Outcome::Rejected, Some(k.code() as i64)),
+        None if meter.failed => (Outcome::UpstreamFailure, None),
+        None if !ended => (Outcome::ClientGone, None),
         None => match meter.error_code {
-            Some(c) => ("error", Some(c)),
-            None if call.status >= 400 => ("error", None),
-            None => ("ok", None),
+            Some(c) => (Outcome::Error, Some(c)),
+            None if call.status >= 400 => (Outcome::Error, None),
+            None => (Outcome::Ok, None),
         },
     };
     let duration = call.start.elapsed();
@@ -379,7 +341,7 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
     let (bytes_in, bytes_out, cost) = (call.bytes_in, meter.bytes, call.cost);
     let add = move |t: &mut SessionTotals| {
         t.calls += n;
-        if outcome != "ok" {
+        if outcome != Outcome::Ok {
             t.errors += n;
         }
         t.bytes_in += bytes_in;
@@ -402,14 +364,14 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
             }
         }
     }
-    // The records are lent to the sink (`record_ref`): nothing below
+    // The records are lent to the sink (`AuditSink::record`): nothing below
     // copies a string, and a sink writing them out at once copies none.
     let mut time = [0u8; 24];
     let time = now_rfc3339_in(&mut time);
     let version = call.version();
     let p = call.principal.as_ref();
     let base = AuditEventRef {
-        event: "call",
+        event: EventKind::Call,
         time,
         principal: p.map(Principal::subject),
         tenant: p.and_then(Principal::tenant),
@@ -444,7 +406,7 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
                     }
                     _ => None,
                 };
-                shared.sink.record_ref(&AuditEventRef {
+                shared.sink.record(&AuditEventRef {
                     method,
                     target: m.target(),
                     id: id.as_deref(),
@@ -453,7 +415,7 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
                 });
             }
         }
-        None => shared.sink.record_ref(&AuditEventRef {
+        None => shared.sink.record(&AuditEventRef {
             method: Some(call.http_method.as_str()),
             ..base
         }),

@@ -3,11 +3,85 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// What a record is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// One MCP message (or `GET` / `DELETE`) handled.
+    #[default]
+    Call,
+    /// A session began (its `initialize` was answered).
+    SessionStart,
+    /// A session ended (see [`EndReason`]).
+    SessionEnd,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Answered without an error.
+    #[default]
+    Ok,
+    /// The backend answered with a JSON-RPC error (or an HTTP error).
+    Error,
+    /// A policy or tool pin refused it.
+    Denied,
+    /// A limit refused it.
+    Limited,
+    /// The backend could not be reached, failed, or did not answer in time.
+    UpstreamFailure,
+    /// The client left before the answer ended.
+    ClientGone,
+    /// The gateway refused the request: authentication, bad input, …
+    Rejected,
+}
+
+/// Why a session ended: the session router's [`SessionEnd`].
+pub type EndReason = SessionEnd;
+
+macro_rules! names {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            /// The name in records (snake case).
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$t>::$v => $s),* }
+            }
+        }
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                self.as_str()
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+names!(EventKind { Call => "call", SessionStart => "session_start", SessionEnd => "session_end" });
+names!(Outcome {
+    Ok => "ok",
+    Error => "error",
+    Denied => "denied",
+    Limited => "limited",
+    UpstreamFailure => "upstream_failure",
+    ClientGone => "client_gone",
+    Rejected => "rejected",
+});
+
 /// One audit record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
-    /// `call`, `session_start` or `session_end`.
-    pub event: Cow<'static, str>,
+    /// What the record is about.
+    pub event: EventKind,
     /// When it was emitted, RFC 3339 UTC with milliseconds.
     pub time: String,
     /// The principal's subject.
@@ -34,10 +108,8 @@ pub struct AuditEvent {
     /// The JSON-RPC id, as JSON text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// `ok`, `error` (JSON-RPC error from the backend), `denied`,
-    /// `limited`, `upstream_failure`, `client_gone` or `rejected` (the
-    /// gateway refused the request: authentication, bad input, …).
-    pub outcome: Cow<'static, str>,
+    /// How the call ended.
+    pub outcome: Outcome,
     /// The JSON-RPC error code, for `error`, `denied`, `limited`, `rejected`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<i64>,
@@ -76,9 +148,9 @@ pub struct AuditEvent {
     /// `session_end`: calls that did not end `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<u64>,
-    /// `session_end`: `deleted`, `expired` or `backend_lost`.
+    /// `session_end`: why.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub end_reason: Option<Cow<'static, str>>,
+    pub end_reason: Option<EndReason>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -87,15 +159,14 @@ fn is_zero(n: &u64) -> bool {
 
 /// An [`AuditEvent`] lent rather than given: the same fields, borrowed.
 ///
-/// The audit layer hands each call's record to [`AuditSink::record_ref`]
-/// in this form, so that a sink writing it out at once (the JSON Lines
-/// file, `tracing`) copies none of its strings; a sink that keeps records
-/// makes an [`AuditEvent`] of it ([`to_event`](Self::to_event)), which is
-/// what [`AuditSink::record_ref`] does unless a sink says otherwise.
+/// The audit layer hands every record to [`AuditSink::record`] in this
+/// form, so that a sink writing it out at once (the JSON Lines file,
+/// `tracing`) copies none of its strings; a sink that keeps records makes
+/// an [`AuditEvent`] of it ([`to_event`](Self::to_event)).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[allow(missing_docs)] // The fields are those of `AuditEvent`.
 pub struct AuditEventRef<'a> {
-    pub event: &'a str,
+    pub event: EventKind,
     pub time: &'a str,
     pub principal: Option<&'a str>,
     pub tenant: Option<&'a str>,
@@ -105,7 +176,7 @@ pub struct AuditEventRef<'a> {
     pub method: Option<&'a str>,
     pub target: Option<&'a str>,
     pub id: Option<&'a str>,
-    pub outcome: &'a str,
+    pub outcome: Outcome,
     pub error_code: Option<i64>,
     pub limit: Option<&'a str>,
     pub http_status: Option<u16>,
@@ -119,14 +190,14 @@ pub struct AuditEventRef<'a> {
     pub protocol_version: Option<&'a str>,
     pub calls: Option<u64>,
     pub errors: Option<u64>,
-    pub end_reason: Option<&'a str>,
+    pub end_reason: Option<EndReason>,
 }
 
 impl AuditEvent {
     /// This record, lent.
     pub fn borrowed(&self) -> AuditEventRef<'_> {
         AuditEventRef {
-            event: &self.event,
+            event: self.event,
             time: &self.time,
             principal: self.principal.as_deref(),
             tenant: self.tenant.as_deref(),
@@ -136,7 +207,7 @@ impl AuditEvent {
             method: self.method.as_deref(),
             target: self.target.as_deref(),
             id: self.id.as_deref(),
-            outcome: &self.outcome,
+            outcome: self.outcome,
             error_code: self.error_code,
             limit: self.limit.as_deref(),
             http_status: self.http_status,
@@ -150,7 +221,7 @@ impl AuditEvent {
             protocol_version: self.protocol_version.as_deref(),
             calls: self.calls,
             errors: self.errors,
-            end_reason: self.end_reason.as_deref(),
+            end_reason: self.end_reason,
         }
     }
 }
@@ -161,7 +232,7 @@ impl AuditEventRef<'_> {
         let text = |s: Option<&str>| s.map(str::to_owned);
         let name = |s: Option<&str>| s.map(|s| Cow::Owned(s.to_owned()));
         AuditEvent {
-            event: Cow::Owned(self.event.to_owned()),
+            event: self.event,
             time: self.time.to_owned(),
             principal: text(self.principal),
             tenant: text(self.tenant),
@@ -171,7 +242,7 @@ impl AuditEventRef<'_> {
             method: name(self.method),
             target: text(self.target),
             id: text(self.id),
-            outcome: Cow::Owned(self.outcome.to_owned()),
+            outcome: self.outcome,
             error_code: self.error_code,
             limit: name(self.limit),
             http_status: self.http_status,
@@ -185,7 +256,7 @@ impl AuditEventRef<'_> {
             protocol_version: name(self.protocol_version),
             calls: self.calls,
             errors: self.errors,
-            end_reason: name(self.end_reason),
+            end_reason: self.end_reason,
         }
     }
 }
@@ -238,7 +309,7 @@ pub(crate) fn write_json(e: &AuditEventRef<'_>, out: &mut Vec<u8>) {
     }
     out.reserve(512);
     let mut o = Obj { out };
-    o.text("{\"event\":\"", Some(e.event));
+    o.text("{\"event\":\"", Some(e.event.as_str()));
     text!(o, "time", Some(e.time));
     text!(o, "principal", e.principal);
     text!(o, "tenant", e.tenant);
@@ -248,7 +319,7 @@ pub(crate) fn write_json(e: &AuditEventRef<'_>, out: &mut Vec<u8>) {
     text!(o, "method", e.method);
     text!(o, "target", e.target);
     text!(o, "id", e.id);
-    text!(o, "outcome", Some(e.outcome));
+    text!(o, "outcome", Some(e.outcome.as_str()));
     number!(o, "error_code", e.error_code);
     text!(o, "limit", e.limit);
     number!(o, "http_status", e.http_status);
@@ -262,7 +333,7 @@ pub(crate) fn write_json(e: &AuditEventRef<'_>, out: &mut Vec<u8>) {
     text!(o, "protocol_version", e.protocol_version);
     number!(o, "calls", e.calls);
     number!(o, "errors", e.errors);
-    text!(o, "end_reason", e.end_reason);
+    text!(o, "end_reason", e.end_reason.map(SessionEnd::as_str));
     o.out.push(b'}');
 }
 

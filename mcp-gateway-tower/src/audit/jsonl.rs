@@ -243,11 +243,7 @@ fn rotate(cfg: &JsonlConfig, out: &mut BufWriter<File>) -> std::io::Result<()> {
 }
 
 impl AuditSink for JsonlSink {
-    fn record(&self, event: AuditEvent) {
-        self.record_ref(&event.borrowed());
-    }
-
-    fn record_ref(&self, event: &AuditEventRef<'_>) {
+    fn record(&self, event: &AuditEventRef<'_>) {
         let batch = self.shared.batches.get_or(Mutex::default);
         let mut b = lock(batch);
         if b.records >= self.shared.cap || self.shared.stop.load(Ordering::SeqCst) {

@@ -65,11 +65,13 @@ impl Shared {
     }
 }
 
-/// Builds [`Audit`] services; also the [`SessionObserver`] that emits
-/// `session_end` (the builder registers it on the session layer).
+/// Builds [`Audit`] services. Its [`SessionObserver`], which records
+/// `session_end`, reaches the session router with the requests that may
+/// start a session ([`SessionHooks`](crate::session::SessionHooks)).
 #[derive(Clone)]
 pub struct AuditLayer {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) hook: Arc<dyn SessionObserver>,
 }
 
 impl std::fmt::Debug for AuditLayer {
@@ -81,18 +83,21 @@ impl std::fmt::Debug for AuditLayer {
 impl AuditLayer {
     /// Records to `sink`.
     pub fn new(sink: Arc<dyn AuditSink>, cfg: AuditConfig) -> Self {
+        let shared = Arc::new(Shared {
+            sink,
+            cfg,
+            sessions: Default::default(),
+        });
         AuditLayer {
-            shared: Arc::new(Shared {
-                sink,
-                cfg,
-                sessions: Default::default(),
-            }),
+            hook: Arc::new(SessionEnds(shared.clone())),
+            shared,
         }
     }
 
-    /// The observer to register on the session layer.
+    /// The observer that records `session_end`. The layer hands it to the
+    /// session router itself; this is for session routers of your own.
     pub fn session_observer(&self) -> Arc<dyn SessionObserver> {
-        Arc::new(SessionEnds(self.shared.clone()))
+        self.hook.clone()
     }
 
     /// The sink.
@@ -119,7 +124,9 @@ impl SessionObserver for SessionEnds {
             }
         };
         if let Some(t) = totals {
-            self.0.sink.record(session_end_event(sid, t, why));
+            self.0
+                .sink
+                .record(&session_end_event(sid, t, why).borrowed());
         }
     }
 }
@@ -127,11 +134,11 @@ impl SessionObserver for SessionEnds {
 /// The `session_end` record of session `sid`.
 fn session_end_event(sid: &str, t: SessionTotals, why: SessionEnd) -> AuditEvent {
     let mut e = AuditEvent {
-        event: "session_end".into(),
+        event: EventKind::SessionEnd,
         time: now_rfc3339(),
         session: Some(sid.to_owned()),
         backend: t.backend.as_deref().map(String::from),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         duration_us: t.started.map(|s| s.elapsed().as_micros() as u64),
         bytes_in: t.bytes_in,
         bytes_out: t.bytes_out,
@@ -139,7 +146,7 @@ fn session_end_event(sid: &str, t: SessionTotals, why: SessionEnd) -> AuditEvent
         protocol_version: t.protocol_version,
         calls: Some(t.calls),
         errors: Some(t.errors),
-        end_reason: Some(why.as_str().into()),
+        end_reason: Some(why),
         ..Default::default()
     };
     set_principal(&mut e, t.principal.as_ref());
@@ -209,7 +216,7 @@ impl InFlight {
         if let Some((t, why)) = ended {
             self.shared
                 .sink
-                .record(session_end_event(&self.sid, t, why));
+                .record(&session_end_event(&self.sid, t, why).borrowed());
         }
     }
 }

@@ -35,7 +35,6 @@ use std::convert::Infallible;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
@@ -44,7 +43,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response};
-use http_body::{Frame, SizeHint};
 use mcp_gateway_core::protocol::header_names;
 use mcp_gateway_core::session::SessionRecord;
 use mcp_gateway_core::sse::SseScanner;
@@ -57,10 +55,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::acl::BackendName;
-use crate::body::{lock, Body, BoxError, BoxFuture};
+use crate::body::{lock, Body, BodyEnd, BodyObserver, BoxFuture, ObservedBody};
 use crate::error::error_response;
 use crate::limit::{CostCharged, LimitKind};
-use crate::session::{SessionEnd, SessionObserver};
+use crate::session::{SessionEnd, SessionHooks, SessionObserver};
 
 mod event;
 use self::event::*;

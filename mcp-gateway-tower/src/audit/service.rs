@@ -9,6 +9,7 @@ impl<S> Layer<S> for AuditLayer {
         Audit {
             inner,
             shared: self.shared.clone(),
+            hook: self.hook.clone(),
         }
     }
 }
@@ -18,6 +19,7 @@ impl<S> Layer<S> for AuditLayer {
 pub struct Audit<S> {
     inner: S,
     shared: Arc<Shared>,
+    hook: Arc<dyn SessionObserver>,
 }
 
 impl<S> Audit<S> {
@@ -44,7 +46,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> BoxFuture {
+    fn call(&mut self, mut req: Request<B>) -> BoxFuture {
         let start = Instant::now();
         if self.shared.sink.saturated() {
             let e = GatewayError::new(
@@ -54,6 +56,13 @@ where
             return Box::pin(std::future::ready(Ok(error_response(&e, None))));
         }
         let shared = self.shared.clone();
+        if req.method() == http::Method::POST
+            && !req.headers().contains_key(&header_names::MCP_SESSION_ID)
+        {
+            // It may be an `initialize`: the session router then learns of
+            // the observer that records the session's end.
+            SessionHooks::add(&mut req, &self.hook);
+        }
         let session = req
             .headers()
             .get(&header_names::MCP_SESSION_ID)
@@ -134,9 +143,9 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
     };
     if started_session {
         if let Some(sid) = &call.session {
-            let mut e = call.base("session_start");
-            e.outcome = "ok".into();
-            shared.sink.record(e);
+            let mut e = call.base(EventKind::SessionStart);
+            e.outcome = Outcome::Ok;
+            shared.sink.record(&e.borrowed());
             shared.totals(sid).insert(
                 sid.clone(),
                 SessionTotals {
@@ -152,11 +161,13 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
     let (parts, body) = res.into_parts();
     Response::from_parts(
         parts,
-        Body::new(AuditBody {
-            inner: body,
-            meter: Meter::new(sse),
-            call: Some(call),
-            shared,
-        }),
+        Body::new(ObservedBody::new(
+            body,
+            AuditWatch {
+                meter: Meter::new(sse),
+                call: Some(call),
+                shared,
+            },
+        )),
     )
 }

@@ -15,16 +15,14 @@ pub enum Overflow {
 }
 
 /// Where audit records go. `record` must never block.
+///
+/// One method to implement. Records are lent: a sink that writes them out
+/// at once copies nothing, one that keeps them calls
+/// [`AuditEventRef::to_event`]. The provided methods report back pressure
+/// and flush at shutdown; their defaults suit a sink that never fills.
 pub trait AuditSink: Send + Sync + 'static {
     /// Takes one record.
-    fn record(&self, event: AuditEvent);
-    /// Takes one record, lent: how the audit layer hands over each call's
-    /// record. The default makes an [`AuditEvent`] of it for
-    /// [`record`](Self::record); a sink that writes the record out at once
-    /// implements this too, and spares the copies.
-    fn record_ref(&self, event: &AuditEventRef<'_>) {
-        self.record(event.to_event())
-    }
+    fn record(&self, event: &AuditEventRef<'_>);
     /// True when the sink is full and its policy is to refuse calls.
     fn saturated(&self) -> bool {
         false
@@ -38,11 +36,8 @@ pub trait AuditSink: Send + Sync + 'static {
 }
 
 impl<S: AuditSink + ?Sized> AuditSink for Arc<S> {
-    fn record(&self, event: AuditEvent) {
+    fn record(&self, event: &AuditEventRef<'_>) {
         (**self).record(event)
-    }
-    fn record_ref(&self, event: &AuditEventRef<'_>) {
-        (**self).record_ref(event)
     }
     fn saturated(&self) -> bool {
         (**self).saturated()
@@ -61,14 +56,10 @@ impl<S: AuditSink + ?Sized> AuditSink for Arc<S> {
 pub struct TracingSink;
 
 impl AuditSink for TracingSink {
-    fn record(&self, e: AuditEvent) {
-        self.record_ref(&e.borrowed());
-    }
-
-    fn record_ref(&self, e: &AuditEventRef<'_>) {
+    fn record(&self, e: &AuditEventRef<'_>) {
         tracing::info!(
             target: "mcp_gateway::audit",
-            event = e.event,
+            event = e.event.as_str(),
             principal = e.principal,
             tenant = e.tenant,
             session = e.session,
@@ -76,7 +67,7 @@ impl AuditSink for TracingSink {
             method = e.method,
             target_name = e.target,
             id = e.id,
-            outcome = e.outcome,
+            outcome = e.outcome.as_str(),
             error_code = e.error_code,
             limit = e.limit,
             http_status = e.http_status,
@@ -88,7 +79,7 @@ impl AuditSink for TracingSink {
             cost = e.cost,
             calls = e.calls,
             errors = e.errors,
-            end_reason = e.end_reason,
+            end_reason = e.end_reason.map(SessionEnd::as_str),
         );
     }
 }
@@ -120,8 +111,8 @@ impl ChannelSink {
 }
 
 impl AuditSink for ChannelSink {
-    fn record(&self, event: AuditEvent) {
-        if self.tx.try_send(event).is_err() {
+    fn record(&self, event: &AuditEventRef<'_>) {
+        if self.tx.try_send(event.to_event()).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -70,13 +70,13 @@ fn rfc3339_dates() {
 #[test]
 fn hand_written_lines_are_what_serde_writes() {
     let plain = AuditEvent {
-        event: "call".into(),
+        event: EventKind::Call,
         time: now_rfc3339(),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         ..Default::default()
     };
     let full = AuditEvent {
-        event: "session_end".into(),
+        event: EventKind::SessionEnd,
         time: "2026-11-24T01:02:03.456Z".into(),
         principal: Some("ann \"the\" agent\\".into()),
         tenant: Some("acme\u{1}\n".into()),
@@ -86,7 +86,7 @@ fn hand_written_lines_are_what_serde_writes() {
         method: Some("tools/call".into()),
         target: Some("get_weather ☀".into()),
         id: Some("\"abc\"".into()),
-        outcome: "limited".into(),
+        outcome: Outcome::Limited,
         error_code: Some(-32055),
         limit: Some("cost_budget".into()),
         http_status: Some(200),
@@ -100,7 +100,7 @@ fn hand_written_lines_are_what_serde_writes() {
         protocol_version: Some("2025-11-25".into()),
         calls: Some(4),
         errors: Some(1),
-        end_reason: Some("deleted".into()),
+        end_reason: Some(SessionEnd::Deleted),
     };
     for e in [plain, full] {
         let mut mine = Vec::new();
@@ -211,12 +211,15 @@ fn jsonl_rotates_by_size_and_keeps_every_line() {
     })
     .unwrap();
     for i in 0..200 {
-        sink.record(AuditEvent {
-            event: "call".into(),
-            id: Some(i.to_string()),
-            outcome: "ok".into(),
-            ..Default::default()
-        });
+        sink.record(
+            &AuditEvent {
+                event: EventKind::Call,
+                id: Some(i.to_string()),
+                outcome: Outcome::Ok,
+                ..Default::default()
+            }
+            .borrowed(),
+        );
     }
     sink.close();
     let mut ids = Vec::new();
@@ -260,22 +263,22 @@ fn jsonl_overflow_drops_and_counts_or_refuses() {
     )
     .unwrap();
     let event = |i: u32| AuditEvent {
-        event: "call".into(),
+        event: EventKind::Call,
         id: Some(i.to_string()),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         ..Default::default()
     };
     assert!(!sink.saturated());
     for i in 0..10 {
-        sink.record(event(i));
+        sink.record(&event(i).borrowed());
     }
     assert_eq!(sink.dropped(), 6);
     assert!(sink.saturated(), "refuse calls while the batch is full");
     sink.flush();
     assert!(!sink.saturated(), "the writer took the batch");
-    sink.record(event(10));
+    sink.record(&event(10).borrowed());
     sink.close();
-    sink.record(event(11));
+    sink.record(&event(11).borrowed());
     assert_eq!(sink.dropped(), 7, "a record after close is counted");
     let text = std::fs::read_to_string(&path).unwrap();
     let ids: Vec<String> = text

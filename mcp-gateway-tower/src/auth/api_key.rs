@@ -95,14 +95,9 @@ impl ApiKeys {
 }
 
 impl Authenticator for ApiKeys {
-    fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
-        let out = self.authenticate_now(parts);
-        Box::pin(std::future::ready(out.unwrap_or(AuthOutcome::NotMine)))
-    }
-
     /// Always decides at once: a key is a lookup.
-    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
-        Some(match self.presented(parts) {
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> Answer<'a, AuthOutcome> {
+        Answer::ready(match self.presented(parts) {
             None => AuthOutcome::NotMine,
             Some(k) => match self.lookup(k) {
                 Some(p) => AuthOutcome::Authenticated(p.clone()),

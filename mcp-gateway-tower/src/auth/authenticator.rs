@@ -32,28 +32,18 @@ impl AuthFailure {
     }
 }
 
-/// The future an [`Authenticator`] returns.
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = AuthOutcome> + Send + 'a>>;
-
 /// Turns a request's credential into a [`Principal`].
 ///
 /// Implement it for your own scheme; it sees the request head only (the
-/// body is not read yet, so a refusal costs nothing).
+/// body is not read yet, so a refusal costs nothing). Answer at once
+/// ([`Answer::ready`]) when no waiting is needed (a key lookup, a token
+/// verified a moment ago, a request with no credential of your kind): the
+/// layer then decides in the same poll. Answer with [`Answer::pending`]
+/// for work that waits (a JWKS fetch, an introspection call); the future
+/// must be lazy (see [`Answer`]).
 pub trait Authenticator: Send + Sync + 'static {
     /// Decides on the request head.
-    fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a>;
-
-    /// Decides at once, without a future, when that needs no waiting (a
-    /// credential seen lately, or none of this authenticator's kind);
-    /// `None` sends the request to [`authenticate`](Self::authenticate).
-    /// Must agree with it. The default always says `None`.
-    ///
-    /// Why: most calls carry a token verified a moment ago, and answering
-    /// them here spares the layer a boxed future and a suspended state.
-    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
-        let _ = parts;
-        None
-    }
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> Answer<'a, AuthOutcome>;
 
     /// Header names holding credentials this authenticator reads; the
     /// layer removes them before the request goes on. `Authorization`
@@ -64,11 +54,8 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
-    fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> Answer<'a, AuthOutcome> {
         (**self).authenticate(parts)
-    }
-    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
-        (**self).authenticate_now(parts)
     }
     fn credential_headers(&self) -> Vec<HeaderName> {
         (**self).credential_headers()

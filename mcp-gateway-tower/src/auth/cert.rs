@@ -47,14 +47,9 @@ impl ClientCertAuthenticator {
 }
 
 impl Authenticator for ClientCertAuthenticator {
-    fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
-        let out = self.authenticate_now(parts);
-        Box::pin(std::future::ready(out.unwrap_or(AuthOutcome::NotMine)))
-    }
-
     /// Always decides at once: the certificate was verified by TLS.
-    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
-        Some(match parts.extensions.get::<PeerCertificate>() {
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> Answer<'a, AuthOutcome> {
+        Answer::ready(match parts.extensions.get::<PeerCertificate>() {
             None => AuthOutcome::NotMine,
             Some(cert) => match cert.sans.first().or(cert.common_name.as_ref()) {
                 None => AuthOutcome::Rejected(AuthFailure::new("client certificate names nobody")),

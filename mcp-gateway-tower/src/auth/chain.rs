@@ -38,26 +38,30 @@ impl AuthChain {
 }
 
 impl Authenticator for AuthChain {
-    fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
-        Box::pin(async move {
-            for a in &self.links {
-                match a.authenticate(parts).await {
-                    AuthOutcome::NotMine => continue,
-                    decided => return decided,
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> Answer<'a, AuthOutcome> {
+        for (i, a) in self.links.iter().enumerate() {
+            match a.authenticate(parts).now() {
+                Ok(AuthOutcome::NotMine) => continue,
+                Ok(decided) => return Answer::ready(decided),
+                // This link waits: so does the rest of the chain.
+                Err(pending) => {
+                    return Answer::pending(async move {
+                        match pending.await {
+                            AuthOutcome::NotMine => {}
+                            decided => return decided,
+                        }
+                        for a in &self.links[i + 1..] {
+                            match a.authenticate(parts).await {
+                                AuthOutcome::NotMine => continue,
+                                decided => return decided,
+                            }
+                        }
+                        AuthOutcome::NotMine
+                    })
                 }
             }
-            AuthOutcome::NotMine
-        })
-    }
-
-    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
-        for a in &self.links {
-            match a.authenticate_now(parts)? {
-                AuthOutcome::NotMine => continue,
-                decided => return Some(decided),
-            }
         }
-        Some(AuthOutcome::NotMine)
+        Answer::ready(AuthOutcome::NotMine)
     }
 
     fn credential_headers(&self) -> Vec<HeaderName> {

@@ -21,15 +21,13 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response};
-use mcp_gateway_core::{ErrorKind, GatewayError, Principal};
+use mcp_gateway_core::{Answer, ErrorKind, GatewayError, Principal};
 use sha2::{Digest, Sha256};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -40,7 +38,7 @@ use crate::error::error_response;
 mod authenticator;
 #[cfg(feature = "jwt")]
 pub mod jwt;
-pub use self::authenticator::{AuthFailure, AuthFuture, AuthOutcome, Authenticator};
+pub use self::authenticator::{AuthFailure, AuthOutcome, Authenticator};
 mod chain;
 pub use self::chain::AuthChain;
 mod api_key;

@@ -56,7 +56,11 @@ where
                 ),
             ))));
         }
-        if let Some(outcome) = shared.authenticator.authenticate_now(&parts) {
+        // Known at once, or (`None`) pending: the pending answer borrows
+        // the head, which the task must own, so it is dropped here and
+        // asked again there (answers are lazy until polled).
+        let decided = shared.authenticator.authenticate(&parts).now().ok();
+        if let Some(outcome) = decided {
             // Decided at once: no future holds the request while it waits.
             return match admit(shared, parts, outcome) {
                 Ok((parts, principal)) => {

@@ -25,12 +25,14 @@ pub(crate) fn hold(
     };
     Response::from_parts(
         parts,
-        Body::new(HeldBody {
-            inner: body,
-            hold,
-            shared,
-            pending: 0,
-        }),
+        Body::new(ObservedBody::new(
+            body,
+            Held {
+                hold,
+                shared,
+                pending: 0,
+            },
+        )),
     )
 }
 
@@ -96,27 +98,33 @@ where
 /// Streamed tokens are charged in batches of this many (and at the end).
 const TOKEN_BATCH: u64 = 1024;
 
-pin_project_lite::pin_project! {
-    /// A response body holding a call's permits until it ends or is
-    /// dropped, and charging the result's tokens as they pass (in batches,
-    /// and whatever is left when the body ends or is dropped). The end is
-    /// acted on in the poll that sees it, before the server writes the last
-    /// bytes: a client that has read the whole answer and calls again at
-    /// once must find the permit free, and the budget charged.
-    struct HeldBody {
-        #[pin]
-        inner: Body,
-        hold: CallHold,
-        shared: Arc<Shared>,
-        pending: u64,
+/// Watches an admitted call's response body: holds the call's permits
+/// until it ends or is dropped, and charges the result's tokens as they
+/// pass (in batches, and whatever is left at the end). The end is acted on
+/// in the poll that sees it, before the server writes the last bytes: a
+/// client that has read the whole answer and calls again at once must
+/// find the permit free, and the budget charged.
+pub(crate) struct Held {
+    pub(crate) hold: CallHold,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) pending: u64,
+}
+
+impl BodyObserver for Held {
+    fn on_data(&mut self, data: &Bytes) {
+        if self.hold.tokens.is_some() {
+            self.pending += self.shared.tokens.count(data);
+            if self.pending >= TOKEN_BATCH {
+                let n = std::mem::take(&mut self.pending);
+                charge_tokens(&self.shared, &self.hold.tokens, n);
+            }
+        }
     }
 
-    impl PinnedDrop for HeldBody {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            let n = std::mem::take(this.pending);
-            charge_tokens(this.shared, &this.hold.tokens, n);
-        }
+    fn on_end(&mut self, _: BodyEnd<'_>) {
+        let n = std::mem::take(&mut self.pending);
+        charge_tokens(&self.shared, &self.hold.tokens, n);
+        self.hold.slots.release();
     }
 }
 
@@ -125,56 +133,17 @@ fn charge_tokens(shared: &Arc<Shared>, tokens: &Option<(LimitKey, Budget)>, n: u
     if n == 0 {
         return;
     }
-    if shared.limiter.is_local() {
-        // A local limiter charges inside `charge`; the ready future only
-        // carries the answer, not needed here.
-        drop(shared.limiter.charge(key, budget, n, false));
-    } else if tokio::runtime::Handle::try_current().is_ok() {
-        // A shared store: charge without holding up the stream.
-        let (shared, key, budget) = (shared.clone(), key.clone(), *budget);
-        tokio::spawn(async move {
-            let _ = shared.limiter.charge(&key, &budget, n, false).await;
-        });
-    }
-}
-
-impl http_body::Body for HeldBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let res = this.inner.as_mut().poll_frame(cx);
-        let ended = match &res {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(_)) = (frame.data_ref(), &this.hold.tokens) {
-                    *this.pending += this.shared.tokens.count(data);
-                    if *this.pending >= TOKEN_BATCH {
-                        let n = std::mem::take(this.pending);
-                        charge_tokens(this.shared, &this.hold.tokens, n);
-                    }
-                }
-                this.inner.is_end_stream()
-            }
-            Poll::Ready(_) => true,
-            Poll::Pending => false,
-        };
-        if ended {
-            let n = std::mem::take(this.pending);
-            charge_tokens(this.shared, &this.hold.tokens, n);
-            this.hold.slots.release();
+    // An in-process limiter charges at once; a shared store's answer is
+    // awaited on a task of its own, without holding up the stream.
+    let (shared, key, budget) = (shared.clone(), key.clone(), *budget);
+    let mut charge = Box::pin(async move {
+        let _ = shared.limiter.charge(&key, &budget, n, false).await;
+    });
+    if crate::body::poll_once(&mut charge).is_pending() {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(charge);
+        } else {
+            tracing::warn!("token charge dropped: a shared limiter needs a tokio runtime");
         }
-        res
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -63,11 +63,13 @@ pub(crate) struct Shared {
     pub(crate) sessions: Mutex<HashMap<String, Slots>>,
 }
 
-/// Builds [`Limit`] services; also the [`SessionObserver`] that frees
-/// session slots (the builder registers it on the session layer).
+/// Builds [`Limit`] services. Its [`SessionObserver`], which frees session
+/// slots when a session ends, reaches the session router with each
+/// `initialize` request ([`SessionHooks`](crate::session::SessionHooks)).
 #[derive(Clone)]
 pub struct LimitLayer {
     shared: Arc<Shared>,
+    hook: Arc<dyn SessionObserver>,
 }
 
 impl std::fmt::Debug for LimitLayer {
@@ -88,38 +90,41 @@ fn compile_costs(cfg: &LimitConfig) -> Vec<(Glob, u64)> {
 impl LimitLayer {
     /// Limits for the backend named `backend`, counted by `limiter`.
     pub fn new(cfg: LimitConfig, backend: impl Into<Arc<str>>, limiter: Arc<dyn Limiter>) -> Self {
+        Self::from_shared(Arc::new(Shared {
+            tool_costs: compile_costs(&cfg),
+            cfg,
+            backend: backend.into(),
+            limiter,
+            tokens: Arc::new(ApproxTokenCounter),
+            sessions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn from_shared(shared: Arc<Shared>) -> Self {
         LimitLayer {
-            shared: Arc::new(Shared {
-                tool_costs: compile_costs(&cfg),
-                cfg,
-                backend: backend.into(),
-                limiter,
-                tokens: Arc::new(ApproxTokenCounter),
-                sessions: Mutex::new(HashMap::new()),
-            }),
+            hook: Arc::new(SlotReleaser(shared.clone())),
+            shared,
         }
     }
 
     /// Counts tokens with `counter` instead of the approximation.
     pub fn token_counter(self, counter: Arc<dyn TokenCounter>) -> Self {
         let s = &self.shared;
-        LimitLayer {
-            shared: Arc::new(Shared {
-                cfg: s.cfg.clone(),
-                backend: s.backend.clone(),
-                limiter: s.limiter.clone(),
-                tokens: counter,
-                tool_costs: s.tool_costs.clone(),
-                sessions: Mutex::new(HashMap::new()),
-            }),
-        }
+        Self::from_shared(Arc::new(Shared {
+            cfg: s.cfg.clone(),
+            backend: s.backend.clone(),
+            limiter: s.limiter.clone(),
+            tokens: counter,
+            tool_costs: s.tool_costs.clone(),
+            sessions: Mutex::new(HashMap::new()),
+        }))
     }
 
-    /// The observer to register on the session layer
-    /// ([`crate::session::SessionLayer::observe`]) so that session slots are
-    /// released whenever a session ends.
+    /// The observer that releases a session's slots when it ends. The
+    /// layer hands it to the session router itself; this is for session
+    /// routers of your own.
     pub fn session_observer(&self) -> Arc<dyn SessionObserver> {
-        Arc::new(SlotReleaser(self.shared.clone()))
+        self.hook.clone()
     }
 
     /// Sessions holding slots (for tests and metrics).
@@ -150,6 +155,7 @@ impl<S> Layer<S> for LimitLayer {
         Limit {
             inner,
             shared: self.shared.clone(),
+            hook: self.hook.clone(),
         }
     }
 }
@@ -159,6 +165,7 @@ impl<S> Layer<S> for LimitLayer {
 pub struct Limit<S> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared>,
+    pub(crate) hook: Arc<dyn SessionObserver>,
 }
 
 impl<S> Limit<S> {

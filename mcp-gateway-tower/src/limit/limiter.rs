@@ -3,10 +3,6 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// The future the [`Limiter`] operations return: ready at once in
-/// process, pending for a shared store.
-pub type LimitFuture<'a, T> = StoreFuture<'a, T>;
-
 /// Which limit decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,12 +103,13 @@ impl Slot {
 }
 
 /// The counters behind [`LimitLayer`]. `Err(d)` means "refused; retry in
-/// `d`".
+/// `d`". Every operation returns an [`Answer`]: ready at once in process
+/// (decided in the same poll as the request), pending for a shared store.
 pub trait Limiter: Send + Sync + 'static {
     /// Takes one unit from the token bucket of `key`.
-    fn hit(&self, key: &LimitKey, quota: &Quota) -> LimitFuture<'_, Result<(), Duration>>;
+    fn hit(&self, key: &LimitKey, quota: &Quota) -> Answer<'_, Result<(), Duration>>;
     /// Takes one of at most `max` concurrent slots of `key`.
-    fn acquire(&self, key: &LimitKey, max: u32) -> LimitFuture<'_, Option<Slot>>;
+    fn acquire(&self, key: &LimitKey, max: u32) -> Answer<'_, Option<Slot>>;
     /// Adds `amount` to `key`'s use in the current window. With
     /// `must_fit`, refuses (charging nothing) when the window's use would
     /// pass the budget; without, always charges (results already
@@ -123,14 +120,7 @@ pub trait Limiter: Send + Sync + 'static {
         budget: &Budget,
         amount: u64,
         must_fit: bool,
-    ) -> LimitFuture<'_, Result<(), Duration>>;
-
-    /// True when every future this limiter returns is ready at once (no
-    /// I/O): the layer then charges streamed tokens inline instead of on a
-    /// spawned task.
-    fn is_local(&self) -> bool {
-        false
-    }
+    ) -> Answer<'_, Result<(), Duration>>;
 }
 
 pub(crate) type Direct = RateLimiter<NotKeyed, InMemoryState, LimiterClock, NoOpMiddleware<Nanos>>;

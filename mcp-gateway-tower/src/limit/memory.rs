@@ -298,15 +298,11 @@ impl Drop for SlotGuard {
 }
 
 impl Limiter for InMemoryLimiter {
-    fn is_local(&self) -> bool {
-        true
+    fn hit(&self, key: &LimitKey, quota: &Quota) -> Answer<'_, Result<(), Duration>> {
+        Answer::ready(self.with_entry(key, |e| self.hit_entry(e, quota)))
     }
 
-    fn hit(&self, key: &LimitKey, quota: &Quota) -> LimitFuture<'_, Result<(), Duration>> {
-        StoreFuture::ready(self.with_entry(key, |e| self.hit_entry(e, quota)))
-    }
-
-    fn acquire(&self, key: &LimitKey, max: u32) -> LimitFuture<'_, Option<Slot>> {
+    fn acquire(&self, key: &LimitKey, max: u32) -> Answer<'_, Option<Slot>> {
         let e = self.entry(key);
         let taken = e
             .slots
@@ -314,7 +310,7 @@ impl Limiter for InMemoryLimiter {
                 (v < max).then_some(v + 1)
             })
             .is_ok();
-        StoreFuture::ready(taken.then(|| Slot(SlotKind::Local(SlotGuard(e)))))
+        Answer::ready(taken.then(|| Slot(SlotKind::Local(SlotGuard(e)))))
     }
 
     fn charge(
@@ -323,8 +319,8 @@ impl Limiter for InMemoryLimiter {
         budget: &Budget,
         amount: u64,
         must_fit: bool,
-    ) -> LimitFuture<'_, Result<(), Duration>> {
-        StoreFuture::ready(self.with_entry(key, |e| self.charge_entry(e, budget, amount, must_fit)))
+    ) -> Answer<'_, Result<(), Duration>> {
+        Answer::ready(self.with_entry(key, |e| self.charge_entry(e, budget, amount, must_fit)))
     }
 }
 

@@ -19,7 +19,7 @@
 //! at once.
 //!
 //! The counters live behind the [`Limiter`] trait, whose operations return
-//! a [`LimitFuture`] (ready at once for the in-process [`InMemoryLimiter`]),
+//! an [`Answer`] (ready at once for the in-process [`InMemoryLimiter`]),
 //! so a shared-store implementation for several replicas can be added
 //! without touching the layer.
 
@@ -29,7 +29,6 @@ use std::convert::Infallible;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
@@ -43,9 +42,9 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota as GovQuota, RateLimiter};
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Request, Response};
-use http_body::{Frame, SizeHint};
 use mcp_gateway_core::protocol::header_names;
-use mcp_gateway_core::session::{SessionRecord, StoreFuture};
+use mcp_gateway_core::session::SessionRecord;
+use mcp_gateway_core::Answer;
 use mcp_gateway_core::{
     ErrorKind, GatewayError, McpRequest, Message, Method, Principal, RequestId,
 };
@@ -54,17 +53,18 @@ use thread_local::ThreadLocal;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{take_ready, Body, BoxError, BoxFuture};
+use crate::body::{take_ready, Body, BoxFuture};
+use crate::body::{BodyEnd, BodyObserver, ObservedBody};
 use crate::error::error_response;
 use crate::rules::Glob;
-use crate::session::{SessionEnd, SessionObserver};
+use crate::session::{SessionEnd, SessionHooks, SessionObserver};
 
 mod clock;
 use clock::LimiterClock;
 
 mod limiter;
 use self::limiter::*;
-pub use self::limiter::{Budget, LimitFuture, LimitKey, LimitKind, Limiter, Quota, Slot};
+pub use self::limiter::{Budget, LimitKey, LimitKind, Limiter, Quota, Slot};
 mod memory;
 pub use self::memory::InMemoryLimiter;
 use self::memory::*;

@@ -221,39 +221,41 @@ where
         };
         let who = limit_subject(&req);
         if mcp.is_initialize() {
+            let mut req = req;
+            SessionHooks::add(&mut req, &self.hook);
             let inner = take_ready(&mut self.inner);
             return Box::pin(async move { initialize(&shared, &who, &mcp, inner, req).await });
         }
-        if shared.limiter.is_local() {
-            // The in-process limiter answers at once: decide here, and
-            // leave the future only the wait for the response (a smaller
-            // future, no limiter states in it), calling the service polled
-            // ready as it is (no clone of the stack below: see
-            // `Audit::call`).
-            match admit_all_now(&shared, &who, &mcp) {
-                Some(Ok(None)) => return Box::pin(self.inner.call(req)),
-                Some(Ok(Some(admitted))) => {
-                    let fut = self.inner.call(req);
-                    return Box::pin(async move {
-                        let res = fut.await?;
-                        Ok(hold(shared, who, res, admitted))
-                    });
-                }
-                Some(Err(refused)) => return Box::pin(std::future::ready(Ok(refused))),
-                // Not ready after all: the general path below.
-                None => {}
+        // Decide here when the limiter answers at once (in process): the
+        // future then holds only the wait for the response, calling the
+        // service polled ready as it is (no clone of the stack below: see
+        // `Audit::call`). A shared store's answers are awaited.
+        let (s2, w2) = (shared.clone(), who.clone());
+        let mut admit = Box::pin(async move { admit_all(&s2, &w2, &mcp).await });
+        // One clock reading for all the checks that do not wait.
+        match clock::pinned(|| crate::body::poll_once(&mut admit)) {
+            Poll::Ready(Ok(None)) => Box::pin(self.inner.call(req)),
+            Poll::Ready(Ok(Some(admitted))) => {
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    let res = fut.await?;
+                    Ok(hold(shared, who, res, admitted))
+                })
+            }
+            Poll::Ready(Err(refused)) => Box::pin(std::future::ready(Ok(refused))),
+            Poll::Pending => {
+                let mut inner = take_ready(&mut self.inner);
+                Box::pin(async move {
+                    let admitted = match admit.await {
+                        Ok(None) => return inner.call(req).await,
+                        Ok(Some(a)) => a,
+                        Err(refused) => return Ok(refused),
+                    };
+                    let res = inner.call(req).await?;
+                    Ok(hold(shared, who, res, admitted))
+                })
             }
         }
-        let mut inner = take_ready(&mut self.inner);
-        Box::pin(async move {
-            let admitted = match admit_all(&shared, &who, &mcp).await {
-                Ok(None) => return inner.call(req).await,
-                Ok(Some(a)) => a,
-                Err(refused) => return Ok(refused),
-            };
-            let res = inner.call(req).await?;
-            Ok(hold(shared, who, res, admitted))
-        })
     }
 }
 
@@ -296,15 +298,4 @@ async fn admit_all(
         }
     }
     Ok(counted.then_some(admitted))
-}
-
-/// [`admit_all`] for a limiter whose answers are ready at once; `None` if
-/// one was not.
-fn admit_all_now(
-    shared: &Shared,
-    who: &Arc<str>,
-    mcp: &McpRequest,
-) -> Option<Result<Option<Admitted>, Response<Body>>> {
-    // One clock reading for all the checks: they do not wait.
-    clock::pinned(|| futures_util::FutureExt::now_or_never(admit_all(shared, who, mcp)))
 }

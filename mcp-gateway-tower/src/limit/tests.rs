@@ -56,7 +56,7 @@ async fn permits_are_released_as_the_answer_ends_not_when_it_is_dropped() {
     assert_eq!(held(), (0, 0));
 }
 
-fn block<T>(f: LimitFuture<'_, T>) -> T {
+fn block<T>(f: Answer<'_, T>) -> T {
     futures_util::FutureExt::now_or_never(f).expect("the in-memory limiter is ready at once")
 }
 
@@ -174,4 +174,74 @@ fn in_memory_slots_and_windows() {
     let wait = block(l.charge(&key, &b, 1, true)).unwrap_err();
     assert!(wait <= Duration::from_secs(60) && wait > Duration::from_secs(50));
     assert_eq!(ApproxTokenCounter.count(b"12345"), 2);
+}
+
+/// The session layer learns of the limit layer's observer from the
+/// requests themselves: a stack built with no `observe` call gives a
+/// session's slot back when the session is deleted.
+#[tokio::test]
+async fn session_slots_are_released_without_registering_an_observer() {
+    use crate::session::{RoundRobin, SessionLayer};
+    use crate::upstream::Upstreams;
+    use crate::ServiceBuilderExt;
+    use http_body_util::BodyExt;
+    use mcp_gateway_core::session::InMemorySessionStore;
+    use tower::ServiceExt;
+
+    // A backend that opens a session on `initialize` and ends it on DELETE.
+    let backend = tower::service_fn(|req: Request<Body>| async move {
+        let mut res = Response::new(Body::empty());
+        if req.method() == http::Method::POST {
+            *res.body_mut() = Body::from(
+                r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"b","version":"1"}}}"#,
+            );
+            let h = res.headers_mut();
+            h.insert("content-type", "application/json".parse().unwrap());
+            h.insert("mcp-session-id", "upstream-1".parse().unwrap());
+        }
+        Ok::<_, Infallible>(res)
+    });
+    let limit = LimitLayer::new(
+        LimitConfig {
+            principal_sessions: Some(1),
+            ..Default::default()
+        },
+        "b",
+        Arc::new(InMemoryLimiter::default()),
+    );
+    let svc = tower::ServiceBuilder::new()
+        .mcp_jsonrpc(Default::default())
+        .mcp_limit(limit.clone())
+        .mcp_session(SessionLayer::new(
+            InMemorySessionStore::default(),
+            RoundRobin::new(1),
+        ))
+        .service(Upstreams::new(vec![Upstreams::boxed(backend)]));
+    let initialize = || {
+        Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(Body::from(
+                r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+            ))
+            .unwrap()
+    };
+    let res = svc.clone().oneshot(initialize()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let sid = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = res.into_body().collect().await;
+    assert_eq!(limit.sessions_held(), 1);
+    // One session per caller: a second is refused while the first lives.
+    let res = svc.clone().oneshot(initialize()).await.unwrap();
+    assert_eq!(res.status(), 429, "the cap holds");
+    let delete = Request::delete("/mcp")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(Body::empty())
+        .unwrap();
+    let res = svc.clone().oneshot(delete).await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_eq!(limit.sessions_held(), 0, "the slot came back");
+    let res = svc.clone().oneshot(initialize()).await.unwrap();
+    assert_eq!(res.status(), 200);
 }

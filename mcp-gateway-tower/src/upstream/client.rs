@@ -16,7 +16,7 @@ use mcp_gateway_http1::client::{ConnPool, PoolConfig, TimedOut};
 use tower_service::Service;
 
 use super::credentials::{
-    apply_dynamic_credentials, apply_static_credentials, CredentialProvider, Credentials,
+    apply_pending_credentials, apply_ready_credentials, CredentialProvider, Credentials,
 };
 use super::headers::{for_backend, strip_hop_by_hop};
 use crate::body::{Body, BoxError, BoxFuture};
@@ -349,7 +349,15 @@ impl HttpUpstream {
         for (k, v) in self.extra.iter() {
             parts.headers.insert(k.clone(), v.clone());
         }
-        let creds = apply_static_credentials(&self.credentials, &mut parts.headers);
+        let principal = parts.extensions.get::<mcp_gateway_core::Principal>();
+        let creds = match apply_ready_credentials(&self.credentials, principal, &mut parts.headers)
+        {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::warn!(upstream = %self.authority, error = %e, "no credentials for the upstream");
+                return Box::pin(std::future::ready(Ok(error_response(&e, id.as_ref()))));
+            }
+        };
         let timeout = self.response_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let authority = self.authority.clone();
@@ -411,7 +419,7 @@ async fn lookup_credentials(
     if creds.is_none() {
         return Ok(());
     }
-    let lookup = apply_dynamic_credentials(creds, req);
+    let lookup = apply_pending_credentials(creds, req);
     match Box::pin(tokio::time::timeout_at(deadline, lookup)).await {
         Ok(r) => r.map_err(CallError::Credentials),
         Err(_) => Err(CallError::TimedOut),

@@ -9,19 +9,13 @@
 //! clean-up. Static headers cost nothing per request; a provider may also
 //! compute them per principal (a token exchange, a per-tenant key).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use http::Request;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use mcp_gateway_core::{GatewayError, Principal};
+use mcp_gateway_core::{Answer, GatewayError, Principal};
 
 use crate::body::Body;
-
-/// The future [`CredentialProvider::credentials`] returns.
-pub type CredentialFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<HeaderMap, GatewayError>> + Send + 'a>>;
 
 /// Supplies the headers a backend needs.
 pub trait CredentialProvider: Send + Sync + 'static {
@@ -30,17 +24,16 @@ pub trait CredentialProvider: Send + Sync + 'static {
     /// ending an expired session). An error is answered to the client (use
     /// [`mcp_gateway_core::ErrorKind::UpstreamUnavailable`] when a token
     /// service is down) and the request is not sent.
+    ///
+    /// Answer at once ([`Answer::ready`]) when nothing waits (static
+    /// headers, a table lookup): the request leaves without a suspended
+    /// state. A pending answer (a token exchange) is awaited within the
+    /// upstream's response timeout; it must be lazy (see [`Answer`]).
     fn credentials<'a>(
         &'a self,
         principal: Option<&'a Principal>,
         backend: &'a str,
-    ) -> CredentialFuture<'a>;
-
-    /// Headers that never depend on the caller: applied without a future.
-    /// Providers returning `Some` here are not asked per request.
-    fn static_headers(&self) -> Option<&HeaderMap> {
-        None
-    }
+    ) -> Answer<'a, Result<HeaderMap, GatewayError>>;
 }
 
 /// Fixed headers (an API key, a service token).
@@ -66,13 +59,12 @@ impl StaticCredentials {
 }
 
 impl CredentialProvider for StaticCredentials {
-    fn credentials<'a>(&'a self, _: Option<&'a Principal>, _: &'a str) -> CredentialFuture<'a> {
-        let h = self.headers.clone();
-        Box::pin(async move { Ok(h) })
-    }
-
-    fn static_headers(&self) -> Option<&HeaderMap> {
-        Some(&self.headers)
+    fn credentials<'a>(
+        &'a self,
+        _: Option<&'a Principal>,
+        _: &'a str,
+    ) -> Answer<'a, Result<HeaderMap, GatewayError>> {
+        Answer::ready(Ok(self.headers.clone()))
     }
 }
 
@@ -95,9 +87,8 @@ where
         &'a self,
         p: Option<&'a Principal>,
         backend: &'a str,
-    ) -> CredentialFuture<'a> {
-        let r = (self.0)(p, backend);
-        Box::pin(async move { r })
+    ) -> Answer<'a, Result<HeaderMap, GatewayError>> {
+        Answer::ready((self.0)(p, backend))
     }
 }
 
@@ -106,37 +97,36 @@ impl<P: CredentialProvider + ?Sized> CredentialProvider for Arc<P> {
         &'a self,
         p: Option<&'a Principal>,
         backend: &'a str,
-    ) -> CredentialFuture<'a> {
+    ) -> Answer<'a, Result<HeaderMap, GatewayError>> {
         (**self).credentials(p, backend)
-    }
-    fn static_headers(&self) -> Option<&HeaderMap> {
-        (**self).static_headers()
     }
 }
 
 /// Credentials for one backend: the provider and the backend's name.
 pub(crate) type Credentials = Option<(Arc<dyn CredentialProvider>, Arc<str>)>;
 
-/// Applies caller-independent credentials at once; returns the provider
-/// when it must be asked per request.
-pub(crate) fn apply_static_credentials(
+/// Asks the provider for this request's headers and adds those it has at
+/// once. `Ok(Some(_))`: the answer is pending, ask again in the call's
+/// task with [`apply_pending_credentials`].
+pub(crate) fn apply_ready_credentials(
     creds: &Credentials,
+    principal: Option<&Principal>,
     headers: &mut HeaderMap,
-) -> Credentials {
-    let (provider, backend) = creds.as_ref()?;
-    match provider.static_headers() {
-        Some(h) => {
-            for (k, v) in h {
-                headers.insert(k.clone(), v.clone());
-            }
-            None
+) -> Result<Credentials, GatewayError> {
+    let Some((provider, backend)) = creds else {
+        return Ok(None);
+    };
+    match provider.credentials(principal, backend).now() {
+        Ok(h) => {
+            merge(headers, h?);
+            Ok(None)
         }
-        None => Some((provider.clone(), backend.clone())),
+        Err(_pending) => Ok(Some((provider.clone(), backend.clone()))),
     }
 }
 
-/// Asks a per-request provider for this request's principal.
-pub(crate) async fn apply_dynamic_credentials(
+/// Awaits a provider whose answer was pending for this request's principal.
+pub(crate) async fn apply_pending_credentials(
     creds: Credentials,
     req: &mut Request<Body>,
 ) -> Result<(), GatewayError> {
@@ -145,21 +135,27 @@ pub(crate) async fn apply_dynamic_credentials(
     };
     let principal = req.extensions().get::<Principal>().cloned();
     let h = provider.credentials(principal.as_ref(), &backend).await?;
+    merge(req.headers_mut(), h);
+    Ok(())
+}
+
+/// Adds `h` to `headers`: a name given replaces the client's value, its
+/// further values are appended.
+fn merge(headers: &mut HeaderMap, h: HeaderMap) {
     let mut last = None;
     for (k, v) in h {
-        // `HeaderMap`'s iterator names a header once (replace the client's
-        // value), then `None` for its further values (append them).
+        // `HeaderMap`'s iterator names a header once, then `None` for its
+        // further values.
         match k {
             Some(k) => {
-                req.headers_mut().insert(k.clone(), v);
+                headers.insert(k.clone(), v);
                 last = Some(k);
             }
             None => {
                 if let Some(k) = &last {
-                    req.headers_mut().append(k.clone(), v);
+                    headers.append(k.clone(), v);
                 }
             }
         }
     }
-    Ok(())
 }

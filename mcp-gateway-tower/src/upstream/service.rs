@@ -11,7 +11,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::credentials::{
-    apply_dynamic_credentials, apply_static_credentials, CredentialProvider, Credentials,
+    apply_pending_credentials, apply_ready_credentials, CredentialProvider, Credentials,
 };
 use super::headers::strip_client_credentials;
 use crate::body::{Body, BoxError, BoxFuture};
@@ -73,9 +73,16 @@ where
     fn call(&mut self, mut req: Request<Body>) -> BoxFuture {
         let svc = self.inner.clone();
         strip_client_credentials(req.headers_mut());
-        let creds = apply_static_credentials(&self.credentials, req.headers_mut());
+        let (mut parts, body) = req.into_parts();
+        let principal = parts.extensions.get::<mcp_gateway_core::Principal>();
+        let ready = apply_ready_credentials(&self.credentials, principal, &mut parts.headers);
+        let mut req = Request::from_parts(parts, body);
         Box::pin(async move {
-            if let Err(e) = apply_dynamic_credentials(creds, &mut req).await {
+            let applied = match ready {
+                Ok(pending) => apply_pending_credentials(pending, &mut req).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = applied {
                 let id = req
                     .extensions()
                     .get::<McpRequest>()

@@ -100,8 +100,9 @@ async fn a_credential_lookup_that_never_ends_is_504_within_the_response_timeout(
             &'a self,
             _: Option<&'a Principal>,
             _: &'a str,
-        ) -> super::credentials::CredentialFuture<'a> {
-            Box::pin(std::future::pending())
+        ) -> mcp_gateway_core::Answer<'a, Result<HeaderMap, mcp_gateway_core::GatewayError>>
+        {
+            mcp_gateway_core::Answer::pending(std::future::pending())
         }
     }
     let up = HttpUpstream::new(

@@ -176,24 +176,16 @@ pub(crate) fn now_secs() -> u64 {
 }
 
 impl Authenticator for JwtAuthenticator {
-    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> Answer<'a, AuthOutcome> {
         let Some(raw) = bearer_bytes(parts) else {
-            return Some(AuthOutcome::NotMine);
+            return Answer::ready(AuthOutcome::NotMine);
         };
         // A token found here was verified, so checked, before: the bytes
-        // as sent are enough.
-        let p = self.recent.get_or_default().borrow_mut().get(raw)?;
-        Some(AuthOutcome::Authenticated(p))
-    }
-
-    fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
-        Box::pin(async move {
-            // What `authenticate_now` answers (the thread's cache is not
-            // held across an await: the task may resume on another
-            // thread, with another cache).
-            if let Some(decided) = self.authenticate_now(parts) {
-                return decided;
-            }
+        // as sent are enough, and the layer decides without waiting.
+        if let Some(p) = self.recent.get_or_default().borrow_mut().get(raw) {
+            return Answer::ready(AuthOutcome::Authenticated(p));
+        }
+        Answer::pending(async move {
             let Some(token) = bearer_token(parts).filter(|t| looks_like_jwt(t)) else {
                 return AuthOutcome::NotMine;
             };

@@ -26,14 +26,14 @@ use http::request::Parts;
 use jsonwebtoken::jwk::JwkSet;
 pub use jsonwebtoken::Algorithm;
 use jsonwebtoken::{DecodingKey, Validation};
-use mcp_gateway_core::Principal;
+use mcp_gateway_core::{Answer, Principal};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use thread_local::ThreadLocal;
 
 use crate::auth::{
-    bearer_bytes, bearer_token, looks_like_jwt, AuthFailure, AuthFuture, AuthOutcome, Authenticator,
+    bearer_bytes, bearer_token, looks_like_jwt, AuthFailure, AuthOutcome, Authenticator,
 };
 
 /// Leeway beyond which clock skew is not forgiven.

@@ -24,17 +24,17 @@ async fn a_token_verified_lately_is_decided_at_once_and_no_other() {
     };
     // No bearer token: not this authenticator's, at once.
     assert!(matches!(
-        auth.authenticate_now(&head(None)),
+        auth.authenticate(&head(None)).now().ok(),
         Some(AuthOutcome::NotMine)
     ));
     let good_head = head(Some(&format!("Bearer {good}")));
     // Not seen yet: it needs verifying.
-    assert!(auth.authenticate_now(&good_head).is_none());
+    assert!(!auth.authenticate(&good_head).is_ready());
     assert!(matches!(
         auth.authenticate(&good_head).await,
         AuthOutcome::Authenticated(_)
     ));
-    match auth.authenticate_now(&good_head) {
+    match auth.authenticate(&good_head).now().ok() {
         Some(AuthOutcome::Authenticated(p)) => assert_eq!(p.subject(), "svc"),
         other => panic!("expected the cached principal, got {other:?}"),
     }
@@ -45,7 +45,7 @@ async fn a_token_verified_lately_is_decided_at_once_and_no_other() {
             auth.authenticate(&bad_head).await,
             AuthOutcome::Rejected(_)
         ));
-        assert!(auth.authenticate_now(&bad_head).is_none());
+        assert!(!auth.authenticate(&bad_head).is_ready());
     }
 }
 
