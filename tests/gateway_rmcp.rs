@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcp_gateway_axum::McpGateway;
+use mcp_gateway_tower::upstream::{HttpClient, HttpUpstreamConfig};
 use rmcp::model::*;
 use rmcp::service::{NotificationContext, RequestContext, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -33,7 +34,13 @@ async fn backend(name: &str) -> Served {
 }
 
 async fn gateway(backends: &[&Served]) -> Served {
-    let mut b = McpGateway::builder();
+    gateway_with(backends, HttpClient::Auto).await
+}
+
+/// The gateway with the HTTP client `client` towards its backends.
+async fn gateway_with(backends: &[&Served], client: HttpClient) -> Served {
+    let mut b =
+        McpGateway::builder().http_upstream_config(HttpUpstreamConfig::default().client(client));
     for s in backends {
         b = b.upstream_url(&format!("http://{}/mcp", s.addr)).unwrap();
     }
@@ -210,7 +217,22 @@ async fn progress_under_concurrency(
 async fn session_era_client_and_server_work_through_the_gateway() {
     let b = backend("backend-a").await;
     let gw = gateway(&[&b]).await;
-    let (client, handler) = connect_session(&url(&gw)).await;
+    session_era_round_trip(&url(&gw)).await;
+}
+
+/// The same through hyper's client towards the backend (the one `https://`
+/// and HTTP/2 backends use) instead of the built-in HTTP/1.1 pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_era_works_through_the_hyper_upstream_client() {
+    let b = backend("backend-a").await;
+    let gw = gateway_with(&[&b], HttpClient::Hyper).await;
+    session_era_round_trip(&url(&gw)).await;
+}
+
+/// Tools, server → client requests, the GET stream and progress under
+/// load, through the gateway at `url`.
+async fn session_era_round_trip(url: &str) {
+    let (client, handler) = connect_session(url).await;
 
     let tools = client.list_all_tools().await.unwrap();
     assert!(tools.iter().any(|t| t.name == "echo"));

@@ -46,6 +46,50 @@ fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
     assert_eq!(h, before);
 }
 
+/// Both HTTP clients: every behaviour below holds for the built-in pool
+/// (`http://` by default) and for hyper (`https://`, HTTP/2, or chosen).
+const CLIENTS: [HttpClient; 2] = [HttpClient::Auto, HttpClient::Hyper];
+
+fn upstream(url: &str, client: HttpClient, cfg: HttpUpstreamConfig) -> HttpUpstream {
+    let up = HttpUpstream::new(url, cfg.client(client)).unwrap();
+    assert_eq!(up.uses_hyper(), client == HttpClient::Hyper, "{client:?}");
+    up
+}
+
+async fn json_of(res: http::Response<Body>) -> serde_json::Value {
+    serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+/// A hyper server on 127.0.0.1 answering with `answer`; its address.
+async fn backend<F>(answer: F) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> http::Response<String>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let res = answer(req);
+                    async move { Ok::<_, std::convert::Infallible>(res) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
 #[tokio::test]
 async fn refused_connection_is_502_with_json_rpc_error() {
     // Bind then drop a listener to get a port nobody listens on.
@@ -53,16 +97,22 @@ async fn refused_connection_is_502_with_json_rpc_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let up =
-        HttpUpstream::new(&format!("http://127.0.0.1:{port}/mcp"), Default::default()).unwrap();
-    let res = up
-        .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 502);
-    let v: serde_json::Value =
-        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(v["error"]["code"], -32050);
+    for client in CLIENTS {
+        let up = upstream(
+            &format!("http://127.0.0.1:{port}/mcp"),
+            client,
+            Default::default(),
+        );
+        let res = up
+            .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 502, "{client:?}");
+        let v = json_of(res).await;
+        assert_eq!(v["error"]["code"], -32050, "{client:?}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.to_lowercase().contains("refused"), "{client:?}: {msg}");
+    }
 }
 
 #[tokio::test]
@@ -76,19 +126,19 @@ async fn silent_backend_is_504() {
             conns.push(s);
         }
     });
-    let up = HttpUpstream::new(
-        &format!("http://{addr}/mcp"),
-        HttpUpstreamConfig {
-            response_timeout: Duration::from_millis(200),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let res = up
-        .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 504);
+    for client in CLIENTS {
+        let up = upstream(
+            &format!("http://{addr}/mcp"),
+            client,
+            HttpUpstreamConfig::default().response_timeout(Duration::from_millis(200)),
+        );
+        let res = up
+            .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 504, "{client:?}");
+        assert_eq!(json_of(res).await["error"]["code"], -32051, "{client:?}");
+    }
     hold.abort();
 }
 
@@ -105,20 +155,158 @@ async fn a_credential_lookup_that_never_ends_is_504_within_the_response_timeout(
             mcp_gateway_core::Answer::pending(std::future::pending())
         }
     }
+    for client in CLIENTS {
+        let up = upstream(
+            "http://127.0.0.1:9/mcp",
+            client,
+            HttpUpstreamConfig::default().response_timeout(Duration::from_millis(100)),
+        )
+        .with_credentials(Arc::new(Stuck), "stuck");
+        let res = up
+            .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 504, "{client:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_is_a_502_that_names_where_it_pointed() {
+    let (addr, task) = backend(|_req| {
+        http::Response::builder()
+            .status(307)
+            .header("location", "https://elsewhere.example/mcp")
+            .body(String::new())
+            .unwrap()
+    })
+    .await;
+    for client in CLIENTS {
+        let up = upstream(&format!("http://{addr}/mcp"), client, Default::default());
+        let mut req = Request::post("/mcp").body(Body::from("{}")).unwrap();
+        let body = bytes::Bytes::from_static(br#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#);
+        let envelope = mcp_gateway_core::Envelope::parse(body.clone()).unwrap();
+        req.extensions_mut()
+            .insert(mcp_gateway_core::McpRequest::new(
+                body,
+                envelope,
+                mcp_gateway_core::ProtocolVersion::V2025_11_25,
+                true,
+            ));
+        let res = up.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 502, "{client:?}");
+        let v = json_of(res).await;
+        assert_eq!(v["error"]["code"], -32050, "{client:?}");
+        assert_eq!(v["id"], 5, "{client:?}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("307") && msg.contains("https://elsewhere.example/mcp"),
+            "{client:?}: {msg}"
+        );
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn host_path_prefix_query_and_headers_are_rewritten_for_the_backend() {
+    // The backend echoes what reached it.
+    let (addr, task) = backend(|req| {
+        let h = req.headers();
+        let seen = serde_json::json!({
+            "host": h.get("host").map(|v| v.to_str().unwrap()),
+            "target": req.uri().path_and_query().map(|p| p.as_str()),
+            "authorization": h.get("authorization").map(|v| v.to_str().unwrap()),
+            "cookie": h.get("cookie").is_some(),
+            "x-private": h.get("x-private").is_some(),
+            "x-backend-key": h.get("x-backend-key").map(|v| v.to_str().unwrap()),
+            "version": format!("{:?}", req.version()),
+        });
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "1")
+            .body(seen.to_string())
+            .unwrap()
+    })
+    .await;
+    for client in CLIENTS {
+        for (url, incoming, target) in [
+            ("/api/v1/mcp", "/mcp?tenant=a", "/api/v1/mcp?tenant=a"),
+            ("/api/v1/mcp?key=k", "/mcp?tenant=a", "/api/v1/mcp?key=k"),
+        ] {
+            let up = upstream(&format!("http://{addr}{url}"), client, Default::default())
+                .with_header(
+                    HeaderName::from_static("x-backend-key"),
+                    HeaderValue::from_static("secret"),
+                );
+            let req = Request::post(incoming)
+                .header("host", "gateway.example")
+                .header("authorization", "Bearer client-token")
+                .header("cookie", "a=b")
+                .header("connection", "x-private")
+                .header("x-private", "1")
+                .body(Body::from("{}"))
+                .unwrap();
+            let res = up.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), 200, "{client:?}");
+            assert!(res.headers().get("x-hop").is_none(), "{client:?}");
+            assert!(res.headers().get("connection").is_none(), "{client:?}");
+            let v = json_of(res).await;
+            assert_eq!(v["host"], addr.to_string(), "{client:?}");
+            assert_eq!(v["target"], target, "{client:?}");
+            assert_eq!(v["authorization"], serde_json::Value::Null, "{client:?}");
+            assert_eq!(v["cookie"], false, "{client:?}");
+            assert_eq!(v["x-private"], false, "{client:?}");
+            assert_eq!(v["x-backend-key"], "secret", "{client:?}");
+            assert_eq!(v["version"], "HTTP/1.1", "{client:?}");
+        }
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_reaches_an_h2c_backend() {
+    let (addr, task) = backend(|req| http::Response::new(format!("{:?}", req.version()))).await;
     let up = HttpUpstream::new(
-        "http://127.0.0.1:9/mcp",
-        HttpUpstreamConfig {
-            response_timeout: Duration::from_millis(100),
-            ..Default::default()
-        },
+        &format!("http://{addr}/mcp"),
+        HttpUpstreamConfig::default().http2_prior_knowledge(true),
     )
-    .unwrap()
-    .with_credentials(Arc::new(Stuck), "stuck");
+    .unwrap();
+    assert!(up.uses_hyper());
     let res = up
         .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
         .await
         .unwrap();
-    assert_eq!(res.status(), 504);
+    assert_eq!(res.status(), 200);
+    // The client's hop keeps its own version; the backend saw HTTP/2.
+    assert_eq!(res.version(), http::Version::HTTP_11);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "HTTP/2.0");
+    task.abort();
+}
+
+#[test]
+fn urls_are_checked_and_ipv6_literals_kept_whole() {
+    let up = HttpUpstream::new("http://[::1]:8080/mcp", Default::default()).unwrap();
+    assert_eq!(up.authority(), "[::1]:8080");
+    let up = HttpUpstream::new(
+        "http://[::1]:8080/mcp",
+        HttpUpstreamConfig::default().client(HttpClient::Hyper),
+    )
+    .unwrap();
+    assert_eq!(
+        up.target(&"/mcp?x=1".parse().unwrap()).to_string(),
+        "http://[::1]:8080/mcp?x=1"
+    );
+    for (bad, why) in [
+        ("ftp://h/mcp", "unsupported scheme"),
+        ("127.0.0.1:9/mcp", "invalid URL"),
+        ("/mcp", "needs a scheme"),
+        ("http://user:pw@h/mcp", "credentials in the URL"),
+        ("http://h /mcp", "invalid URL"),
+    ] {
+        let e = HttpUpstream::new(bad, Default::default()).unwrap_err();
+        assert!(e.to_string().contains(why), "{bad}: {e}");
+    }
 }
 
 #[test]
