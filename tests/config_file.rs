@@ -1,5 +1,6 @@
-//! The README's configuration example (`examples/gateway.toml`) loads,
-//! builds, and does what its comments say against a real rmcp backend.
+//! The configuration example of `docs/configuration.md`
+//! (`examples/gateway.toml`) loads, builds, and does what its comments say
+//! against a real rmcp backend.
 
 #[path = "../examples/support/fixtures.rs"]
 mod fixtures;
@@ -117,12 +118,84 @@ fn a_bad_file_is_refused_with_line_and_key() {
 }
 
 #[test]
-fn the_readme_shows_the_example_file_verbatim() {
+fn the_configuration_docs_show_the_example_file_verbatim() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
     let file = std::fs::read_to_string(root.join("examples/gateway.toml")).unwrap();
     assert!(
-        readme.contains(&format!("```toml\n{file}```")),
-        "README.md's configuration example differs from examples/gateway.toml"
+        doc.contains(&format!("```toml\n{file}```")),
+        "docs/configuration.md's example differs from examples/gateway.toml"
     );
+}
+
+/// Every key of the file format is documented in `docs/configuration.md`.
+#[test]
+fn every_key_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    for key in [
+        "listen",
+        "path",
+        "threads",
+        "busy_poll_us",
+        "header_read_timeout_secs",
+        "http1_server",
+        "allow_hosts",
+        "allow_origins",
+        "cert_file",
+        "key_file",
+        "client_ca_file",
+        "name",
+        "urls",
+        "ca_file",
+        "client_cert_file",
+        "client_key_file",
+        "insecure_skip_verify",
+        "http2_prior_knowledge",
+        "headers",
+        "headers_from_env",
+        "resource",
+        "authorization_servers",
+        "required_scopes",
+        "allow_anonymous",
+        "sha256",
+        "subject",
+        "tenant",
+        "roles",
+        "scopes",
+        "issuers",
+        "audiences",
+        "algorithms",
+        "leeway_secs",
+        "jwks_url",
+        "jwks_min_refresh_secs",
+        "jwks_max_age_secs",
+        "kid",
+        "alg",
+        "pem_file",
+        "pem",
+        "secret_env",
+        "subject_claim",
+        "roles_claim",
+        "scopes_claim",
+        "tenant_claim",
+        "claims",
+        "cache_ttl_secs",
+        "default",
+        "effect",
+        "tools",
+        "prompts",
+        "resources",
+        "mode",
+        "sink",
+        "arguments",
+        "max_bytes",
+        "keep",
+        "overflow",
+    ] {
+        assert!(
+            doc.contains(&format!("`{key}`")),
+            "docs/configuration.md lacks `{key}`"
+        );
+    }
 }

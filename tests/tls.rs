@@ -383,3 +383,95 @@ fn help_and_version_explain_the_binary() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
 }
+
+/// Writes a gateway configuration (plain HTTP towards the client) in
+/// `dir` for a backend at `port`, with `backend_keys` in `[backend]`.
+fn plain_config(dir: &Path, port: u16, backend_keys: &str) -> std::path::PathBuf {
+    let config = dir.join("gateway-plain.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nthreads = 1\n\n[backend]\nurls = [\"https://localhost:{port}/mcp\"]\n{backend_keys}\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test]
+async fn a_backend_that_wants_a_client_certificate_gets_the_configured_one() {
+    let dir = TempDir::new("backend-mtls");
+    let backend_ca = Ca::new("backend CA");
+    let gateway_clients = Ca::new("gateway clients CA");
+    let backend = https_backend(pki::server_config_mtls(
+        &backend_ca.server(),
+        &gateway_clients,
+        &[b"h2", b"http/1.1"],
+    ))
+    .await;
+    backend_ca.write(&dir.0, "backend-ca.pem");
+    gateway_clients
+        .client("gateway", "spiffe://acme.example/gateway")
+        .write(&dir.0, "gateway-client");
+    let raw_initialize = |url: String| async move {
+        let res = reqwest::Client::builder()
+            .build()
+            .unwrap()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.text().await.unwrap())
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    // With the client certificate: the backend answers.
+    let with = plain_config(
+        &dir.0,
+        backend.addr.port(),
+        "ca_file = \"backend-ca.pem\"\nclient_cert_file = \"gateway-client.crt\"\nclient_key_file = \"gateway-client.key\"",
+    );
+    let gw = Gateway::start(&["--config", with.to_str().unwrap()]);
+    let (status, body) = raw_initialize(gw.url.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("secure-backend"), "{body}");
+    drop(gw);
+
+    // Without it: the backend refuses the handshake, a 502.
+    let without = plain_config(&dir.0, backend.addr.port(), "ca_file = \"backend-ca.pem\"");
+    let gw = Gateway::start(&["--config", without.to_str().unwrap()]);
+    let (status, body) = raw_initialize(gw.url.clone()).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("-32050"), "{body}");
+    // (With TLS 1.3 the client learns of the refusal only when it sends,
+    // so the reason may read as a closed stream rather than the alert.)
+}
+
+#[tokio::test]
+async fn insecure_skip_verify_reaches_a_backend_whose_certificate_is_not_trusted() {
+    let (s, _) = setup(false).await;
+    let config = plain_config(
+        &s.dir.0,
+        s.backend.addr.port(),
+        "insecure_skip_verify = true",
+    );
+    let gw = Gateway::start(&["--config", config.to_str().unwrap()]);
+    // A plain-HTTP gateway here: the client side needs no TLS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let res = reqwest::Client::builder()
+        .build()
+        .unwrap()
+        .post(&gw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(!s.backend.versions.lock().unwrap().is_empty());
+}

@@ -2,10 +2,9 @@
 //!
 //! Why not serde: the envelope needs a handful of members out of a body it
 //! must otherwise only validate and skip. Driving serde's derived visitors
-//! for that cost about 5 000 instructions for a 100-byte `tools/call`
-//! (field-name matching through `Option` visitors, a raw-value capture per
-//! id); this scanner does the same work in a fraction of that, and it is on
-//! the path of every request.
+//! for that (field-name matching through `Option` visitors, a raw-value
+//! capture per id) costs several times what this scanner does, and it is on
+//! the path of every request (`docs/benchmarks.md`).
 //!
 //! It accepts exactly RFC 8259 JSON: UTF-8 is checked once for the whole
 //! body by the caller (the scanner works on `&str`), strings must not hold
@@ -58,7 +57,7 @@ type Scan<T> = Result<T, ScanError>;
 /// The index of the first byte at or after `i` that ends the plain run of
 /// a string: a quote, a backslash or a control character (`b.len()` when
 /// there is none). Eight bytes at a time: strings are most of a JSON-RPC
-/// body, and a byte-at-a-time loop spent some 9 instructions per byte.
+/// body, and a byte-at-a-time loop was the scanner's largest cost.
 #[inline]
 fn plain_run_end(b: &[u8], mut i: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;

@@ -26,8 +26,8 @@ pub mod headers {
 }
 
 /// The names of [`headers`] as [`http::HeaderName`]s: a header map finds
-/// these without parsing and lower-casing a string on every lookup (some
-/// 150 instructions each, several times per request).
+/// these without parsing and lower-casing a string on every lookup, which
+/// happens several times per request.
 pub mod header_names {
     use http::HeaderName;
 

@@ -1,11 +1,10 @@
 //! HTTP/1.1 as the gateway's upstream client speaks it: request heads
 //! written, response heads and bodies read (RFC 9112).
 //!
-//! Why not hyper's client connection: the upstream hop of a `tools/call`
-//! cost some 20 000 instructions with it (a dispatcher with a request
-//! channel and a response callback, its own buffers, header maps built
-//! twice), about two fifths of the whole gateway's work per call. The
-//! client side is the easy side of HTTP/1.1 — the gateway writes the
+//! Why not hyper's client connection for `http://` backends: its
+//! dispatcher (a request channel and a response callback, its own buffers,
+//! header maps built twice) was the largest share of the gateway's work
+//! per call. The client side is the easy side of HTTP/1.1 — the gateway writes the
 //! requests itself and reads the answers of a backend it was configured
 //! to trust — so the framing rules fit in this module and the connection
 //! handling in [`client`](crate::client). The server side (untrusted clients) stays

@@ -2,13 +2,12 @@
 //! what the `mcp-gateway` binary runs for every HTTP/1 client when
 //! `--http1-server builtin` is chosen.
 //!
-//! Why not hyper's server connection: on the gateway's hot path hyper's
-//! HTTP/1 dispatcher (a request body channel, its own read and write
-//! buffers, a state machine around the service) cost some 12 000
-//! instructions per call, a quarter of the gateway's work; a connection
-//! that reads the head, calls the service and writes the answer costs
-//! about half that, and measured 1.7 µs less CPU per call. HTTP/2 stays
-//! with hyper.
+//! Why a server connection of our own: hyper's HTTP/1 dispatcher (a
+//! request body channel, its own read and write buffers, a state machine
+//! around the service) is a large share of a small MCP call; a connection
+//! that reads the head, calls the service and writes the answer does less
+//! (the figures are in `docs/benchmarks.md`). It is opt-in: hyper is the
+//! default server, and serves HTTP/2 and TLS always.
 //!
 //! What it does, by RFC 9112:
 //! - request heads parsed with httparse (as hyper does), bounded to 64 KiB

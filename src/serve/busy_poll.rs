@@ -5,10 +5,9 @@
 //! (request in, response back). Waking a sleeping thread costs the waker a
 //! scheduler pass and, when the other core has gone idle, an inter-processor
 //! interrupt; in a virtual machine that interrupt is a trip through the
-//! hypervisor. On the 2-core VM this project is measured on, those two
-//! wake-ups were most of the gateway's added latency at one connection
-//! (73–200 µs added p50, where the gateway's own code runs for a few
-//! microseconds). A thread that is still polling when the next packet lands
+//! hypervisor. On small virtual machines those two wake-ups are most of
+//! the gateway's added latency at one connection, far more than its own
+//! code (`docs/benchmarks.md`). A thread that is still polling when the next packet lands
 //! needs no wake-up at all.
 //!
 //! How: each serving thread (one single-threaded runtime per core) runs one
@@ -27,7 +26,7 @@
 //! wait on (see `MAX_IN_FLIGHT_TO_POLL`).
 //!
 //! The cost is CPU time: up to one window of polling after each burst of
-//! work. With a 50 µs window and 100 calls a second that is 0.5 % of a core.
+//! work. That is why it is off by default, a knob for dedicated hosts.
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -136,10 +135,9 @@ impl Window {
 /// With more calls than this in flight on a thread, an idle round ends the
 /// polling. Why: the next event is then never far off, and waking for it
 /// overlaps the other calls' waits, so polling buys no latency; it only
-/// takes the core from the backend and the clients the calls wait on. On
-/// the benchmark machine, with 16 connections per thread, polling on cost
-/// 0.8 to 1.3 µs of CPU per call and 2–4 % of throughput; at one to eight
-/// connections the latency is the same either way.
+/// takes the core from the backend and the clients the calls wait on (the
+/// loopback benchmark showed it as CPU and throughput lost, with no
+/// latency gained).
 const MAX_IN_FLIGHT_TO_POLL: usize = 2;
 
 /// The poller of one serving thread; runs until dropped (aborted). Must be

@@ -12,8 +12,8 @@ use super::busy_poll;
 
 /// The stop signal the threads share. Connections register their task's
 /// waker once, and then only load a flag when polled (a `Notify` or a
-/// `watch` future in a `select!` costs hundreds of instructions on every
-/// poll of every connection).
+/// `watch` future in a `select!` would do real work on every poll of every
+/// connection).
 #[derive(Default)]
 pub(super) struct Stop {
     stopped: AtomicBool,

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mcp_gateway_tower::auth::PeerCertificate;
+use mcp_gateway_tower::upstream::tls::{provider, read_certs};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -28,8 +29,8 @@ pub fn server_config(
     key_file: &Path,
     client_ca_file: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = read_certs(cert_file, "cert_file")?;
+    let provider = provider();
+    let chain = read_certs(cert_file, "cert_file").map_err(|e| e.to_string())?;
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|e| format!("key_file {}: {e}", key_file.display()))?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -39,7 +40,7 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
         Some(file) => {
             let mut roots = RootCertStore::empty();
-            for c in read_certs(file, "client_ca_file")? {
+            for c in read_certs(file, "client_ca_file").map_err(|e| e.to_string())? {
                 roots
                     .add(c)
                     .map_err(|e| format!("client_ca_file {}: {e}", file.display()))?;
@@ -55,19 +56,6 @@ pub fn server_config(
         .map_err(|e| format!("cert_file / key_file: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-fn read_certs(file: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{key} {}: {e}", file.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{key} {}: no certificate in the file",
-            file.display()
-        ));
-    }
-    Ok(certs)
 }
 
 /// What the layers learn from a client certificate rustls verified: its

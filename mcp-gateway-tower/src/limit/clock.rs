@@ -4,8 +4,8 @@
 //! Why: admitting a call runs up to seven checks (three token buckets, two
 //! budget windows, two slot counts), and every bucket and window wants the
 //! time; governor's bucket reads it once more for its own state. Reading
-//! the clock for each cost eight reads per call where one does (about
-//! 20 ns each with a vDSO clock, a system call without one). The checks of
+//! the clock for each cost eight reads per call where one does (a system
+//! call each where the clock has no vDSO). The checks of
 //! one call run within a microsecond of each other, so one instant for all
 //! of them is what a batched check would use anyway.
 

@@ -349,7 +349,11 @@ impl HttpUpstream {
         for (k, v) in self.extra.iter() {
             parts.headers.insert(k.clone(), v.clone());
         }
-        let principal = parts.extensions.get::<mcp_gateway_core::Principal>();
+        // The principal is looked up only for a provider to ask.
+        let principal = self
+            .credentials
+            .as_ref()
+            .and_then(|_| parts.extensions.get::<mcp_gateway_core::Principal>());
         let creds = match apply_ready_credentials(&self.credentials, principal, &mut parts.headers)
         {
             Ok(pending) => pending,

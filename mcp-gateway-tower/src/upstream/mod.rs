@@ -13,7 +13,7 @@
 //! | module | holds |
 //! | --- | --- |
 //! | `client` | the HTTP(S) client: hyper with rustls, or the built-in HTTP/1.1 pool for `http://` |
-//! | `tls` | the client TLS settings of a backend ([`TlsClientConfig`]) |
+//! | [`tls`] | the client TLS settings of a backend ([`TlsClientConfig`]), and the PEM and provider helpers the binary's server side shares |
 //! | [`credentials`] | the headers the gateway adds towards a backend |
 //! | `service` | [`ServiceUpstream`] |
 //! | `set` | [`Upstreams`], [`Instance`] |
@@ -33,7 +33,7 @@ mod set;
 #[cfg(test)]
 mod tests;
 #[cfg(feature = "tls")]
-mod tls;
+pub mod tls;
 
 pub use self::client::{HttpClient, HttpUpstream, HttpUpstreamConfig};
 pub use self::service::ServiceUpstream;

@@ -74,7 +74,11 @@ where
         let svc = self.inner.clone();
         strip_client_credentials(req.headers_mut());
         let (mut parts, body) = req.into_parts();
-        let principal = parts.extensions.get::<mcp_gateway_core::Principal>();
+        // The principal is looked up only for a provider to ask.
+        let principal = self
+            .credentials
+            .as_ref()
+            .and_then(|_| parts.extensions.get::<mcp_gateway_core::Principal>());
         let ready = apply_ready_credentials(&self.credentials, principal, &mut parts.headers);
         let mut req = Request::from_parts(parts, body);
         Box::pin(async move {

@@ -109,8 +109,9 @@ impl TlsClientConfig {
     }
 }
 
-/// The crypto provider every TLS connection of the gateway uses.
-pub(crate) fn provider() -> Arc<CryptoProvider> {
+/// The crypto provider every TLS connection of the gateway uses (rustls'
+/// *ring* provider), made once per process.
+pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
@@ -139,8 +140,13 @@ fn platform_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
-/// Every certificate in a PEM file; an empty file is an error.
-fn read_certs(file: &std::path::Path, key: &str) -> Result<Vec<CertificateDer<'static>>, BoxError> {
+/// Every certificate in a PEM file; an empty file is an error. Errors
+/// name `key` (the flag or configuration key that named the file) and the
+/// file.
+pub fn read_certs(
+    file: &std::path::Path,
+    key: &str,
+) -> Result<Vec<CertificateDer<'static>>, BoxError> {
     let certs = CertificateDer::pem_file_iter(file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{key} {}: {e}", file.display()))?;
