@@ -1,0 +1,317 @@
+//! Building the gateway's parts from the tables: authentication, audit,
+//! backend credentials and TLS.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl GatewayConfig {
+    pub(super) fn audit_sink(&self, a: &AuditSection) -> Result<Arc<dyn AuditSink>, ConfigError> {
+        let kind = a
+            .sink
+            .as_ref()
+            .map(|s| s.get_ref().as_str())
+            .unwrap_or(if a.jsonl.is_some() {
+                "jsonl"
+            } else {
+                "tracing"
+            });
+        let span = a.sink.as_ref().map(|s| s.span());
+        match kind {
+            "tracing" => Ok(Arc::new(TracingSink)),
+            "jsonl" => {
+                let Some(j) = &a.jsonl else {
+                    return self.err(
+                        span,
+                        "audit.sink",
+                        "jsonl needs an [audit.jsonl] section with a path",
+                    );
+                };
+                let mut j = j.clone();
+                j.path = self.base.join(&j.path);
+                if self.opening {
+                    match JsonlSink::open(j.clone()) {
+                        Ok(s) => Ok(Arc::new(s)),
+                        Err(e) => self.err(
+                            None,
+                            "audit.jsonl.path",
+                            format!("cannot open {}: {e}", j.path.display()),
+                        ),
+                    }
+                } else {
+                    // Checking only: do not create files.
+                    Ok(Arc::new(TracingSink))
+                }
+            }
+            other => self.err(
+                span,
+                "audit.sink",
+                format!("unknown sink {other:?} (jsonl or tracing)"),
+            ),
+        }
+    }
+
+    pub(super) fn credentials(
+        &self,
+        c: &CredentialsSection,
+    ) -> Result<StaticCredentials, ConfigError> {
+        let mut creds = StaticCredentials::new();
+        let mut add = |name: &str, value: &str, span, key: String| -> Result<(), ConfigError> {
+            let n = HeaderName::from_bytes(name.as_bytes());
+            let v = HeaderValue::from_str(value);
+            match (n, v) {
+                (Ok(n), Ok(v)) => {
+                    creds = std::mem::take(&mut creds).with(n, v);
+                    Ok(())
+                }
+                _ => self.err(Some(span), &key, "not a valid header name and value"),
+            }
+        };
+        for (name, v) in &c.headers {
+            add(
+                name,
+                v.get_ref(),
+                v.span(),
+                format!("backend.credentials.headers.{name}"),
+            )?;
+        }
+        for (name, var) in &c.headers_from_env {
+            let key = format!("backend.credentials.headers_from_env.{name}");
+            let Ok(value) = std::env::var(var.get_ref()) else {
+                return self.err(
+                    Some(var.span()),
+                    &key,
+                    format!("environment variable {} is not set", var.get_ref()),
+                );
+            };
+            add(name, &value, var.span(), key)?;
+        }
+        Ok(creds)
+    }
+
+    /// The serving TLS configuration `[tls]` describes, if any; errors name
+    /// the key and the file.
+    pub fn server_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+        let Some(t) = &self.tls else {
+            return Ok(None);
+        };
+        let (cert, key) = match (&t.cert_file, &t.key_file) {
+            (Some(c), Some(k)) => (self.path_of(c), self.path_of(k)),
+            (None, _) => return self.err(None, "tls.cert_file", "needed to serve HTTPS"),
+            (_, None) => return self.err(None, "tls.key_file", "needed to serve HTTPS"),
+        };
+        let ca = t.client_ca_file.as_ref().map(|c| self.path_of(c));
+        crate::serve::tls::server_config(&cert, &key, ca.as_deref())
+            .map(Some)
+            .map_err(|e| ConfigError {
+                file: self.file.clone(),
+                line: None,
+                key: Some("tls".into()),
+                message: e,
+            })
+    }
+
+    /// `p`, relative to the file's folder when not absolute.
+    pub(super) fn path_of(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// The backend's HTTP client settings, TLS files checked.
+    pub(super) fn upstream_config(&self) -> Result<HttpUpstreamConfig, ConfigError> {
+        let be = &self.backend;
+        let mut tls = TlsClientConfig::default().insecure_skip_verify(be.insecure_skip_verify);
+        for (key, v) in [
+            ("backend.ca_file", &be.ca_file),
+            ("backend.client_cert_file", &be.client_cert_file),
+            ("backend.client_key_file", &be.client_key_file),
+        ] {
+            let Some(v) = v else { continue };
+            let path = self.path_of(Path::new(v.get_ref()));
+            if let Err(e) = std::fs::metadata(&path) {
+                return self.err(Some(v.span()), key, format!("{}: {e}", path.display()));
+            }
+            match key {
+                "backend.ca_file" => tls.ca_file = Some(path),
+                "backend.client_cert_file" => tls.client_cert_file = Some(path),
+                _ => tls.client_key_file = Some(path),
+            }
+        }
+        Ok(HttpUpstreamConfig::default()
+            .http2_prior_knowledge(be.http2_prior_knowledge)
+            .tls(tls))
+    }
+
+    pub(super) fn auth(
+        &self,
+        a: &AuthSection,
+        mut b: McpGatewayBuilder,
+        client_certs: bool,
+    ) -> Result<McpGatewayBuilder, ConfigError> {
+        let mut chain = AuthChain::new();
+        if let Some(j) = &a.jwt {
+            chain = chain.with(self.jwt(a, j)?);
+        }
+        if !a.api_keys.is_empty() {
+            let mut keys = ApiKeys::new();
+            for (i, k) in a.api_keys.iter().enumerate() {
+                let mut p = Principal::builder(k.subject.clone())
+                    .auth_method("api_key")
+                    .roles(k.roles.iter().cloned())
+                    .scopes(k.scopes.iter().cloned());
+                if let Some(t) = &k.tenant {
+                    p = p.tenant(t.clone());
+                }
+                keys = match keys.with_hash(k.sha256.get_ref(), p.build()) {
+                    Ok(keys) => keys,
+                    Err(e) => {
+                        return self.err(
+                            Some(k.sha256.span()),
+                            &format!("auth.api_keys[{i}].sha256"),
+                            e,
+                        )
+                    }
+                };
+            }
+            chain = chain.with(keys);
+        }
+        if client_certs {
+            // Tokens and keys name the caller when present; the verified
+            // certificate otherwise.
+            chain = chain.with(ClientCertAuthenticator::new());
+        }
+        if a.jwt.is_none() && a.api_keys.is_empty() && !a.allow_anonymous && !client_certs {
+            return self.err(
+                None,
+                "auth",
+                "configure api_keys or jwt (or allow_anonymous, or tls.client_ca_file)",
+            );
+        }
+        if let Some(r) = &a.resource {
+            b = b.protected_resource(r, &a.authorization_servers, &a.required_scopes);
+        }
+        Ok(b.authenticator(
+            Arc::new(chain),
+            AuthConfig {
+                resource_metadata: None,
+                required_scopes: a.required_scopes.clone(),
+                allow_anonymous: a.allow_anonymous,
+            },
+        ))
+    }
+
+    pub(super) fn jwt(
+        &self,
+        a: &AuthSection,
+        j: &JwtSection,
+    ) -> Result<JwtAuthenticator, ConfigError> {
+        let mut algorithms = Vec::new();
+        for name in j.algorithms.get_ref() {
+            match name.parse::<Algorithm>() {
+                Ok(alg) => algorithms.push(alg),
+                Err(_) => {
+                    return self.err(
+                        Some(j.algorithms.span()),
+                        "auth.jwt.algorithms",
+                        format!("unknown algorithm {name:?}"),
+                    )
+                }
+            }
+        }
+        if algorithms.is_empty() {
+            return self.err(
+                Some(j.algorithms.span()),
+                "auth.jwt.algorithms",
+                "name at least one algorithm",
+            );
+        }
+        if j.leeway_secs > 300 {
+            return self.err(None, "auth.jwt.leeway_secs", "at most 300 seconds");
+        }
+        let mut keys = Vec::new();
+        for (i, k) in j.keys.iter().enumerate() {
+            let key = format!("auth.jwt.keys[{i}]");
+            let Ok(alg) = k.alg.get_ref().parse::<Algorithm>() else {
+                return self.err(
+                    Some(k.alg.span()),
+                    &format!("{key}.alg"),
+                    format!("unknown algorithm {:?}", k.alg.get_ref()),
+                );
+            };
+            if !algorithms.contains(&alg) {
+                return self.err(
+                    Some(k.alg.span()),
+                    &format!("{key}.alg"),
+                    "not in auth.jwt.algorithms",
+                );
+            }
+            let made = match (&k.pem_file, &k.pem, &k.secret_env) {
+                (Some(f), None, None) => {
+                    let path = self.base.join(f.get_ref());
+                    match std::fs::read(&path) {
+                        Ok(pem) => {
+                            JwtKey::pem(k.kid.as_deref(), alg, &pem).map_err(|e| (f.span(), e))
+                        }
+                        Err(e) => Err((f.span(), format!("cannot read {}: {e}", path.display()))),
+                    }
+                }
+                (None, Some(p), None) => JwtKey::pem(k.kid.as_deref(), alg, p.get_ref().as_bytes())
+                    .map_err(|e| (p.span(), e)),
+                (None, None, Some(var)) => match std::env::var(var.get_ref()) {
+                    Ok(secret) => JwtKey::hmac(k.kid.as_deref(), alg, secret.as_bytes())
+                        .map_err(|e| (var.span(), e)),
+                    Err(_) => Err((
+                        var.span(),
+                        format!("environment variable {} is not set", var.get_ref()),
+                    )),
+                },
+                _ => Err((
+                    k.alg.span(),
+                    "give exactly one of pem_file, pem, secret_env".to_owned(),
+                )),
+            };
+            match made {
+                Ok(k) => keys.push(k),
+                Err((span, e)) => return self.err(Some(span), &key, e),
+            }
+        }
+        let jwks = match &j.jwks_url {
+            None => None,
+            Some(u) => match HttpJwksFetcher::new(u.get_ref()) {
+                Ok(f) => Some(JwksCache::new(
+                    f,
+                    Duration::from_secs(j.jwks_min_refresh_secs),
+                    Duration::from_secs(j.jwks_max_age_secs),
+                )),
+                Err(e) => return self.err(Some(u.span()), "auth.jwt.jwks_url", e),
+            },
+        };
+        if keys.is_empty() && jwks.is_none() {
+            return self.err(None, "auth.jwt", "configure keys or jwks_url");
+        }
+        let defaults = ClaimMapping::default();
+        let audiences = if j.audiences.is_empty() {
+            a.resource.iter().cloned().collect()
+        } else {
+            j.audiences.clone()
+        };
+        let cfg = JwtConfig {
+            issuers: j.issuers.clone(),
+            audiences,
+            algorithms,
+            leeway: Duration::from_secs(j.leeway_secs),
+            claims: ClaimMapping {
+                subject: j.subject_claim.clone().unwrap_or(defaults.subject),
+                roles: j.roles_claim.clone().unwrap_or(defaults.roles),
+                scopes: j.scopes_claim.clone().unwrap_or(defaults.scopes),
+                tenant: j.tenant_claim.clone(),
+                extra: j.claims.clone(),
+            },
+            cache_ttl: Duration::from_secs(j.cache_ttl_secs),
+            ..Default::default()
+        };
+        Ok(JwtAuthenticator::new(cfg, keys, jwks))
+    }
+}
