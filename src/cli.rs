@@ -29,9 +29,10 @@ use crate::serve::{self, Http1Server, ServeOptions};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "mcp-gateway", version, about, long_about = None)]
 pub struct Cli {
-    /// Address to listen on. With --config, overrides the file's `listen`.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// Address to listen on [default: 127.0.0.1:8080]. With --config,
+    /// overrides the file's `listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 
     /// A backend instance URL (http:// or https://). Repeat it for several
     /// instances of one backend: new sessions are spread over them and a
@@ -242,8 +243,9 @@ impl Cli {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
-    fn listen_given(&self) -> bool {
-        self.listen != default_listen()
+    /// `--listen`, or the default.
+    fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(default_listen)
     }
 
     fn plan_from_file(&self, file: &Path) -> Result<Plan, Failure> {
@@ -262,15 +264,15 @@ impl Cli {
                 t.client_ca_file = Some(ca.clone());
             }
         }
+        if let Some(l) = self.listen {
+            // The origin guard follows the address actually listened on.
+            cfg.listen = Some(toml::Spanned::new(0..0, l.to_string()));
+        }
         cfg.allow_hosts.extend(self.allow_hosts.iter().cloned());
         cfg.allow_origins.extend(self.allow_origins.iter().cloned());
         let tls = cfg.server_tls().map_err(bad)?;
         let built = cfg.builder().map_err(bad)?;
-        let listen = if self.listen_given() {
-            self.listen
-        } else {
-            cfg.listen().map_err(bad)?.unwrap_or(self.listen)
-        };
+        let listen = cfg.listen().map_err(bad)?.unwrap_or_else(default_listen);
         let app = built.builder.build().map_err(bad)?;
         Ok(Plan {
             app,
@@ -284,7 +286,7 @@ impl Cli {
     }
 
     fn plan_from_flags(&self) -> Result<Plan, Failure> {
-        let mut origin = if self.listen.ip().is_loopback() {
+        let mut origin = if self.listen().ip().is_loopback() {
             OriginPolicy::loopback()
         } else {
             OriginPolicy::same_origin()
@@ -318,7 +320,7 @@ impl Cli {
         tracing::info!(upstreams = ?self.upstreams, "backend instances");
         Ok(Plan {
             app,
-            listen: self.listen,
+            listen: self.listen(),
             threads: self.threads(None),
             path: self.path.clone(),
             opts: self.serve_options(None).tls(tls),

@@ -335,6 +335,17 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Err(why) = host_framing(&req) {
+            tracing::debug!(reason = why, "bad Host");
+            return ResponseFuture {
+                inner: Inner::Refused {
+                    response: Some(respond(
+                        ErrorKind::InvalidRequest,
+                        format!("Bad Request: {why}"),
+                    )),
+                },
+            };
+        }
         let authority = req.uri().authority().map(|a| a.as_str());
         match self.policy.check(req.headers(), authority) {
             Ok(()) => ResponseFuture {
@@ -354,8 +365,33 @@ where
     }
 }
 
+/// The `Host` rules of RFC 9112 §3.2, whichever server read the request:
+/// an HTTP/1.1 request needs exactly one `Host`, and an absolute-form
+/// target must name the same authority as its `Host`. Checked here, the
+/// first layer, so that no later layer (nor the origin check, nor a
+/// backend) can be shown one host while routing by another.
+fn host_framing<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    match (host, req.uri().authority()) {
+        (None, None) if req.version() == http::Version::HTTP_11 => {
+            Err("an HTTP/1.1 request needs a Host header")
+        }
+        (Some(h), Some(a))
+            if req.version() <= http::Version::HTTP_11
+                && !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) =>
+        {
+            Err("the request target's authority and the Host header differ")
+        }
+        _ => Ok(()),
+    }
+}
+
 pin_project! {
-    /// Future of [`Origin`]: the inner future, or an immediate 403.
+    /// Future of [`Origin`]: the inner future, or an immediate refusal.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Inner<F>,
@@ -494,5 +530,58 @@ mod tests {
             )
             .is_err());
         assert!(p.check(&h(&[("host", "other.example.com")]), None).is_err());
+    }
+
+    #[tokio::test]
+    async fn host_framing_follows_rfc_9112() {
+        use tower::ServiceExt;
+        let svc = OriginLayer::new(OriginPolicy::allow_any()).layer(tower::service_fn(
+            |_req: Request<crate::Body>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(crate::Body::empty()))
+            },
+        ));
+        let status = |req: Request<crate::Body>| {
+            let svc = svc.clone();
+            async move { svc.oneshot(req).await.unwrap().status().as_u16() }
+        };
+        let req = |uri: &str, hosts: &[&str], version| {
+            let mut b = Request::post(uri).version(version);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            b.body(crate::Body::empty()).unwrap()
+        };
+        use http::Version;
+        assert_eq!(status(req("/mcp", &["gw"], Version::HTTP_11)).await, 200);
+        // Missing or repeated Host: 400.
+        assert_eq!(status(req("/mcp", &[], Version::HTTP_11)).await, 400);
+        assert_eq!(
+            status(req("/mcp", &["gw", "gw"], Version::HTTP_11)).await,
+            400
+        );
+        assert_eq!(
+            status(req("/mcp", &["a", "b"], Version::HTTP_11)).await,
+            400
+        );
+        // HTTP/1.0 may go without.
+        assert_eq!(status(req("/mcp", &[], Version::HTTP_10)).await, 200);
+        // Absolute form: the authority must be the Host.
+        assert_eq!(
+            status(req("http://gw/mcp", &["gw"], Version::HTTP_11)).await,
+            200
+        );
+        assert_eq!(
+            status(req("http://evil/mcp", &["gw"], Version::HTTP_11)).await,
+            400
+        );
+        assert_eq!(
+            status(req("http://gw/mcp", &[], Version::HTTP_11)).await,
+            200
+        );
+        // HTTP/2 carries :authority; a Host beside it is the origin check's.
+        assert_eq!(
+            status(req("http://gw/mcp", &[], Version::HTTP_2)).await,
+            200
+        );
     }
 }
