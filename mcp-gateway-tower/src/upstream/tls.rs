@@ -66,11 +66,7 @@ impl TlsClientConfig {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
         let builder = if self.insecure_skip_verify {
-            tracing::warn!(
-                backend,
-                "insecure_skip_verify: the backend's TLS certificate is NOT verified; \
-                 anyone on the path can read and alter its traffic"
-            );
+            warn_insecure(backend);
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
@@ -106,6 +102,21 @@ impl TlsClientConfig {
             }
             None => Ok(platform_roots()),
         }
+    }
+}
+
+/// Says loudly, once per backend and process (a configuration is built
+/// more than once: checked, then run), that its certificate goes unchecked.
+fn warn_insecure(backend: &str) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.iter().any(|b| b == backend) {
+        warned.push(backend.to_owned());
+        tracing::warn!(
+            backend,
+            "insecure_skip_verify: the backend's TLS certificate is NOT verified; \
+             anyone on the path can read and alter its traffic"
+        );
     }
 }
 
