@@ -178,6 +178,23 @@ fn client(tls: rustls::ClientConfig) -> reqwest::Client {
         .unwrap()
 }
 
+/// An `initialize` POSTed to `url` with `http`.
+async fn initialize(http: &reqwest::Client, url: &str) -> reqwest::Response {
+    http.post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A client without TLS settings of its own (the gateway serves plain HTTP).
+fn plain_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 #[tokio::test]
 async fn rmcp_client_over_https_reaches_an_https_http2_backend_through_the_gateway() {
     let (s, config) = setup(true).await;
@@ -276,14 +293,12 @@ async fn a_backend_certificate_the_gateway_cannot_verify_is_a_502_naming_why() {
     let (s, config) = setup(false).await;
     let gw = Gateway::start(&["--config", config.to_str().unwrap()]);
     let agent = s.client_ca.client("a", "spiffe://acme.example/agent/a");
-    let res = client(pki::client_config(&s.gateway_ca, Some(&agent), &[b"http/1.1"]))
-        .post(&gw.url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
-        .send()
-        .await
-        .unwrap();
+    let http = client(pki::client_config(
+        &s.gateway_ca,
+        Some(&agent),
+        &[b"http/1.1"],
+    ));
+    let res = initialize(&http, &gw.url).await;
     assert_eq!(res.status(), 502);
     let v: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
     assert_eq!(v["error"]["code"], -32050, "{v}");
@@ -414,20 +429,10 @@ async fn a_backend_that_wants_a_client_certificate_gets_the_configured_one() {
         .client("gateway", "spiffe://acme.example/gateway")
         .write(&dir.0, "gateway-client");
     let raw_initialize = |url: String| async move {
-        let res = reqwest::Client::builder()
-            .build()
-            .unwrap()
-            .post(url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
-            .send()
-            .await
-            .unwrap();
+        let res = initialize(&plain_client(), &url).await;
         let status = res.status().as_u16();
         (status, res.text().await.unwrap())
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
 
     // With the client certificate: the backend answers.
     let with = plain_config(
@@ -461,17 +466,7 @@ async fn insecure_skip_verify_reaches_a_backend_whose_certificate_is_not_trusted
     );
     let gw = Gateway::start(&["--config", config.to_str().unwrap()]);
     // A plain-HTTP gateway here: the client side needs no TLS.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let res = reqwest::Client::builder()
-        .build()
-        .unwrap()
-        .post(&gw.url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
-        .send()
-        .await
-        .unwrap();
+    let res = initialize(&plain_client(), &gw.url).await;
     assert_eq!(res.status(), 200);
     assert!(!s.backend.versions.lock().unwrap().is_empty());
 }
