@@ -105,6 +105,9 @@ pub enum ErrorKind {
     Limited,
     /// A session cap refused a new session (429, -32055, `Retry-After`).
     TooManySessions,
+    /// A per-client cap refused the request: too many calls in flight or
+    /// connections from one client (429, -32055, `Retry-After`).
+    TooManyRequests,
     /// The audit sink is full and calls are refused (503, -32056).
     AuditBacklog,
 }
@@ -128,7 +131,9 @@ impl ErrorKind {
             ErrorKind::Forbidden | ErrorKind::InsufficientScope => StatusCode::FORBIDDEN,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Denied | ErrorKind::ToolChanged | ErrorKind::Limited => StatusCode::OK,
-            ErrorKind::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::TooManySessions | ErrorKind::TooManyRequests => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ErrorKind::AuditBacklog => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -157,7 +162,9 @@ impl ErrorKind {
             | ErrorKind::InsufficientScope => SERVER_ERROR,
             ErrorKind::Denied => DENIED,
             ErrorKind::ToolChanged => TOOL_CHANGED,
-            ErrorKind::Limited | ErrorKind::TooManySessions => LIMITED,
+            ErrorKind::Limited | ErrorKind::TooManySessions | ErrorKind::TooManyRequests => {
+                LIMITED
+            }
             ErrorKind::AuditBacklog => AUDIT_BACKLOG,
             ErrorKind::SessionNotFound => SESSION_NOT_FOUND,
             ErrorKind::UpstreamUnavailable => UPSTREAM_UNAVAILABLE,
@@ -294,6 +301,7 @@ mod tests {
             (ErrorKind::ToolChanged, 200, -32054),
             (ErrorKind::Limited, 200, -32055),
             (ErrorKind::TooManySessions, 429, -32055),
+            (ErrorKind::TooManyRequests, 429, -32055),
             (ErrorKind::AuditBacklog, 503, -32056),
         ];
         for (kind, status, code) in cases {

@@ -82,6 +82,7 @@ pub struct SessionRecord {
     owner: Option<Box<str>>,
     created: Instant,
     last_seen_ms: AtomicU64,
+    evicted: std::sync::atomic::AtomicBool,
 }
 
 impl SessionRecord {
@@ -104,6 +105,7 @@ impl SessionRecord {
             owner: None,
             created: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
+            evicted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -151,6 +153,17 @@ impl SessionRecord {
     /// When the session started.
     pub fn created(&self) -> Instant {
         self.created
+    }
+
+    /// Whether the store evicted it to make room for a new session (rather
+    /// than it expiring).
+    pub fn evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Marks it evicted (stores that make room for new sessions).
+    pub fn mark_evicted(&self) {
+        self.evicted.store(true, Ordering::Relaxed);
     }
 }
 
@@ -212,8 +225,16 @@ pub trait SessionStore: Send + Sync + 'static {
 pub struct InMemoryConfig {
     /// Sessions idle longer than this expire. Default: 30 minutes.
     pub idle_timeout: Duration,
+    /// Sessions older than this expire, busy or not. Default: 24 hours;
+    /// `None`: no limit.
+    pub max_age: Option<Duration>,
     /// At most this many sessions at once. Default: 100 000.
     pub max_sessions: usize,
+    /// When the table is full, sessions idle for at least this long are
+    /// evicted, least recently used first, to make room for a new one
+    /// (in batches of 1/256 of the table); `None`: a full table refuses
+    /// new sessions. Default: 60 s.
+    pub evict_idle: Option<Duration>,
     /// Number of independently locked shards (rounded up to a power of
     /// two). Default: 64.
     pub shards: usize,
@@ -223,7 +244,9 @@ impl Default for InMemoryConfig {
     fn default() -> Self {
         InMemoryConfig {
             idle_timeout: Duration::from_secs(30 * 60),
+            max_age: Some(Duration::from_secs(24 * 3600)),
             max_sessions: 100_000,
+            evict_idle: Some(Duration::from_secs(60)),
             shards: 64,
         }
     }
@@ -243,6 +266,11 @@ pub struct InMemorySessionStore {
     cfg: InMemoryConfig,
     epoch: Instant,
     expired: Mutex<Vec<Arc<SessionRecord>>>,
+    /// When a scan for sessions to evict last found none (ms on `epoch`'s
+    /// clock, plus one; 0: never): a full table of busy sessions is not
+    /// scanned again for a second, so a flood of `initialize` cannot turn
+    /// each refusal into a walk over the whole table.
+    evict_failed_ms: AtomicU64,
 }
 
 impl fmt::Debug for InMemorySessionStore {
@@ -271,6 +299,7 @@ impl InMemorySessionStore {
             cfg,
             epoch: Instant::now(),
             expired: Mutex::new(Vec::new()),
+            evict_failed_ms: AtomicU64::new(0),
         }
     }
 
@@ -289,6 +318,65 @@ impl InMemorySessionStore {
 
     fn is_expired(&self, rec: &SessionRecord, now: u64) -> bool {
         now.saturating_sub(rec.last_seen_ms.load(Ordering::Relaxed)) > self.idle_ms()
+            || self.cfg.max_age.is_some_and(|m| rec.created.elapsed() > m)
+    }
+
+    /// Makes room in a full table: evicts up to 1/256 of it, the sessions
+    /// unused the longest, provided they have been idle for at least
+    /// `evict_idle`. The evicted records are marked and handed to the next
+    /// [`sweep`](SessionStore::sweep), which ends them at the backend and
+    /// in the audit log. Returns how many went.
+    fn evict(&self, now: u64) -> usize {
+        let Some(min_idle) = self.cfg.evict_idle else {
+            return 0;
+        };
+        let failed = self.evict_failed_ms.load(Ordering::Relaxed);
+        if failed != 0 && now + 1 < failed + 1000 {
+            return 0;
+        }
+        let min_idle = min_idle.as_millis() as u64;
+        let batch = (self.cfg.max_sessions / 256).max(1);
+        // The `batch` least recently seen candidates: a max-heap on last
+        // use keeps the oldest.
+        let mut oldest: std::collections::BinaryHeap<(u64, Arc<str>)> =
+            std::collections::BinaryHeap::with_capacity(batch + 1);
+        for shard in self.shards.iter() {
+            for (k, r) in read(shard).iter() {
+                let seen = r.last_seen_ms.load(Ordering::Relaxed);
+                if now.saturating_sub(seen) < min_idle {
+                    continue;
+                }
+                if oldest.len() < batch {
+                    oldest.push((seen, k.clone()));
+                } else if oldest.peek().is_some_and(|(s, _)| seen < *s) {
+                    oldest.pop();
+                    oldest.push((seen, k.clone()));
+                }
+            }
+        }
+        let mut gone = Vec::with_capacity(oldest.len());
+        for (seen, id) in oldest {
+            let mut map = write(self.shard(&id));
+            // Used again since it was picked: it stays.
+            if map
+                .get(&id)
+                .is_some_and(|r| r.last_seen_ms.load(Ordering::Relaxed) == seen)
+            {
+                if let Some(r) = map.remove(&id) {
+                    self.count.fetch_sub(1, Ordering::AcqRel);
+                    r.mark_evicted();
+                    gone.push(r);
+                }
+            }
+        }
+        let n = gone.len();
+        self.evict_failed_ms
+            .store(if n == 0 { now + 1 } else { 0 }, Ordering::Relaxed);
+        self.expired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(gone);
+        n
     }
 }
 
@@ -308,7 +396,14 @@ impl SessionStore for InMemorySessionStore {
         // Reserve a slot first so concurrent inserts cannot overshoot.
         if self.count.fetch_add(1, Ordering::AcqRel) >= max {
             self.count.fetch_sub(1, Ordering::AcqRel);
-            return Answer::ready(Err(StoreError::Full { max: max as usize }));
+            // Full: idle sessions make room before a new one is refused.
+            let made_room = self.evict(millis_since(self.epoch)) > 0;
+            if !made_room || self.count.fetch_add(1, Ordering::AcqRel) >= max {
+                if made_room {
+                    self.count.fetch_sub(1, Ordering::AcqRel);
+                }
+                return Answer::ready(Err(StoreError::Full { max: max as usize }));
+            }
         }
         record
             .last_seen_ms
@@ -458,6 +553,63 @@ mod tests {
         block(store.remove(a.as_str()));
         block(store.insert(SessionRecord::new(SessionId::random(), 0, None))).unwrap();
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_least_recently_used_idle_session() {
+        let store = InMemorySessionStore::new(InMemoryConfig {
+            max_sessions: 3,
+            evict_idle: Some(Duration::ZERO),
+            ..Default::default()
+        });
+        let ids: Vec<SessionId> = (0..3).map(|_| SessionId::random()).collect();
+        for id in &ids {
+            block(store.insert(SessionRecord::new(id.clone(), 0, None))).unwrap();
+        }
+        // The monotonic clock moves on; then 0 and 2 are used again.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(3) {
+            std::hint::spin_loop();
+        }
+        block(store.get(ids[0].as_str())).unwrap();
+        block(store.get(ids[2].as_str())).unwrap();
+        block(store.insert(SessionRecord::new(SessionId::random(), 0, None)))
+            .expect("room is made");
+        assert_eq!(store.len(), 3);
+        assert!(block(store.get(ids[1].as_str())).is_none(), "1 was evicted");
+        let swept = block(store.sweep());
+        assert_eq!(swept.len(), 1);
+        assert_eq!(swept[0].id(), &ids[1]);
+        assert!(swept[0].evicted());
+    }
+
+    #[test]
+    fn without_eviction_or_idle_sessions_a_full_table_refuses() {
+        let store = InMemorySessionStore::new(InMemoryConfig {
+            max_sessions: 1,
+            evict_idle: Some(Duration::from_secs(60)),
+            ..Default::default()
+        });
+        block(store.insert(SessionRecord::new(SessionId::random(), 0, None))).unwrap();
+        let err =
+            block(store.insert(SessionRecord::new(SessionId::random(), 0, None))).unwrap_err();
+        assert_eq!(err, StoreError::Full { max: 1 });
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn sessions_past_their_maximum_age_expire_even_when_busy() {
+        let store = InMemorySessionStore::new(InMemoryConfig {
+            max_age: Some(Duration::from_millis(1)),
+            ..Default::default()
+        });
+        let id = SessionId::random();
+        block(store.insert(SessionRecord::new(id.clone(), 0, None))).unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(3) {
+            std::hint::spin_loop();
+        }
+        assert!(block(store.get(id.as_str())).is_none());
     }
 
     #[test]

@@ -103,15 +103,19 @@ pub enum SessionEnd {
     Expired,
     /// The backend answered 404 for it: the backend lost it.
     BackendLost,
+    /// The session table was full: this idle session made room for a new
+    /// one.
+    Evicted,
 }
 
 impl SessionEnd {
-    /// `"deleted"`, `"expired"` or `"backend_lost"`.
+    /// `"deleted"`, `"expired"`, `"backend_lost"` or `"evicted"`.
     pub fn as_str(self) -> &'static str {
         match self {
             SessionEnd::Deleted => "deleted",
             SessionEnd::Expired => "expired",
             SessionEnd::BackendLost => "backend_lost",
+            SessionEnd::Evicted => "evicted",
         }
     }
 }
@@ -347,7 +351,12 @@ where
                 let Some(shared) = weak.upgrade() else { break };
                 let expired = shared.store.sweep().await;
                 for rec in &expired {
-                    shared.ended(rec, SessionEnd::Expired);
+                    let why = if rec.evicted() {
+                        SessionEnd::Evicted
+                    } else {
+                        SessionEnd::Expired
+                    };
+                    shared.ended(rec, why);
                 }
                 drop(shared);
                 for rec in expired {

@@ -13,6 +13,7 @@ pub(crate) struct CallRecord {
     pub(crate) status: u16,
     pub(crate) kind: Option<ErrorKind>,
     pub(crate) limit: Option<LimitKind>,
+    pub(crate) detail: Option<Arc<str>>,
     pub(crate) principal: Option<Principal>,
     pub(crate) backend: Option<Arc<str>>,
     pub(crate) cost: u64,
@@ -317,7 +318,7 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
         Some(ErrorKind::Denied | ErrorKind::ToolChanged) => {
             (Outcome::Denied, call.kind.map(|k| k.code() as i64))
         }
-        Some(ErrorKind::Limited | ErrorKind::TooManySessions) => {
+        Some(ErrorKind::Limited | ErrorKind::TooManySessions | ErrorKind::TooManyRequests) => {
             (Outcome::Limited, call.kind.map(|k| k.code() as i64))
         }
         Some(ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamTimeout) => {
@@ -381,6 +382,7 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
         outcome,
         error_code: code,
         limit: call.limit.map(LimitKind::as_str),
+        detail: call.detail.as_deref(),
         http_status: Some(call.status),
         ttfb_us: Some(call.ttfb.as_micros() as u64),
         duration_us: Some(duration.as_micros() as u64),

@@ -116,6 +116,10 @@ pub struct AuditEvent {
     /// Which limit, for `limited`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<Cow<'static, str>>,
+    /// What the network said when a backend could not be reached (address,
+    /// OS error): kept here and in the log, never in the client's answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// The HTTP status answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
@@ -179,6 +183,7 @@ pub struct AuditEventRef<'a> {
     pub outcome: Outcome,
     pub error_code: Option<i64>,
     pub limit: Option<&'a str>,
+    pub detail: Option<&'a str>,
     pub http_status: Option<u16>,
     pub ttfb_us: Option<u64>,
     pub duration_us: Option<u64>,
@@ -210,6 +215,7 @@ impl AuditEvent {
             outcome: self.outcome,
             error_code: self.error_code,
             limit: self.limit.as_deref(),
+            detail: self.detail.as_deref(),
             http_status: self.http_status,
             ttfb_us: self.ttfb_us,
             duration_us: self.duration_us,
@@ -245,6 +251,7 @@ impl AuditEventRef<'_> {
             outcome: self.outcome,
             error_code: self.error_code,
             limit: name(self.limit),
+            detail: text(self.detail),
             http_status: self.http_status,
             ttfb_us: self.ttfb_us,
             duration_us: self.duration_us,
@@ -322,6 +329,7 @@ pub(crate) fn write_json(e: &AuditEventRef<'_>, out: &mut Vec<u8>) {
     text!(o, "outcome", Some(e.outcome.as_str()));
     number!(o, "error_code", e.error_code);
     text!(o, "limit", e.limit);
+    text!(o, "detail", e.detail);
     number!(o, "http_status", e.http_status);
     number!(o, "ttfb_us", e.ttfb_us);
     number!(o, "duration_us", e.duration_us);

@@ -134,6 +134,10 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
         status: res.status().as_u16(),
         kind: res.extensions().get::<ErrorKind>().copied(),
         limit: res.extensions().get::<LimitKind>().copied(),
+        detail: res
+            .extensions()
+            .get::<crate::upstream::UpstreamFailure>()
+            .map(|f| f.0.clone()),
         principal: res.extensions().get::<Principal>().cloned(),
         // Shared, not copied: the record's `String` is made once, in `base`.
         backend: res.extensions().get::<BackendName>().map(|b| b.0.clone()),

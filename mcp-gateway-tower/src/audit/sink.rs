@@ -70,6 +70,7 @@ impl AuditSink for TracingSink {
             outcome = e.outcome.as_str(),
             error_code = e.error_code,
             limit = e.limit,
+            detail = e.detail,
             http_status = e.http_status,
             ttfb_us = e.ttfb_us,
             duration_us = e.duration_us,

@@ -47,11 +47,23 @@ where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
 {
     let retry = Duration::from_secs(shared.cfg.session_retry_after_secs);
+    let identified = who.as_ref() != "anon";
+    if let (Some(q), true) = (shared.cfg.principal_session_rate, identified) {
+        let key = shared.key(LimitKind::PrincipalSessionRate, who, None);
+        if let Err(wait) = shared.limiter.hit(&key, &q).await {
+            return Ok(refusal(
+                LimitKind::PrincipalSessionRate,
+                wait,
+                mcp.first_id(),
+                ErrorKind::TooManySessions,
+            ));
+        }
+    }
     let mut slots = Slots::default();
     for (kind, max, subject) in [
         (
             LimitKind::PrincipalSessions,
-            shared.cfg.principal_sessions,
+            shared.cfg.principal_sessions.filter(|_| identified),
             who,
         ),
         (

@@ -17,11 +17,19 @@ pub struct LimitConfig {
     /// `tools/call` (e.g. `["tools/list", "ping"]`).
     #[serde(default)]
     pub count_methods: Vec<String>,
-    /// Concurrent sessions per principal.
+    /// Concurrent sessions per principal (per client address for anonymous
+    /// callers). A per-client cap: [`client_caps`](Self::client_caps) sets
+    /// a default; 0 turns it off.
     pub principal_sessions: Option<u32>,
+    /// New sessions per principal (per client address for anonymous
+    /// callers): a token bucket. A per-client cap (see
+    /// [`client_caps`](Self::client_caps)); a burst of 0 turns it off.
+    pub principal_session_rate: Option<Quota>,
     /// Concurrent sessions per backend.
     pub backend_sessions: Option<u32>,
-    /// Calls in flight per principal.
+    /// Calls in flight per principal (per client address for anonymous
+    /// callers); refused with 429 and `Retry-After`. A per-client cap (see
+    /// [`client_caps`](Self::client_caps)); 0 turns it off.
     pub principal_in_flight: Option<u32>,
     /// Calls in flight per backend.
     pub backend_in_flight: Option<u32>,
@@ -38,6 +46,46 @@ pub struct LimitConfig {
     /// `Retry-After` for a refused session, seconds. Default 5.
     #[serde(default = "five")]
     pub session_retry_after_secs: u64,
+}
+
+/// The default per-client caps: sessions at once.
+pub const DEFAULT_CLIENT_SESSIONS: u32 = 256;
+/// The default per-client caps: new sessions, a burst then per second.
+pub const DEFAULT_CLIENT_SESSION_RATE: Quota = Quota {
+    burst: 64,
+    per_second: 16.0,
+};
+/// The default per-client caps: calls in flight.
+pub const DEFAULT_CLIENT_IN_FLIGHT: u32 = 64;
+
+impl LimitConfig {
+    /// These limits with the per-client caps on: each of
+    /// `principal_sessions`, `principal_session_rate` and
+    /// `principal_in_flight` left unset takes its default
+    /// ([`DEFAULT_CLIENT_SESSIONS`], [`DEFAULT_CLIENT_SESSION_RATE`],
+    /// [`DEFAULT_CLIENT_IN_FLIGHT`]); one set to 0 is off.
+    ///
+    /// With these, one client (a principal, or an anonymous client
+    /// address) cannot hold more than a small share of the session table,
+    /// churn sessions faster than the sweep can end them, or pile up calls.
+    pub fn client_caps(mut self) -> Self {
+        self.principal_sessions = match self.principal_sessions {
+            None => Some(DEFAULT_CLIENT_SESSIONS),
+            Some(0) => None,
+            n => n,
+        };
+        self.principal_session_rate = match self.principal_session_rate {
+            None => Some(DEFAULT_CLIENT_SESSION_RATE),
+            Some(q) if q.burst == 0 => None,
+            q => q,
+        };
+        self.principal_in_flight = match self.principal_in_flight {
+            None => Some(DEFAULT_CLIENT_IN_FLIGHT),
+            Some(0) => None,
+            n => n,
+        };
+        self
+    }
 }
 
 fn one() -> u64 {

@@ -15,6 +15,8 @@ pub enum LimitKind {
     BackendRate,
     /// Concurrent sessions per principal.
     PrincipalSessions,
+    /// New sessions per principal.
+    PrincipalSessionRate,
     /// Concurrent sessions per backend.
     BackendSessions,
     /// Calls in flight per principal.
@@ -35,6 +37,7 @@ impl LimitKind {
             LimitKind::PrincipalToolRate => "principal_tool_rate",
             LimitKind::BackendRate => "backend_rate",
             LimitKind::PrincipalSessions => "principal_sessions",
+            LimitKind::PrincipalSessionRate => "principal_session_rate",
             LimitKind::BackendSessions => "backend_sessions",
             LimitKind::PrincipalInFlight => "principal_in_flight",
             LimitKind::BackendInFlight => "backend_in_flight",

@@ -72,7 +72,10 @@ mod tokens;
 pub use self::tokens::{ApproxTokenCounter, TokenCounter};
 mod layer;
 use self::layer::*;
-pub use self::layer::{CostCharged, Limit, LimitConfig, LimitLayer};
+pub use self::layer::{
+    CostCharged, Limit, LimitConfig, LimitLayer, DEFAULT_CLIENT_IN_FLIGHT, DEFAULT_CLIENT_SESSIONS,
+    DEFAULT_CLIENT_SESSION_RATE,
+};
 mod service;
 pub use self::service::ClientAddr;
 use self::service::*;

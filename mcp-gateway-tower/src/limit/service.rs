@@ -10,7 +10,9 @@ use super::*;
 pub struct ClientAddr(pub SocketAddr);
 
 /// Who is limited: the principal's key, else `anon:<client ip>`, else
-/// `anon`.
+/// `anon` (a caller the gateway cannot tell apart from others: the
+/// per-client caps, sessions, new sessions and calls in flight, do not
+/// apply to it, since they would make every such caller share one).
 pub(crate) fn limit_subject<B>(req: &Request<B>) -> Arc<str> {
     if let Some(p) = req.extensions().get::<Principal>() {
         return p.key().clone();
@@ -37,7 +39,7 @@ pub(crate) fn refusal(
     let mut res = error_response(&e, id);
     // For the audit log, outside this layer.
     res.extensions_mut().insert(limit);
-    if kind == ErrorKind::TooManySessions {
+    if matches!(kind, ErrorKind::TooManySessions | ErrorKind::TooManyRequests) {
         let secs = retry.as_secs_f64().ceil().max(1.0) as u64;
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(secs));
@@ -164,8 +166,12 @@ impl Shared {
         if let Some(k) = &mut theirs {
             k.kind = LimitKind::BackendInFlight;
         }
+        let identified = who.as_ref() != "anon";
         for (key, max) in [
-            (Some(&mine), self.cfg.principal_in_flight),
+            (
+                Some(&mine),
+                self.cfg.principal_in_flight.filter(|_| identified),
+            ),
             (theirs.as_ref(), self.cfg.backend_in_flight),
         ] {
             let (Some(key), Some(max)) = (key, max) else {
@@ -293,7 +299,14 @@ async fn admit_all(
                 admitted.cost += c;
             }
             Err((kind, retry)) => {
-                return Err(refusal(kind, retry, m.id(), ErrorKind::Limited));
+                // The per-client cap is a 429 with `Retry-After`; call
+                // limits refuse the call in JSON-RPC (200).
+                let as_kind = if kind == LimitKind::PrincipalInFlight {
+                    ErrorKind::TooManyRequests
+                } else {
+                    ErrorKind::Limited
+                };
+                return Err(refusal(kind, retry, m.id(), as_kind));
             }
         }
     }

@@ -36,10 +36,13 @@ async fn permits_are_released_as_the_answer_ends_not_when_it_is_dropped() {
         .layer(crate::jsonrpc::JsonRpcLayer::default())
         .layer(LimitLayer::new(cfg, "b", limiter.clone()))
         .service(crate::test_support::two_frame_event_stream());
-    let req = crate::test_support::tools_call(1);
+    let mut req = crate::test_support::tools_call(1);
+    // Per-client caps need a client to tell apart (see `limit_subject`).
+    req.extensions_mut()
+        .insert(ClientAddr("192.0.2.7:5555".parse().unwrap()));
     let held = || {
         (
-            limiter.held(&key(LimitKind::PrincipalInFlight, "anon")),
+            limiter.held(&key(LimitKind::PrincipalInFlight, "anon:192.0.2.7")),
             limiter.held(&key(LimitKind::BackendInFlight, "b")),
         )
     };
@@ -221,6 +224,7 @@ async fn session_slots_are_released_without_registering_an_observer() {
         Request::post("/mcp")
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
+            .extension(ClientAddr("192.0.2.7:5555".parse().unwrap()))
             .body(Body::from(
                 r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
             ))

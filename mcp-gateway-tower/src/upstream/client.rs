@@ -19,6 +19,8 @@ use super::credentials::{
     apply_pending_credentials, apply_ready_credentials, CredentialProvider, Credentials,
 };
 use super::headers::{for_backend, strip_hop_by_hop};
+use super::idle::IdleLimited;
+use super::UpstreamFailure;
 use crate::body::{Body, BoxError, BoxFuture};
 use crate::error::error_response;
 
@@ -42,12 +44,18 @@ pub enum HttpClient {
 #[non_exhaustive]
 pub struct HttpUpstreamConfig {
     /// Time allowed to establish a TCP connection (and, for `https://`,
-    /// its TLS handshake). Default: 5 s.
+    /// its TLS handshake). Default: 2 s (`upstream_connect_ms`).
     pub connect_timeout: Duration,
-    /// Time allowed until the response *headers* arrive. Streams are not cut
-    /// by it (the SSE relay has its own idle timeout). Default: 300 s, since
-    /// a backend may answer a long tool call with plain JSON.
+    /// Time allowed until the response *headers* arrive (`504`, -32051,
+    /// past it). Default: 30 s (`upstream_first_byte_secs`). A backend that
+    /// answers a long tool call should stream it (SSE, with progress), so
+    /// its headers come at once; this bounds only the wait for them.
     pub response_timeout: Duration,
+    /// An open response body (a stream) that brings no byte for this long
+    /// ends with an error, and its connection is closed. A tool that keeps
+    /// streaming progress never reaches it. Default: 300 s
+    /// (`upstream_idle_secs`); `None`: no limit.
+    pub idle_timeout: Option<Duration>,
     /// Idle pooled connections are closed after this. Default: 90 s.
     pub pool_idle_timeout: Duration,
     /// Pooled idle connections kept per backend. Default: 256.
@@ -66,8 +74,9 @@ pub struct HttpUpstreamConfig {
 impl Default for HttpUpstreamConfig {
     fn default() -> Self {
         HttpUpstreamConfig {
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(300)),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle: 256,
             client: HttpClient::Auto,
@@ -88,6 +97,12 @@ impl HttpUpstreamConfig {
     /// Sets [`response_timeout`](Self::response_timeout).
     pub fn response_timeout(mut self, t: Duration) -> Self {
         self.response_timeout = t;
+        self
+    }
+
+    /// Sets [`idle_timeout`](Self::idle_timeout).
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.idle_timeout = t;
         self
     }
 
@@ -153,6 +168,10 @@ pub struct HttpUpstream {
     extra: Arc<HeaderMap>,
     credentials: Credentials,
     response_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    /// The backend's configured name: what error answers name (never the
+    /// host, port or OS error, which go to the log and the audit record).
+    name: Arc<str>,
 }
 
 impl HttpUpstream {
@@ -210,6 +229,8 @@ impl HttpUpstream {
             extra: Arc::new(HeaderMap::new()),
             credentials: None,
             response_timeout: cfg.response_timeout,
+            idle_timeout: cfg.idle_timeout,
+            name: Arc::from("default"),
         })
     }
 
@@ -229,6 +250,13 @@ impl HttpUpstream {
         backend: impl Into<Arc<str>>,
     ) -> Self {
         self.credentials = Some((provider, backend.into()));
+        self
+    }
+
+    /// Names the backend (default `default`): error answers to clients
+    /// name it instead of its address.
+    pub fn named(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -362,9 +390,13 @@ impl HttpUpstream {
                 return Box::pin(std::future::ready(Ok(error_response(&e, id.as_ref()))));
             }
         };
-        let timeout = self.response_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let authority = self.authority.clone();
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
+        let ctx = Failing {
+            name: self.name.clone(),
+            authority: self.authority.clone(),
+            timeout: self.response_timeout,
+            idle: self.idle_timeout,
+        };
         match &self.transport {
             Transport::Pool(pool) => {
                 parts.headers.insert(header::HOST, self.host.clone());
@@ -388,7 +420,7 @@ impl HttpUpstream {
                         })
                     }
                     .await;
-                    Ok(upstream_response(res, &authority, timeout, id.as_ref()))
+                    Ok(upstream_response(res, &ctx, id.as_ref()))
                 })
             }
             Transport::Hyper(client) => {
@@ -407,7 +439,7 @@ impl HttpUpstream {
                         }
                     }
                     .await;
-                    Ok(upstream_response(res, &authority, timeout, id.as_ref()))
+                    Ok(upstream_response(res, &ctx, id.as_ref()))
                 })
             }
         }
@@ -446,64 +478,78 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// The client's response for what the upstream call came to.
+/// What a response or an error needs to know of its backend.
+struct Failing {
+    name: Arc<str>,
+    authority: Authority,
+    timeout: Duration,
+    idle: Option<Duration>,
+}
+
+/// The client's response for what the upstream call came to. Error
+/// answers name the backend by its configured name only; the address and
+/// the cause go to the log and, as [`UpstreamFailure`], to the audit
+/// record.
 fn upstream_response<B>(
     res: Result<Response<B>, CallError>,
-    authority: &Authority,
-    timeout: Duration,
+    ctx: &Failing,
     id: Option<&RequestId>,
 ) -> Response<Body>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    match res {
+    let Failing {
+        name,
+        authority,
+        timeout,
+        idle,
+    } = ctx;
+    let (kind, message, detail) = match res {
         Ok(res) if res.status().is_redirection() && res.status() != StatusCode::NOT_MODIFIED => {
             let to = res
                 .headers()
                 .get(header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("no Location");
-            tracing::warn!(upstream = %authority, status = %res.status(), location = to, "upstream redirected; not followed");
-            let err = GatewayError::new(
-                ErrorKind::UpstreamUnavailable,
-                format!(
-                    "Bad Gateway: upstream {authority} answered {} redirecting to {to}; \
-                     redirects are not followed: configure the backend's final URL",
-                    res.status()
-                ),
+            let detail = format!(
+                "upstream {authority} answered {} redirecting to {to}; redirects are not followed",
+                res.status()
             );
-            error_response(&err, id)
+            (
+                ErrorKind::UpstreamUnavailable,
+                format!("Bad Gateway: backend {name} answered with a redirect, which is not followed"),
+                detail,
+            )
         }
         Ok(res) => {
             let (mut parts, body) = res.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             // The client's hop has its own version.
             parts.version = http::Version::HTTP_11;
-            Response::from_parts(parts, Body::new(body))
+            let body = match idle {
+                Some(idle) => Body::new(IdleLimited::new(body, *idle)),
+                None => Body::new(body),
+            };
+            return Response::from_parts(parts, body);
         }
         Err(CallError::Credentials(e)) => {
-            tracing::warn!(upstream = %authority, error = %e, "no credentials for the upstream");
-            error_response(&e, id)
+            tracing::warn!(backend = %name, upstream = %authority, error = %e, "no credentials for the upstream");
+            return error_response(&e, id);
         }
-        Err(CallError::Send(e)) => {
-            let why = describe(e.as_ref());
-            tracing::warn!(upstream = %authority, error = %why, "upstream request failed");
-            let err = GatewayError::new(
-                ErrorKind::UpstreamUnavailable,
-                format!("Bad Gateway: upstream {authority} failed: {why}"),
-            );
-            error_response(&err, id)
-        }
-        Err(CallError::TimedOut) => {
-            tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
-            let err = GatewayError::new(
-                ErrorKind::UpstreamTimeout,
-                format!(
-                    "Gateway Timeout: upstream {authority} sent no response within {timeout:?}"
-                ),
-            );
-            error_response(&err, id)
-        }
-    }
+        Err(CallError::Send(e)) => (
+            ErrorKind::UpstreamUnavailable,
+            format!("Bad Gateway: backend {name} is unreachable"),
+            format!("upstream {authority} failed: {}", describe(e.as_ref())),
+        ),
+        Err(CallError::TimedOut) => (
+            ErrorKind::UpstreamTimeout,
+            format!("Gateway Timeout: backend {name} sent no response within {timeout:?}"),
+            format!("upstream {authority} sent no response head within {timeout:?}"),
+        ),
+    };
+    tracing::warn!(backend = %name, error = %detail, "upstream call failed");
+    let mut res = error_response(&GatewayError::new(kind, message), id);
+    res.extensions_mut().insert(UpstreamFailure(detail.into()));
+    res
 }

@@ -16,6 +16,7 @@
 //! | [`tls`] | the client TLS settings of a backend ([`TlsClientConfig`]), and the PEM and provider helpers the binary's server side shares |
 //! | [`credentials`] | the headers the gateway adds towards a backend |
 //! | `service` | [`ServiceUpstream`] |
+//! | `idle` | the idle limit of an upstream response stream |
 //! | `set` | [`Upstreams`], [`Instance`] |
 
 use std::convert::Infallible;
@@ -28,6 +29,7 @@ use crate::body::Body;
 mod client;
 pub mod credentials;
 mod headers;
+mod idle;
 mod service;
 mod set;
 #[cfg(test)]
@@ -40,6 +42,12 @@ pub use self::service::ServiceUpstream;
 pub use self::set::{Instance, UpstreamInstance, Upstreams};
 #[cfg(feature = "tls")]
 pub use self::tls::TlsClientConfig;
+
+/// Why an upstream call failed, in the words of the network (address,
+/// OS error): in the extensions of the gateway's error response, for the
+/// audit record and the log. The client's answer names only the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamFailure(pub std::sync::Arc<str>);
 
 /// A type-erased upstream service: what [`Upstreams`] holds.
 pub type BoxUpstream = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;

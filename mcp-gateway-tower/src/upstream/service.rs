@@ -97,11 +97,15 @@ where
                 Ok(res) => Ok(res.map(Body::new)),
                 Err(e) => {
                     let e: BoxError = e.into();
+                    tracing::warn!(error = %e, "in-process upstream service failed");
                     let err = GatewayError::new(
                         ErrorKind::UpstreamUnavailable,
-                        format!("Bad Gateway: upstream service failed: {e}"),
+                        "Bad Gateway: the backend failed",
                     );
-                    Ok(error_response(&err, None))
+                    let mut res = error_response(&err, None);
+                    res.extensions_mut()
+                        .insert(super::UpstreamFailure(e.to_string().into()));
+                    Ok(res)
                 }
             }
         })

@@ -91,7 +91,7 @@ where
 }
 
 #[tokio::test]
-async fn refused_connection_is_502_with_json_rpc_error() {
+async fn refused_connection_is_502_naming_the_backend_not_its_address() {
     // Bind then drop a listener to get a port nobody listens on.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -102,16 +102,36 @@ async fn refused_connection_is_502_with_json_rpc_error() {
             &format!("http://127.0.0.1:{port}/mcp"),
             client,
             Default::default(),
-        );
+        )
+        .named("weather");
         let res = up
             .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
             .await
             .unwrap();
         assert_eq!(res.status(), 502, "{client:?}");
-        let v = json_of(res).await;
+        // The cause, with the address, is for the log and the audit record.
+        let detail = res.extensions().get::<UpstreamFailure>().unwrap().0.clone();
+        assert!(
+            detail.to_lowercase().contains("refused") && detail.contains(&port.to_string()),
+            "{client:?}: {detail}"
+        );
+        let text = String::from_utf8(
+            http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["error"]["code"], -32050, "{client:?}");
-        let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.to_lowercase().contains("refused"), "{client:?}: {msg}");
+        assert_eq!(
+            v["error"]["message"], "Bad Gateway: backend weather is unreachable",
+            "{client:?}"
+        );
+        for leak in ["127.0.0.1", &port.to_string(), "refused", "os error"] {
+            assert!(!text.to_lowercase().contains(leak), "{client:?} leaks {leak}: {text}");
+        }
     }
 }
 
@@ -137,7 +157,13 @@ async fn silent_backend_is_504() {
             .await
             .unwrap();
         assert_eq!(res.status(), 504, "{client:?}");
-        assert_eq!(json_of(res).await["error"]["code"], -32051, "{client:?}");
+        let v = json_of(res).await;
+        assert_eq!(v["error"]["code"], -32051, "{client:?}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("backend default") && !msg.contains(&addr.port().to_string()),
+            "{client:?}: {msg}"
+        );
     }
     hold.abort();
 }
@@ -171,7 +197,7 @@ async fn a_credential_lookup_that_never_ends_is_504_within_the_response_timeout(
 }
 
 #[tokio::test]
-async fn a_redirect_is_a_502_that_names_where_it_pointed() {
+async fn a_redirect_is_a_502_that_is_not_followed() {
     let (addr, task) = backend(|_req| {
         http::Response::builder()
             .status(307)
@@ -199,7 +225,7 @@ async fn a_redirect_is_a_502_that_names_where_it_pointed() {
         assert_eq!(v["id"], 5, "{client:?}");
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(
-            msg.contains("307") && msg.contains("https://elsewhere.example/mcp"),
+            msg.contains("redirect") && !msg.contains("elsewhere.example"),
             "{client:?}: {msg}"
         );
     }
