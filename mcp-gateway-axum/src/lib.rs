@@ -36,9 +36,10 @@ pub use mcp_gateway_core::McpRequest;
 use mcp_gateway_core::Principal;
 use mcp_gateway_core::{ErrorKind, GatewayError};
 use mcp_gateway_tower::acl::{Access, AclLayer, Decision, ToolPolicy};
-use mcp_gateway_tower::audit::{AuditConfig, AuditLayer, AuditSink};
+use mcp_gateway_tower::audit::{AccessLog, AuditConfig, AuditLayer, AuditSink, FanOut};
 use mcp_gateway_tower::auth::{AuthConfig, AuthLayer, Authenticator, ProtectedResourceMetadata};
 use mcp_gateway_tower::credentials::CredentialProvider;
+use mcp_gateway_tower::forwarded::{forward, TrustedProxies};
 use mcp_gateway_tower::jsonrpc::JsonRpcConfig;
 use mcp_gateway_tower::limit::{ClientAddr, InMemoryLimiter, LimitConfig, LimitLayer, Limiter};
 use mcp_gateway_tower::origin::OriginPolicy;
@@ -75,7 +76,10 @@ pub struct McpGatewayBuilder {
     pins: Option<Arc<ToolPins>>,
     credentials: Option<Arc<dyn CredentialProvider>>,
     limits: Option<(LimitConfig, Arc<dyn Limiter>)>,
-    audit: Option<AuditLayer>,
+    audit: Option<(Arc<dyn AuditSink>, AuditConfig)>,
+    access_log: bool,
+    trusted: TrustedProxies,
+    cors: Option<Cors>,
     http: HttpUpstreamConfig,
     origin: OriginPolicy,
     jsonrpc: JsonRpcConfig,
@@ -98,8 +102,14 @@ impl Default for McpGatewayBuilder {
             policy: None,
             pins: None,
             credentials: None,
-            limits: None,
+            limits: Some((
+                LimitConfig::default().client_caps(),
+                Arc::new(InMemoryLimiter::new()),
+            )),
             audit: None,
+            access_log: false,
+            trusted: TrustedProxies::default(),
+            cors: None,
             http: HttpUpstreamConfig::default(),
             origin: OriginPolicy::loopback(),
             jsonrpc: JsonRpcConfig::default(),
@@ -138,9 +148,10 @@ impl McpGatewayBuilder {
     /// Adds an instance reached over HTTP (`http://host:port/path`).
     pub fn upstream_url(mut self, url: &str) -> Result<Self, BoxError> {
         let up = mcp_gateway_tower::upstream::HttpUpstream::new(url, self.http.clone())?;
-        self.instances.push(Box::new(move |creds| {
+        self.instances.push(Box::new(move |name, creds| {
+            let up = up.named(name.clone());
             UpstreamInstance::from(match creds {
-                Some((p, b)) => up.with_credentials(p, b),
+                Some(p) => up.with_credentials(p, name),
                 None => up,
             })
         }));
@@ -193,21 +204,54 @@ impl McpGatewayBuilder {
     }
 
     /// Limits and quotas (see `mcp_gateway_tower::limit`), counted by the
-    /// in-process limiter.
+    /// in-process limiter. The per-client caps are on unless `cfg` sets
+    /// them to 0 ([`LimitConfig::client_caps`]); without this call, they
+    /// are the only limits.
     pub fn limits(self, cfg: LimitConfig) -> Self {
         self.limits_with(cfg, Arc::new(InMemoryLimiter::new()))
     }
 
     /// Limits counted by a limiter of your own (e.g. a shared store).
     pub fn limits_with(mut self, cfg: LimitConfig, limiter: Arc<dyn Limiter>) -> Self {
-        self.limits = Some((cfg, limiter));
+        self.limits = Some((cfg.client_caps(), limiter));
+        self
+    }
+
+    /// No limits at all, not even the default per-client caps (for a
+    /// gateway whose callers are all trusted, or limited in front of it).
+    pub fn without_limits(mut self) -> Self {
+        self.limits = None;
         self
     }
 
     /// Records every message and session to `sink` (see
     /// `mcp_gateway_tower::audit`).
     pub fn audit(mut self, sink: Arc<dyn AuditSink>, cfg: AuditConfig) -> Self {
-        self.audit = Some(AuditLayer::new(sink, cfg));
+        self.audit = Some((sink, cfg));
+        self
+    }
+
+    /// Writes one access line per MCP message and session at INFO
+    /// ([`AccessLog`]), beside any audit sink. Default: off (the
+    /// `mcp-gateway` binary turns it on).
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
+    /// Peers whose `X-Forwarded-For` names the client (see
+    /// `mcp_gateway_tower::forwarded`). Default: none, so every client's
+    /// own forwarding headers are dropped.
+    pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// Lets browser pages on `cors.allow_origins` call the endpoint
+    /// (answers CORS preflight, exposes the MCP headers). The origins are
+    /// also added to the origin guard's allowed origins. Default: off.
+    pub fn cors(mut self, cors: Cors) -> Self {
+        self.cors = Some(cors);
         self
     }
 
@@ -231,10 +275,10 @@ impl McpGatewayBuilder {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.instances.push(Box::new(move |creds| {
+        self.instances.push(Box::new(move |name, creds| {
             let up = ServiceUpstream::new(svc);
             UpstreamInstance::Service(match creds {
-                Some((p, b)) => Upstreams::boxed(up.with_credentials(p, b)),
+                Some(p) => Upstreams::boxed(up.with_credentials(p, name)),
                 None => Upstreams::boxed(up),
             })
         }));
@@ -305,13 +349,28 @@ impl McpGatewayBuilder {
         if self.instances.is_empty() {
             return Err("McpGateway needs at least one upstream instance".into());
         }
-        let creds = self.credentials.map(|c| (c, self.backend.clone()));
+        let creds = self.credentials;
+        let name = self.backend.clone();
         let upstreams = Upstreams::new(
             self.instances
                 .into_iter()
-                .map(|make| make(creds.clone()))
+                .map(|make| make(name.clone(), creds.clone()))
                 .collect(),
         );
+        let audit = match (self.audit, self.access_log) {
+            (Some((sink, cfg)), true) => Some(AuditLayer::new(
+                Arc::new(FanOut(vec![Arc::new(AccessLog), sink])),
+                cfg,
+            )),
+            (Some((sink, cfg)), false) => Some(AuditLayer::new(sink, cfg)),
+            (None, true) => Some(AuditLayer::new(Arc::new(AccessLog), AuditConfig::default())),
+            (None, false) => None,
+        };
+        let mut origin = self.origin;
+        if let Some(c) = &self.cors {
+            origin = origin.allow_origins(&c.allow_origins);
+        }
+        let trusted = self.trusted;
         let auth = self.auth.map(|(a, mut cfg)| {
             if cfg.resource_metadata.is_none() {
                 cfg.resource_metadata = self.metadata_url.clone();
@@ -341,9 +400,13 @@ impl McpGatewayBuilder {
             .limits
             .map(|(cfg, limiter)| LimitLayer::new(cfg, self.backend.clone(), limiter));
         let svc = ServiceBuilder::new()
-            .map_request(client_addr)
-            .mcp_origin(self.origin)
-            .option_layer(self.audit)
+            .map_request(move |req| {
+                let mut req = client_addr(req);
+                forward(&mut req, &trusted);
+                req
+            })
+            .mcp_origin(origin)
+            .option_layer(audit)
             .option_layer(auth)
             .mcp_jsonrpc(self.jsonrpc)
             .option_layer(acl)
@@ -359,14 +422,76 @@ impl McpGatewayBuilder {
     pub fn build(self) -> Result<Router, BoxError> {
         let path = self.path.clone();
         let metadata = self.metadata.clone();
+        let cors = self.cors.as_ref().map(Cors::layer).transpose()?;
         let (svc, _) = self.into_service()?;
-        let mut router = Router::new().route_service(&path, svc);
+        let mut router = match cors {
+            Some(cors) => Router::new().route_service(&path, tower::Layer::layer(&cors, svc)),
+            None => Router::new().route_service(&path, svc),
+        };
         if let Some(m) = metadata {
             router = router
                 .route_service(WELL_KNOWN, m.clone())
                 .route_service(&format!("{WELL_KNOWN}{path}"), m);
         }
         Ok(router)
+    }
+}
+
+/// Cross-origin access for browser clients (the MCP Inspector, web apps):
+/// which origins may call the endpoint. See [`McpGatewayBuilder::cors`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Cors {
+    /// Origins (`https://app.example`, `http://localhost:6274`) allowed to
+    /// call the endpoint from a browser.
+    pub allow_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer. Default 10 min.
+    pub max_age: Option<Duration>,
+}
+
+impl Cors {
+    /// CORS for these origins.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(origins: I) -> Self {
+        Cors {
+            allow_origins: origins.into_iter().map(Into::into).collect(),
+            max_age: None,
+        }
+    }
+
+    /// tower-http's `CorsLayer` for these rules: `POST`, `GET`, `DELETE`
+    /// with the headers MCP clients send; `Mcp-Session-Id` and
+    /// `MCP-Protocol-Version` readable by the page; no cookies (MCP
+    /// authenticates with `Authorization`, which is allowed).
+    fn layer(&self) -> Result<tower_http::cors::CorsLayer, BoxError> {
+        use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+        use http::HeaderName;
+        let mut origins = Vec::with_capacity(self.allow_origins.len());
+        for o in &self.allow_origins {
+            let v = http::HeaderValue::from_str(o.trim_end_matches('/'))
+                .map_err(|e| format!("cors origin {o:?}: {e}"))?;
+            origins.push(v);
+        }
+        let mcp = |n: &'static str| HeaderName::from_static(n);
+        Ok(tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([http::Method::POST, http::Method::GET, http::Method::DELETE])
+            .allow_headers([
+                AUTHORIZATION,
+                CONTENT_TYPE,
+                http::header::ACCEPT,
+                mcp("mcp-session-id"),
+                mcp("mcp-protocol-version"),
+                mcp("last-event-id"),
+                mcp("mcp-method"),
+                mcp("mcp-name"),
+            ])
+            .expose_headers([
+                mcp("mcp-session-id"),
+                mcp("mcp-protocol-version"),
+                WWW_AUTHENTICATE,
+                http::header::RETRY_AFTER,
+            ])
+            .max_age(self.max_age.unwrap_or(Duration::from_secs(600))))
     }
 }
 
@@ -385,8 +510,9 @@ fn client_addr<B>(mut req: http::Request<B>) -> http::Request<B> {
 }
 
 /// An upstream instance waiting for the credentials chosen at build time.
+/// It is given the backend's name and credential provider.
 type PendingUpstream =
-    Box<dyn FnOnce(Option<(Arc<dyn CredentialProvider>, Arc<str>)>) -> UpstreamInstance + Send>;
+    Box<dyn FnOnce(Arc<str>, Option<Arc<dyn CredentialProvider>>) -> UpstreamInstance + Send>;
 
 /// Where RFC 9728 puts protected-resource metadata.
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";

@@ -31,6 +31,7 @@ pub mod auth;
 pub mod body;
 pub mod builder;
 pub mod error;
+pub mod forwarded;
 pub mod jsonrpc;
 pub mod limit;
 pub mod origin;

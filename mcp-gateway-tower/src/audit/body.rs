@@ -14,6 +14,7 @@ pub(crate) struct CallRecord {
     pub(crate) kind: Option<ErrorKind>,
     pub(crate) limit: Option<LimitKind>,
     pub(crate) detail: Option<Arc<str>>,
+    pub(crate) client: Option<std::net::IpAddr>,
     pub(crate) principal: Option<Principal>,
     pub(crate) backend: Option<Arc<str>>,
     pub(crate) cost: u64,
@@ -46,6 +47,7 @@ impl CallRecord {
             backend: self.backend.as_deref().map(String::from),
             http_status: Some(self.status),
             protocol_version: self.version(),
+            client: self.client.map(|ip| ip.to_string()),
             ..Default::default()
         };
         set_principal(&mut e, self.principal.as_ref());
@@ -371,7 +373,9 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
     let time = now_rfc3339_in(&mut time);
     let version = call.version();
     let p = call.principal.as_ref();
+    let client = call.client.map(|ip| ip.to_string());
     let base = AuditEventRef {
+        client: client.as_deref(),
         event: EventKind::Call,
         time,
         principal: p.map(Principal::subject),

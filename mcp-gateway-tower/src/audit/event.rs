@@ -116,6 +116,9 @@ pub struct AuditEvent {
     /// Which limit, for `limited`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<Cow<'static, str>>,
+    /// The client's address (behind a trusted proxy: the client it names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// What the network said when a backend could not be reached (address,
     /// OS error): kept here and in the log, never in the client's answer.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,6 +187,7 @@ pub struct AuditEventRef<'a> {
     pub error_code: Option<i64>,
     pub limit: Option<&'a str>,
     pub detail: Option<&'a str>,
+    pub client: Option<&'a str>,
     pub http_status: Option<u16>,
     pub ttfb_us: Option<u64>,
     pub duration_us: Option<u64>,
@@ -216,6 +220,7 @@ impl AuditEvent {
             error_code: self.error_code,
             limit: self.limit.as_deref(),
             detail: self.detail.as_deref(),
+            client: self.client.as_deref(),
             http_status: self.http_status,
             ttfb_us: self.ttfb_us,
             duration_us: self.duration_us,
@@ -252,6 +257,7 @@ impl AuditEventRef<'_> {
             error_code: self.error_code,
             limit: name(self.limit),
             detail: text(self.detail),
+            client: text(self.client),
             http_status: self.http_status,
             ttfb_us: self.ttfb_us,
             duration_us: self.duration_us,
@@ -329,6 +335,7 @@ pub(crate) fn write_json(e: &AuditEventRef<'_>, out: &mut Vec<u8>) {
     text!(o, "outcome", Some(e.outcome.as_str()));
     number!(o, "error_code", e.error_code);
     text!(o, "limit", e.limit);
+    text!(o, "client", e.client);
     text!(o, "detail", e.detail);
     number!(o, "http_status", e.http_status);
     number!(o, "ttfb_us", e.ttfb_us);

@@ -64,7 +64,7 @@ mod event;
 use self::event::*;
 pub use self::event::{AuditEvent, AuditEventRef};
 mod sink;
-pub use self::sink::{AuditSink, ChannelSink, Overflow, TracingSink};
+pub use self::sink::{AccessLog, AuditSink, ChannelSink, FanOut, Overflow, TracingSink};
 mod jsonl;
 pub use self::jsonl::{JsonlConfig, JsonlSink};
 mod layer;

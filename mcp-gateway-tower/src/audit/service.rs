@@ -73,6 +73,10 @@ where
         };
         let asked = Asked {
             start,
+            client: req
+                .extensions()
+                .get::<crate::limit::ClientAddr>()
+                .map(|a| a.0.ip()),
             http_method: req.method().clone(),
             session: session.map(str::to_owned),
             in_flight,
@@ -95,6 +99,8 @@ where
 /// What the request said, noted before it goes on.
 struct Asked {
     start: Instant,
+    /// The client's address (behind a trusted proxy: the one it named).
+    client: Option<std::net::IpAddr>,
     http_method: http::Method,
     session: Option<String>,
     in_flight: Option<InFlight>,
@@ -134,6 +140,7 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
         status: res.status().as_u16(),
         kind: res.extensions().get::<ErrorKind>().copied(),
         limit: res.extensions().get::<LimitKind>().copied(),
+        client: asked.client,
         detail: res
             .extensions()
             .get::<crate::upstream::UpstreamFailure>()

@@ -50,6 +50,83 @@ impl<S: AuditSink + ?Sized> AuditSink for Arc<S> {
     }
 }
 
+/// The access log: one `tracing` event per MCP message at INFO (target
+/// `mcp_gateway::access`), and one per session start and end, with the
+/// fields an operator greps for: method, tool (or prompt, resource),
+/// session, principal, client, backend, HTTP status, JSON-RPC error code,
+/// outcome and duration. The `tracing` subscriber decides the format
+/// (text or JSON lines).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccessLog;
+
+impl AuditSink for AccessLog {
+    fn record(&self, e: &AuditEventRef<'_>) {
+        let ms = e.duration_us.map(|us| us as f64 / 1000.0);
+        match e.event {
+            EventKind::Call => tracing::info!(
+                target: "mcp_gateway::access",
+                method = e.method,
+                target_name = e.target,
+                id = e.id,
+                session = e.session,
+                principal = e.principal,
+                client = e.client,
+                backend = e.backend,
+                status = e.http_status,
+                error_code = e.error_code,
+                outcome = e.outcome.as_str(),
+                limit = e.limit,
+                duration_ms = ms,
+                detail = e.detail,
+                "mcp request"
+            ),
+            EventKind::SessionStart | EventKind::SessionEnd => tracing::info!(
+                target: "mcp_gateway::access",
+                event = e.event.as_str(),
+                session = e.session,
+                principal = e.principal,
+                client = e.client,
+                backend = e.backend,
+                protocol_version = e.protocol_version,
+                end_reason = e.end_reason.map(SessionEnd::as_str),
+                calls = e.calls,
+                duration_ms = ms,
+                "mcp session"
+            ),
+        }
+    }
+}
+
+/// Several sinks as one: every record goes to each, in order. Saturated
+/// when any is; `dropped` is the sum.
+#[derive(Clone, Default)]
+pub struct FanOut(pub Vec<Arc<dyn AuditSink>>);
+
+impl std::fmt::Debug for FanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FanOut").field(&self.0.len()).finish()
+    }
+}
+
+impl AuditSink for FanOut {
+    fn record(&self, event: &AuditEventRef<'_>) {
+        for s in &self.0 {
+            s.record(event);
+        }
+    }
+    fn saturated(&self) -> bool {
+        self.0.iter().any(|s| s.saturated())
+    }
+    fn dropped(&self) -> u64 {
+        self.0.iter().map(|s| s.dropped()).sum()
+    }
+    fn flush(&self) {
+        for s in &self.0 {
+            s.flush();
+        }
+    }
+}
+
 /// Records as `tracing` events (target `mcp_gateway::audit`, level INFO)
 /// with structured fields.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,6 +148,7 @@ impl AuditSink for TracingSink {
             error_code = e.error_code,
             limit = e.limit,
             detail = e.detail,
+            client = e.client,
             http_status = e.http_status,
             ttfb_us = e.ttfb_us,
             duration_us = e.duration_us,

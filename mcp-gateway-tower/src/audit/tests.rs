@@ -89,6 +89,7 @@ fn hand_written_lines_are_what_serde_writes() {
         outcome: Outcome::Limited,
         error_code: Some(-32055),
         limit: Some("cost_budget".into()),
+        client: Some("192.0.2.7".into()),
         detail: Some("upstream 10.0.0.5:3000 failed: connection refused".into()),
         http_status: Some(200),
         ttfb_us: Some(17),
