@@ -17,8 +17,13 @@ use mcp_gateway_tower::auth::{AuthConfig, ClientCertAuthenticator};
 use mcp_gateway_tower::origin::OriginPolicy;
 use mcp_gateway_tower::rules::RulePolicy;
 
-use crate::config::GatewayConfig;
+use crate::config::{CorsSection, GatewayConfig, TimeoutsSection};
 use crate::serve::{self, Http1Server, ServeOptions};
+use mcp_gateway_axum::Cors;
+use mcp_gateway_core::session::InMemoryConfig;
+use mcp_gateway_tower::forwarded::TrustedProxies;
+use mcp_gateway_tower::sse::SseRelayConfig;
+use mcp_gateway_tower::upstream::HttpUpstreamConfig;
 
 /// A production gateway for the Model Context Protocol (MCP): one endpoint
 /// in front of Streamable HTTP MCP servers, with sessions, SSE relay,
@@ -82,12 +87,30 @@ pub struct Cli {
     #[arg(long, value_name = "MICROSECONDS")]
     pub busy_poll_us: Option<u64>,
 
-    /// Seconds a client may take to finish the TLS handshake and send a
-    /// request's headers; also how long a keep-alive connection may sit
-    /// idle. Default 30; 0 turns it off (only behind a load balancer that
-    /// enforces its own).
-    #[arg(long, value_name = "SECONDS")]
-    pub header_timeout_secs: Option<u64>,
+    /// The timeouts (also `[timeouts]` in the file, which these override).
+    #[command(flatten)]
+    pub timeouts: TimeoutsSection,
+
+    /// A proxy (address or CIDR) whose X-Forwarded-For names the client;
+    /// repeatable. Everyone else's X-Forwarded-For and Forwarded are
+    /// dropped, and the gateway appends the address it saw.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<String>,
+
+    /// A browser origin allowed to call the endpoint (CORS, preflight
+    /// included; also allowed by the origin guard); repeatable.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+
+    /// Client connections open at once [default: from the file-descriptor
+    /// limit]. Past it the gateway stops accepting until one closes.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Client connections open at once from one address (trusted proxies
+    /// excepted) [default: 256; 0: no cap]. Past it: 429 and closed.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
 
     /// The clear-text HTTP/1.1 server: hyper (default) or builtin (less CPU
     /// per call; see docs/benchmarks.md). TLS and HTTP/2 are always hyper's.
@@ -147,6 +170,72 @@ struct Plan {
     opts: ServeOptions,
     audit: Option<Arc<dyn AuditSink>>,
     policy: Option<(PathBuf, Arc<RulePolicy>)>,
+    summary: Summary,
+}
+
+/// What startup logs about the gateway it runs: enough for an operator to
+/// see what is on, never a secret (no keys, tokens, credential values or
+/// URL queries).
+#[derive(Debug, Default)]
+struct Summary {
+    backends: Vec<String>,
+    features: Vec<&'static str>,
+    timeouts: TimeoutsSection,
+}
+
+impl Summary {
+    fn log(&self, opts: &ServeOptions) {
+        let t = &self.timeouts;
+        let up = t.upstream(HttpUpstreamConfig::default()).ok();
+        let sessions = t.sessions(InMemoryConfig::default()).ok();
+        let sse = t.sse(SseRelayConfig::default());
+        let secs =
+            |d: Option<Duration>| d.map_or("off".to_owned(), |d| format!("{}s", d.as_secs()));
+        let timeouts = format!(
+            "upstream_connect={} upstream_first_byte={} upstream_idle={} session_idle={} \
+             session_max={} sse_keepalive={} client_header={} client_idle={} shutdown={}",
+            up.as_ref().map_or("?".into(), |u| format!(
+                "{}ms",
+                u.connect_timeout.as_millis()
+            )),
+            secs(up.as_ref().map(|u| u.response_timeout)),
+            secs(up.as_ref().and_then(|u| u.idle_timeout)),
+            secs(sessions.as_ref().map(|s| s.idle_timeout)),
+            secs(sessions.as_ref().and_then(|s| s.max_age)),
+            secs(sse.keep_alive),
+            secs(opts.header_read_timeout),
+            secs(opts.idle_timeout),
+            secs(opts.shutdown_timeout),
+        );
+        let max_conns = match opts.max_connections {
+            0 => format!(
+                "auto ({})",
+                crate::serve::conns::auto_max_connections(crate::serve::conns::raise_fd_limit())
+            ),
+            n => n.to_string(),
+        };
+        tracing::info!(
+            backends = %self.backends.join(", "),
+            features = %self.features.join(", "),
+            %timeouts,
+            max_connections = %max_conns,
+            max_connections_per_client = opts.max_connections_per_client,
+            "effective configuration"
+        );
+        if let Some(n) = crate::serve::conns::raise_fd_limit() {
+            if n < 4096 {
+                tracing::warn!(
+                    fd_limit = n,
+                    "the open-file limit is low for a gateway; raise it (ulimit -n, LimitNOFILE)"
+                );
+            }
+        }
+    }
+}
+
+/// A backend URL as logs may show it: no query (it may carry a token).
+fn shown_url(u: &str) -> String {
+    u.split('?').next().unwrap_or(u).to_owned()
 }
 
 impl Cli {
@@ -180,9 +269,9 @@ impl Cli {
         } else {
             "http"
         };
+        plan.summary.log(&plan.opts);
         tracing::info!(%addr, path = %plan.path, threads = listeners.len(), tls = plan.opts.tls.is_some(),
-            http1 = ?plan.opts.http1, busy_poll = ?plan.opts.busy_poll,
-            header_read_timeout = ?plan.opts.header_read_timeout, "mcp-gateway listening");
+            http1 = ?plan.opts.http1, busy_poll = ?plan.opts.busy_poll, "mcp-gateway listening");
         println!("mcp-gateway listening on {scheme}://{addr}{}", plan.path);
         let served =
             serve::serve_per_core_with(listeners, plan.app, shutdown_signal(), plan.opts).await;
@@ -217,23 +306,47 @@ impl Cli {
         }
     }
 
+    /// The timeouts: flags first, then the file's `[timeouts]` (and its
+    /// former `header_read_timeout_secs`), then the defaults.
+    fn timeouts(&self, file: Option<&GatewayConfig>) -> TimeoutsSection {
+        match file {
+            None => self.timeouts.clone(),
+            Some(f) => {
+                let legacy = TimeoutsSection {
+                    client_header_secs: f.header_read_timeout_secs,
+                    ..Default::default()
+                };
+                self.timeouts.or(&f.timeouts.or(&legacy))
+            }
+        }
+    }
+
     /// The serving options: flags first, then the file's keys, then the
     /// defaults.
-    fn serve_options(&self, file: Option<&GatewayConfig>) -> ServeOptions {
-        let mut opts = ServeOptions::default();
+    fn serve_options(&self, file: Option<&GatewayConfig>) -> Result<ServeOptions, Failure> {
+        let mut opts = self.timeouts(file).serve(ServeOptions::default());
         if let Some(us) = self.busy_poll_us.or(file.and_then(|f| f.busy_poll_us)) {
             opts = opts.busy_poll(Duration::from_micros(us));
-        }
-        if let Some(secs) = self
-            .header_timeout_secs
-            .or(file.and_then(|f| f.header_read_timeout_secs))
-        {
-            opts = opts.header_read_timeout((secs > 0).then(|| Duration::from_secs(secs)));
         }
         if let Some(h) = self.http1_server.or(file.and_then(|f| f.http1_server)) {
             opts = opts.http1(h);
         }
-        opts
+        let max = self
+            .max_connections
+            .or(file.and_then(|f| f.connections.max))
+            .unwrap_or(opts.max_connections);
+        let per_client = self
+            .max_connections_per_client
+            .or(file.and_then(|f| f.connections.per_client))
+            .unwrap_or(opts.max_connections_per_client);
+        let trusted = match file {
+            Some(f) => f.trusted_proxies().map_err(bad)?,
+            None => TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(|e| bad(format!("--trusted-proxy {e}")))?,
+        };
+        Ok(opts
+            .max_connections(max, per_client)
+            .trusted_proxies(trusted))
     }
 
     fn threads(&self, file: Option<usize>) -> usize {
@@ -270,16 +383,68 @@ impl Cli {
         }
         cfg.allow_hosts.extend(self.allow_hosts.iter().cloned());
         cfg.allow_origins.extend(self.allow_origins.iter().cloned());
+        cfg.timeouts = self.timeouts(Some(&cfg));
+        cfg.trusted_proxies.extend(
+            self.trusted_proxies
+                .iter()
+                .map(|p| toml::Spanned::new(0..0, p.clone())),
+        );
+        if !self.cors_origins.is_empty() {
+            cfg.cors
+                .get_or_insert_with(CorsSection::default)
+                .allow_origins
+                .extend(self.cors_origins.iter().cloned());
+        }
         let tls = cfg.server_tls().map_err(bad)?;
         let built = cfg.builder().map_err(bad)?;
         let listen = cfg.listen().map_err(bad)?.unwrap_or_else(default_listen);
         let app = built.builder.build().map_err(bad)?;
+        let mut features = vec!["access log"];
+        if let Some(a) = &cfg.auth {
+            if !a.api_keys.is_empty() {
+                features.push("api keys");
+            }
+            if a.jwt.is_some() {
+                features.push("jwt");
+            }
+            if a.allow_anonymous {
+                features.push("anonymous allowed");
+            }
+        }
+        if cfg.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()) {
+            features.push("client certificates");
+        }
+        for (on, name) in [
+            (cfg.policy.is_some(), "policy"),
+            (cfg.pinning.is_some(), "pinning"),
+            (cfg.limits.is_some(), "limits"),
+            (cfg.audit.is_some(), "audit"),
+            (cfg.cors.is_some(), "cors"),
+            (!cfg.trusted_proxies.is_empty(), "trusted proxies"),
+            (cfg.backend.credentials.is_some(), "backend credentials"),
+        ] {
+            if on {
+                features.push(name);
+            }
+        }
+        features.push("per-client caps");
+        let summary = Summary {
+            backends: cfg
+                .backend
+                .urls
+                .iter()
+                .map(|u| format!("{}={}", cfg.backend.name, shown_url(u.get_ref())))
+                .collect(),
+            features,
+            timeouts: cfg.timeouts.clone(),
+        };
         Ok(Plan {
+            summary,
             app,
             listen,
             threads: self.threads(cfg.threads),
             path: cfg.path.clone(),
-            opts: self.serve_options(Some(&cfg)).tls(tls),
+            opts: self.serve_options(Some(&cfg))?.tls(tls),
             audit: built.audit,
             policy: built.policy.map(|p| (file.to_owned(), p)),
         })
@@ -297,7 +462,26 @@ impl Cli {
         if !self.allow_origins.is_empty() {
             origin = origin.allow_origins(&self.allow_origins);
         }
-        let mut builder = McpGateway::builder().path(&self.path).origin_policy(origin);
+        let timeouts = self.timeouts(None);
+        let upstream = timeouts
+            .upstream(HttpUpstreamConfig::default())
+            .map_err(|k| bad(format!("--{}: must be more than 0", k.replace('_', "-"))))?;
+        let sessions = timeouts
+            .sessions(InMemoryConfig::default())
+            .map_err(|k| bad(format!("--{}: must be more than 0", k.replace('_', "-"))))?;
+        let trusted = TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| bad(format!("--trusted-proxy {e}")))?;
+        let mut builder = McpGateway::builder()
+            .path(&self.path)
+            .origin_policy(origin)
+            .http_upstream_config(upstream)
+            .session_config(sessions)
+            .sse_config(timeouts.sse(SseRelayConfig::default()))
+            .trusted_proxies(trusted)
+            .access_log(true);
+        if !self.cors_origins.is_empty() {
+            builder = builder.cors(Cors::new(self.cors_origins.iter().cloned()));
+        }
         for u in &self.upstreams {
             builder = builder
                 .upstream_url(u)
@@ -317,13 +501,32 @@ impl Cli {
             );
         }
         let app = builder.build().map_err(bad)?;
-        tracing::info!(upstreams = ?self.upstreams, "backend instances");
+        let mut features = vec!["access log", "per-client caps"];
+        if self.client_ca.is_some() {
+            features.push("client certificates");
+        }
+        if !self.cors_origins.is_empty() {
+            features.push("cors");
+        }
+        if !self.trusted_proxies.is_empty() {
+            features.push("trusted proxies");
+        }
+        let summary = Summary {
+            backends: self
+                .upstreams
+                .iter()
+                .map(|u| format!("default={}", shown_url(u)))
+                .collect(),
+            features,
+            timeouts,
+        };
         Ok(Plan {
+            summary,
             app,
             listen: self.listen(),
             threads: self.threads(None),
             path: self.path.clone(),
-            opts: self.serve_options(None).tls(tls),
+            opts: self.serve_options(None)?.tls(tls),
             audit: None,
             policy: None,
         })
@@ -449,7 +652,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.upstreams.len(), 2);
-        let opts = c.serve_options(None);
+        let opts = c.serve_options(None).unwrap();
         assert_eq!(opts.busy_poll, Duration::from_micros(50));
         assert_eq!(opts.header_read_timeout, Some(Duration::from_secs(10)));
         assert_eq!(opts.http1, Http1Server::Builtin);
@@ -459,7 +662,7 @@ mod tests {
     #[test]
     fn the_defaults_are_safe_ones() {
         let c = parse(&["--upstream", "http://127.0.0.1:1/mcp"]).unwrap();
-        let opts = c.serve_options(None);
+        let opts = c.serve_options(None).unwrap();
         assert_eq!(opts.busy_poll, Duration::ZERO);
         assert_eq!(opts.header_read_timeout, Some(Duration::from_secs(30)));
         assert_eq!(opts.http1, Http1Server::Hyper);
@@ -471,6 +674,6 @@ mod tests {
             "0",
         ])
         .unwrap();
-        assert_eq!(c.serve_options(None).header_read_timeout, None);
+        assert_eq!(c.serve_options(None).unwrap().header_read_timeout, None);
     }
 }

@@ -162,9 +162,7 @@ impl ErrorKind {
             | ErrorKind::InsufficientScope => SERVER_ERROR,
             ErrorKind::Denied => DENIED,
             ErrorKind::ToolChanged => TOOL_CHANGED,
-            ErrorKind::Limited | ErrorKind::TooManySessions | ErrorKind::TooManyRequests => {
-                LIMITED
-            }
+            ErrorKind::Limited | ErrorKind::TooManySessions | ErrorKind::TooManyRequests => LIMITED,
             ErrorKind::AuditBacklog => AUDIT_BACKLOG,
             ErrorKind::SessionNotFound => SESSION_NOT_FOUND,
             ErrorKind::UpstreamUnavailable => UPSTREAM_UNAVAILABLE,

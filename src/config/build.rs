@@ -139,9 +139,20 @@ impl GatewayConfig {
                 _ => tls.client_key_file = Some(path),
             }
         }
-        Ok(HttpUpstreamConfig::default()
+        // The backend's own timeouts over `[timeouts]`.
+        let own = TimeoutsSection {
+            upstream_connect_ms: be.upstream_connect_ms,
+            upstream_first_byte_secs: be.upstream_first_byte_secs,
+            upstream_idle_secs: be.upstream_idle_secs,
+            ..Default::default()
+        };
+        let base = HttpUpstreamConfig::default()
             .http2_prior_knowledge(be.http2_prior_knowledge)
-            .tls(tls))
+            .tls(tls);
+        match own.or(&self.timeouts).upstream(base) {
+            Ok(cfg) => Ok(cfg),
+            Err(key) => self.err(None, &format!("timeouts.{key}"), "must be more than 0"),
+        }
     }
 
     pub(super) fn auth(

@@ -59,8 +59,11 @@ use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
 use serde::Deserialize;
 use toml::Spanned;
 
-use mcp_gateway_axum::{McpGateway, McpGatewayBuilder};
+use mcp_gateway_axum::{Cors, McpGateway, McpGatewayBuilder};
+use mcp_gateway_core::session::InMemoryConfig;
 use mcp_gateway_tower::auth::ClientCertAuthenticator;
+use mcp_gateway_tower::forwarded::TrustedProxies;
+use mcp_gateway_tower::sse::SseRelayConfig;
 use mcp_gateway_tower::upstream::{HttpUpstreamConfig, TlsClientConfig};
 
 /// A configuration error: where (line, key) and what.
@@ -108,10 +111,8 @@ pub struct GatewayConfig {
     /// ([`ServeOptions::busy_poll`](crate::serve::ServeOptions::busy_poll));
     /// 0, the default, turns it off.
     pub busy_poll_us: Option<u64>,
-    /// Seconds a client may take to finish the TLS handshake and send a
-    /// request's headers (also the idle limit of a keep-alive connection;
-    /// [`ServeOptions::header_read_timeout`](crate::serve::ServeOptions::header_read_timeout)).
-    /// Default 30; 0: no limit.
+    /// The former name of `[timeouts] client_header_secs`, still read
+    /// (the `[timeouts]` key wins when both are set).
     pub header_read_timeout_secs: Option<u64>,
     /// Which server speaks clear-text HTTP/1.1: `"hyper"` (the default) or
     /// `"builtin"` ([`ServeOptions::http1`](crate::serve::ServeOptions::http1);
@@ -119,6 +120,21 @@ pub struct GatewayConfig {
     pub http1_server: Option<crate::serve::Http1Server>,
     /// Serve HTTPS; absent: clear text.
     pub tls: Option<TlsSection>,
+    /// Every timeout (flags of the same names override).
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    /// The session table.
+    #[serde(default)]
+    pub sessions: SessionsSection,
+    /// Caps on client connections.
+    #[serde(default)]
+    pub connections: ConnectionsSection,
+    /// Browser clients on other origins; absent: no CORS.
+    pub cors: Option<CorsSection>,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` names the
+    /// client; everyone else's is dropped. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
     /// Extra allowed `Host` values.
     #[serde(default)]
     pub allow_hosts: Vec<String>,
@@ -225,6 +241,34 @@ impl GatewayConfig {
         })
     }
 
+    /// The session table's settings (timeouts apart).
+    pub(super) fn sessions_config(&self) -> InMemoryConfig {
+        let mut cfg = InMemoryConfig::default();
+        if let Some(n) = self.sessions.max_sessions {
+            cfg.max_sessions = n;
+        }
+        if let Some(s) = self.sessions.evict_idle_secs {
+            cfg.evict_idle = Some(Duration::from_secs(s));
+        }
+        if self.sessions.no_eviction {
+            cfg.evict_idle = None;
+        }
+        cfg
+    }
+
+    /// `trusted_proxies`, parsed.
+    pub fn trusted_proxies(&self) -> Result<TrustedProxies, ConfigError> {
+        for (i, p) in self.trusted_proxies.iter().enumerate() {
+            if let Err(e) = TrustedProxies::parse([p.get_ref()]) {
+                return self.err(Some(p.span()), &format!("trusted_proxies[{i}]"), e);
+            }
+        }
+        Ok(
+            TrustedProxies::parse(self.trusted_proxies.iter().map(|p| p.get_ref()))
+                .unwrap_or_default(),
+        )
+    }
+
     /// The listen address, if the file sets one.
     pub fn listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
         match &self.listen {
@@ -248,6 +292,20 @@ impl GatewayConfig {
             return self.err(None, "backend.urls", "at least one URL is needed");
         }
         b = b.http_upstream_config(self.upstream_config()?);
+        let sessions = self
+            .timeouts
+            .sessions(self.sessions_config())
+            .or_else(|k| self.err(None, &format!("timeouts.{k}"), "must be more than 0"))?;
+        b = b
+            .session_config(sessions)
+            .sse_config(self.timeouts.sse(SseRelayConfig::default()))
+            .trusted_proxies(self.trusted_proxies()?)
+            .access_log(true);
+        if let Some(c) = &self.cors {
+            let mut cors = Cors::new(c.allow_origins.iter().cloned());
+            cors.max_age = c.max_age_secs.map(Duration::from_secs);
+            b = b.cors(cors);
+        }
         for (i, u) in self.backend.urls.iter().enumerate() {
             b = match b.upstream_url(u.get_ref()) {
                 Ok(b) => b,

@@ -30,6 +30,12 @@ pub struct BackendConfig {
     /// Default false (`https://` backends get HTTP/2 by ALPN).
     #[serde(default)]
     pub http2_prior_knowledge: bool,
+    /// Overrides `[timeouts] upstream_connect_ms` for this backend.
+    pub upstream_connect_ms: Option<u64>,
+    /// Overrides `[timeouts] upstream_first_byte_secs` for this backend.
+    pub upstream_first_byte_secs: Option<u64>,
+    /// Overrides `[timeouts] upstream_idle_secs` for this backend.
+    pub upstream_idle_secs: Option<u64>,
 }
 
 /// `[tls]`: serving HTTPS (`--tls-cert`, `--tls-key`, `--client-ca`
@@ -198,4 +204,163 @@ pub struct AuditSection {
 pub struct PinningSection {
     /// `off`, `log`, `hide` or `block`.
     pub mode: PinMode,
+}
+
+/// `[timeouts]`, and the command-line flags of the same names (a flag
+/// overrides the key). Every timeout of the gateway, in one place; a
+/// backend's table may override the three `upstream_*` ones. 0 turns off
+/// the ones that can be off (`upstream_idle_secs`, `session_max_secs`,
+/// `sse_keepalive_secs`, `client_header_secs`, `client_idle_secs`,
+/// `shutdown_secs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    /// Milliseconds to connect to a backend (and finish its TLS handshake)
+    /// [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub upstream_connect_ms: Option<u64>,
+    /// Seconds until a backend's response head; past it the call is a 504
+    /// (-32051) [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub upstream_first_byte_secs: Option<u64>,
+    /// Seconds a backend's open stream may send nothing before it ends
+    /// with an error; progress notifications reset it [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    pub upstream_idle_secs: Option<u64>,
+    /// Seconds a session may go unused before it expires [default: 1800].
+    #[arg(long, value_name = "SECONDS")]
+    pub session_idle_secs: Option<u64>,
+    /// Seconds a session may live, used or not [default: 86400].
+    #[arg(long, value_name = "SECONDS")]
+    pub session_max_secs: Option<u64>,
+    /// Seconds between keep-alive comments on a quiet SSE stream
+    /// [default: 15].
+    #[arg(long, value_name = "SECONDS")]
+    pub sse_keepalive_secs: Option<u64>,
+    /// Seconds a client may take for the TLS handshake and a request's
+    /// headers [default: 30].
+    #[arg(long, value_name = "SECONDS", alias = "header-timeout-secs")]
+    pub client_header_secs: Option<u64>,
+    /// Seconds a client connection may stay open with no request in
+    /// progress [default: 120].
+    #[arg(long, value_name = "SECONDS")]
+    pub client_idle_secs: Option<u64>,
+    /// Seconds requests in progress get to finish after SIGTERM / SIGINT
+    /// before the connections left are closed [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_secs: Option<u64>,
+}
+
+/// `Some(0)` is off; `None` keeps the default.
+fn off_or(v: Option<u64>, default: Option<Duration>) -> Option<Duration> {
+    match v {
+        None => default,
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+    }
+}
+
+impl TimeoutsSection {
+    /// Each value of `self`, else of `other`.
+    pub fn or(&self, other: &TimeoutsSection) -> TimeoutsSection {
+        TimeoutsSection {
+            upstream_connect_ms: self.upstream_connect_ms.or(other.upstream_connect_ms),
+            upstream_first_byte_secs: self
+                .upstream_first_byte_secs
+                .or(other.upstream_first_byte_secs),
+            upstream_idle_secs: self.upstream_idle_secs.or(other.upstream_idle_secs),
+            session_idle_secs: self.session_idle_secs.or(other.session_idle_secs),
+            session_max_secs: self.session_max_secs.or(other.session_max_secs),
+            sse_keepalive_secs: self.sse_keepalive_secs.or(other.sse_keepalive_secs),
+            client_header_secs: self.client_header_secs.or(other.client_header_secs),
+            client_idle_secs: self.client_idle_secs.or(other.client_idle_secs),
+            shutdown_secs: self.shutdown_secs.or(other.shutdown_secs),
+        }
+    }
+
+    /// The backend client's timeouts; `Err` names a key that cannot be 0.
+    pub fn upstream(&self, cfg: HttpUpstreamConfig) -> Result<HttpUpstreamConfig, &'static str> {
+        let mut cfg = cfg;
+        match self.upstream_connect_ms {
+            Some(0) => return Err("upstream_connect_ms"),
+            Some(ms) => cfg = cfg.connect_timeout(Duration::from_millis(ms)),
+            None => {}
+        }
+        match self.upstream_first_byte_secs {
+            Some(0) => return Err("upstream_first_byte_secs"),
+            Some(s) => cfg = cfg.response_timeout(Duration::from_secs(s)),
+            None => {}
+        }
+        let idle = off_or(self.upstream_idle_secs, cfg.idle_timeout);
+        Ok(cfg.idle_timeout(idle))
+    }
+
+    /// The session table's timeouts; `Err` names a key that cannot be 0.
+    pub fn sessions(&self, cfg: InMemoryConfig) -> Result<InMemoryConfig, &'static str> {
+        let mut cfg = cfg;
+        match self.session_idle_secs {
+            Some(0) => return Err("session_idle_secs"),
+            Some(s) => cfg.idle_timeout = Duration::from_secs(s),
+            None => {}
+        }
+        cfg.max_age = off_or(self.session_max_secs, cfg.max_age);
+        Ok(cfg)
+    }
+
+    /// The SSE relay's keep-alive.
+    pub fn sse(&self, cfg: SseRelayConfig) -> SseRelayConfig {
+        let mut cfg = cfg;
+        cfg.keep_alive = off_or(self.sse_keepalive_secs, cfg.keep_alive);
+        cfg
+    }
+
+    /// The client-side timeouts of serving.
+    pub fn serve(&self, opts: crate::serve::ServeOptions) -> crate::serve::ServeOptions {
+        let header = off_or(self.client_header_secs, opts.header_read_timeout);
+        let idle = off_or(self.client_idle_secs, opts.idle_timeout);
+        let shutdown = off_or(self.shutdown_secs, opts.shutdown_timeout);
+        opts.header_read_timeout(header)
+            .idle_timeout(idle)
+            .shutdown_timeout(shutdown)
+    }
+}
+
+/// `[sessions]`: the session table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsSection {
+    /// Sessions at once [default: 100000].
+    pub max_sessions: Option<usize>,
+    /// When the table is full, sessions unused for at least this many
+    /// seconds are evicted, least recently used first, before a new one is
+    /// refused [default: 60]; 0 makes every session evictable.
+    pub evict_idle_secs: Option<u64>,
+    /// Never evict: a full table refuses new sessions. Default false.
+    #[serde(default)]
+    pub no_eviction: bool,
+}
+
+/// `[connections]`: caps on open client connections (`--max-connections`,
+/// `--max-connections-per-client` override).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsSection {
+    /// Client connections at once [default: 0, automatic: from the
+    /// file-descriptor limit].
+    pub max: Option<usize>,
+    /// Client connections at once from one address, trusted proxies
+    /// excepted [default: 256]; 0: no cap.
+    pub per_client: Option<usize>,
+}
+
+/// `[cors]`: browser pages on other origins (`--cors-origin` adds).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSection {
+    /// Origins allowed to call the endpoint from a browser
+    /// (`https://app.example`, `http://localhost:6274`).
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Seconds a browser may cache a preflight answer [default: 600].
+    pub max_age_secs: Option<u64>,
 }

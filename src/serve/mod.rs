@@ -19,9 +19,10 @@
 //! certificate reaches the layers as a
 //! [`PeerCertificate`].
 //!
-//! Safe defaults for a gateway facing the internet: a 30 s header / idle
-//! timeout (also bounding the TLS handshake), busy polling off. See
-//! [`ServeOptions`].
+//! Safe defaults for a gateway facing the internet: a 30 s header timeout
+//! (also bounding the TLS handshake), a 120 s idle timeout, a cap on open
+//! connections below the file-descriptor limit and one per client address,
+//! a 30 s drain at shutdown, busy polling off. See [`ServeOptions`].
 //!
 //! Applications that embed the layers keep their own runtime; this module
 //! is for running the gateway as a process.
@@ -53,13 +54,18 @@ use mcp_gateway_http1::server::{serve_http1, Http1Config};
 use mcp_gateway_tower::auth::PeerCertificate;
 
 mod busy_poll;
+pub mod conns;
+mod idle;
 mod shutdown;
 #[cfg(test)]
 mod tests;
 pub mod tls;
 
 use self::busy_poll::PollerGuard;
+use self::conns::ConnLimits;
+use self::idle::{Activity, ClientTimeouts, GuardedBody, RequestGuard};
 use self::shutdown::{Live, Stop, Watched};
+use mcp_gateway_tower::forwarded::TrustedProxies;
 
 /// Binds `threads` listeners to `addr` with `SO_REUSEPORT` (port 0 picks one
 /// port for all of them). The first listener's address is the bound one.
@@ -107,14 +113,34 @@ pub struct ServeOptions {
     /// load the next event is near anyway.
     pub busy_poll: Duration,
     /// How long a client may take to complete the TLS handshake and send a
-    /// request's headers, counted from when the connection opens or its
-    /// previous response ended (so an idle keep-alive connection is closed
-    /// after it too). Default 30 s; `None` waits for ever (only behind a
-    /// load balancer that enforces its own).
+    /// request's headers, counted from when the connection opens or from
+    /// the first byte of a later request (`client_header_secs`). Default
+    /// 30 s; `None` waits for ever (only behind a load balancer that
+    /// enforces its own).
     ///
     /// Without it a client can hold a connection (a file descriptor) open
     /// by sending nothing, or a header a byte at a time.
     pub header_read_timeout: Option<Duration>,
+    /// How long a connection may stay open with no request in progress
+    /// (`client_idle_secs`): a keep-alive HTTP/1.1 connection between
+    /// requests, an HTTP/2 connection with no stream. Default 120 s;
+    /// `None`: no limit.
+    pub idle_timeout: Option<Duration>,
+    /// At shutdown, how long requests in progress may take to finish
+    /// before the connections left are closed (`shutdown_secs`). Default
+    /// 30 s; `None`: wait for all of them.
+    pub shutdown_timeout: Option<Duration>,
+    /// Client connections open at once, over all threads; past it the
+    /// listeners stop accepting until one closes. 0, the default, sets it
+    /// from the process's file-descriptor limit
+    /// ([`conns::auto_max_connections`]).
+    pub max_connections: usize,
+    /// Client connections open at once from one address (trusted proxies
+    /// excepted); past it a new one gets a `429` and is closed. Default
+    /// 256; 0: no cap.
+    pub max_connections_per_client: usize,
+    /// Proxies whose connections are not held to the per-address cap.
+    pub trusted_proxies: TrustedProxies,
     /// Which server speaks clear-text HTTP/1.1 (HTTP/2 and TLS are always
     /// hyper's). Default [`Http1Server::Hyper`].
     pub http1: Http1Server,
@@ -150,14 +176,25 @@ impl std::str::FromStr for Http1Server {
     }
 }
 
-/// The default header / idle timeout.
+/// The default header timeout.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default idle timeout of a client connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The default drain deadline at shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default cap on connections per client address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             busy_poll: Duration::ZERO,
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
+            max_connections: 0,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            trusted_proxies: TrustedProxies::default(),
             http1: Http1Server::default(),
             tls: None,
         }
@@ -175,6 +212,39 @@ impl ServeOptions {
     pub fn header_read_timeout(mut self, limit: Option<Duration>) -> Self {
         self.header_read_timeout = limit;
         self
+    }
+
+    /// Sets [`idle_timeout`](Self::idle_timeout).
+    pub fn idle_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.idle_timeout = limit;
+        self
+    }
+
+    /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
+    pub fn shutdown_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.shutdown_timeout = limit;
+        self
+    }
+
+    /// Sets [`max_connections`](Self::max_connections) and
+    /// [`max_connections_per_client`](Self::max_connections_per_client).
+    pub fn max_connections(mut self, total: usize, per_client: usize) -> Self {
+        self.max_connections = total;
+        self.max_connections_per_client = per_client;
+        self
+    }
+
+    /// Sets [`trusted_proxies`](Self::trusted_proxies).
+    pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
+        self
+    }
+
+    fn client_timeouts(&self) -> ClientTimeouts {
+        ClientTimeouts {
+            header: self.header_read_timeout,
+            idle: self.idle_timeout,
+        }
     }
 
     /// Sets [`http1`](Self::http1).
@@ -227,11 +297,21 @@ where
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener"))?;
     let stop = Arc::new(Stop::default());
+    let max = match opts.max_connections {
+        0 => conns::auto_max_connections(conns::raise_fd_limit()),
+        n => n,
+    };
+    let limits = ConnLimits::new(
+        max,
+        opts.max_connections_per_client,
+        opts.trusted_proxies.clone(),
+    );
     let mut threads = Vec::new();
     for (i, l) in listeners.enumerate() {
         let app = app.clone();
         let stop = stop.clone();
         let opts = opts.clone();
+        let limits = limits.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<io::Result<()>>();
         std::thread::Builder::new()
             .name(format!("mcp-gateway-{}", i + 1))
@@ -239,7 +319,7 @@ where
                 let res = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| rt.block_on(serve_listener(l, app, stop, opts)));
+                    .and_then(|rt| rt.block_on(serve_listener(l, app, stop, opts, limits)));
                 let _ = done_tx.send(res);
             })?;
         threads.push(done_rx);
@@ -249,7 +329,7 @@ where
         shutdown.await;
         trigger.stop();
     });
-    let res = serve_listener(first, app, stop, opts).await;
+    let res = serve_listener(first, app, stop, opts, limits).await;
     for t in threads {
         if let Ok(Err(e)) = t.await {
             return Err(e);
@@ -265,14 +345,16 @@ async fn serve_listener(
     app: Router,
     stop: Arc<Stop>,
     opts: ServeOptions,
+    limits: Arc<ConnLimits>,
 ) -> io::Result<()> {
     let l = tokio::net::TcpListener::from_std(l)?;
     let live = Arc::new(Live::default());
     let _poller = PollerGuard::start(opts.busy_poll);
     let mut stopped = stop.wait();
     loop {
+        // At the connection cap: no accept until one closes.
         let accepted = tokio::select! {
-            a = l.accept() => a,
+            a = async { limits.room().await; l.accept().await } => a,
             () = &mut stopped => break,
         };
         let (sock, peer) = match accepted {
@@ -285,6 +367,14 @@ async fn serve_listener(
                 continue;
             }
         };
+        let Some(slot) = limits.admit(peer.ip()) else {
+            tracing::debug!(%peer, "too many connections from this address: refused");
+            if opts.tls.is_none() {
+                // Best effort, without waiting: the socket's buffer is empty.
+                let _ = sock.try_write(conns::TOO_MANY_CONNECTIONS);
+            }
+            continue;
+        };
         // Small request/response messages: never wait for Nagle.
         let _ = sock.set_nodelay(true);
         let app = app.clone();
@@ -293,11 +383,22 @@ async fn serve_listener(
         let opts = opts.clone();
         tokio::spawn(async move {
             serve_connection(sock, peer, app, stop, opts).await;
-            drop(guard);
+            drop((guard, slot));
         });
     }
     drop(l);
-    live.idle().await;
+    match opts.shutdown_timeout {
+        None => live.idle().await,
+        Some(limit) => {
+            if tokio::time::timeout(limit, live.idle()).await.is_err() {
+                tracing::warn!(
+                    open = live.count(),
+                    ?limit,
+                    "shutdown deadline passed: closing the connections left"
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -339,10 +440,11 @@ async fn serve_connection(
     }
     let http1 = head[..n] != H2_PREFACE[..n];
     if http1 && opts.http1 == Http1Server::Builtin {
-        let svc = tower::service_fn(move |req| call_router(&app, peer, None, req));
+        let svc = tower::service_fn(move |req| call_router(&app, peer, None, None, req));
         let stopping = Arc::new(AtomicBool::new(false));
         let cfg = Http1Config {
             header_read_timeout: header_timeout,
+            idle_timeout: opts.idle_timeout,
         };
         let conn = serve_http1(sock, svc, cfg, stopping.clone());
         // The connection checks the flag between requests; Watched polls
@@ -350,7 +452,6 @@ async fn serve_connection(
         Watched::new(conn, stop, move |_| stopping.store(true, Ordering::Release)).await;
         return;
     }
-    let io = TokioIo::new(sock);
     let version = if http1 {
         Some(http::Version::HTTP_11)
     } else if n == H2_PREFACE.len() {
@@ -359,7 +460,7 @@ async fn serve_connection(
         // Part of the preface so far: let hyper-util's detection read on.
         None
     };
-    serve_hyper(io, version, peer, None, app, stop, header_timeout).await;
+    serve_hyper(sock, version, peer, None, app, stop, opts.client_timeouts()).await;
 }
 
 /// A TLS connection: the handshake (bounded by the header timeout), the
@@ -408,19 +509,21 @@ async fn serve_tls_connection(
         _ => Some(http::Version::HTTP_11),
     };
     serve_hyper(
-        TokioIo::new(stream),
+        stream,
         version,
         peer,
         cert,
         app,
         stop,
-        opts.header_read_timeout,
+        opts.client_timeouts(),
     )
     .await;
 }
 
 /// Serves one connection with hyper: HTTP/1.1, HTTP/2, or (`None`) either,
-/// as the first bytes say.
+/// as the first bytes say. The client timeouts are the watchdog's (see
+/// `idle`), not hyper's header timer, which would also close idle
+/// keep-alive connections at the header timeout.
 async fn serve_hyper<I>(
     io: I,
     version: Option<http::Version>,
@@ -428,39 +531,65 @@ async fn serve_hyper<I>(
     cert: Option<Arc<PeerCertificate>>,
     app: Router,
     stop: Arc<Stop>,
-    header_timeout: Option<Duration>,
+    timeouts: ClientTimeouts,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| call_router(&app, peer, cert.clone(), req));
+    let act = timeouts.any().then(Activity::new);
+    let io = TokioIo::new(idle::Tracked::new(
+        io,
+        act.clone().unwrap_or_else(Activity::new),
+    ));
+    let on_request = act.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        call_router(&app, peer, cert.clone(), on_request.as_ref(), req)
+    });
+    let watch = act.map(|a| (a, timeouts));
     match version {
         Some(http::Version::HTTP_11) => {
-            let mut http1 = hyper::server::conn::http1::Builder::new();
-            http1.timer(TokioTimer::new());
-            if let Some(t) = header_timeout {
-                http1.header_read_timeout(t);
-            }
+            let http1 = hyper::server::conn::http1::Builder::new();
             let conn = http1.serve_connection(io, svc);
-            let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
+            idle::bounded(
+                Watched::new(conn, stop, |c| c.graceful_shutdown()),
+                watch,
+                true,
+            )
+            .await;
         }
         Some(_) => {
             let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             http2.timer(TokioTimer::new());
-            if let Some(t) = header_timeout {
-                // An HTTP/2 connection with no stream open for this long
-                // is pinged; one that does not answer is closed.
+            if let Some(t) = timeouts.header {
+                // A peer that stops answering pings is gone: closed.
                 http2.keep_alive_interval(Some(t)).keep_alive_timeout(t);
             }
             let conn = http2.serve_connection(io, svc);
-            let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
+            idle::bounded(
+                Watched::new(conn, stop, |c| c.graceful_shutdown()),
+                watch,
+                false,
+            )
+            .await;
         }
         None => {
-            let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Some(t) = header_timeout {
-                auto.http1().timer(TokioTimer::new()).header_read_timeout(t);
-            }
+            let auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = auto.serve_connection(io, svc);
-            let _ = Watched::new(conn, stop, |c| c.graceful_shutdown()).await;
+            // Either protocol: the idle rule only.
+            // (Inline rather than through `idle::bounded`: with this
+            // connection type the compiler cannot prove the spawned future
+            // `Send` through a generic function.)
+            let conn = Watched::new(conn, stop, |c| c.graceful_shutdown());
+            match watch {
+                None => {
+                    let _ = conn.await;
+                }
+                Some((act, t)) => {
+                    tokio::select! {
+                        _ = conn => {}
+                        () = idle::watchdog(act, t, false) => {}
+                    }
+                }
+            }
         }
     }
 }
@@ -469,22 +598,59 @@ async fn serve_hyper<I>(
 /// gets the client address (and, over mutual TLS, the verified client
 /// certificate), as axum's `into_make_service_with_connect_info`
 /// gives it; the router is always ready, so it is called without a
-/// readiness wait.
+/// readiness wait. With a connection [`Activity`], the request counts as in
+/// progress until its response body ends.
 fn call_router<B>(
     app: &Router,
     peer: SocketAddr,
     cert: Option<Arc<PeerCertificate>>,
+    act: Option<&Arc<Activity>>,
     req: http::Request<B>,
-) -> busy_poll::Counted<axum::routing::future::RouteFuture<std::convert::Infallible>>
+) -> Guarded<busy_poll::Counted<axum::routing::future::RouteFuture<std::convert::Infallible>>>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
+    let guard = act.map(Activity::begin);
     let mut req = req.map(axum::body::Body::new);
     req.extensions_mut()
         .insert(axum::extract::ConnectInfo(peer));
     if let Some(cert) = cert {
         req.extensions_mut().insert((*cert).clone());
     }
-    busy_poll::Counted::new(tower::Service::call(&mut app.clone(), req))
+    Guarded {
+        inner: busy_poll::Counted::new(tower::Service::call(&mut app.clone(), req)),
+        guard,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A router call whose response body carries the request's
+    /// [`RequestGuard`].
+    struct Guarded<F> {
+        #[pin]
+        inner: F,
+        guard: Option<RequestGuard>,
+    }
+}
+
+impl<F, B> Future for Guarded<F>
+where
+    F: Future<Output = Result<http::Response<B>, std::convert::Infallible>>,
+{
+    type Output = Result<http::Response<GuardedBody<B>>, std::convert::Infallible>;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            std::task::Poll::Ready(Ok(res)) => {
+                let guard = this.guard.take();
+                std::task::Poll::Ready(Ok(res.map(|b| GuardedBody::new(b, guard))))
+            }
+            std::task::Poll::Ready(Err(e)) => match e {},
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
 }

@@ -163,6 +163,11 @@ impl Live {
         LiveGuard(self.clone())
     }
 
+    /// Connections open now.
+    pub(super) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
     pub(super) async fn idle(&self) {
         loop {
             let notified = self.done.notified();

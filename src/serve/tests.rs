@@ -105,10 +105,10 @@ async fn busy_polling_keeps_a_serving_thread_awake_between_requests() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout() {
+async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout_idle_ones_at_the_idle_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let limit = std::time::Duration::from_millis(200);
-    let (addr, tx, server) = start_one(ServeOptions::default().header_read_timeout(Some(limit)));
+    let header = std::time::Duration::from_millis(200);
+    let idle = std::time::Duration::from_millis(600);
     // Reads until the server closes the connection; how long that took.
     async fn closed_after(mut s: tokio::net::TcpStream) -> std::time::Duration {
         let t0 = std::time::Instant::now();
@@ -125,26 +125,38 @@ async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout() {
             .expect("the server must close the connection");
         t0.elapsed()
     }
-    // Silent from the start.
-    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    assert!(closed_after(silent).await >= limit);
-    // Half a header, then nothing.
-    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
-    assert!(closed_after(slow).await >= limit / 2);
-    // A whole request is answered, and the idle connection then closes.
-    let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
-    ok.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 256];
-    let n = ok.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    closed_after(ok).await;
-    tx.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    for server in [Http1Server::Hyper, Http1Server::Builtin] {
+        let (addr, tx, task) = start_one(
+            ServeOptions::default()
+                .http1(server)
+                .header_read_timeout(Some(header))
+                .idle_timeout(Some(idle)),
+        );
+        // Silent from the start.
+        let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t = closed_after(silent).await;
+        assert!(t >= header && t < idle, "{server:?}: {t:?}");
+        // Half a header, then nothing.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        let t = closed_after(slow).await;
+        assert!(t >= header / 2 && t < idle, "{server:?}: {t:?}");
+        // A whole request is answered; the kept-alive connection then
+        // outlives the header timeout and closes at the idle timeout.
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = ok.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let t = closed_after(ok).await;
+        assert!(t >= idle, "{server:?}: idle connection closed after {t:?}");
+        tx.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
 }
 
 /// A server on two threads answering `/` with the client's address.

@@ -96,10 +96,15 @@ const MAX_READ_AHEAD: usize = MAX_HEAD + READ_SIZE;
 /// Settings of [`serve_http1`].
 #[derive(Debug, Clone, Default)]
 pub struct Http1Config {
-    /// Closes a connection whose next request head has not fully arrived
-    /// within this long (counted from the previous response on a kept-alive
-    /// connection). `None`: no limit.
+    /// Closes a connection whose request head has not fully arrived within
+    /// this long, counted from when the connection opened or, on a
+    /// kept-alive connection, from the first byte of the next request.
+    /// `None`: no limit.
     pub header_read_timeout: Option<Duration>,
+    /// Closes a kept-alive connection that sends no next request for this
+    /// long after the previous response. `None`: no limit (then the header
+    /// timeout counts from the previous response, as before a first byte).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Serves HTTP/1.1 on `io` with `service` until the client closes the
@@ -121,7 +126,25 @@ pub async fn serve_http1<S, B>(
         rbuf: BytesMut::with_capacity(READ_SIZE),
         wbuf: Vec::with_capacity(512),
     };
+    let mut first = true;
     loop {
+        // Between requests: the idle limit, until the next one begins.
+        if !first && conn.rbuf.is_empty() {
+            if let Some(idle) = cfg.idle_timeout {
+                let next = poll_fn(|cx| {
+                    if stopping.load(Ordering::Acquire) {
+                        return Poll::Ready(false);
+                    }
+                    conn.io.poll_read_ready(cx).map(|r| r.is_ok())
+                });
+                match tokio::time::timeout(idle, next).await {
+                    Ok(true) => {}
+                    // Stopping, a broken socket, or idle too long.
+                    _ => return,
+                }
+            }
+        }
+        first = false;
         let head = match cfg.header_read_timeout {
             None => conn.read_head(&stopping).await,
             Some(t) => match tokio::time::timeout(t, conn.read_head(&stopping)).await {

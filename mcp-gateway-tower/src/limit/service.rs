@@ -39,7 +39,10 @@ pub(crate) fn refusal(
     let mut res = error_response(&e, id);
     // For the audit log, outside this layer.
     res.extensions_mut().insert(limit);
-    if matches!(kind, ErrorKind::TooManySessions | ErrorKind::TooManyRequests) {
+    if matches!(
+        kind,
+        ErrorKind::TooManySessions | ErrorKind::TooManyRequests
+    ) {
         let secs = retry.as_secs_f64().ceil().max(1.0) as u64;
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(secs));

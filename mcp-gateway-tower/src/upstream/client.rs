@@ -518,7 +518,9 @@ where
             );
             (
                 ErrorKind::UpstreamUnavailable,
-                format!("Bad Gateway: backend {name} answered with a redirect, which is not followed"),
+                format!(
+                    "Bad Gateway: backend {name} answered with a redirect, which is not followed"
+                ),
                 detail,
             )
         }

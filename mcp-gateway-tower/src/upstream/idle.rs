@@ -77,7 +77,9 @@ where
                         }
                         t
                     }
-                    None => this.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
                 };
                 *this.moved = false;
                 match timer.as_mut().poll(cx) {

@@ -130,7 +130,10 @@ async fn refused_connection_is_502_naming_the_backend_not_its_address() {
             "{client:?}"
         );
         for leak in ["127.0.0.1", &port.to_string(), "refused", "os error"] {
-            assert!(!text.to_lowercase().contains(leak), "{client:?} leaks {leak}: {text}");
+            assert!(
+                !text.to_lowercase().contains(leak),
+                "{client:?} leaks {leak}: {text}"
+            );
         }
     }
 }
