@@ -239,7 +239,7 @@ pub struct TimeoutsSection {
     pub sse_keepalive_secs: Option<u64>,
     /// Seconds a client may take for the TLS handshake and a request's
     /// headers [default: 30].
-    #[arg(long, value_name = "SECONDS", alias = "header-timeout-secs")]
+    #[arg(long, value_name = "SECONDS", visible_alias = "header-timeout-secs")]
     pub client_header_secs: Option<u64>,
     /// Seconds a client connection may stay open with no request in
     /// progress [default: 120].
