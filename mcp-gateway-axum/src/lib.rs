@@ -365,7 +365,8 @@ impl McpGatewayBuilder {
             (Some((sink, cfg)), false) => Some(AuditLayer::new(sink, cfg)),
             (None, true) => Some(AuditLayer::new(Arc::new(AccessLog), AuditConfig::default())),
             (None, false) => None,
-        };
+        }
+        .map(|a| a.backend_name(name.clone()));
         let mut origin = self.origin;
         if let Some(c) = &self.cors {
             origin = origin.allow_origins(&c.allow_origins);

@@ -214,6 +214,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Number of live records (approximate for shared stores).
     fn len(&self) -> usize;
 
+    /// Whether records the store evicted to make room wait for the next
+    /// [`sweep`](Self::sweep). The session router then sweeps at once, so
+    /// an evicted session is ended at its backend and recorded now, not at
+    /// the next periodic sweep. Default: false.
+    fn has_evicted(&self) -> bool {
+        false
+    }
+
     /// True when no session is stored.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -271,6 +279,8 @@ pub struct InMemorySessionStore {
     /// scanned again for a second, so a flood of `initialize` cannot turn
     /// each refusal into a walk over the whole table.
     evict_failed_ms: AtomicU64,
+    /// Evicted records are waiting in `expired`.
+    evicted_waiting: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for InMemorySessionStore {
@@ -300,6 +310,7 @@ impl InMemorySessionStore {
             epoch: Instant::now(),
             expired: Mutex::new(Vec::new()),
             evict_failed_ms: AtomicU64::new(0),
+            evicted_waiting: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -370,6 +381,9 @@ impl InMemorySessionStore {
             }
         }
         let n = gone.len();
+        if n > 0 {
+            self.evicted_waiting.store(true, Ordering::Release);
+        }
         self.evict_failed_ms
             .store(if n == 0 { now + 1 } else { 0 }, Ordering::Relaxed);
         self.expired
@@ -448,6 +462,7 @@ impl SessionStore for InMemorySessionStore {
 
     fn sweep(&self) -> Answer<'_, Vec<Arc<SessionRecord>>> {
         let now = millis_since(self.epoch);
+        self.evicted_waiting.store(false, Ordering::Release);
         let mut out = std::mem::take(&mut *self.expired.lock().unwrap_or_else(|e| e.into_inner()));
         for shard in self.shards.iter() {
             // Check under the read lock first: most sweeps find nothing.
@@ -471,6 +486,10 @@ impl SessionStore for InMemorySessionStore {
 
     fn len(&self) -> usize {
         self.count.load(Ordering::Acquire) as usize
+    }
+
+    fn has_evicted(&self) -> bool {
+        self.evicted_waiting.load(Ordering::Acquire)
     }
 }
 
@@ -575,6 +594,7 @@ mod tests {
         block(store.get(ids[2].as_str())).unwrap();
         block(store.insert(SessionRecord::new(SessionId::random(), 0, None)))
             .expect("room is made");
+        assert!(store.has_evicted());
         assert_eq!(store.len(), 3);
         assert!(block(store.get(ids[1].as_str())).is_none(), "1 was evicted");
         let swept = block(store.sweep());

@@ -349,22 +349,30 @@ where
                 tick.tick().await;
                 // Stop once every router using this store is gone.
                 let Some(shared) = weak.upgrade() else { break };
-                let expired = shared.store.sweep().await;
-                for rec in &expired {
-                    let why = if rec.evicted() {
-                        SessionEnd::Evicted
-                    } else {
-                        SessionEnd::Expired
-                    };
-                    shared.ended(rec, why);
-                }
-                drop(shared);
-                for rec in expired {
-                    tracing::debug!(session = ?rec.id(), "session expired");
-                    end_upstream(inner.clone(), &rec).await;
-                }
+                sweep_once(&shared, inner.clone()).await;
             }
         });
+    }
+}
+
+/// Ends what the store says has expired or was evicted: observers first
+/// (audit, limits), then the backend sessions.
+async fn sweep_once<S>(shared: &Shared, inner: S)
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    let expired = shared.store.sweep().await;
+    for rec in &expired {
+        let why = if rec.evicted() {
+            SessionEnd::Evicted
+        } else {
+            SessionEnd::Expired
+        };
+        shared.ended(rec, why);
+    }
+    for rec in expired {
+        tracing::info!(session = ?rec.id(), evicted = rec.evicted(), "session ended by the gateway");
+        end_upstream(inner.clone(), &rec).await;
     }
 }
 
@@ -485,6 +493,11 @@ where
                 .insert(header_names::MCP_SESSION_ID, rec.id_header().clone());
             tracing::debug!(session = ?gid, instance, "session started");
             shared.started(&rec);
+            if shared.store.has_evicted() {
+                // Sessions made room for this one: end them now.
+                let (shared, inner) = (shared.clone(), inner.clone());
+                tokio::spawn(async move { sweep_once(&shared, inner).await });
+            }
             Ok(res)
         }
         Err(e) => {

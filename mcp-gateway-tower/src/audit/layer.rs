@@ -46,6 +46,9 @@ pub(crate) struct SessionTotals {
 pub(crate) struct Shared {
     pub(crate) sink: Arc<dyn AuditSink>,
     pub(crate) cfg: AuditConfig,
+    /// The backend records name when no inner layer said (see
+    /// [`AuditLayer::backend_name`]).
+    pub(crate) backend: Option<Arc<str>>,
     /// Per-session totals, sharded by session id so concurrent calls of
     /// different sessions rarely share a lock.
     sessions: [Mutex<HashMap<String, SessionTotals, foldhash::fast::RandomState>>; 16],
@@ -83,15 +86,30 @@ impl std::fmt::Debug for AuditLayer {
 impl AuditLayer {
     /// Records to `sink`.
     pub fn new(sink: Arc<dyn AuditSink>, cfg: AuditConfig) -> Self {
+        Self::with_backend(sink, cfg, None)
+    }
+
+    fn with_backend(sink: Arc<dyn AuditSink>, cfg: AuditConfig, backend: Option<Arc<str>>) -> Self {
         let shared = Arc::new(Shared {
             sink,
             cfg,
+            backend,
             sessions: Default::default(),
         });
         AuditLayer {
             hook: Arc::new(SessionEnds(shared.clone())),
             shared,
         }
+    }
+
+    /// Names the backend in records when no inner layer does (the policy
+    /// layer names it when there is one). Call before the layer is used.
+    pub fn backend_name(self, name: impl Into<Arc<str>>) -> Self {
+        Self::with_backend(
+            self.shared.sink.clone(),
+            self.shared.cfg.clone(),
+            Some(name.into()),
+        )
     }
 
     /// The observer that records `session_end`. The layer hands it to the

@@ -147,7 +147,11 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
             .map(|f| f.0.clone()),
         principal: res.extensions().get::<Principal>().cloned(),
         // Shared, not copied: the record's `String` is made once, in `base`.
-        backend: res.extensions().get::<BackendName>().map(|b| b.0.clone()),
+        backend: res
+            .extensions()
+            .get::<BackendName>()
+            .map(|b| b.0.clone())
+            .or_else(|| shared.backend.clone()),
         cost: res.extensions().get::<CostCharged>().map_or(0, |c| c.0),
         mcp,
         in_flight: asked.in_flight,
