@@ -37,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // backend instance. A real deployment uses .upstream_url(..) instead.
     let app = McpGateway::builder()
         .path("/mcp")
-        .upstream_service(fixtures::service("demo-server"))
+        .upstream_service(fixtures::handshake_only("demo-server"))
         .build()?
         .route(
             "/",

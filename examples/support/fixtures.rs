@@ -487,3 +487,62 @@ pub fn service(
         rmcp::transport::streamable_http_server::StreamableHttpServerConfig::default(),
     )
 }
+
+/// The revisions [`handshake_only`] admits, newest first.
+pub const HANDSHAKE_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+
+/// [`service`] restricted to the handshake revisions: rmcp 3.11 answers
+/// 2026-07-28 requests without the `resultType` member that revision
+/// requires, so a server built on it must not claim that revision. Every
+/// 2026-07-28 request (a `server/discover` probe first) gets -32022
+/// (unsupported protocol version) naming the revisions it does speak, and
+/// clients fall back to the `initialize` handshake, as the specification
+/// asks of them.
+pub fn handshake_only(
+    name: &str,
+) -> impl tower::Service<
+    http::Request<mcp_gateway::tower::Body>,
+    Response = http::Response<axum::body::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    let inner = service(name);
+    tower::service_fn(move |req: http::Request<mcp_gateway::tower::Body>| {
+        let inner = inner.clone();
+        async move {
+            let modern = req
+                .headers()
+                .get("mcp-protocol-version")
+                .is_some_and(|v| v.as_bytes() >= b"2026-07-28".as_slice());
+            if !modern {
+                let res = tower::ServiceExt::oneshot(inner, req).await?;
+                return Ok(res.map(axum::body::Body::new));
+            }
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let id = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("id").cloned())
+                .unwrap_or(Value::Null);
+            let answer = json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {
+                    "code": -32022,
+                    "message": "Unsupported protocol version: this server speaks the initialize handshake revisions",
+                    "data": {"supported": HANDSHAKE_VERSIONS},
+                },
+            });
+            Ok(http::Response::builder()
+                .status(400)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(answer.to_string()))
+                .expect("a valid response"))
+        }
+    })
+}

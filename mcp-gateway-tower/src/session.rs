@@ -574,6 +574,12 @@ where
     } else if is_delete && status.is_success() {
         shared.end(sid, SessionEnd::Deleted).await;
         tracing::debug!(session = ?rec.id(), "session ended by client");
+        // The session is the gateway's: it answers the DELETE itself, with
+        // the status SDK clients expect (some backends say 202).
+        return Ok(Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Body::empty())
+            .expect("a valid response"));
     }
     if res.headers().contains_key(&header_names::MCP_SESSION_ID) {
         // Never leak a backend's id to the client.
