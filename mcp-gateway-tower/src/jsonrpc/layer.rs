@@ -200,14 +200,30 @@ fn prepare(
     // The version is checked after parsing so that even this error can
     // answer the request's id, as JSON-RPC requires.
     let refuse = |e: GatewayError| error_response(&e, first_id.as_ref());
-    let version = header_version(&parts.headers).map_err(refuse)?;
-    let mcp = validate(&parts.headers, bytes.clone(), envelope, version).map_err(refuse)?;
+    let mcp = match header_version(&parts.headers) {
+        Ok(version) => {
+            validate(&parts.headers, bytes.clone(), envelope, version).map_err(refuse)?
+        }
+        // Which versions a server speaks is the backend's to say: a
+        // `server/discover` in a version the gateway does not know goes on
+        // as a stateless request, and the backend's own -32022 names the
+        // versions it supports (the gateway's list would name others).
+        Err(_) if is_discover(&envelope) => {
+            McpRequest::new(bytes.clone(), envelope, ProtocolVersion::V2026_07_28, true)
+        }
+        Err(e) => return Err(refuse(e)),
+    };
     let mut req = Request::from_parts(parts, Body::full(bytes));
     // The response carries it too, for layers outside this one (the audit
     // log) that see only what comes back.
     let seen = mcp.clone();
     req.extensions_mut().insert(mcp);
     Ok((req, seen))
+}
+
+/// A single `server/discover` request.
+fn is_discover(envelope: &Envelope) -> bool {
+    matches!(envelope, Envelope::Single(m) if m.method() == Some(&mcp_gateway_core::Method::ServerDiscover))
 }
 
 /// The response, with the request's [`McpRequest`] for outer layers.

@@ -258,7 +258,7 @@ async fn unsupported_version_answers_the_request_id() {
     let r = post("")
         .header("mcp-protocol-version", "v999.0.0")
         .body(Body::from(
-            r#"{"jsonrpc":"2.0","id":301,"method":"server/discover","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":301,"method":"tools/list","params":{}}"#,
         ))
         .unwrap();
     let res = svc().oneshot(r).await.unwrap();
@@ -268,6 +268,19 @@ async fn unsupported_version_answers_the_request_id() {
     assert_eq!(v["id"], 301);
     assert_eq!(v["error"]["code"], -32022);
     assert!(v["error"]["data"]["supported"].as_array().unwrap().len() >= 4);
+}
+
+#[tokio::test]
+async fn a_discover_in_an_unknown_version_is_the_backends_to_answer() {
+    // The backend names the versions it supports, which the gateway's own
+    // list might not match: the probe goes on, as a stateless request.
+    let r = post("")
+        .header("mcp-protocol-version", "v999.0.0")
+        .body(Body::from(
+            r#"{"jsonrpc":"2.0","id":301,"method":"server/discover","params":{}}"#,
+        ))
+        .unwrap();
+    assert_eq!(code(r).await, (200, None));
 }
 
 const STATELESS_CALL: &str = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
