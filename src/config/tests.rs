@@ -79,3 +79,44 @@ fn errors_name_the_line_and_the_key() {
     assert_eq!(e.key.as_deref(), Some("auth.jwt.keys[0].alg"), "{e}");
     assert_eq!(e.line, Some(29), "{e}");
 }
+
+#[test]
+fn timeouts_sessions_and_forwarding_come_from_the_file_and_backends_override() {
+    let text = format!(
+        "trusted_proxies = [\"10.0.0.0/8\"]\n{}\n[timeouts]\nupstream_connect_ms = 500\nupstream_first_byte_secs = 10\nsession_idle_secs = 60\nsession_max_secs = 0\nsse_keepalive_secs = 5\nclient_idle_secs = 9\n[sessions]\nmax_sessions = 7\nevict_idle_secs = 0\n",
+        GOOD.replace(
+            "name = \"weather\"",
+            "name = \"weather\"\nupstream_first_byte_secs = 120\nupstream_idle_secs = 0"
+        )
+    );
+    let c = GatewayConfig::parse(&text, Path::new(".")).unwrap();
+    let up = c.upstream_config().unwrap();
+    assert_eq!(up.connect_timeout, Duration::from_millis(500));
+    assert_eq!(up.response_timeout, Duration::from_secs(120), "the backend's own");
+    assert_eq!(up.idle_timeout, None, "0 is off");
+    let s = c.timeouts.sessions(c.sessions_config()).unwrap();
+    assert_eq!(s.idle_timeout, Duration::from_secs(60));
+    assert_eq!(s.max_age, None);
+    assert_eq!(s.max_sessions, 7);
+    assert_eq!(s.evict_idle, Some(Duration::ZERO));
+    assert_eq!(
+        c.timeouts.sse(SseRelayConfig::default()).keep_alive,
+        Some(Duration::from_secs(5))
+    );
+    let opts = c.timeouts.serve(crate::serve::ServeOptions::default());
+    assert_eq!(opts.idle_timeout, Some(Duration::from_secs(9)));
+    assert_eq!(opts.header_read_timeout, Some(Duration::from_secs(30)));
+    assert!(c.trusted_proxies().unwrap().contains("10.1.2.3".parse().unwrap()));
+
+    let e = error(&format!("{GOOD}\n[timeouts]\nupstream_first_byte_secs = 0\n"));
+    assert_eq!(
+        e.key.as_deref(),
+        Some("timeouts.upstream_first_byte_secs"),
+        "{e}"
+    );
+    let e = error(&format!("trusted_proxies = [\"10.0.0.0/40\"]\n{GOOD}"));
+    assert_eq!(e.key.as_deref(), Some("trusted_proxies[0]"), "{e}");
+    assert_eq!(e.line, Some(1), "{e}");
+    let e = error(&format!("{GOOD}\n[timeouts]\nclient_idle = 3\n"));
+    assert!(e.to_string().contains("unknown field `client_idle`"), "{e}");
+}
