@@ -46,6 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let addr = listener.local_addr()?;
     println!("mcp-gateway quickstart: MCP endpoint at http://{addr}/mcp (demo server behind it)");
+    println!("a whole exchange (initialize, a call with the session id, DELETE): see the README's quickstart");
     println!(
         "try: curl -si http://{addr}/mcp -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
 -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"1\"}}}}}}'"

@@ -92,7 +92,11 @@ fn timeouts_sessions_and_forwarding_come_from_the_file_and_backends_override() {
     let c = GatewayConfig::parse(&text, Path::new(".")).unwrap();
     let up = c.upstream_config().unwrap();
     assert_eq!(up.connect_timeout, Duration::from_millis(500));
-    assert_eq!(up.response_timeout, Duration::from_secs(120), "the backend's own");
+    assert_eq!(
+        up.response_timeout,
+        Duration::from_secs(120),
+        "the backend's own"
+    );
     assert_eq!(up.idle_timeout, None, "0 is off");
     let s = c.timeouts.sessions(c.sessions_config()).unwrap();
     assert_eq!(s.idle_timeout, Duration::from_secs(60));
@@ -106,9 +110,14 @@ fn timeouts_sessions_and_forwarding_come_from_the_file_and_backends_override() {
     let opts = c.timeouts.serve(crate::serve::ServeOptions::default());
     assert_eq!(opts.idle_timeout, Some(Duration::from_secs(9)));
     assert_eq!(opts.header_read_timeout, Some(Duration::from_secs(30)));
-    assert!(c.trusted_proxies().unwrap().contains("10.1.2.3".parse().unwrap()));
+    assert!(c
+        .trusted_proxies()
+        .unwrap()
+        .contains("10.1.2.3".parse().unwrap()));
 
-    let e = error(&format!("{GOOD}\n[timeouts]\nupstream_first_byte_secs = 0\n"));
+    let e = error(&format!(
+        "{GOOD}\n[timeouts]\nupstream_first_byte_secs = 0\n"
+    ));
     assert_eq!(
         e.key.as_deref(),
         Some("timeouts.upstream_first_byte_secs"),
