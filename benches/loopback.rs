@@ -33,7 +33,11 @@
 //! ```
 //!
 //! Roles: `stub`, `direct` (a second stub, in comparisons), `relay`,
-//! `bare`, `gateway`, `secure`, `limits`, `audit`, `full`. Every role
+//! `bare`, `gateway` (the builder's defaults, per-client caps included),
+//! `nocaps` (the same without them: `MCPGW_BENCH_COMPARE=nocaps,gateway`
+//! measures what the caps cost), `logged` (`gateway` with the binary's
+//! access log, formatted at INFO into a sink), `secure`, `limits`, `audit`,
+//! `full`. Every role
 //! serves as the `mcp-gateway` binary does by default (hyper's HTTP/1.1
 //! server, a 30 s header timeout, no busy polling); `<role>+builtin` serves
 //! it with the tuning knobs instead: the built-in HTTP/1.1 server and 50 µs
@@ -118,18 +122,38 @@ async fn serve_stub() {
     }
 }
 
-/// The gateway as the `gateway` example builds it (default layers).
-async fn serve_gateway(upstream: String, max_sessions: usize) {
-    let app = McpGateway::builder()
+/// The gateway as the builder makes it by default (with the per-client
+/// caps); `caps = false` without them (the `nocaps` role: the baseline the
+/// caps' cost is measured against, and the idle-sessions measurement, where
+/// one client opens every session).
+async fn serve_gateway(upstream: String, max_sessions: usize, caps: bool, logged: bool) {
+    if logged {
+        // As the binary logs: INFO, text lines, no colour; to /dev/null so
+        // that what is measured is the formatting, not a terminal.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_ansi(false)
+            .with_writer(std::io::sink)
+            .init();
+    }
+    let mut b = McpGateway::builder()
+        .access_log(logged)
         .upstream_url(&upstream)
         .unwrap()
         .session_config(InMemoryConfig {
             max_sessions,
             ..Default::default()
-        })
-        .build()
-        .unwrap();
-    serve_app(app).await;
+        });
+    if caps {
+        // The per-client caps as they are by default on the hot path (64
+        // calls in flight); the session caps, which only `initialize`
+        // meets, opened wide: the load client is one address opening
+        // every round's sessions.
+        b = b.limits(wide_session_caps());
+    } else {
+        b = b.without_limits();
+    }
+    serve_app(b.build().unwrap()).await;
 }
 
 /// Set by a `<role>+builtin` server: the built-in HTTP/1 server and busy
@@ -225,9 +249,24 @@ fn secure_builder(
         b = b.audit(Arc::new(sink), AuditConfig::default());
     }
     if !limits {
-        return b;
+        // The default per-client caps, with the session caps opened wide as
+        // in `serve_gateway`: one principal opens every round's sessions.
+        return b.limits(wide_session_caps());
     }
     b.limits(stack::generous_limits())
+}
+
+/// No limit but the per-client caps' default on calls in flight.
+fn wide_session_caps() -> mcp_gateway_tower::limit::LimitConfig {
+    let wide = mcp_gateway_tower::limit::Quota {
+        burst: 1_000_000_000,
+        per_second: 1e9,
+    };
+    mcp_gateway_tower::limit::LimitConfig {
+        principal_sessions: Some(1_000_000_000),
+        principal_session_rate: Some(wide),
+        ..Default::default()
+    }
 }
 
 /// The same HTTP hop with no MCP layer: axum in front of the pooled
@@ -547,7 +586,9 @@ fn server_role(args: &[String]) -> bool {
     rt.block_on(async move {
         match role.as_str() {
             "stub" => serve_stub().await,
-            "gateway" => serve_gateway(upstream, max_sessions).await,
+            "gateway" => serve_gateway(upstream, max_sessions, true, false).await,
+            "nocaps" => serve_gateway(upstream, max_sessions, false, false).await,
+            "logged" => serve_gateway(upstream, max_sessions, true, true).await,
             "bare" => serve_bare_proxy(upstream).await,
             "relay" => serve_tcp_relay(upstream).await,
             "secure" => serve_secure_gateway(upstream).await,
@@ -857,7 +898,7 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
     let upstream = format!("http://{}/json", stub.addr);
     let gw = Server::start(&[
         "--role",
-        "gateway",
+        "nocaps",
         "--upstream",
         &upstream,
         "--max-sessions",

@@ -131,6 +131,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
 
+    /// No access log (one INFO line per MCP message, on by default; it costs
+    /// CPU per call, see docs/benchmarks.md). Also `access_log = false`.
+    #[arg(long)]
+    pub no_access_log: bool,
+
     /// Log format on stderr: text or json. Colour only on a terminal.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -384,6 +389,9 @@ impl Cli {
         cfg.allow_hosts.extend(self.allow_hosts.iter().cloned());
         cfg.allow_origins.extend(self.allow_origins.iter().cloned());
         cfg.timeouts = self.timeouts(Some(&cfg));
+        if self.no_access_log {
+            cfg.access_log = false;
+        }
         cfg.trusted_proxies.extend(
             self.trusted_proxies
                 .iter()
@@ -399,7 +407,10 @@ impl Cli {
         let built = cfg.builder().map_err(bad)?;
         let listen = cfg.listen().map_err(bad)?.unwrap_or_else(default_listen);
         let app = built.builder.build().map_err(bad)?;
-        let mut features = vec!["access log"];
+        let mut features = Vec::new();
+        if cfg.access_log {
+            features.push("access log");
+        }
         if let Some(a) = &cfg.auth {
             if !a.api_keys.is_empty() {
                 features.push("api keys");
@@ -478,7 +489,7 @@ impl Cli {
             .session_config(sessions)
             .sse_config(timeouts.sse(SseRelayConfig::default()))
             .trusted_proxies(trusted)
-            .access_log(true);
+            .access_log(!self.no_access_log);
         if !self.cors_origins.is_empty() {
             builder = builder.cors(Cors::new(self.cors_origins.iter().cloned()));
         }
@@ -501,7 +512,10 @@ impl Cli {
             );
         }
         let app = builder.build().map_err(bad)?;
-        let mut features = vec!["access log", "per-client caps"];
+        let mut features = vec!["per-client caps"];
+        if !self.no_access_log {
+            features.push("access log");
+        }
         if self.client_ca.is_some() {
             features.push("client certificates");
         }

@@ -141,6 +141,7 @@ fn every_key_is_documented() {
         "header_read_timeout_secs",
         "http1_server",
         "trusted_proxies",
+        "access_log",
         "upstream_connect_ms",
         "upstream_first_byte_secs",
         "upstream_idle_secs",

@@ -370,18 +370,12 @@ async fn one_address_cannot_hold_more_than_its_connections() {
 
 /// A backend that accepts connections and never answers.
 async fn silent_backend() -> (String, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/mcp", l.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
-        }
-    });
+    let (url, task, _) = counting_silent_backend().await;
     (url, task)
 }
 
-/// [`silent_backend`], counting the connections it holds.
+/// A backend that accepts connections and never answers, counting the
+/// connections it holds.
 async fn counting_silent_backend() -> (
     String,
     tokio::task::JoinHandle<()>,

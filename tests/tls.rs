@@ -395,6 +395,7 @@ fn help_and_version_explain_the_binary() {
         "--cors-origin",
         "--max-connections",
         "--max-connections-per-client",
+        "--no-access-log",
         "--http1-server",
         "--tls-cert",
         "--tls-key",

@@ -61,6 +61,7 @@ pub fn generous_limits() -> LimitConfig {
         principal_tool_rate: Some(q),
         backend_rate: Some(q),
         principal_sessions: Some(1_000_000),
+        principal_session_rate: Some(q),
         backend_sessions: Some(1_000_000),
         principal_in_flight: Some(1_000_000),
         backend_in_flight: Some(1_000_000),

@@ -60,6 +60,17 @@ impl Body {
         Body(Inner::Stream(body.map_err(Into::into).boxed_unsync()))
     }
 
+    /// A body of `body`, whose errors already are [`BoxError`]s: boxed
+    /// as it is, without [`new`](Self::new)'s check for a `Body` inside
+    /// and its error conversion on every frame (for layers that wrap
+    /// every response).
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+    {
+        Body(Inner::Stream(body.boxed_unsync()))
+    }
+
     /// The bytes, if this body is held in one buffer.
     pub fn as_bytes(&self) -> Option<&Bytes> {
         match &self.0 {

@@ -120,6 +120,10 @@ pub struct GatewayConfig {
     pub http1_server: Option<crate::serve::Http1Server>,
     /// Serve HTTPS; absent: clear text.
     pub tls: Option<TlsSection>,
+    /// One INFO line per MCP message and session (the access log). Default
+    /// true; `--no-access-log` turns it off.
+    #[serde(default = "yes")]
+    pub access_log: bool,
     /// Every timeout (flags of the same names override).
     #[serde(default)]
     pub timeouts: TimeoutsSection,
@@ -162,6 +166,10 @@ pub struct GatewayConfig {
     /// False while `parse` checks the file: sinks are not opened then.
     #[serde(skip)]
     opening: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_path() -> String {
@@ -300,7 +308,7 @@ impl GatewayConfig {
             .session_config(sessions)
             .sse_config(self.timeouts.sse(SseRelayConfig::default()))
             .trusted_proxies(self.trusted_proxies()?)
-            .access_log(true);
+            .access_log(self.access_log);
         if let Some(c) = &self.cors {
             let mut cors = Cors::new(c.allow_origins.iter().cloned());
             cors.max_age = c.max_age_secs.map(Duration::from_secs);

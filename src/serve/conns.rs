@@ -113,11 +113,6 @@ impl ConnLimits {
             ip: capped.then_some(ip),
         })
     }
-
-    #[cfg(test)]
-    pub(super) fn open(&self) -> usize {
-        self.total.load(Ordering::Acquire)
-    }
 }
 
 impl Drop for ConnSlot {
@@ -173,6 +168,9 @@ mod tests {
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let held: Vec<_> = (0..5).map(|_| l.admit(proxy).unwrap()).collect();
         assert_eq!(held.len(), 5, "a trusted proxy is not capped");
+        assert_eq!(l.total.load(Ordering::Acquire), 1 + 5);
+        drop(held);
+        assert_eq!(l.total.load(Ordering::Acquire), 1);
     }
 
     #[test]

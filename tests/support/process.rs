@@ -1,6 +1,8 @@
 //! The `mcp-gateway` binary as a child process: started with flags, its URL
 //! read from the first line of stdout, its log (stderr) kept for the test to
 //! search, and stopped (by pid) when dropped.
+// Each test crate uses a different subset.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};

@@ -36,6 +36,21 @@ pub(crate) fn hold(
     )
 }
 
+/// The response of a call that holds only in-flight slots: they go back
+/// when its body ends or is dropped.
+pub(crate) fn hold_slots(res: Response<Body>, slots: [Option<Slot>; 2]) -> Response<Body> {
+    res.map(|body| Body::boxed(ObservedBody::new(body, SlotsHeld(slots))))
+}
+
+/// Holds in-flight slots until the body it watches ends.
+pub(crate) struct SlotsHeld(pub(crate) [Option<Slot>; 2]);
+
+impl BodyObserver for SlotsHeld {
+    fn on_end(&mut self, _: BodyEnd<'_>) {
+        self.0 = [None, None];
+    }
+}
+
 pub(crate) async fn initialize<S>(
     shared: &Arc<Shared>,
     who: &Arc<str>,

@@ -109,6 +109,21 @@ pub(crate) struct Shared {
     pub(crate) tool_costs: Vec<(Glob, u64)>,
     /// Session slots by gateway session id, released when it ends.
     pub(crate) sessions: Mutex<HashMap<String, Slots>>,
+    /// The only call limits are caps on calls in flight (see
+    /// `service::in_flight_only`).
+    pub(crate) in_flight_only: bool,
+}
+
+impl LimitConfig {
+    /// Whether calls are limited by in-flight caps alone: no rate, no
+    /// budget.
+    fn in_flight_only(&self) -> bool {
+        self.principal_rate.is_none()
+            && self.principal_tool_rate.is_none()
+            && self.backend_rate.is_none()
+            && self.token_budget.is_none()
+            && self.cost_budget.is_none()
+    }
 }
 
 /// Builds [`Limit`] services. Its [`SessionObserver`], which frees session
@@ -140,6 +155,7 @@ impl LimitLayer {
     pub fn new(cfg: LimitConfig, backend: impl Into<Arc<str>>, limiter: Arc<dyn Limiter>) -> Self {
         Self::from_shared(Arc::new(Shared {
             tool_costs: compile_costs(&cfg),
+            in_flight_only: cfg.in_flight_only(),
             cfg,
             backend: backend.into(),
             limiter,
@@ -165,6 +181,7 @@ impl LimitLayer {
             tokens: counter,
             tool_costs: s.tool_costs.clone(),
             sessions: Mutex::new(HashMap::new()),
+            in_flight_only: s.in_flight_only,
         }))
     }
 

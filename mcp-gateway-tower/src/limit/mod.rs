@@ -77,8 +77,8 @@ pub use self::layer::{
     DEFAULT_CLIENT_SESSION_RATE,
 };
 mod service;
-pub use self::service::ClientAddr;
 use self::service::*;
+pub use self::service::{ClientAddr, ResponseFuture};
 mod body;
 use self::body::*;
 #[cfg(test)]

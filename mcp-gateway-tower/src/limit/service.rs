@@ -18,9 +18,31 @@ pub(crate) fn limit_subject<B>(req: &Request<B>) -> Arc<str> {
         return p.key().clone();
     }
     match req.extensions().get::<ClientAddr>() {
-        Some(a) => format!("anon:{}", a.0.ip()).into(),
+        Some(a) => anon_key(a.0.ip()),
         None => Arc::from("anon"),
     }
+}
+
+thread_local! {
+    /// The last anonymous key this thread made: a client's calls come from
+    /// one address, and formatting an address costs more than the rest of
+    /// a limit check.
+    static LAST_ANON: RefCell<Option<(std::net::IpAddr, Arc<str>)>> = const { RefCell::new(None) };
+}
+
+/// `anon:<ip>`, formatted once per address and thread in a row.
+fn anon_key(ip: std::net::IpAddr) -> Arc<str> {
+    LAST_ANON.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((seen, key)) if *seen == ip => key.clone(),
+            _ => {
+                let key: Arc<str> = format!("anon:{ip}").into();
+                *last = Some((ip, key.clone()));
+                key
+            }
+        }
+    })
 }
 
 pub(crate) fn refusal(
@@ -217,24 +239,61 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> BoxFuture {
-        let shared = self.shared.clone();
-        let Some(mcp) = req.extensions().get::<McpRequest>().cloned() else {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The calls the per-client cap alone decides (the default
+        // configuration) take no box: the inner future is polled in place.
+        if self.shared.in_flight_only {
+            if let Some(parsed) = req.extensions().get::<McpRequest>() {
+                if !parsed.is_initialize() {
+                    let who = limit_subject(&req);
+                    match in_flight_only(&self.shared, who, parsed) {
+                        Fast::Uncounted => return ResponseFuture::inner(self.inner.call(req)),
+                        Fast::Refused(res) => return ResponseFuture::ready(res),
+                        Fast::Held(slots) => {
+                            return ResponseFuture::held(self.inner.call(req), slots)
+                        }
+                        // A limiter that has to wait: the general path.
+                        Fast::Waits => {}
+                    }
+                }
+            }
+        }
+        ResponseFuture::boxed(self.call_boxed(req))
+    }
+}
+
+impl<S> Limit<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    /// Every other call: `initialize`, batches, rates and budgets, a
+    /// limiter that answers later.
+    fn call_boxed(&mut self, req: Request<Body>) -> BoxFuture {
+        // The request's parse, borrowed: cloned only on the paths that keep it.
+        let Some(parsed) = req.extensions().get::<McpRequest>() else {
             return Box::pin(self.inner.call(req));
         };
         let who = limit_subject(&req);
-        if mcp.is_initialize() {
+        if parsed.is_initialize() {
+            let mcp = parsed.clone();
+            let shared = self.shared.clone();
             let mut req = req;
             SessionHooks::add(&mut req, &self.hook);
             let inner = take_ready(&mut self.inner);
             return Box::pin(async move { initialize(&shared, &who, &mcp, inner, req).await });
         }
+        let mcp = parsed.clone();
+        let shared = self.shared.clone();
         // Decide here when the limiter answers at once (in process): the
         // future then holds only the wait for the response, calling the
         // service polled ready as it is (no clone of the stack below: see
@@ -265,6 +324,147 @@ where
                 })
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The [`Limit`] service's future: the inner future polled in place
+    /// (with the slots its answer will hold), a refusal, or a boxed future
+    /// for the paths that wait on the limiter.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Inner { #[pin] fut: F, slots: Option<[Option<Slot>; 2]> },
+        Ready { res: Option<Response<Body>> },
+        Boxed { fut: BoxFuture },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn inner(fut: F) -> Self {
+        ResponseFuture {
+            kind: Kind::Inner { fut, slots: None },
+        }
+    }
+    fn held(fut: F, slots: [Option<Slot>; 2]) -> Self {
+        ResponseFuture {
+            kind: Kind::Inner {
+                fut,
+                slots: Some(slots),
+            },
+        }
+    }
+    fn ready(res: Response<Body>) -> Self {
+        ResponseFuture {
+            kind: Kind::Ready { res: Some(res) },
+        }
+    }
+    fn boxed(fut: BoxFuture) -> Self {
+        ResponseFuture {
+            kind: Kind::Boxed { fut },
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> std::future::Future for ResponseFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { fut, slots } => {
+                let res = std::task::ready!(fut.poll(cx))?;
+                Poll::Ready(Ok(match slots.take() {
+                    Some(s) => hold_slots(res, s),
+                    None => res,
+                }))
+            }
+            KindProj::Ready { res } => Poll::Ready(Ok(res
+                .take()
+                .expect("ResponseFuture polled after it completed"))),
+            KindProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What the in-flight-only check decided.
+enum Fast {
+    /// Nothing in the request is counted.
+    Uncounted,
+    /// The slots to hold until the answer ends (a principal's and a
+    /// backend's at most).
+    Held([Option<Slot>; 2]),
+    /// The refusal to answer with.
+    Refused(Response<Body>),
+    /// The limiter did not answer at once.
+    Waits,
+}
+
+/// The check when the only call limits are caps on calls in flight (the
+/// per-client cap of the defaults): one message, its slots taken from a
+/// limiter that answers at once, no future, no clock; anything else goes
+/// the general way.
+fn in_flight_only(shared: &Shared, who: Arc<str>, mcp: &McpRequest) -> Fast {
+    let Some(m) = mcp.message() else {
+        return Fast::Waits;
+    };
+    if !shared.counted(m) {
+        return Fast::Uncounted;
+    }
+    let identified = who.as_ref() != "anon";
+    let mut slots: [Option<Slot>; 2] = [None, None];
+    let mut key = LimitKey {
+        kind: LimitKind::PrincipalInFlight,
+        subject: who,
+        tool: None,
+    };
+    for (i, (max, kind)) in [
+        (
+            shared.cfg.principal_in_flight.filter(|_| identified),
+            LimitKind::PrincipalInFlight,
+        ),
+        (shared.cfg.backend_in_flight, LimitKind::BackendInFlight),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Some(max) = max else { continue };
+        key.kind = kind;
+        if kind == LimitKind::BackendInFlight {
+            key.subject = shared.backend.clone();
+        }
+        match shared.limiter.acquire(&key, max).now() {
+            Ok(Some(s)) => slots[i] = Some(s),
+            Ok(None) => {
+                let as_kind = if kind == LimitKind::PrincipalInFlight {
+                    ErrorKind::TooManyRequests
+                } else {
+                    ErrorKind::Limited
+                };
+                return Fast::Refused(refusal(kind, Duration::from_millis(100), m.id(), as_kind));
+            }
+            // Given back by the drop of what was taken so far.
+            Err(_) => return Fast::Waits,
+        }
+    }
+    if slots.iter().all(Option::is_none) {
+        Fast::Uncounted
+    } else {
+        Fast::Held(slots)
     }
 }
 
