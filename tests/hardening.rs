@@ -77,6 +77,24 @@ async fn call_in(gw: &str, sid: &str, addr: &str, id: u32) -> Reply {
     .await
 }
 
+/// The binary in front of `upstream`, on 127.0.0.1:0, with `extra` flags.
+fn gateway(upstream: &str, extra: &[&str]) -> GatewayProcess {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--upstream", upstream];
+    args.extend_from_slice(extra);
+    GatewayProcess::start(&args)
+}
+
+/// `echo` called in session `sid`.
+async fn in_session(url: &str, sid: &str, id: u32) -> Reply {
+    raw(
+        "POST",
+        url,
+        &[JSON, ACCEPT, V, ("mcp-session-id", sid)],
+        &echo_call(id),
+    )
+    .await
+}
+
 fn session_of(r: &Reply) -> String {
     r.headers["mcp-session-id"].to_str().unwrap().to_owned()
 }
@@ -157,14 +175,7 @@ max_sessions = 100
 #[tokio::test]
 async fn new_sessions_per_client_per_second_are_capped_with_retry_after() {
     let backend = fixture_backend().await;
-    let gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &net::url(&backend),
-        "--trusted-proxy",
-        "127.0.0.1",
-    ]);
+    let gw = gateway(&net::url(&backend), &["--trusted-proxy", "127.0.0.1"]);
     // The default: a burst of 64, then 16 a second.
     let mut codes = Vec::new();
     for _ in 0..80 {
@@ -221,32 +232,14 @@ path = "{}"
     }
     // All but the first are used again: the first is the least recently used.
     for (i, sid) in sids.iter().enumerate().skip(1) {
-        let r = raw(
-            "POST",
-            &gw.url,
-            &[JSON, ACCEPT, V, ("mcp-session-id", sid)],
-            &echo_call(i as u32),
-        )
-        .await;
+        let r = in_session(&gw.url, &sid, i as u32).await;
         assert_eq!(r.status, 200);
     }
     let r = raw("POST", &gw.url, &[JSON, ACCEPT], INIT).await;
     assert_eq!(r.status, 200, "room was made: {:?}", r.body);
-    let r = raw(
-        "POST",
-        &gw.url,
-        &[JSON, ACCEPT, V, ("mcp-session-id", &sids[0])],
-        &echo_call(9),
-    )
-    .await;
+    let r = in_session(&gw.url, &sids[0], 9).await;
     assert_eq!(r.status, 404, "the evicted session is gone");
-    let r = raw(
-        "POST",
-        &gw.url,
-        &[JSON, ACCEPT, V, ("mcp-session-id", &sids[1])],
-        &echo_call(9),
-    )
-    .await;
+    let r = in_session(&gw.url, &sids[1], 9).await;
     assert_eq!(r.status, 200, "the others live");
     // Audited as evicted, at once (not at the next periodic sweep).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -283,20 +276,19 @@ fn addr_of(url: &str) -> SocketAddr {
 #[tokio::test]
 async fn idle_connections_beyond_the_cap_wait_and_are_reclaimed_while_others_are_served() {
     let backend = fixture_backend().await;
-    let gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let gw = gateway(
         &net::url(&backend),
-        "--max-connections",
-        "100",
-        "--max-connections-per-client",
-        "0",
-        "--client-header-secs",
-        "1",
-        "--threads",
-        "1",
-    ]);
+        &[
+            "--max-connections",
+            "100",
+            "--max-connections-per-client",
+            "0",
+            "--client-header-secs",
+            "1",
+            "--threads",
+            "1",
+        ],
+    );
     let addr = addr_of(&gw.url);
     // 600 sockets that never send a byte: 100 are taken, the rest wait in
     // the listen backlog.
@@ -322,16 +314,10 @@ async fn idle_connections_beyond_the_cap_wait_and_are_reclaimed_while_others_are
 #[tokio::test]
 async fn one_address_cannot_hold_more_than_its_connections() {
     let backend = fixture_backend().await;
-    let gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let gw = gateway(
         &net::url(&backend),
-        "--max-connections-per-client",
-        "10",
-        "--threads",
-        "1",
-    ]);
+        &["--max-connections-per-client", "10", "--threads", "1"],
+    );
     let addr = addr_of(&gw.url);
     let mut held = Vec::new();
     for _ in 0..10 {
@@ -442,14 +428,7 @@ async fn gateway_errors_name_the_backend_never_its_address() {
 
     let (silent, task) = silent_backend().await;
     let port = addr_of(&silent).port();
-    let gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &silent,
-        "--upstream-first-byte-secs",
-        "1",
-    ]);
+    let gw = gateway(&silent, &["--upstream-first-byte-secs", "1"]);
     let start = Instant::now();
     let r = raw("POST", &gw.url, &[JSON, ACCEPT], INIT).await;
     assert_eq!(r.status, 504);
@@ -482,16 +461,15 @@ async fn a_backend_that_never_completes_the_connection_hits_the_connect_timeout(
             fill.push(s);
         }
     }
-    let gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let gw = gateway(
         &format!("http://{addr}/mcp"),
-        "--upstream-connect-ms",
-        "300",
-        "--upstream-first-byte-secs",
-        "60",
-    ]);
+        &[
+            "--upstream-connect-ms",
+            "300",
+            "--upstream-first-byte-secs",
+            "60",
+        ],
+    );
     let start = Instant::now();
     let r = raw("POST", &gw.url, &[JSON, ACCEPT], INIT).await;
     assert!(matches!(r.status, 502 | 504), "{}", r.status);
@@ -523,16 +501,10 @@ async fn a_stream_that_goes_silent_ends_at_the_upstream_idle_timeout() {
         }),
     );
     let backend = net::serve(app).await;
-    let gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let gw = gateway(
         &net::url(&backend),
-        "--upstream-idle-secs",
-        "1",
-        "--sse-keepalive-secs",
-        "0",
-    ]);
+        &["--upstream-idle-secs", "1", "--sse-keepalive-secs", "0"],
+    );
     let mut s = tokio::net::TcpStream::connect(addr_of(&gw.url))
         .await
         .unwrap();
@@ -562,45 +534,19 @@ async fn a_stream_that_goes_silent_ends_at_the_upstream_idle_timeout() {
 #[tokio::test]
 async fn sessions_expire_when_idle_and_at_their_maximum_age() {
     let backend = fixture_backend().await;
-    let gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &net::url(&backend),
-        "--session-idle-secs",
-        "1",
-    ]);
+    let gw = gateway(&net::url(&backend), &["--session-idle-secs", "1"]);
     let sid = session_of(&raw("POST", &gw.url, &[JSON, ACCEPT], INIT).await);
     // Unused for longer than the idle timeout.
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let r = raw(
-        "POST",
-        &gw.url,
-        &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
-        &echo_call(2),
-    )
-    .await;
+    let r = in_session(&gw.url, &sid, 2).await;
     assert_eq!(r.status, 404);
 
-    let gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &net::url(&backend),
-        "--session-max-secs",
-        "2",
-    ]);
+    let gw = gateway(&net::url(&backend), &["--session-max-secs", "2"]);
     let sid = session_of(&raw("POST", &gw.url, &[JSON, ACCEPT], INIT).await);
     let start = Instant::now();
     // Used all along, it still ends at its maximum age.
     loop {
-        let r = raw(
-            "POST",
-            &gw.url,
-            &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
-            &echo_call(3),
-        )
-        .await;
+        let r = in_session(&gw.url, &sid, 3).await;
         if r.status == 404 {
             break;
         }
@@ -614,14 +560,7 @@ async fn sessions_expire_when_idle_and_at_their_maximum_age() {
 #[tokio::test]
 async fn quiet_streams_get_keep_alive_comments() {
     let backend = fixture_backend().await;
-    let gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &net::url(&backend),
-        "--sse-keepalive-secs",
-        "1",
-    ]);
+    let gw = gateway(&net::url(&backend), &["--sse-keepalive-secs", "1"]);
     let sid = session_of(&raw("POST", &gw.url, &[JSON, ACCEPT], INIT).await);
     let mut s = tokio::net::TcpStream::connect(addr_of(&gw.url))
         .await
@@ -652,16 +591,10 @@ async fn quiet_streams_get_keep_alive_comments() {
 #[tokio::test]
 async fn sigterm_drains_then_closes_what_is_left_at_the_shutdown_deadline() {
     let (silent, task, held) = counting_silent_backend().await;
-    let mut gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let mut gw = gateway(
         &silent,
-        "--upstream-first-byte-secs",
-        "600",
-        "--shutdown-secs",
-        "1",
-    ]);
+        &["--upstream-first-byte-secs", "600", "--shutdown-secs", "1"],
+    );
     let url = gw.url.clone();
     // A call that will not end by itself.
     let pending = tokio::spawn(async move { raw("POST", &url, &[JSON, ACCEPT], INIT).await });
@@ -721,7 +654,7 @@ async fn x_forwarded_for_is_the_gateways_unless_the_peer_is_a_trusted_proxy() {
         ("forwarded", "for=6.6.6.6"),
     ];
     // Untrusted: what the client wrote is dropped.
-    let gw = GatewayProcess::start(&["--listen", "127.0.0.1:0", "--upstream", &net::url(&backend)]);
+    let gw = gateway(&net::url(&backend), &[]);
     let r = raw("POST", &gw.url, &forged, INIT).await;
     let seen = &r.json()["result"];
     assert_eq!(seen["xff"], "127.0.0.1", "{seen}");
@@ -747,14 +680,10 @@ async fn x_forwarded_for_is_the_gateways_unless_the_peer_is_a_trusted_proxy() {
 #[tokio::test]
 async fn cors_preflight_and_exposed_headers_for_configured_origins_only() {
     let backend = fixture_backend().await;
-    let gw = GatewayProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let gw = gateway(
         &net::url(&backend),
-        "--cors-origin",
-        "http://app.example:5173",
-    ]);
+        &["--cors-origin", "http://app.example:5173"],
+    );
     let pre = |origin: &'static str| {
         let url = gw.url.clone();
         async move {
@@ -861,13 +790,7 @@ async fn one_access_line_per_request_and_a_startup_summary_without_secrets() {
     );
     let r = raw("POST", &gw.url, &[JSON, ACCEPT], INIT).await;
     let sid = session_of(&r);
-    raw(
-        "POST",
-        &gw.url,
-        &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
-        &echo_call(7),
-    )
-    .await;
+    in_session(&gw.url, &sid, 7).await;
     assert!(gw.wait_for_log("\"target_name\":\"echo\""), "{}", gw.log());
     let line: Value = gw
         .log()
