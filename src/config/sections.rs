@@ -215,7 +215,7 @@ pub struct PinningSection {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsSection {
-    /// Milliseconds to connect to a backend (and finish its TLS handshake)
+    /// Milliseconds to connect to a backend, its TLS handshake included
     /// [default: 2000].
     #[arg(long, value_name = "MS")]
     pub upstream_connect_ms: Option<u64>,

@@ -127,9 +127,45 @@ impl HttpUpstreamConfig {
 }
 
 #[cfg(feature = "tls")]
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = Bounded<hyper_rustls::HttpsConnector<HttpConnector>>;
 #[cfg(not(feature = "tls"))]
-type Connector = HttpConnector;
+type Connector = Bounded<HttpConnector>;
+
+/// A connector whose whole connect is bounded: the TCP connection and, for
+/// `https://`, the TLS handshake (hyper's connector bounds only the first).
+#[derive(Clone)]
+struct Bounded<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> Service<Uri> for Bounded<C>
+where
+    C: Service<Uri> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Response: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connect = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connect).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(format!("connect (TCP and TLS) took longer than {limit:?}").into()),
+            }
+        })
+    }
+}
 
 /// The connection side of an [`HttpUpstream`].
 #[derive(Clone)]
@@ -316,7 +352,10 @@ fn hyper_client(
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Ok(builder.build(connector))
+        Ok(builder.build(Bounded {
+            inner: connector,
+            limit: cfg.connect_timeout,
+        }))
     }
     #[cfg(not(feature = "tls"))]
     {
@@ -325,7 +364,10 @@ fn hyper_client(
                 format!("{backend}: https:// needs mcp-gateway-tower's `tls` feature").into(),
             );
         }
-        Ok(builder.build(http))
+        Ok(builder.build(Bounded {
+            inner: http,
+            limit: cfg.connect_timeout,
+        }))
     }
 }
 

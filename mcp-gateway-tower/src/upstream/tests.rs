@@ -365,3 +365,38 @@ fn target_keeps_client_query_only_when_url_has_none() {
         "/mcp?k=v"
     );
 }
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn a_tls_handshake_that_never_ends_is_bounded_by_the_connect_timeout() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Accepts TCP, never says a TLS word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            conns.push(s);
+        }
+    });
+    let up = HttpUpstream::new(
+        &format!("https://{addr}/mcp"),
+        HttpUpstreamConfig::default()
+            .connect_timeout(Duration::from_millis(200))
+            .response_timeout(Duration::from_secs(60)),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let res = up
+        .oneshot(Request::post("/mcp").body(Body::from("{}")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "bounded by the connect timeout, not the first-byte one"
+    );
+    let detail = res.extensions().get::<UpstreamFailure>().unwrap().0.clone();
+    assert!(detail.contains("connect"), "{detail}");
+    hold.abort();
+}
