@@ -232,7 +232,7 @@ path = "{}"
     }
     // All but the first are used again: the first is the least recently used.
     for (i, sid) in sids.iter().enumerate().skip(1) {
-        let r = in_session(&gw.url, &sid, i as u32).await;
+        let r = in_session(&gw.url, sid, i as u32).await;
         assert_eq!(r.status, 200);
     }
     let r = raw("POST", &gw.url, &[JSON, ACCEPT], INIT).await;
