@@ -28,14 +28,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-wait_for() { # file pattern -> the first match
-  for _ in $(seq 1 300); do
-    m=$(grep -o "$2" "$1" | head -n1 || true)
-    [ -n "$m" ] && { echo "$m"; return 0; }
-    sleep 0.1
-  done
-  log "no '$2' in $1:"; cat "$1" >&2; return 1
-}
+. scripts/lib/wait.sh
 
 "$TARGET/examples/conformance_server" --listen 127.0.0.1:0 >"$WORK/backend.log" 2>&1 & PIDS+=($!)
 BACKEND=$(wait_for "$WORK/backend.log" 'http://[0-9.:]*/mcp')

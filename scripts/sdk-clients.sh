@@ -38,14 +38,8 @@ PID=""
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 "$TARGET/debug/examples/quickstart" --listen 127.0.0.1:0 >"$WORK/quickstart.log" 2>&1 & PID=$!
-URL=""
-for _ in $(seq 1 300); do
-  URL=$(grep -o 'MCP endpoint at http://[0-9.:]*/mcp' "$WORK/quickstart.log" | head -n1 | sed 's/^MCP endpoint at //' || true)
-  [ -n "$URL" ] && break
-  kill -0 "$PID" 2>/dev/null || { cat "$WORK/quickstart.log" >&2; log "the quickstart exited"; exit 1; }
-  sleep 0.1
-done
-[ -n "$URL" ] || { cat "$WORK/quickstart.log" >&2; log "the quickstart did not report its URL"; exit 1; }
+. scripts/lib/wait.sh
+URL=$(wait_for "$WORK/quickstart.log" 'MCP endpoint at http://[0-9.:]*/mcp' | sed 's/^MCP endpoint at //')
 log "quickstart at $URL"
 
 status=0

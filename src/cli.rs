@@ -212,10 +212,11 @@ impl Summary {
             secs(opts.idle_timeout),
             secs(opts.shutdown_timeout),
         );
+        let fd_limit = crate::serve::conns::raise_fd_limit();
         let max_conns = match opts.max_connections {
             0 => format!(
                 "auto ({})",
-                crate::serve::conns::auto_max_connections(crate::serve::conns::raise_fd_limit())
+                crate::serve::conns::auto_max_connections(fd_limit)
             ),
             n => n.to_string(),
         };
@@ -227,7 +228,7 @@ impl Summary {
             max_connections_per_client = opts.max_connections_per_client,
             "effective configuration"
         );
-        if let Some(n) = crate::serve::conns::raise_fd_limit() {
+        if let Some(n) = fd_limit {
             if n < 4096 {
                 tracing::warn!(
                     fd_limit = n,

@@ -72,6 +72,18 @@ pub(crate) fn refusal(
     res
 }
 
+/// A call refused by `limit`: the per-client cap on calls in flight is a
+/// 429 with `Retry-After`; the other call limits refuse the call in
+/// JSON-RPC (200).
+fn call_refusal(limit: LimitKind, retry: Duration, id: Option<&RequestId>) -> Response<Body> {
+    let kind = if limit == LimitKind::PrincipalInFlight {
+        ErrorKind::TooManyRequests
+    } else {
+        ErrorKind::Limited
+    };
+    refusal(limit, retry, id, kind)
+}
+
 /// The slots a call or a session holds: the first two (a principal's and
 /// a backend's, all one message takes) in place, any more (a batch's) in
 /// a vector. Saves an allocation per call.
@@ -450,12 +462,7 @@ fn in_flight_only(shared: &Shared, who: Arc<str>, mcp: &McpRequest) -> Fast {
         match shared.limiter.acquire(&key, max).now() {
             Ok(Some(s)) => slots[i] = Some(s),
             Ok(None) => {
-                let as_kind = if kind == LimitKind::PrincipalInFlight {
-                    ErrorKind::TooManyRequests
-                } else {
-                    ErrorKind::Limited
-                };
-                return Fast::Refused(refusal(kind, Duration::from_millis(100), m.id(), as_kind));
+                return Fast::Refused(call_refusal(kind, Duration::from_millis(100), m.id()));
             }
             // Given back by the drop of what was taken so far.
             Err(_) => return Fast::Waits,
@@ -502,14 +509,7 @@ async fn admit_all(
                 admitted.cost += c;
             }
             Err((kind, retry)) => {
-                // The per-client cap is a 429 with `Retry-After`; call
-                // limits refuse the call in JSON-RPC (200).
-                let as_kind = if kind == LimitKind::PrincipalInFlight {
-                    ErrorKind::TooManyRequests
-                } else {
-                    ErrorKind::Limited
-                };
-                return Err(refusal(kind, retry, m.id(), as_kind));
+                return Err(call_refusal(kind, retry, m.id()));
             }
         }
     }
