@@ -25,7 +25,7 @@ use mcp_gateway_core::Principal;
 use mcp_gateway_tower::acl::{Access, AclLayer, Decision, Target, ToolPolicy};
 use mcp_gateway_tower::auth::{ApiKeys, AuthConfig, AuthLayer};
 use mcp_gateway_tower::origin::OriginPolicy;
-use mcp_gateway_tower::session::{RoundRobin, SessionLayer};
+use mcp_gateway_tower::session::SessionLayer;
 use mcp_gateway_tower::upstream::{ServiceUpstream, Upstreams};
 use mcp_gateway_tower::{Body, ServiceBuilderExt};
 use tower::ServiceBuilder;
@@ -120,7 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         ))
         .mcp_session(SessionLayer::from_arcs(
             Arc::new(InMemorySessionStore::default()),
-            Arc::new(RoundRobin::new(backend.len())),
+            backend.instances(),
         ))
         .mcp_sse_relay(Default::default())
         .service(backend);

@@ -15,7 +15,11 @@ use mcp_gateway_axum::McpGateway;
 use mcp_gateway_tower::audit::AuditSink;
 use mcp_gateway_tower::auth::{AuthConfig, ClientCertAuthenticator};
 use mcp_gateway_tower::origin::OriginPolicy;
-use mcp_gateway_tower::rules::RulePolicy;
+use mcp_gateway_axum::GatewayHandles;
+use mcp_gateway_tower::upstream::health::{ActiveHealth, HealthConfig};
+
+use crate::admin::Admin;
+use crate::reload::Reloader;
 
 use crate::config::{CorsSection, GatewayConfig, TimeoutsSection};
 use crate::serve::{self, Http1Server, ServeOptions};
@@ -136,6 +140,16 @@ pub struct Cli {
     #[arg(long)]
     pub no_access_log: bool,
 
+    /// Serve the admin routes (`/healthz`, `/readyz`, `/admin/…`) on this
+    /// address. Also `admin_listen`. Off unless set.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// The environment variable holding the admin routes' bearer token
+    /// (required for a non-loopback --admin-listen). Also `admin_token_env`.
+    #[arg(long, value_name = "VAR")]
+    pub admin_token_env: Option<String>,
+
     /// Log format on stderr: text or json. Colour only on a terminal.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -174,7 +188,8 @@ struct Plan {
     path: String,
     opts: ServeOptions,
     audit: Option<Arc<dyn AuditSink>>,
-    policy: Option<(PathBuf, Arc<RulePolicy>)>,
+    reloader: Option<(Arc<Reloader>, bool)>,
+    admin: Option<(SocketAddr, Admin)>,
     summary: Summary,
 }
 
@@ -267,8 +282,25 @@ impl Cli {
         let addr = listeners[0]
             .local_addr()
             .expect("a bound socket has an address");
-        if let Some((file, policy)) = plan.policy {
-            reload_policy_on_sighup(file, policy);
+        if let Some((reloader, watch)) = plan.reloader {
+            reloader.spawn(watch);
+        }
+        if let Some((admin_addr, admin)) = plan.admin {
+            let l = tokio::net::TcpListener::bind(admin_addr)
+                .await
+                .map_err(|e| Failure {
+                    message: format!("admin_listen {admin_addr}: {e}"),
+                    code: 1,
+                })?;
+            let bound = l.local_addr().unwrap_or(admin_addr);
+            tracing::info!(addr = %bound, "admin listener");
+            println!("mcp-gateway admin on http://{bound}");
+            let router = admin.router();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, router).await {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            });
         }
         let scheme = if plan.opts.tls.is_some() {
             "https"
@@ -371,43 +403,25 @@ impl Cli {
         // The file as written, with the flags that override it folded in
         // before it is checked and built.
         let mut cfg = GatewayConfig::load(file).map_err(bad)?;
-        if self.tls_cert.is_some() || self.client_ca.is_some() {
-            let t = cfg.tls.get_or_insert_with(Default::default);
-            if let Some(c) = &self.tls_cert {
-                t.cert_file = Some(c.clone());
-            }
-            if let Some(k) = &self.tls_key {
-                t.key_file = Some(k.clone());
-            }
-            if let Some(ca) = &self.client_ca {
-                t.client_ca_file = Some(ca.clone());
-            }
-        }
-        if let Some(l) = self.listen {
-            // The origin guard follows the address actually listened on.
-            cfg.listen = Some(toml::Spanned::new(0..0, l.to_string()));
-        }
-        cfg.allow_hosts.extend(self.allow_hosts.iter().cloned());
-        cfg.allow_origins.extend(self.allow_origins.iter().cloned());
-        cfg.timeouts = self.timeouts(Some(&cfg));
-        if self.no_access_log {
-            cfg.access_log = false;
-        }
-        cfg.trusted_proxies.extend(
-            self.trusted_proxies
-                .iter()
-                .map(|p| toml::Spanned::new(0..0, p.clone())),
-        );
-        if !self.cors_origins.is_empty() {
-            cfg.cors
-                .get_or_insert_with(CorsSection::default)
-                .allow_origins
-                .extend(self.cors_origins.iter().cloned());
-        }
+        self.fold_flags(&mut cfg);
         let tls = cfg.server_tls().map_err(bad)?;
         let built = cfg.builder().map_err(bad)?;
         let listen = cfg.listen().map_err(bad)?.unwrap_or_else(default_listen);
-        let app = built.builder.build().map_err(bad)?;
+        let (app, handles) = built.builder.build_with_handles().map_err(bad)?;
+        let me = self.clone();
+        let reloader = Reloader::new(
+            file.to_owned(),
+            &cfg,
+            Box::new(move |c| me.fold_flags(c)),
+            built.policy.clone(),
+            handles.instances.clone(),
+        );
+        let admin_addr = self.admin_listen.or(cfg.admin_listen().map_err(bad)?);
+        let admin = self.admin(
+            admin_addr,
+            self.admin_token_env.as_deref().or(cfg.admin_token_env.as_deref()),
+            handles,
+        )?;
         let mut features = Vec::new();
         if cfg.access_log {
             features.push("access log");
@@ -458,8 +472,76 @@ impl Cli {
             path: cfg.path.clone(),
             opts: self.serve_options(Some(&cfg))?.tls(tls),
             audit: built.audit,
-            policy: built.policy.map(|p| (file.to_owned(), p)),
+            reloader: Some((Arc::new(reloader), cfg.watch)),
+            admin,
         })
+    }
+
+    /// Folds the flags that override the file into it.
+    fn fold_flags(&self, cfg: &mut GatewayConfig) {
+        if self.tls_cert.is_some() || self.client_ca.is_some() {
+            let t = cfg.tls.get_or_insert_with(Default::default);
+            if let Some(c) = &self.tls_cert {
+                t.cert_file = Some(c.clone());
+            }
+            if let Some(k) = &self.tls_key {
+                t.key_file = Some(k.clone());
+            }
+            if let Some(ca) = &self.client_ca {
+                t.client_ca_file = Some(ca.clone());
+            }
+        }
+        if let Some(l) = self.listen {
+            // The origin guard follows the address actually listened on.
+            cfg.listen = Some(toml::Spanned::new(0..0, l.to_string()));
+        }
+        cfg.allow_hosts.extend(self.allow_hosts.iter().cloned());
+        cfg.allow_origins.extend(self.allow_origins.iter().cloned());
+        cfg.timeouts = self.timeouts(Some(cfg));
+        if self.no_access_log {
+            cfg.access_log = false;
+        }
+        cfg.trusted_proxies.extend(
+            self.trusted_proxies
+                .iter()
+                .map(|p| toml::Spanned::new(0..0, p.clone())),
+        );
+        if !self.cors_origins.is_empty() {
+            cfg.cors
+                .get_or_insert_with(CorsSection::default)
+                .allow_origins
+                .extend(self.cors_origins.iter().cloned());
+        }
+    }
+
+    /// The admin listener, if one is asked for: a non-loopback address
+    /// needs a token.
+    fn admin(
+        &self,
+        addr: Option<SocketAddr>,
+        token_env: Option<&str>,
+        handles: GatewayHandles,
+    ) -> Result<Option<(SocketAddr, Admin)>, Failure> {
+        let Some(addr) = addr else {
+            return Ok(None);
+        };
+        let token = match token_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(t) if !t.is_empty() => Some(t),
+                _ => {
+                    return Err(bad(format!(
+                        "admin_token_env: the environment variable {var} is not set"
+                    )))
+                }
+            },
+        };
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(bad(format!(
+                "admin_listen {addr} is not a loopback address: set admin_token_env (--admin-token-env) to guard it with a token"
+            )));
+        }
+        Ok(Some((addr, Admin::new(handles, token))))
     }
 
     fn plan_from_flags(&self) -> Result<Plan, Failure> {
@@ -512,7 +594,9 @@ impl Cli {
                 AuthConfig::default(),
             );
         }
-        let app = builder.build().map_err(bad)?;
+        let builder = builder.health(HealthConfig::default().active(Some(ActiveHealth::default())));
+        let (app, handles) = builder.build_with_handles().map_err(bad)?;
+        let admin = self.admin(self.admin_listen, self.admin_token_env.as_deref(), handles)?;
         let mut features = vec!["per-client caps"];
         if !self.no_access_log {
             features.push("access log");
@@ -543,7 +627,8 @@ impl Cli {
             path: self.path.clone(),
             opts: self.serve_options(None)?.tls(tls),
             audit: None,
-            policy: None,
+            reloader: None,
+            admin,
         })
     }
 }
@@ -569,31 +654,6 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// On SIGHUP the file is read again and its `[policy]` rules replace the
-/// running ones (other sections need a restart).
-#[cfg(unix)]
-fn reload_policy_on_sighup(file: PathBuf, policy: Arc<RulePolicy>) {
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            match GatewayConfig::load(&file) {
-                Ok(c) => {
-                    policy.replace(&c.policy.clone().unwrap_or_default());
-                    tracing::info!(file = %file.display(), rules = policy.current().rules.len(), "policy reloaded");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "policy not reloaded: the file is invalid; the running rules stay")
-                }
-            }
-        }
-    });
-}
-
-#[cfg(not(unix))]
-fn reload_policy_on_sighup(_: PathBuf, _: Arc<RulePolicy>) {}
 
 #[cfg(test)]
 mod tests {

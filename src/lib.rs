@@ -14,8 +14,10 @@ pub use mcp_gateway_core as core;
 pub use mcp_gateway_http1 as http1;
 pub use mcp_gateway_tower as tower;
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod reload;
 pub mod serve;
 
 /// The README's Rust snippets, compiled as doctests so they cannot rot.

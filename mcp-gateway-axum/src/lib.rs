@@ -44,10 +44,11 @@ use mcp_gateway_tower::jsonrpc::JsonRpcConfig;
 use mcp_gateway_tower::limit::{ClientAddr, InMemoryLimiter, LimitConfig, LimitLayer, Limiter};
 use mcp_gateway_tower::origin::OriginPolicy;
 use mcp_gateway_tower::pinning::ToolPins;
-use mcp_gateway_tower::session::{BackendSelector, RoundRobin, SessionLayer};
+use mcp_gateway_tower::session::{BackendSelector, Failover, SessionLayer};
 use mcp_gateway_tower::sse::SseRelayConfig;
+use mcp_gateway_tower::upstream::health::HealthConfig;
 use mcp_gateway_tower::upstream::{
-    HttpUpstreamConfig, ServiceUpstream, UpstreamInstance, Upstreams,
+    HttpUpstreamConfig, Instances, ServiceUpstream, UpstreamInstance, Upstreams,
 };
 use mcp_gateway_tower::{error_response, Body, BoxError, ServiceBuilderExt};
 use tower::ServiceBuilder;
@@ -87,6 +88,8 @@ pub struct McpGatewayBuilder {
     sessions: InMemoryConfig,
     store: Option<Arc<dyn SessionStore>>,
     selector: Option<Arc<dyn BackendSelector>>,
+    health: HealthConfig,
+    failover: Failover,
     sweep_interval: Duration,
     metadata_url: Option<String>,
 }
@@ -117,6 +120,8 @@ impl Default for McpGatewayBuilder {
             sessions: InMemoryConfig::default(),
             store: None,
             selector: None,
+            health: HealthConfig::default(),
+            failover: Failover::default(),
             sweep_interval: Duration::from_secs(30),
             metadata_url: None,
         }
@@ -148,13 +153,8 @@ impl McpGatewayBuilder {
     /// Adds an instance reached over HTTP (`http://host:port/path`).
     pub fn upstream_url(mut self, url: &str) -> Result<Self, BoxError> {
         let up = mcp_gateway_tower::upstream::HttpUpstream::new(url, self.http.clone())?;
-        self.instances.push(Box::new(move |name, creds| {
-            let up = up.named(name.clone());
-            UpstreamInstance::from(match creds {
-                Some(p) => up.with_credentials(p, name),
-                None => up,
-            })
-        }));
+        self.instances
+            .push(Box::new(move |name, creds| named_instance(up, name, creds)));
         Ok(self)
     }
 
@@ -315,9 +315,25 @@ impl McpGatewayBuilder {
         self
     }
 
-    /// A custom backend selector. Default: round robin.
+    /// A backend selector of your own, asked before the configured
+    /// balance (its picks among unhealthy instances are not used).
     pub fn selector(mut self, selector: Arc<dyn BackendSelector>) -> Self {
         self.selector = Some(selector);
+        self
+    }
+
+    /// Health checks, outlier ejection, balancing and drain time of the
+    /// instances. Default [`HealthConfig::default`]: passive detection,
+    /// no active probes, least outstanding requests.
+    pub fn health(mut self, health: HealthConfig) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// What a session does when its instance is lost. Default
+    /// [`Failover::Reinitialize`].
+    pub fn failover(mut self, failover: Failover) -> Self {
+        self.failover = failover;
         self
     }
 
@@ -356,7 +372,9 @@ impl McpGatewayBuilder {
                 .into_iter()
                 .map(|make| make(name.clone(), creds.clone()))
                 .collect(),
-        );
+        )
+        .named(name.clone())
+        .with_health(self.health);
         let audit = match (self.audit, self.access_log) {
             (Some((sink, cfg)), true) => Some(AuditLayer::new(
                 Arc::new(FanOut(vec![Arc::new(AccessLog), sink])),
@@ -391,12 +409,14 @@ impl McpGatewayBuilder {
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(InMemorySessionStore::new(self.sessions)));
-        let selector = self
-            .selector
-            .unwrap_or_else(|| Arc::new(RoundRobin::new(upstreams.len())));
         // The limit and audit layers hand the session router their session
         // observers themselves (`SessionHooks`): nothing to register here.
-        let sessions = SessionLayer::from_arcs(store, selector).sweep_interval(self.sweep_interval);
+        let mut sessions = SessionLayer::from_arcs(store, upstreams.instances())
+            .failover(self.failover)
+            .sweep_interval(self.sweep_interval);
+        if let Some(s) = self.selector {
+            sessions = sessions.selector(s);
+        }
         let limit = self
             .limits
             .map(|(cfg, limiter)| LimitLayer::new(cfg, self.backend.clone(), limiter));
@@ -421,10 +441,21 @@ impl McpGatewayBuilder {
     /// The router: the MCP path with every method routed through the stack
     /// (the stack itself answers 405 for methods MCP does not use).
     pub fn build(self) -> Result<Router, BoxError> {
+        self.build_with_handles().map(|(router, _)| router)
+    }
+
+    /// [`build`](Self::build), with the handles an operator needs at run
+    /// time: the backend's instances (health, drain, additions) and the
+    /// session store.
+    pub fn build_with_handles(self) -> Result<(Router, GatewayHandles), BoxError> {
         let path = self.path.clone();
         let metadata = self.metadata.clone();
         let cors = self.cors.as_ref().map(Cors::layer).transpose()?;
-        let (svc, _) = self.into_service()?;
+        let (svc, sessions) = self.into_service()?;
+        let handles = GatewayHandles {
+            instances: sessions.instances().clone(),
+            sessions: sessions.store().clone(),
+        };
         let mut router = match cors {
             Some(cors) => Router::new().route_service(&path, tower::Layer::layer(&cors, svc)),
             None => Router::new().route_service(&path, svc),
@@ -434,8 +465,53 @@ impl McpGatewayBuilder {
                 .route_service(WELL_KNOWN, m.clone())
                 .route_service(&format!("{WELL_KNOWN}{path}"), m);
         }
-        Ok(router)
+        Ok((router, handles))
     }
+}
+
+/// What [`McpGatewayBuilder::build_with_handles`] returns beside the
+/// router.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct GatewayHandles {
+    /// The backend's instances: health, drain, additions.
+    pub instances: Instances,
+    /// Where sessions live.
+    pub sessions: Arc<dyn SessionStore>,
+}
+
+impl std::fmt::Debug for GatewayHandles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandles")
+            .field("instances", &self.instances)
+            .field("sessions", &self.sessions.len())
+            .finish()
+    }
+}
+
+/// An HTTP instance of backend `name` at `url`, with `cfg` and the
+/// backend's credentials: what [`McpGatewayBuilder::upstream_url`] adds,
+/// for instances added at run time ([`Instances::add`]).
+pub fn http_instance(
+    url: &str,
+    cfg: HttpUpstreamConfig,
+    name: Arc<str>,
+    credentials: Option<Arc<dyn CredentialProvider>>,
+) -> Result<UpstreamInstance, BoxError> {
+    let up = mcp_gateway_tower::upstream::HttpUpstream::new(url, cfg)?;
+    Ok(named_instance(up, name, credentials))
+}
+
+fn named_instance(
+    up: mcp_gateway_tower::upstream::HttpUpstream,
+    name: Arc<str>,
+    credentials: Option<Arc<dyn CredentialProvider>>,
+) -> UpstreamInstance {
+    let up = up.named(name.clone());
+    UpstreamInstance::from(match credentials {
+        Some(p) => up.with_credentials(p, name),
+        None => up,
+    })
 }
 
 /// Cross-origin access for browser clients (the MCP Inspector, web apps):

@@ -87,6 +87,9 @@ pub enum ErrorKind {
     UpstreamUnavailable,
     /// The backend did not answer in time (504, -32051).
     UpstreamTimeout,
+    /// No instance of the backend is healthy (503, -32050, `Retry-After`):
+    /// answered at once, without trying a connection.
+    NoHealthyInstance,
     /// No room for another session (503, -32052).
     SessionCapacity,
     /// No credential, or one that does not verify (401, -32000). The auth
@@ -137,7 +140,9 @@ impl ErrorKind {
             ErrorKind::AuditBacklog => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::SessionCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::SessionCapacity | ErrorKind::NoHealthyInstance => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -165,7 +170,7 @@ impl ErrorKind {
             ErrorKind::Limited | ErrorKind::TooManySessions | ErrorKind::TooManyRequests => LIMITED,
             ErrorKind::AuditBacklog => AUDIT_BACKLOG,
             ErrorKind::SessionNotFound => SESSION_NOT_FOUND,
-            ErrorKind::UpstreamUnavailable => UPSTREAM_UNAVAILABLE,
+            ErrorKind::UpstreamUnavailable | ErrorKind::NoHealthyInstance => UPSTREAM_UNAVAILABLE,
             ErrorKind::UpstreamTimeout => UPSTREAM_TIMEOUT,
             ErrorKind::SessionCapacity => SESSION_CAPACITY,
         }
@@ -300,6 +305,7 @@ mod tests {
             (ErrorKind::Limited, 200, -32055),
             (ErrorKind::TooManySessions, 429, -32055),
             (ErrorKind::TooManyRequests, 429, -32055),
+            (ErrorKind::NoHealthyInstance, 503, -32050),
             (ErrorKind::AuditBacklog, 503, -32056),
         ];
         for (kind, status, code) in cases {

@@ -21,6 +21,7 @@ pub mod principal;
 pub mod protocol;
 pub mod request;
 pub mod session;
+mod setup;
 pub mod sse;
 
 pub use answer::Answer;

@@ -20,6 +20,7 @@ use base64::Engine;
 
 use crate::answer::Answer;
 use crate::protocol::ProtocolVersion;
+pub use crate::setup::SessionSetup;
 
 /// A gateway session id: 192 bits from the operating system's CSPRNG,
 /// base64url-encoded (32 visible ASCII characters).
@@ -83,6 +84,10 @@ pub struct SessionRecord {
     created: Instant,
     last_seen_ms: AtomicU64,
     evicted: std::sync::atomic::AtomicBool,
+    setup: Option<Arc<SessionSetup>>,
+    /// The gateway ended the backend session (a drained instance): the
+    /// next request sets the session up again elsewhere.
+    detached: bool,
 }
 
 impl SessionRecord {
@@ -106,7 +111,45 @@ impl SessionRecord {
             created: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
             evicted: std::sync::atomic::AtomicBool::new(false),
+            setup: None,
+            detached: false,
         }
+    }
+
+    /// Keeps the session's setup, so failover can replay it.
+    pub fn with_setup(mut self, setup: Option<Arc<SessionSetup>>) -> Self {
+        self.setup = setup;
+        self
+    }
+
+    /// The same session moved to `instance`, where the backend's session
+    /// id is `upstream_id`: id, owner, version, setup and age are kept.
+    pub fn moved(&self, instance: usize, upstream_id: Option<http::HeaderValue>) -> Self {
+        let mut rec = SessionRecord::new(self.id.clone(), instance, upstream_id)
+            .with_protocol_version(self.protocol_version)
+            .with_setup(self.setup.clone());
+        rec.owner = self.owner.clone();
+        rec.created = self.created;
+        rec
+    }
+
+    /// The same session with its backend session ended by the gateway
+    /// (its instance drained): see [`detached`](Self::detached).
+    pub fn detach(&self) -> Self {
+        let mut rec = self.moved(self.instance, None);
+        rec.detached = true;
+        rec
+    }
+
+    /// The recorded setup (absent for sessions stored without one).
+    pub fn setup(&self) -> Option<&Arc<SessionSetup>> {
+        self.setup.as_ref()
+    }
+
+    /// Whether the gateway ended the backend session (its instance was
+    /// drained): the next request must set the session up again.
+    pub fn detached(&self) -> bool {
+        self.detached
     }
 
     /// Records the protocol version the client asked for in `initialize`.
@@ -210,6 +253,15 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes every record idle past the timeout and returns them, with the
     /// ones `get` found expired since the last sweep.
     fn sweep(&self) -> Answer<'_, Vec<Arc<SessionRecord>>>;
+
+    /// Replaces the record of a stored session (same id) with `record`,
+    /// after a failover or a drain moved it. `None` when the session is no
+    /// longer stored (it ended meanwhile): the caller ends what it set up.
+    fn update(&self, record: SessionRecord) -> Answer<'_, Option<Arc<SessionRecord>>>;
+
+    /// Every live record (for drains and the admin endpoint; a snapshot,
+    /// not kept consistent with later changes).
+    fn records(&self) -> Answer<'_, Vec<Arc<SessionRecord>>>;
 
     /// Number of live records (approximate for shared stores).
     fn len(&self) -> usize;
@@ -484,6 +536,27 @@ impl SessionStore for InMemorySessionStore {
         Answer::ready(out)
     }
 
+    fn update(&self, record: SessionRecord) -> Answer<'_, Option<Arc<SessionRecord>>> {
+        let mut map = write(self.shard(record.id.as_str()));
+        let Some(old) = map.get_mut(record.id.as_str()) else {
+            return Answer::ready(None);
+        };
+        record
+            .last_seen_ms
+            .store(old.last_seen_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+        let rec = Arc::new(record);
+        *old = rec.clone();
+        Answer::ready(Some(rec))
+    }
+
+    fn records(&self) -> Answer<'_, Vec<Arc<SessionRecord>>> {
+        let mut out = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            out.extend(read(shard).values().cloned());
+        }
+        Answer::ready(out)
+    }
+
     fn len(&self) -> usize {
         self.count.load(Ordering::Acquire) as usize
     }
@@ -539,6 +612,39 @@ mod tests {
         assert!(block(store.remove(id.as_str())).is_some());
         assert!(block(store.get(id.as_str())).is_none());
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_moved_session_keeps_its_id_owner_and_setup_and_is_listed() {
+        let store = InMemorySessionStore::default();
+        let setup = Arc::new(SessionSetup::new(bytes::Bytes::from_static(b"{}")));
+        let rec = SessionRecord::new(
+            SessionId::random(),
+            0,
+            Some(http::HeaderValue::from_static("a")),
+        )
+        .with_owner(Some("ann".into()))
+        .with_setup(Some(setup.clone()));
+        let id = rec.id().clone();
+        let rec = block(store.insert(rec)).unwrap();
+        let moved =
+            block(store.update(rec.moved(1, Some(http::HeaderValue::from_static("b"))))).unwrap();
+        assert_eq!(
+            (moved.instance(), moved.upstream_id(), moved.owner()),
+            (1, Some("b"), Some("ann"))
+        );
+        assert!(Arc::ptr_eq(moved.setup().unwrap(), &setup));
+        assert_eq!(
+            block(store.get(id.as_str())).unwrap().upstream_id(),
+            Some("b")
+        );
+        let detached = block(store.update(moved.detach())).unwrap();
+        assert!(detached.detached() && detached.upstream_id().is_none());
+        assert_eq!(block(store.records()).len(), 1);
+        assert_eq!(store.len(), 1);
+        block(store.remove(id.as_str())).unwrap();
+        assert!(block(store.update(rec.moved(2, None))).is_none());
+        assert!(block(store.records()).is_empty());
     }
 
     #[test]

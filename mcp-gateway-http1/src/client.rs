@@ -143,6 +143,18 @@ impl std::fmt::Display for TimedOut {
 
 impl std::error::Error for TimedOut {}
 
+/// No connection could be made: the request was not sent.
+#[derive(Debug)]
+pub struct ConnectError(pub String);
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
 impl Conn {
     fn new(io: TcpStream, here: Here) -> Self {
         Conn {
@@ -343,13 +355,15 @@ impl ConnPool {
         let by = connect_by.min(deadline);
         let stream = match tokio::time::timeout_at(by, TcpStream::connect(&self.inner.addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("connect to {}: {e}", self.inner.addr).into()),
+            Ok(Err(e)) => {
+                return Err(ConnectError(format!("connect to {}: {e}", self.inner.addr)).into())
+            }
             Err(_) if by == deadline => return Err(TimedOut.into()),
             Err(_) => {
-                return Err(format!(
+                return Err(ConnectError(format!(
                     "connect to {} timed out after {:?}",
                     self.inner.addr, cfg.connect_timeout
-                )
+                ))
                 .into())
             }
         };

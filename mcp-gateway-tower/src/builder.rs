@@ -3,7 +3,7 @@
 //! ```
 //! use mcp_gateway_core::session::InMemorySessionStore;
 //! use mcp_gateway_tower::origin::OriginPolicy;
-//! use mcp_gateway_tower::session::{RoundRobin, SessionLayer};
+//! use mcp_gateway_tower::session::SessionLayer;
 //! use mcp_gateway_tower::upstream::{HttpUpstreamConfig, Upstreams};
 //! use mcp_gateway_tower::ServiceBuilderExt;
 //! use tower::ServiceBuilder;
@@ -13,7 +13,7 @@
 //! let gateway = ServiceBuilder::new()
 //!     .mcp_origin(OriginPolicy::loopback())
 //!     .mcp_jsonrpc(Default::default())
-//!     .mcp_session(SessionLayer::new(InMemorySessionStore::default(), RoundRobin::new(backend.len())))
+//!     .mcp_session(SessionLayer::new(InMemorySessionStore::default(), backend.instances()))
 //!     .mcp_sse_relay(Default::default())
 //!     .service(backend);
 //! # let _ = gateway;

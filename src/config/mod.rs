@@ -64,6 +64,10 @@ use mcp_gateway_core::session::InMemoryConfig;
 use mcp_gateway_tower::auth::ClientCertAuthenticator;
 use mcp_gateway_tower::forwarded::TrustedProxies;
 use mcp_gateway_tower::sse::SseRelayConfig;
+use mcp_gateway_tower::session::Failover;
+use mcp_gateway_tower::upstream::health::{
+    ActiveHealth, Balance, HealthConfig, OutlierConfig, Probe,
+};
 use mcp_gateway_tower::upstream::{HttpUpstreamConfig, TlsClientConfig};
 
 /// A configuration error: where (line, key) and what.
@@ -145,6 +149,16 @@ pub struct GatewayConfig {
     /// Extra allowed `Origin` values.
     #[serde(default)]
     pub allow_origins: Vec<String>,
+    /// The admin listener (`/healthz`, `/readyz`, `/admin/…`); absent:
+    /// none. `--admin-listen` overrides.
+    pub admin_listen: Option<Spanned<String>>,
+    /// The environment variable holding the admin listener's bearer token;
+    /// required when `admin_listen` is not a loopback address.
+    pub admin_token_env: Option<String>,
+    /// Reload the file when it changes (it is checked every second), as
+    /// on SIGHUP. Default false.
+    #[serde(default)]
+    pub watch: bool,
     /// The backend.
     pub backend: BackendConfig,
     /// Authentication; absent: none (anonymous).
@@ -249,6 +263,112 @@ impl GatewayConfig {
         })
     }
 
+    /// The backend's instances as the file describes them: (URL, instance),
+    /// each built with the backend's name, credentials and client
+    /// settings. Nothing is started.
+    pub fn backend_instances(
+        &self,
+    ) -> Result<Vec<(String, mcp_gateway_tower::upstream::UpstreamInstance)>, ConfigError> {
+        let cfg = self.upstream_config()?;
+        let creds: Option<Arc<dyn mcp_gateway_tower::credentials::CredentialProvider>> =
+            match &self.backend.credentials {
+                Some(c) => Some(Arc::new(self.credentials(c)?)),
+                None => None,
+            };
+        let name: Arc<str> = self.backend.name.as_str().into();
+        let mut out = Vec::new();
+        for (i, u) in self.backend.urls.iter().enumerate() {
+            match mcp_gateway_axum::http_instance(u.get_ref(), cfg.clone(), name.clone(), creds.clone()) {
+                Ok(inst) => out.push((u.get_ref().clone(), inst)),
+                Err(e) => {
+                    return self.err(Some(u.span()), &format!("backend.urls[{i}]"), e.to_string())
+                }
+            }
+        }
+        if out.is_empty() {
+            return self.err(None, "backend.urls", "at least one URL is needed");
+        }
+        Ok(out)
+    }
+
+    /// Health checks, balance and drain of the backend's instances.
+    pub fn health_config(&self) -> Result<HealthConfig, ConfigError> {
+        let (h, o) = (&self.backend.health, &self.backend.outlier);
+        if h.active && (h.interval_secs == 0 || h.timeout_ms == 0) {
+            return self.err(
+                None,
+                "backend.health",
+                "interval_secs and timeout_ms must be more than 0",
+            );
+        }
+        if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
+            return self.err(None, "backend.health", "thresholds must be at least 1");
+        }
+        let active = h.active.then(|| {
+            ActiveHealth::default()
+                .interval(Duration::from_secs(h.interval_secs))
+                .timeout(Duration::from_millis(h.timeout_ms))
+                .thresholds(h.unhealthy_threshold, h.healthy_threshold)
+                .probe(h.probe)
+        });
+        let mut outlier = OutlierConfig::default();
+        outlier.consecutive_failures = o.consecutive_failures;
+        outlier.base_ejection = Duration::from_secs(o.base_ejection_secs.max(1));
+        outlier.max_ejection = Duration::from_secs(o.max_ejection_secs.max(o.base_ejection_secs));
+        let mut cfg = HealthConfig::default()
+            .active(active)
+            .outlier(outlier)
+            .balance(self.backend.balance);
+        if let Some(d) = self.backend.drain_timeout_secs {
+            cfg = cfg.drain_timeout(Duration::from_secs(d));
+        }
+        Ok(cfg)
+    }
+
+    /// What the backend's instances are built from, apart from their URLs:
+    /// instances whose fingerprint changes on a reload are replaced.
+    pub fn backend_fingerprint(&self) -> String {
+        let be = &self.backend;
+        let creds = be.credentials.as_ref().map(|c| {
+            let headers: Vec<_> = c.headers.iter().map(|(k, v)| (k, v.get_ref())).collect();
+            let env: Vec<_> = c
+                .headers_from_env
+                .iter()
+                .map(|(k, v)| (k, v.get_ref()))
+                .collect();
+            format!("{headers:?} {env:?}")
+        });
+        let path = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.get_ref().clone());
+        format!(
+            "{} {creds:?} {:?} {:?} {:?} {} {} {:?} {:?} {:?} {:?}",
+            be.name,
+            path(&be.ca_file),
+            path(&be.client_cert_file),
+            path(&be.client_key_file),
+            be.insecure_skip_verify,
+            be.http2_prior_knowledge,
+            be.upstream_connect_ms,
+            be.upstream_first_byte_secs,
+            be.upstream_idle_secs,
+            (
+                self.timeouts.upstream_connect_ms,
+                self.timeouts.upstream_first_byte_secs,
+                self.timeouts.upstream_idle_secs
+            ),
+        )
+    }
+
+    /// The admin listener's address, if one is set.
+    pub fn admin_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match &self.admin_listen {
+            None => Ok(None),
+            Some(l) => match l.get_ref().parse() {
+                Ok(a) => Ok(Some(a)),
+                Err(e) => self.err(Some(l.span()), "admin_listen", format!("not an address: {e}")),
+            },
+        }
+    }
+
     /// The session table's settings (timeouts apart).
     pub(super) fn sessions_config(&self) -> InMemoryConfig {
         let mut cfg = InMemoryConfig::default();
@@ -299,7 +419,10 @@ impl GatewayConfig {
         if self.backend.urls.is_empty() {
             return self.err(None, "backend.urls", "at least one URL is needed");
         }
-        b = b.http_upstream_config(self.upstream_config()?);
+        b = b
+            .http_upstream_config(self.upstream_config()?)
+            .health(self.health_config()?)
+            .failover(self.backend.failover);
         let sessions = self
             .timeouts
             .sessions(self.sessions_config())

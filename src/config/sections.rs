@@ -36,6 +36,110 @@ pub struct BackendConfig {
     pub upstream_first_byte_secs: Option<u64>,
     /// Overrides `[timeouts] upstream_idle_secs` for this backend.
     pub upstream_idle_secs: Option<u64>,
+    /// Active health probes of each instance.
+    #[serde(default)]
+    pub health: HealthSection,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub outlier: OutlierSection,
+    /// How new sessions and stateless calls pick an instance:
+    /// `"least_outstanding"` (default) or `"round_robin"`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// What a session does when its instance is lost: `"reinitialize"`
+    /// (default: set up again elsewhere, unnoticed) or `"error"` (404).
+    #[serde(default)]
+    pub failover: Failover,
+    /// Seconds a draining instance keeps its sessions before they move.
+    /// Default 300.
+    pub drain_timeout_secs: Option<u64>,
+}
+
+/// `[backend.health]`: active probes (see `docs/resilience.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// Probe the instances. Default true.
+    #[serde(default = "yes")]
+    pub active: bool,
+    /// Seconds between probes. Default 10.
+    #[serde(default = "ten")]
+    pub interval_secs: u64,
+    /// Milliseconds a probe may take. Default 2000.
+    #[serde(default = "two_thousand")]
+    pub timeout_ms: u64,
+    /// Failed probes in a row that mark an instance unhealthy. Default 2.
+    #[serde(default = "two")]
+    pub unhealthy_threshold: u32,
+    /// Passed probes in a row that mark it healthy again. Default 2.
+    #[serde(default = "two")]
+    pub healthy_threshold: u32,
+    /// `"ping"` (default: initialize once, then ping) or `"discover"`
+    /// (2026-07-28 `server/discover`).
+    #[serde(default = "ping")]
+    pub probe: Probe,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            active: true,
+            interval_secs: 10,
+            timeout_ms: 2000,
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            probe: Probe::Ping,
+        }
+    }
+}
+
+/// `[backend.outlier]`: passive outlier detection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSection {
+    /// Failures in a row (connect failures, 5xx, timeouts, broken
+    /// streams) that eject an instance; 0 turns detection off. Default 3.
+    #[serde(default = "three")]
+    pub consecutive_failures: u32,
+    /// Seconds of the first ejection; doubled for each one in a row.
+    /// Default 5.
+    #[serde(default = "five")]
+    pub base_ejection_secs: u64,
+    /// The longest ejection, seconds. Default 300.
+    #[serde(default = "three_hundred")]
+    pub max_ejection_secs: u64,
+}
+
+impl Default for OutlierSection {
+    fn default() -> Self {
+        OutlierSection {
+            consecutive_failures: 3,
+            base_ejection_secs: 5,
+            max_ejection_secs: 300,
+        }
+    }
+}
+
+fn ten() -> u64 {
+    10
+}
+fn two_thousand() -> u64 {
+    2000
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+fn five() -> u64 {
+    5
+}
+fn three_hundred() -> u64 {
+    300
+}
+fn ping() -> Probe {
+    Probe::Ping
 }
 
 /// `[tls]`: serving HTTPS (`--tls-cert`, `--tls-key`, `--client-ca`

@@ -14,6 +14,9 @@ pub enum EventKind {
     SessionStart,
     /// A session ended (see [`EndReason`]).
     SessionEnd,
+    /// A session moved to another backend instance (failover or drain);
+    /// `detail` says from which instance to which, and why.
+    Failover,
 }
 
 /// How a call ended.
@@ -66,7 +69,7 @@ macro_rules! names {
     };
 }
 
-names!(EventKind { Call => "call", SessionStart => "session_start", SessionEnd => "session_end" });
+names!(EventKind { Call => "call", SessionStart => "session_start", SessionEnd => "session_end", Failover => "failover" });
 names!(Outcome {
     Ok => "ok",
     Error => "error",

@@ -2,6 +2,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::session::Moved;
 
 /// What of a call's arguments the record keeps.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -127,6 +128,23 @@ impl AuditLayer {
 struct SessionEnds(Arc<Shared>);
 
 impl SessionObserver for SessionEnds {
+    fn moved(&self, record: &SessionRecord, from: usize, why: Moved) {
+        let e = AuditEvent {
+            event: EventKind::Failover,
+            time: now_rfc3339(),
+            session: Some(record.id().as_str().to_owned()),
+            backend: self.0.backend.as_deref().map(String::from),
+            protocol_version: record.protocol_version().map(|v| Cow::Borrowed(v.as_str())),
+            detail: Some(format!(
+                "from instance {from} to instance {}: {}",
+                record.instance(),
+                why.as_str()
+            )),
+            ..Default::default()
+        };
+        self.0.sink.record(&e.borrowed());
+    }
+
     fn ended(&self, record: &SessionRecord, why: SessionEnd) {
         let sid = record.id().as_str();
         let totals = {

@@ -80,6 +80,14 @@ impl AuditSink for AccessLog {
                 detail = e.detail,
                 "mcp request"
             ),
+            EventKind::Failover => tracing::info!(
+                target: "mcp_gateway::access",
+                event = e.event.as_str(),
+                session = e.session,
+                backend = e.backend,
+                detail = e.detail,
+                "mcp session moved"
+            ),
             EventKind::SessionStart | EventKind::SessionEnd => tracing::info!(
                 target: "mcp_gateway::access",
                 event = e.event.as_str(),

@@ -184,7 +184,7 @@ fn in_memory_slots_and_windows() {
 /// session's slot back when the session is deleted.
 #[tokio::test]
 async fn session_slots_are_released_without_registering_an_observer() {
-    use crate::session::{RoundRobin, SessionLayer};
+    use crate::session::SessionLayer;
     use crate::upstream::Upstreams;
     use crate::ServiceBuilderExt;
     use http_body_util::BodyExt;
@@ -212,14 +212,15 @@ async fn session_slots_are_released_without_registering_an_observer() {
         "b",
         Arc::new(InMemoryLimiter::default()),
     );
+    let upstreams = Upstreams::new(vec![Upstreams::boxed(backend)]);
     let svc = tower::ServiceBuilder::new()
         .mcp_jsonrpc(Default::default())
         .mcp_limit(limit.clone())
         .mcp_session(SessionLayer::new(
             InMemorySessionStore::default(),
-            RoundRobin::new(1),
+            upstreams.instances(),
         ))
-        .service(Upstreams::new(vec![Upstreams::boxed(backend)]));
+        .service(upstreams);
     let initialize = || {
         Request::post("/mcp")
             .header("content-type", "application/json")

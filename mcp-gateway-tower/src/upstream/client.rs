@@ -20,7 +20,7 @@ use super::credentials::{
 };
 use super::headers::{for_backend, strip_hop_by_hop};
 use super::idle::IdleLimited;
-use super::UpstreamFailure;
+use super::{NotSent, UpstreamFailure};
 use crate::body::{Body, BoxError, BoxFuture};
 use crate::error::error_response;
 
@@ -296,6 +296,11 @@ impl HttpUpstream {
         self
     }
 
+    /// The backend URL, as configured.
+    pub fn url(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, self.path)
+    }
+
     /// The backend URL's authority (`host:port`).
     pub fn authority(&self) -> &str {
         self.authority.as_str()
@@ -504,6 +509,16 @@ async fn lookup_credentials(
     }
 }
 
+/// Whether the request never reached the backend: the connection (or its
+/// TLS handshake) failed, so sending it elsewhere is safe.
+fn never_sent(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    if e.is::<mcp_gateway_http1::client::ConnectError>() {
+        return true;
+    }
+    e.downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(|e| e.is_connect())
+}
+
 /// What a failed call's error says, with every cause in its chain (a TLS
 /// failure sits two or three sources below hyper's "client error").
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
@@ -581,11 +596,20 @@ where
             tracing::warn!(backend = %name, upstream = %authority, error = %e, "no credentials for the upstream");
             return error_response(&e, id);
         }
-        Err(CallError::Send(e)) => (
-            ErrorKind::UpstreamUnavailable,
-            format!("Bad Gateway: backend {name} is unreachable"),
-            format!("upstream {authority} failed: {}", describe(e.as_ref())),
-        ),
+        Err(CallError::Send(e)) => {
+            let detail = format!("upstream {authority} failed: {}", describe(e.as_ref()));
+            tracing::warn!(backend = %name, error = %detail, "upstream call failed");
+            let e2 = GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("Bad Gateway: backend {name} is unreachable"),
+            );
+            let mut res = error_response(&e2, id);
+            res.extensions_mut().insert(UpstreamFailure(detail.into()));
+            if never_sent(e.as_ref()) {
+                res.extensions_mut().insert(NotSent);
+            }
+            return res;
+        }
         Err(CallError::TimedOut) => (
             ErrorKind::UpstreamTimeout,
             format!("Gateway Timeout: backend {name} sent no response within {timeout:?}"),

@@ -17,7 +17,8 @@
 //! | [`credentials`] | the headers the gateway adds towards a backend |
 //! | `service` | [`ServiceUpstream`] |
 //! | `idle` | the idle limit of an upstream response stream |
-//! | `set` | [`Upstreams`], [`Instance`] |
+//! | [`health`] | instance health: active probes, passive outlier detection, loss |
+//! | `set` | [`Upstreams`], [`Instance`], [`Instances`] |
 
 use std::convert::Infallible;
 
@@ -29,6 +30,7 @@ use crate::body::Body;
 mod client;
 pub mod credentials;
 mod headers;
+pub mod health;
 mod idle;
 mod service;
 mod set;
@@ -39,7 +41,7 @@ pub mod tls;
 
 pub use self::client::{HttpClient, HttpUpstream, HttpUpstreamConfig};
 pub use self::service::ServiceUpstream;
-pub use self::set::{Instance, UpstreamInstance, Upstreams};
+pub use self::set::{Instance, InstanceInfo, Instances, UpstreamInstance, Upstreams};
 #[cfg(feature = "tls")]
 pub use self::tls::TlsClientConfig;
 
@@ -48,6 +50,12 @@ pub use self::tls::TlsClientConfig;
 /// audit record and the log. The client's answer names only the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamFailure(pub std::sync::Arc<str>);
+
+/// Marks an error response for a request that never reached the backend
+/// (its connection could not be made): the session router may send it to
+/// another instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotSent;
 
 /// A type-erased upstream service: what [`Upstreams`] holds.
 pub type BoxUpstream = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;

@@ -10,13 +10,19 @@
 //!   forgot a session (404) loses its mapping too, so nothing leaks.
 //! - Idle sessions expire; a background sweep ends them at the backend.
 //! - Stateless 2026-07-28 requests carry no session and are routed per call.
+//! - New sessions and stateless calls go to eligible instances only
+//!   ([`BackendSelector`], [`Instances`]); one that could not be connected
+//!   to is retried on another. With none eligible: 503 and `Retry-After`.
+//! - A session whose instance is lost, drained, unreachable or forgot it is
+//!   moved to a healthy one ([`Failover`]): its recorded setup is replayed
+//!   there and the request goes on; the client keeps its session id.
 //!
 //! The router must run after [`JsonRpcLayer`](crate::jsonrpc::JsonRpcLayer),
 //! whose [`McpRequest`] it reads, and before the upstream service, which
 //! reads the [`Instance`] it sets.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,7 +31,9 @@ use http::header::HeaderValue;
 use http::{Method as HttpMethod, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use mcp_gateway_core::protocol::{header_names, headers};
-use mcp_gateway_core::session::{SessionId, SessionRecord, SessionStore, StoreError};
+use mcp_gateway_core::session::{
+    SessionId, SessionRecord, SessionSetup, SessionStore, StoreError,
+};
 use mcp_gateway_core::{
     Era, ErrorKind, GatewayError, McpRequest, Principal, ProtocolVersion, RequestId,
 };
@@ -35,45 +43,15 @@ use tower_service::Service;
 
 use crate::body::{take_ready, Body, BoxFuture};
 use crate::error::error_response;
-use crate::upstream::Instance;
+use crate::upstream::{Instance, Instances, NotSent};
 
-/// Picks the backend instance for a new session or a stateless call.
-pub trait BackendSelector: Send + Sync + 'static {
-    /// The instance index, or `None` when no instance can take the request.
-    fn select(&self, request: &McpRequest) -> Option<usize>;
-}
+mod failover;
+mod select;
 
-impl<F> BackendSelector for F
-where
-    F: Fn(&McpRequest) -> Option<usize> + Send + Sync + 'static,
-{
-    fn select(&self, request: &McpRequest) -> Option<usize> {
-        self(request)
-    }
-}
-
-/// Spreads new sessions and stateless calls over `n` instances in turn.
-#[derive(Debug)]
-pub struct RoundRobin {
-    n: usize,
-    next: AtomicUsize,
-}
-
-impl RoundRobin {
-    /// Round robin over instances `0..n`.
-    pub fn new(n: usize) -> Self {
-        RoundRobin {
-            n: n.max(1),
-            next: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl BackendSelector for RoundRobin {
-    fn select(&self, _request: &McpRequest) -> Option<usize> {
-        Some(self.next.fetch_add(1, Ordering::Relaxed) % self.n)
-    }
-}
+pub use self::failover::{Failover, Moved};
+pub use self::select::BackendSelector;
+use self::failover::{copy, note_setup, reestablish, set_route};
+use self::select::choose;
 
 /// Who a session belongs to. A session created with one owner is unknown
 /// (404) to requests carrying another (or none).
@@ -128,6 +106,8 @@ pub trait SessionObserver: Send + Sync + 'static {
     fn started(&self, _record: &SessionRecord) {}
     /// A session ended; called once per session.
     fn ended(&self, record: &SessionRecord, why: SessionEnd);
+    /// A session moved from instance `from` to the one `record` names.
+    fn moved(&self, _record: &SessionRecord, _from: usize, _why: Moved) {}
 }
 
 /// Session observers that the layers outside the session router (limits,
@@ -166,7 +146,13 @@ fn same(a: &Arc<dyn SessionObserver>, b: &Arc<dyn SessionObserver>) -> bool {
 
 struct Shared {
     store: Arc<dyn SessionStore>,
-    selector: Arc<dyn BackendSelector>,
+    instances: Instances,
+    selector: Option<Arc<dyn BackendSelector>>,
+    failover: Failover,
+    /// One failover at a time per session.
+    moving: std::sync::Mutex<
+        std::collections::HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>,
+    >,
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
     observers: arc_swap::ArcSwap<Vec<Arc<dyn SessionObserver>>>,
@@ -209,6 +195,47 @@ impl Shared {
             o.ended(rec, why);
         }
     }
+
+    fn moved(&self, rec: &SessionRecord, from: usize, why: Moved) {
+        for o in self.observers.load().iter() {
+            o.moved(rec, from, why);
+        }
+    }
+
+    fn move_lock(&self, sid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.moving.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(sid.into()).or_default().clone()
+    }
+
+    fn release_move_lock(&self, sid: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.moving.lock().unwrap_or_else(|e| e.into_inner());
+        drop(lock);
+        // The last one out removes the entry.
+        if map.get(sid).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(sid);
+        }
+    }
+
+    /// 503 with `Retry-After`: no instance can take the request.
+    fn no_instance(&self, id: Option<&RequestId>) -> Response<Body> {
+        let e = GatewayError::new(
+            ErrorKind::NoHealthyInstance,
+            format!(
+                "Service Unavailable: no healthy instance of backend {}",
+                self.instances.backend()
+            ),
+        );
+        let mut res = error_response(&e, id);
+        let secs = self
+            .instances
+            .health()
+            .active
+            .as_ref()
+            .map_or(5, |a| a.interval.as_secs().clamp(1, 30));
+        res.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        res
+    }
 }
 
 /// Builds [`Session`] routers. See the module docs.
@@ -226,17 +253,21 @@ impl std::fmt::Debug for SessionLayer {
 }
 
 impl SessionLayer {
-    /// A router over `store`, choosing instances with `selector`.
-    pub fn new(store: impl SessionStore, selector: impl BackendSelector) -> Self {
-        Self::from_arcs(Arc::new(store), Arc::new(selector))
+    /// A router over `store` for the backend whose instances are
+    /// `instances` ([`Upstreams::instances`](crate::upstream::Upstreams::instances)).
+    pub fn new(store: impl SessionStore, instances: Instances) -> Self {
+        Self::from_arcs(Arc::new(store), instances)
     }
 
-    /// Like [`SessionLayer::new`] with shared handles.
-    pub fn from_arcs(store: Arc<dyn SessionStore>, selector: Arc<dyn BackendSelector>) -> Self {
+    /// Like [`SessionLayer::new`] with a shared store.
+    pub fn from_arcs(store: Arc<dyn SessionStore>, instances: Instances) -> Self {
         SessionLayer {
             shared: Arc::new(Shared {
                 store,
-                selector,
+                instances,
+                selector: None,
+                failover: Failover::default(),
+                moving: Default::default(),
                 sweep_interval: Duration::from_secs(30),
                 sweeper_started: AtomicBool::new(false),
                 observers: Default::default(),
@@ -259,6 +290,29 @@ impl SessionLayer {
             s.sweep_interval = every;
         }
         self
+    }
+
+    /// Picks instances with `selector` before the configured balance.
+    /// Must be called before the layer is used.
+    pub fn selector(mut self, selector: Arc<dyn BackendSelector>) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.selector = Some(selector);
+        }
+        self
+    }
+
+    /// What a session does when its instance is lost. Default
+    /// [`Failover::Reinitialize`]. Must be called before the layer is used.
+    pub fn failover(mut self, failover: Failover) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.failover = failover;
+        }
+        self
+    }
+
+    /// The instances sessions are routed to.
+    pub fn instances(&self) -> &Instances {
+        &self.shared.instances
     }
 
     /// The session store (for metrics and tests).
@@ -352,6 +406,19 @@ where
                 sweep_once(&shared, inner.clone()).await;
             }
         });
+        // Drain deadlines are checked every second.
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let inner = self.inner.clone();
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { break };
+                failover::drain_deadlines(&shared, inner.clone()).await;
+            }
+        });
+        self.shared.instances.start_probes();
     }
 }
 
@@ -410,7 +477,7 @@ fn first_id(req: &Request<Body>) -> Option<RequestId> {
 /// with `take_ready`), so it is called without another readiness check.
 async fn route<S>(
     shared: Arc<Shared>,
-    mut inner: S,
+    inner: S,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Infallible>
 where
@@ -431,24 +498,64 @@ where
             return initialize(shared, inner, req).await;
         }
         if mcp.era() == Era::Stateless {
-            let Some(i) = shared.selector.select(mcp) else {
-                return Ok(no_instance(first_id(&req)));
-            };
             // A stateless request has no session; never forward a stray id.
             req.headers_mut().remove(&header_names::MCP_SESSION_ID);
-            req.extensions_mut().insert(Instance(i));
-            return inner.call(req).await;
+            return Ok(match send_fresh(&shared, inner, req).await {
+                Ok((res, _)) => res,
+                Err(res) => res,
+            });
         }
     }
     in_session(shared, inner, req).await
 }
 
-fn no_instance(id: Option<RequestId>) -> Response<Body> {
-    let e = GatewayError::new(
-        ErrorKind::UpstreamUnavailable,
-        "no backend instance available",
-    );
-    error_response(&e, id.as_ref())
+/// Sends a request that starts something new (`initialize`, a stateless
+/// call) to an eligible instance; one that could not be connected to is
+/// retried on another. Returns the answer and the instance.
+async fn send_fresh<S>(
+    shared: &Arc<Shared>,
+    mut inner: S,
+    mut req: Request<Body>,
+) -> Result<(Response<Body>, usize), Response<Body>>
+where
+    S: RoutedService,
+{
+    let mcp = req.extensions().get::<McpRequest>().cloned();
+    let mut tried = Vec::new();
+    loop {
+        let Some(i) = choose(
+            shared.selector.as_ref(),
+            &shared.instances,
+            mcp.as_ref(),
+            &tried,
+        ) else {
+            return Err(shared.no_instance(mcp.as_ref().and_then(|m| m.first_id())));
+        };
+        let again = (tried.len() + 1 < shared.instances.len())
+            .then(|| copy(&req))
+            .flatten();
+        req.extensions_mut().insert(Instance(i));
+        let Ok(res) = if tried.is_empty() {
+            // Ready: see `route`.
+            inner.call(req).await
+        } else {
+            inner.clone().oneshot(req).await
+        };
+        match again {
+            Some(again) if res.extensions().get::<NotSent>().is_some() => {
+                tracing::info!(backend = %shared.instances.backend(), instance = i, "instance unreachable: the request goes to another");
+                tried.push(i);
+                req = again;
+            }
+            _ => return Ok((res, i)),
+        }
+    }
+}
+
+/// Answers 404: the session is unknown, ended or someone else's.
+fn not_found(id: Option<&RequestId>) -> Response<Body> {
+    let e = GatewayError::new(ErrorKind::SessionNotFound, "Session not found");
+    error_response(&e, id)
 }
 
 async fn initialize<S>(
@@ -460,7 +567,7 @@ where
     S: RoutedService,
 {
     let id = first_id(&req);
-    let (instance, version) = {
+    let (version, setup) = {
         let mcp = req
             .extensions()
             .get::<McpRequest>()
@@ -469,16 +576,15 @@ where
             .message()
             .and_then(|m| m.initialize_protocol_version())
             .and_then(ProtocolVersion::parse);
-        (shared.selector.select(mcp), version)
-    };
-    let Some(instance) = instance else {
-        return Ok(no_instance(id));
+        (version, Arc::new(SessionSetup::new(mcp.body().clone())))
     };
     let owner = session_owner(&req).map(str::to_owned);
     // initialize starts a new session: an id sent along is not forwarded.
     req.headers_mut().remove(&header_names::MCP_SESSION_ID);
-    req.extensions_mut().insert(Instance(instance));
-    let mut res = inner.clone().oneshot(req).await?;
+    let (mut res, instance) = match send_fresh(&shared, inner.clone(), req).await {
+        Ok(answer) => answer,
+        Err(res) => return Ok(res),
+    };
     if !res.status().is_success() {
         return Ok(res);
     }
@@ -486,7 +592,8 @@ where
     let gid = SessionId::random();
     let record = SessionRecord::new(gid.clone(), instance, upstream_id.clone())
         .with_protocol_version(version)
-        .with_owner(owner);
+        .with_owner(owner)
+        .with_setup(Some(setup));
     match shared.store.insert(record).await {
         Ok(rec) => {
             res.headers_mut()
@@ -531,55 +638,95 @@ where
         );
         return Ok(error_response(&e, first_id(&req).as_ref()));
     };
-    let not_found = |req: &Request<Body>| {
-        let e = GatewayError::new(ErrorKind::SessionNotFound, "Session not found");
-        Ok(error_response(&e, first_id(req).as_ref()))
-    };
     let Ok(sid) = sid.to_str() else {
-        return not_found(&req);
+        return Ok(not_found(first_id(&req).as_ref()));
     };
-    let Some(rec) = shared.store.get(sid).await else {
-        return not_found(&req);
+    let Some(mut rec) = shared.store.get(sid).await else {
+        return Ok(not_found(first_id(&req).as_ref()));
     };
     let owner = session_owner(&req);
     if rec.owner() != owner {
         // Indistinguishable from an unknown id: no hint that it exists.
-        return not_found(&req);
+        return Ok(not_found(first_id(&req).as_ref()));
     }
     let is_delete = req.method() == HttpMethod::DELETE;
-    match rec.upstream_header() {
-        Some(v) => {
-            req.headers_mut()
-                .insert(header_names::MCP_SESSION_ID, v.clone());
+    let lost = rec.detached() || shared.instances.is_lost(rec.instance());
+    if is_delete && (lost || rec.upstream_header().is_none()) {
+        // Nothing to end at the backend, or its instance is gone: the
+        // session ends here, and its backend session if it can be reached.
+        shared.end(sid, SessionEnd::Deleted).await;
+        if lost && !rec.detached() {
+            let old = rec.clone();
+            tokio::spawn(async move { end_upstream(inner, &old).await });
         }
-        None => {
-            req.headers_mut().remove(&header_names::MCP_SESSION_ID);
-            if is_delete {
-                // The backend never had a session to end.
-                shared.end(sid, SessionEnd::Deleted).await;
-                let mut res = Response::new(Body::empty());
-                *res.status_mut() = StatusCode::NO_CONTENT;
-                return Ok(res);
-            }
+        return Ok(no_content());
+    }
+    let movable = shared.failover == Failover::Reinitialize && rec.setup().is_some();
+    if let Some(mcp) = req.extensions().get::<McpRequest>() {
+        note_setup(&rec, mcp);
+    }
+    if lost {
+        if !movable {
+            shared.end(sid, SessionEnd::BackendLost).await;
+            let old = rec.clone();
+            tokio::spawn(async move { end_upstream(inner, &old).await });
+            return Ok(not_found(first_id(&req).as_ref()));
+        }
+        let why = if rec.detached() {
+            Moved::Drained
+        } else {
+            Moved::InstanceLost
+        };
+        let principal = req.extensions().get::<Principal>().cloned();
+        let id = first_id(&req);
+        match reestablish(&shared, inner.clone(), &rec, principal, why, true, id).await {
+            Ok(moved) => rec = moved,
+            Err(res) => return Ok(res),
         }
     }
-    req.extensions_mut().insert(Instance(rec.instance()));
+    let again = (movable && !is_delete).then(|| copy(&req)).flatten();
+    set_route(&mut req, &rec);
     // Ready: see `route`.
     let mut res = inner.call(req).await?;
     let status = res.status();
-    if status == StatusCode::NOT_FOUND && rec.upstream_id().is_some() {
-        // The backend no longer knows the session: forget it here as well,
-        // so the client's next initialize starts clean.
-        shared.end(sid, SessionEnd::BackendLost).await;
+    let forgot = status == StatusCode::NOT_FOUND && rec.upstream_id().is_some();
+    let unreachable = res.extensions().get::<NotSent>().is_some();
+    if forgot || unreachable {
+        if let Some(mut again) = again {
+            let why = if forgot {
+                Moved::BackendForgot
+            } else {
+                Moved::Unreachable
+            };
+            let principal = again.extensions().get::<Principal>().cloned();
+            let id = first_id(&again);
+            match reestablish(&shared, inner.clone(), &rec, principal, why, false, id).await {
+                Ok(moved) => {
+                    set_route(&mut again, &moved);
+                    rec = moved;
+                    res = inner.clone().oneshot(again).await?;
+                }
+                Err(_) => {
+                    // The first answer says best what happened: 502 for an
+                    // unreachable instance, 404 for a forgotten session
+                    // (which then ends here too: the client starts over).
+                    if forgot {
+                        shared.end(sid, SessionEnd::BackendLost).await;
+                    }
+                    return Ok(res);
+                }
+            }
+        } else if forgot {
+            // The backend no longer knows the session: forget it here as
+            // well, so the client's next initialize starts clean.
+            shared.end(sid, SessionEnd::BackendLost).await;
+        }
     } else if is_delete && status.is_success() {
         shared.end(sid, SessionEnd::Deleted).await;
         tracing::debug!(session = ?rec.id(), "session ended by client");
         // The session is the gateway's: it answers the DELETE itself, with
         // the status SDK clients expect (some backends say 202).
-        return Ok(Response::builder()
-            .status(StatusCode::NO_CONTENT)
-            .body(Body::empty())
-            .expect("a valid response"));
+        return Ok(no_content());
     }
     if res.headers().contains_key(&header_names::MCP_SESSION_ID) {
         // Never leak a backend's id to the client.
@@ -587,6 +734,13 @@ where
             .insert(header_names::MCP_SESSION_ID, rec.id_header().clone());
     }
     Ok(res)
+}
+
+fn no_content() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Body::empty())
+        .expect("a valid response")
 }
 
 #[cfg(test)]

@@ -1,0 +1,291 @@
+//! The active probe. What it sends, so server owners can recognise it:
+//!
+//! - [`Probe::Ping`]: once, `initialize` with `clientInfo.name` =
+//!   [`PROBE_CLIENT_NAME`], protocol version 2025-11-25 and no
+//!   capabilities, then `notifications/initialized`; then on every probe a
+//!   `ping` (id `"health-probe-N"`) on that session. A 404 for the probe
+//!   session (the backend restarted) starts a new one within the same
+//!   probe. A removed instance's probe session is ended with `DELETE`.
+//! - [`Probe::Discover`]: a stateless 2026-07-28 `server/discover` with
+//!   the same `clientInfo`.
+//!
+//! A probe passes when the answer is a 2xx carrying a JSON-RPC result
+//! (as JSON or in an SSE stream) within the probe timeout.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use mcp_gateway_core::protocol::header_names;
+
+use super::state::InstanceState;
+use super::{ActiveHealth, Probe};
+use crate::body::{Body, BoxFuture};
+
+/// The `clientInfo.name` of the gateway's health probes.
+pub const PROBE_CLIENT_NAME: &str = "mcp-gateway-health-probe";
+
+/// The most of a probe answer that is read.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// Starts probing one instance every `cfg.interval`; `send` reaches it,
+/// and returns `None` once the instance is gone (the task then ends).
+pub(crate) fn spawn_probe<F>(
+    state: Arc<InstanceState>,
+    backend: Arc<str>,
+    cfg: ActiveHealth,
+    send: F,
+) where
+    F: Fn(Request<Body>) -> Option<BoxFuture> + Send + Sync + 'static,
+{
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let mut session: Option<HeaderValue> = None;
+        let mut tick = tokio::time::interval(cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if state.is_removed() {
+                if let Some(sid) = session.take() {
+                    if let Some(f) = send(request("DELETE", Bytes::new(), Some(&sid))) {
+                        let _ = tokio::time::timeout(cfg.timeout, f).await;
+                    }
+                }
+                break;
+            }
+            let outcome =
+                tokio::time::timeout(cfg.timeout, probe_once(&send, cfg.probe, &mut session))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {:?}", cfg.timeout)));
+            match outcome {
+                Ok(()) => {
+                    if state.probe_passed(cfg.healthy_threshold) {
+                        tracing::info!(%backend, instance = %state.label(), "instance healthy again");
+                    }
+                }
+                Err(e) if e == GONE => break,
+                Err(e) => {
+                    tracing::debug!(%backend, instance = %state.label(), error = %e, "health probe failed");
+                    if state.probe_failed(cfg.unhealthy_threshold) {
+                        tracing::warn!(%backend, instance = %state.label(), error = %e, "instance unhealthy: its probes fail");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// What `probe_once` says when the instance is gone.
+const GONE: &str = "instance gone";
+
+async fn probe_once<F>(
+    send: &F,
+    probe: Probe,
+    session: &mut Option<HeaderValue>,
+) -> Result<(), String>
+where
+    F: Fn(Request<Body>) -> Option<BoxFuture>,
+{
+    match probe {
+        Probe::Discover => {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":"health-probe-{}","method":"server/discover","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{{"name":"{PROBE_CLIENT_NAME}","version":"{}"}},"io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#,
+                next_id(),
+                env!("CARGO_PKG_VERSION")
+            );
+            let mut req = request("POST", body.into(), None);
+            let h = req.headers_mut();
+            h.insert(
+                header_names::MCP_PROTOCOL_VERSION,
+                HeaderValue::from_static("2026-07-28"),
+            );
+            h.insert(
+                http::HeaderName::from_static("mcp-method"),
+                HeaderValue::from_static("server/discover"),
+            );
+            answer(send(req).ok_or(GONE)?.await).await.map_err(String::from)
+        }
+        Probe::Ping => {
+            if session.is_none() {
+                *session = Some(initialize(send).await?);
+            }
+            match ping(send, session.as_ref()).await {
+                Err(Answer::Forgotten) => {
+                    *session = Some(initialize(send).await?);
+                    ping(send, session.as_ref()).await.map_err(String::from)
+                }
+                r => r.map_err(String::from),
+            }
+        }
+    }
+}
+
+fn next_id() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A probe request (an empty session value: none).
+fn request(method: &str, body: Bytes, session: Option<&HeaderValue>) -> Request<Body> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri("/")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .body(Body::full(body))
+        .expect("static request parts are valid");
+    if let Some(sid) = session.filter(|s| !s.is_empty()) {
+        req.headers_mut()
+            .insert(header_names::MCP_SESSION_ID, sid.clone());
+        req.headers_mut().insert(
+            header_names::MCP_PROTOCOL_VERSION,
+            HeaderValue::from_static("2025-11-25"),
+        );
+    }
+    req
+}
+
+/// Starts a probe session; its id (empty when the backend issues none).
+async fn initialize<F>(send: &F) -> Result<HeaderValue, String>
+where
+    F: Fn(Request<Body>) -> Option<BoxFuture>,
+{
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":"health-probe-{}","method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"{PROBE_CLIENT_NAME}","version":"{}"}}}}}}"#,
+        next_id(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let res = send(request("POST", body.into(), None)).ok_or(GONE)?.await;
+    let sid = res
+        .as_ref()
+        .ok()
+        .and_then(|r| r.headers().get(&header_names::MCP_SESSION_ID).cloned())
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+    answer(res).await.map_err(String::from)?;
+    let note = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let res = send(request("POST", Bytes::from_static(note), Some(&sid)))
+        .ok_or(GONE)?
+        .await;
+    let Ok(res) = res;
+    if !res.status().is_success() {
+        return Err(format!(
+            "notifications/initialized answered {}",
+            res.status()
+        ));
+    }
+    Ok(sid)
+}
+
+async fn ping<F>(send: &F, session: Option<&HeaderValue>) -> Result<(), Answer>
+where
+    F: Fn(Request<Body>) -> Option<BoxFuture>,
+{
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":"health-probe-{}","method":"ping"}}"#,
+        next_id()
+    );
+    let fut = send(request("POST", body.into(), session)).ok_or(Answer::Bad(GONE.into()))?;
+    answer(fut.await).await
+}
+
+/// Why an answer did not pass.
+enum Answer {
+    /// 404: the backend forgot the probe session.
+    Forgotten,
+    Bad(String),
+}
+
+impl From<Answer> for String {
+    fn from(a: Answer) -> String {
+        match a {
+            Answer::Forgotten => "the backend forgot the probe session".into(),
+            Answer::Bad(s) => s,
+        }
+    }
+}
+
+/// Passes when `res` is a 2xx carrying a JSON-RPC result (for the
+/// gateway's own requests: probes and failover's replayed setup).
+pub(crate) async fn expect_result(res: Response<Body>) -> Result<(), String> {
+    answer(Ok(res)).await.map_err(String::from)
+}
+
+/// Passes when `res` is a 2xx carrying a JSON-RPC result.
+async fn answer(
+    res: Result<Response<Body>, std::convert::Infallible>,
+) -> Result<(), Answer> {
+    let Ok(res) = res;
+    let status = res.status();
+    if status == StatusCode::NOT_FOUND {
+        return Err(Answer::Forgotten);
+    }
+    if !status.is_success() {
+        return Err(Answer::Bad(format!("answered {status}")));
+    }
+    let sse = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut body = res.into_body();
+    let mut text = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Answer::Bad(format!("answer broke: {e}")))?;
+        if let Some(d) = frame.data_ref() {
+            text.extend_from_slice(d);
+        }
+        if has_result(&text, sse)? || text.len() > MAX_ANSWER {
+            return if has_result(&text, sse)? {
+                Ok(())
+            } else {
+                Err(Answer::Bad("answer too large".into()))
+            };
+        }
+    }
+    if has_result(&text, sse)? {
+        Ok(())
+    } else {
+        Err(Answer::Bad("no JSON-RPC result in the answer".into()))
+    }
+}
+
+/// Whether `text` holds a JSON-RPC result; a JSON-RPC error fails.
+fn has_result(text: &[u8], sse: bool) -> Result<bool, Answer> {
+    let check = |json: &[u8]| -> Result<bool, Answer> {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return Ok(false);
+        };
+        if let Some(e) = v.get("error") {
+            return Err(Answer::Bad(format!("answered with an error: {e}")));
+        }
+        Ok(v.get("result").is_some())
+    };
+    if !sse {
+        return check(text);
+    }
+    for line in text.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(data) = line.strip_prefix(b"data:") {
+            if check(data.trim_ascii_start())? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_pass_errors_fail_priming_events_are_skipped() {
+        assert!(matches!(has_result(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, false), Ok(true)));
+        assert!(matches!(has_result(b"id: 0\ndata: \n\nid: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n", true), Ok(true)));
+        assert!(matches!(has_result(b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":1,\"message\":\"x\"}}\n", true), Err(_)));
+        assert!(matches!(has_result(b"data: {\"jsonrpc\":", true), Ok(false)));
+    }
+}
