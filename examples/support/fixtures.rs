@@ -72,6 +72,8 @@ fn tools() -> Value {
          "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}}}},
         {"name": "notify_later", "description": "Returns at once; 50 ms later sends notifications/tools/list_changed on the standalone stream", "inputSchema": empty},
         {"name": "whoami", "description": "Returns the server instance name", "inputSchema": empty},
+        {"name": "wait", "description": "Waits `ms` milliseconds (at most 60 000), then returns `done`",
+         "inputSchema": {"type": "object", "properties": {"ms": {"type": "integer"}}}},
         {"name": "show_auth", "description": "Returns the Authorization header this server received (to check credential injection)", "inputSchema": empty}
     ])
 }
@@ -336,6 +338,11 @@ impl ServerHandler for Fixtures {
                 text("scheduled")
             }
             "whoami" => text(self.get_info().server_info.name.clone()),
+            "wait" => {
+                let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0).min(60_000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                text("done")
+            }
             other => {
                 return Err(McpError::invalid_params(
                     format!("Unknown tool: {other}"),

@@ -233,7 +233,11 @@ async fn set_up<S: RoutedService>(
     rec: &SessionRecord,
     principal: Option<&Principal>,
 ) -> Result<Option<HeaderValue>, SetUp> {
-    let request = |body: Bytes, session: Option<&HeaderValue>| {
+    // The version the backend agreed to (the client's, when it said so).
+    let mut version = rec
+        .protocol_version()
+        .map(|v| HeaderValue::from_static(v.as_str()));
+    let request = |body: Bytes, session: Option<&HeaderValue>, version: Option<&HeaderValue>| {
         let mut req = Request::post("/")
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream")
@@ -242,11 +246,9 @@ async fn set_up<S: RoutedService>(
         if let Some(sid) = session {
             req.headers_mut()
                 .insert(header_names::MCP_SESSION_ID, sid.clone());
-            if let Some(v) = rec.protocol_version() {
-                req.headers_mut().insert(
-                    header_names::MCP_PROTOCOL_VERSION,
-                    HeaderValue::from_static(v.as_str()),
-                );
+            if let Some(v) = version {
+                req.headers_mut()
+                    .insert(header_names::MCP_PROTOCOL_VERSION, v.clone());
             }
         }
         req.extensions_mut().insert(Instance(i));
@@ -257,19 +259,25 @@ async fn set_up<S: RoutedService>(
     };
     let Ok(res) = inner
         .clone()
-        .oneshot(request(setup.initialize().clone(), None))
+        .oneshot(request(setup.initialize().clone(), None, None))
         .await;
     if res.extensions().get::<NotSent>().is_some() {
         return Err(SetUp::NotSent);
     }
     let upstream_id = res.headers().get(&header_names::MCP_SESSION_ID).cloned();
-    expect_result(res)
+    let result = expect_result(res)
         .await
         .map_err(|e| SetUp::Failed(format!("initialize: {e}")))?;
+    if let Some(v) = result["protocolVersion"]
+        .as_str()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        version = Some(v);
+    }
     let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
     let Ok(res) = inner
         .clone()
-        .oneshot(request(initialized, upstream_id.as_ref()))
+        .oneshot(request(initialized, upstream_id.as_ref(), version.as_ref()))
         .await;
     if !res.status().is_success() {
         return Err(SetUp::Failed(format!(
@@ -281,7 +289,7 @@ async fn set_up<S: RoutedService>(
     for body in setup.replay() {
         let Ok(res) = inner
             .clone()
-            .oneshot(request(body, upstream_id.as_ref()))
+            .oneshot(request(body, upstream_id.as_ref(), version.as_ref()))
             .await;
         if let Err(e) = expect_result(res).await {
             // The session works without it; say so.

@@ -210,14 +210,19 @@ impl From<Answer> for String {
 
 /// Passes when `res` is a 2xx carrying a JSON-RPC result (for the
 /// gateway's own requests: probes and failover's replayed setup).
-pub(crate) async fn expect_result(res: Response<Body>) -> Result<(), String> {
-    answer(Ok(res)).await.map_err(String::from)
+pub(crate) async fn expect_result(res: Response<Body>) -> Result<serde_json::Value, String> {
+    answer_value(Ok(res)).await.map_err(String::from)
 }
 
 /// Passes when `res` is a 2xx carrying a JSON-RPC result.
-async fn answer(
+async fn answer(res: Result<Response<Body>, std::convert::Infallible>) -> Result<(), Answer> {
+    answer_value(res).await.map(drop)
+}
+
+/// The JSON-RPC result `res` carries, when it is a 2xx carrying one.
+async fn answer_value(
     res: Result<Response<Body>, std::convert::Infallible>,
-) -> Result<(), Answer> {
+) -> Result<serde_json::Value, Answer> {
     let Ok(res) = res;
     let status = res.status();
     if status == StatusCode::NOT_FOUND {
@@ -237,31 +242,27 @@ async fn answer(
         if let Some(d) = frame.data_ref() {
             text.extend_from_slice(d);
         }
-        if has_result(&text, sse)? || text.len() > MAX_ANSWER {
-            return if has_result(&text, sse)? {
-                Ok(())
-            } else {
-                Err(Answer::Bad("answer too large".into()))
-            };
+        if let Some(v) = result_in(&text, sse)? {
+            return Ok(v);
+        }
+        if text.len() > MAX_ANSWER {
+            return Err(Answer::Bad("answer too large".into()));
         }
     }
-    if has_result(&text, sse)? {
-        Ok(())
-    } else {
-        Err(Answer::Bad("no JSON-RPC result in the answer".into()))
-    }
+    result_in(&text, sse)?.ok_or_else(|| Answer::Bad("no JSON-RPC result in the answer".into()))
 }
 
-/// Whether `text` holds a JSON-RPC result; a JSON-RPC error fails.
-fn has_result(text: &[u8], sse: bool) -> Result<bool, Answer> {
-    let check = |json: &[u8]| -> Result<bool, Answer> {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
-            return Ok(false);
+/// The JSON-RPC result `text` holds, if it holds one; a JSON-RPC error
+/// fails.
+fn result_in(text: &[u8], sse: bool) -> Result<Option<serde_json::Value>, Answer> {
+    let check = |json: &[u8]| -> Result<Option<serde_json::Value>, Answer> {
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return Ok(None);
         };
         if let Some(e) = v.get("error") {
             return Err(Answer::Bad(format!("answered with an error: {e}")));
         }
-        Ok(v.get("result").is_some())
+        Ok(v.get_mut("result").map(serde_json::Value::take))
     };
     if !sse {
         return check(text);
@@ -269,12 +270,12 @@ fn has_result(text: &[u8], sse: bool) -> Result<bool, Answer> {
     for line in text.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(data) = line.strip_prefix(b"data:") {
-            if check(data.trim_ascii_start())? {
-                return Ok(true);
+            if let Some(v) = check(data.trim_ascii_start())? {
+                return Ok(Some(v));
             }
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -283,9 +284,9 @@ mod tests {
 
     #[test]
     fn results_pass_errors_fail_priming_events_are_skipped() {
-        assert!(matches!(has_result(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, false), Ok(true)));
-        assert!(matches!(has_result(b"id: 0\ndata: \n\nid: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n", true), Ok(true)));
-        assert!(matches!(has_result(b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":1,\"message\":\"x\"}}\n", true), Err(_)));
-        assert!(matches!(has_result(b"data: {\"jsonrpc\":", true), Ok(false)));
+        assert!(matches!(result_in(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, false), Ok(Some(_))));
+        assert!(matches!(result_in(b"id: 0\ndata: \n\nid: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"a\":1}}\n\n", true), Ok(Some(v)) if v["a"] == 1));
+        assert!(matches!(result_in(b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":1,\"message\":\"x\"}}\n", true), Err(_)));
+        assert!(matches!(result_in(b"data: {\"jsonrpc\":", true), Ok(None)));
     }
 }
