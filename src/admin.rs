@@ -54,7 +54,10 @@ impl Admin {
             .route("/readyz", get(readyz))
             .route("/admin/backends", get(backends))
             .route("/admin/backends/{name}/instances/{n}/drain", post(drain))
-            .route("/admin/backends/{name}/instances/{n}/undrain", post(undrain))
+            .route(
+                "/admin/backends/{name}/instances/{n}/undrain",
+                post(undrain),
+            )
             .route("/admin/sessions", get(sessions))
             .with_state(Arc::new(self))
     }

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use mcp_gateway_axum::GatewayHandles;
 use mcp_gateway_axum::McpGateway;
 use mcp_gateway_tower::audit::AuditSink;
 use mcp_gateway_tower::auth::{AuthConfig, ClientCertAuthenticator};
 use mcp_gateway_tower::origin::OriginPolicy;
-use mcp_gateway_axum::GatewayHandles;
 use mcp_gateway_tower::upstream::health::{ActiveHealth, HealthConfig};
 
 use crate::admin::Admin;
@@ -285,6 +285,15 @@ impl Cli {
         if let Some((reloader, watch)) = plan.reloader {
             reloader.spawn(watch);
         }
+        let scheme = if plan.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        plan.summary.log(&plan.opts);
+        tracing::info!(%addr, path = %plan.path, threads = listeners.len(), tls = plan.opts.tls.is_some(),
+            http1 = ?plan.opts.http1, busy_poll = ?plan.opts.busy_poll, "mcp-gateway listening");
+        let mut admin_line = None;
         if let Some((admin_addr, admin)) = plan.admin {
             let l = tokio::net::TcpListener::bind(admin_addr)
                 .await
@@ -294,7 +303,7 @@ impl Cli {
                 })?;
             let bound = l.local_addr().unwrap_or(admin_addr);
             tracing::info!(addr = %bound, "admin listener");
-            println!("mcp-gateway admin on http://{bound}");
+            admin_line = Some(format!("mcp-gateway admin on http://{bound}"));
             let router = admin.router();
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, router).await {
@@ -302,15 +311,10 @@ impl Cli {
                 }
             });
         }
-        let scheme = if plan.opts.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        plan.summary.log(&plan.opts);
-        tracing::info!(%addr, path = %plan.path, threads = listeners.len(), tls = plan.opts.tls.is_some(),
-            http1 = ?plan.opts.http1, busy_poll = ?plan.opts.busy_poll, "mcp-gateway listening");
         println!("mcp-gateway listening on {scheme}://{addr}{}", plan.path);
+        if let Some(line) = admin_line {
+            println!("{line}");
+        }
         let served =
             serve::serve_per_core_with(listeners, plan.app, shutdown_signal(), plan.opts).await;
         if let Some(sink) = plan.audit {
@@ -419,7 +423,9 @@ impl Cli {
         let admin_addr = self.admin_listen.or(cfg.admin_listen().map_err(bad)?);
         let admin = self.admin(
             admin_addr,
-            self.admin_token_env.as_deref().or(cfg.admin_token_env.as_deref()),
+            self.admin_token_env
+                .as_deref()
+                .or(cfg.admin_token_env.as_deref()),
             handles,
         )?;
         let mut features = Vec::new();
@@ -653,7 +659,6 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -157,8 +157,9 @@ impl Reloader {
             });
         }
         if watch {
+            // Taken now, before anything can change the file unseen.
+            let mut seen = stamp(&self.file);
             tokio::spawn(async move {
-                let mut seen = stamp(&self.file);
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;

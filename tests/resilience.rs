@@ -82,7 +82,9 @@ impl Backend {
         let t = tasks.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = l.accept().await else { break };
+                let Ok((sock, _)) = l.accept().await else {
+                    break;
+                };
                 let app = app.clone();
                 let conn = tokio::spawn(async move {
                     let svc = hyper_util::service::TowerToHyperService::new(app);
@@ -143,11 +145,9 @@ fn fast_health() -> HealthConfig {
 }
 
 async fn gateway(urls: &[String], health: HealthConfig) -> (Served, GatewayHandles) {
-    let mut b = McpGateway::builder()
-        .health(health)
-        .http_upstream_config(
-            HttpUpstreamConfig::default().response_timeout(Duration::from_millis(800)),
-        );
+    let mut b = McpGateway::builder().health(health).http_upstream_config(
+        HttpUpstreamConfig::default().response_timeout(Duration::from_millis(800)),
+    );
     for u in urls {
         b = b.upstream_url(u).unwrap();
     }
@@ -222,9 +222,11 @@ async fn a_dead_instance_fails_only_its_calls_in_flight_and_its_sessions_move() 
     }
     let alpha_state = handles.instances.state(0).unwrap();
     let calls_before = alpha.seen("tools/call");
-    eventually("the long calls to reach alpha", Duration::from_secs(10), || {
-        alpha.seen("tools/call") >= calls_before + in_flight.len()
-    })
+    eventually(
+        "the long calls to reach alpha",
+        Duration::from_secs(10),
+        || alpha.seen("tools/call") >= calls_before + in_flight.len(),
+    )
     .await;
 
     let killed = Instant::now();
@@ -323,7 +325,11 @@ async fn a_drained_instance_keeps_its_sessions_until_the_deadline_then_they_move
     );
     for _ in 0..4 {
         let c = client(&gw).await;
-        assert_eq!(whoami(&c).await, "beta", "no new session on a draining instance");
+        assert_eq!(
+            whoami(&c).await,
+            "beta",
+            "no new session on a draining instance"
+        );
         c.cancel().await.unwrap();
     }
     // Before the deadline the sessions stay where they are.
@@ -331,9 +337,11 @@ async fn a_drained_instance_keeps_its_sessions_until_the_deadline_then_they_move
         assert_eq!(&whoami(c).await, name);
     }
     let deletes_before = alpha.deletes.load(Ordering::SeqCst);
-    eventually("alpha's sessions to be ended", Duration::from_secs(10), || {
-        alpha.deletes.load(Ordering::SeqCst) >= deletes_before + on_alpha
-    })
+    eventually(
+        "alpha's sessions to be ended",
+        Duration::from_secs(10),
+        || alpha.deletes.load(Ordering::SeqCst) >= deletes_before + on_alpha,
+    )
     .await;
     for (c, _) in &sessions {
         assert_eq!(whoami(c).await, "beta");
@@ -371,11 +379,21 @@ async fn a_restarted_backend_is_set_up_again_with_the_recorded_setup() {
     let sid = init.headers["mcp-session-id"].to_str().unwrap().to_owned();
     let s = ("mcp-session-id", sid.as_str());
     let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    assert_eq!(raw("POST", &u, &[ACCEPT, JSON, V, s], note).await.status, 202);
-    let level = r#"{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"debug"}}"#;
-    assert_eq!(raw("POST", &u, &[ACCEPT, JSON, V, s], level).await.status, 200);
+    assert_eq!(
+        raw("POST", &u, &[ACCEPT, JSON, V, s], note).await.status,
+        202
+    );
+    let level =
+        r#"{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"debug"}}"#;
+    assert_eq!(
+        raw("POST", &u, &[ACCEPT, JSON, V, s], level).await.status,
+        200
+    );
     let sub = r#"{"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"uri":"test://static-text"}}"#;
-    assert_eq!(raw("POST", &u, &[ACCEPT, JSON, V, s], sub).await.status, 200);
+    assert_eq!(
+        raw("POST", &u, &[ACCEPT, JSON, V, s], sub).await.status,
+        200
+    );
 
     // The backend dies and a new process takes its port.
     drop(first);
@@ -520,7 +538,10 @@ async fn broken_instances_are_ejected_and_then_refused_at_once() {
         assert!(r.headers.contains_key("retry-after"), "{what}");
         assert_eq!(r.error_code(), Some(-32050), "{what}");
         let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
-        assert!(msg.contains("default"), "the answer names the backend: {msg}");
+        assert!(
+            msg.contains("default"),
+            "the answer names the backend: {msg}"
+        );
         eprintln!("{what}: ejected, then refused in {:?}", t0.elapsed());
     }
 }

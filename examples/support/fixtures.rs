@@ -339,7 +339,11 @@ impl ServerHandler for Fixtures {
             }
             "whoami" => text(self.get_info().server_info.name.clone()),
             "wait" => {
-                let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0).min(60_000);
+                let ms = args
+                    .get("ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+                    .min(60_000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 text("done")
             }

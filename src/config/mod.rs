@@ -63,8 +63,8 @@ use mcp_gateway_axum::{Cors, McpGateway, McpGatewayBuilder};
 use mcp_gateway_core::session::InMemoryConfig;
 use mcp_gateway_tower::auth::ClientCertAuthenticator;
 use mcp_gateway_tower::forwarded::TrustedProxies;
-use mcp_gateway_tower::sse::SseRelayConfig;
 use mcp_gateway_tower::session::Failover;
+use mcp_gateway_tower::sse::SseRelayConfig;
 use mcp_gateway_tower::upstream::health::{
     ActiveHealth, Balance, HealthConfig, OutlierConfig, Probe,
 };
@@ -278,7 +278,12 @@ impl GatewayConfig {
         let name: Arc<str> = self.backend.name.as_str().into();
         let mut out = Vec::new();
         for (i, u) in self.backend.urls.iter().enumerate() {
-            match mcp_gateway_axum::http_instance(u.get_ref(), cfg.clone(), name.clone(), creds.clone()) {
+            match mcp_gateway_axum::http_instance(
+                u.get_ref(),
+                cfg.clone(),
+                name.clone(),
+                creds.clone(),
+            ) {
                 Ok(inst) => out.push((u.get_ref().clone(), inst)),
                 Err(e) => {
                     return self.err(Some(u.span()), &format!("backend.urls[{i}]"), e.to_string())
@@ -364,7 +369,11 @@ impl GatewayConfig {
             None => Ok(None),
             Some(l) => match l.get_ref().parse() {
                 Ok(a) => Ok(Some(a)),
-                Err(e) => self.err(Some(l.span()), "admin_listen", format!("not an address: {e}")),
+                Err(e) => self.err(
+                    Some(l.span()),
+                    "admin_listen",
+                    format!("not an address: {e}"),
+                ),
             },
         }
     }

@@ -13,13 +13,20 @@ pub struct GatewayProcess {
     child: Child,
     pub url: String,
     log: Arc<Mutex<String>>,
+    stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl GatewayProcess {
     /// Starts the binary with `args` and waits for its "listening" line.
     pub fn start(args: &[&str]) -> GatewayProcess {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`start`](Self::start), with environment variables added.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -40,9 +47,8 @@ impl GatewayProcess {
             }
         });
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
         let url = match line.trim().strip_prefix("mcp-gateway listening on ") {
             Some(u) => u.to_owned(),
             None => {
@@ -54,7 +60,26 @@ impl GatewayProcess {
                 );
             }
         };
-        GatewayProcess { child, url, log }
+        GatewayProcess {
+            child,
+            url,
+            log,
+            stdout,
+        }
+    }
+
+    /// The next line the process prints on stdout.
+    pub fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status();
     }
 
     /// What the process logged so far.
@@ -67,6 +92,18 @@ impl GatewayProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Waits (up to 20 s) until the log holds `needle` `n` times.
+    pub fn wait_for_count(&self, needle: &str, n: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= n {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));

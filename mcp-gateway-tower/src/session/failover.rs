@@ -90,7 +90,9 @@ fn uri_of(body: &Bytes) -> Option<String> {
     struct Params {
         uri: String,
     }
-    serde_json::from_slice::<Req>(body).ok().map(|r| r.params.uri)
+    serde_json::from_slice::<Req>(body)
+        .ok()
+        .map(|r| r.params.uri)
 }
 
 /// A copy of a request to send again after a failover: the parts and the
@@ -200,7 +202,11 @@ async fn move_session<S: RoutedService>(
             }
         }
     };
-    let Some(new) = shared.store.update(rec.moved(to, upstream_id.clone())).await else {
+    let Some(new) = shared
+        .store
+        .update(rec.moved(to, upstream_id.clone()))
+        .await
+    else {
         // The session ended meanwhile: end what was set up for it.
         let (inner, orphan) = (inner.clone(), rec.moved(to, upstream_id));
         tokio::spawn(async move { end_upstream(inner, &orphan).await });
@@ -274,7 +280,8 @@ async fn set_up<S: RoutedService>(
     {
         version = Some(v);
     }
-    let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let initialized =
+        Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
     let Ok(res) = inner
         .clone()
         .oneshot(request(initialized, upstream_id.as_ref(), version.as_ref()))

@@ -31,9 +31,7 @@ use http::header::HeaderValue;
 use http::{Method as HttpMethod, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use mcp_gateway_core::protocol::{header_names, headers};
-use mcp_gateway_core::session::{
-    SessionId, SessionRecord, SessionSetup, SessionStore, StoreError,
-};
+use mcp_gateway_core::session::{SessionId, SessionRecord, SessionSetup, SessionStore, StoreError};
 use mcp_gateway_core::{
     Era, ErrorKind, GatewayError, McpRequest, Principal, ProtocolVersion, RequestId,
 };
@@ -48,10 +46,10 @@ use crate::upstream::{Instance, Instances, NotSent};
 mod failover;
 mod select;
 
-pub use self::failover::{Failover, Moved};
-pub use self::select::BackendSelector;
 use self::failover::{copy, note_setup, reestablish, set_route};
+pub use self::failover::{Failover, Moved};
 use self::select::choose;
+pub use self::select::BackendSelector;
 
 /// Who a session belongs to. A session created with one owner is unknown
 /// (404) to requests carrying another (or none).
@@ -150,9 +148,7 @@ struct Shared {
     selector: Option<Arc<dyn BackendSelector>>,
     failover: Failover,
     /// One failover at a time per session.
-    moving: std::sync::Mutex<
-        std::collections::HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>,
-    >,
+    moving: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
     observers: arc_swap::ArcSwap<Vec<Arc<dyn SessionObserver>>>,

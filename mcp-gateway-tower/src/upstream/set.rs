@@ -230,7 +230,10 @@ impl Service<Request<Body>> for Upstreams {
                 ErrorKind::NoHealthyInstance,
                 format!("backend {} has no instance {i}", pool.backend),
             );
-            let id = req.extensions().get::<McpRequest>().and_then(|m| m.first_id());
+            let id = req
+                .extensions()
+                .get::<McpRequest>()
+                .and_then(|m| m.first_id());
             return Box::pin(std::future::ready(Ok(error_response(&e, id))));
         };
         let counted = Outstanding::start(&slot.state);
@@ -355,11 +358,7 @@ impl Instances {
     /// Whether the sessions of instance `i` must move before their next
     /// request (unhealthy, ejected, removed, or unknown).
     pub fn is_lost(&self, i: usize) -> bool {
-        self.0
-            .slots
-            .load()
-            .get(i)
-            .is_none_or(|s| s.state.is_lost())
+        self.0.slots.load().get(i).is_none_or(|s| s.state.is_lost())
     }
 
     /// Whether any instance is eligible.

@@ -107,7 +107,9 @@ where
                 http::HeaderName::from_static("mcp-method"),
                 HeaderValue::from_static("server/discover"),
             );
-            answer(send(req).ok_or(GONE)?.await).await.map_err(String::from)
+            answer(send(req).ok_or(GONE)?.await)
+                .await
+                .map_err(String::from)
         }
         Probe::Ping => {
             if session.is_none() {
@@ -284,9 +286,20 @@ mod tests {
 
     #[test]
     fn results_pass_errors_fail_priming_events_are_skipped() {
-        assert!(matches!(result_in(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, false), Ok(Some(_))));
-        assert!(matches!(result_in(b"id: 0\ndata: \n\nid: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"a\":1}}\n\n", true), Ok(Some(v)) if v["a"] == 1));
-        assert!(matches!(result_in(b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":1,\"message\":\"x\"}}\n", true), Err(_)));
+        assert!(matches!(
+            result_in(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, false),
+            Ok(Some(_))
+        ));
+        assert!(
+            matches!(result_in(b"id: 0\ndata: \n\nid: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"a\":1}}\n\n", true), Ok(Some(v)) if v["a"] == 1)
+        );
+        assert!(matches!(
+            result_in(
+                b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":1,\"message\":\"x\"}}\n",
+                true
+            ),
+            Err(_)
+        ));
         assert!(matches!(result_in(b"data: {\"jsonrpc\":", true), Ok(None)));
     }
 }

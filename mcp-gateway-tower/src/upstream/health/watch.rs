@@ -25,8 +25,9 @@ pub(crate) struct LostCall;
 impl LostCall {
     pub(crate) fn response(backend: &str, id: Option<&RequestId>) -> Response<Body> {
         let mut res = error_response(&lost_error(backend), id);
-        res.extensions_mut()
-            .insert(UpstreamFailure("the instance was lost during the call".into()));
+        res.extensions_mut().insert(UpstreamFailure(
+            "the instance was lost during the call".into(),
+        ));
         res
     }
 }
