@@ -39,6 +39,13 @@ fn lost_error(backend: &str) -> GatewayError {
     )
 }
 
+fn broken_error(backend: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::UpstreamUnavailable,
+        format!("Bad Gateway: the stream from backend {backend} broke before the answer"),
+    )
+}
+
 /// The body of an SSE response from an instance: counts as in flight until
 /// it ends, and when the instance is lost or the stream breaks, ends with
 /// a JSON-RPC error event for its request (at an event boundary) instead
@@ -83,11 +90,16 @@ impl Watched {
 
     /// The last frame: an error event for the request, when there is one
     /// and the stream is between events.
-    fn end(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn end(&mut self, lost: bool) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
         match (&self.id, self.at_boundary) {
             (Some(id), true) => {
-                let json = lost_error(&self.backend).to_json_body(Some(id));
+                let e = if lost {
+                    lost_error(&self.backend)
+                } else {
+                    broken_error(&self.backend)
+                };
+                let json = e.to_json_body(Some(id));
                 let mut out = Vec::with_capacity(json.len() + 24);
                 mcp_gateway_core::sse::encode_event(
                     &mut out,
@@ -137,7 +149,7 @@ impl http_body::Body for Watched {
         }
         if this.lost.as_mut().poll(cx).is_ready() {
             tracing::warn!(backend = %this.backend, instance = %this.state.label(), "instance lost: its stream ends");
-            return this.end();
+            return this.end(true);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -154,7 +166,7 @@ impl http_body::Body for Watched {
                     tracing::warn!(backend = %this.backend, instance = %this.state.label(), "instance ejected");
                 }
                 if this.id.is_some() && this.at_boundary {
-                    return this.end();
+                    return this.end(false);
                 }
                 this.done = true;
                 Poll::Ready(Some(Err(e)))
