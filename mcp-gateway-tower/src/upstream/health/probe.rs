@@ -293,13 +293,11 @@ mod tests {
         assert!(
             matches!(result_in(b"id: 0\ndata: \n\nid: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"a\":1}}\n\n", true), Ok(Some(v)) if v["a"] == 1)
         );
-        assert!(matches!(
-            result_in(
-                b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":1,\"message\":\"x\"}}\n",
-                true
-            ),
-            Err(_)
-        ));
+        assert!(result_in(
+            b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":1,\"message\":\"x\"}}\n",
+            true
+        )
+        .is_err());
         assert!(matches!(result_in(b"data: {\"jsonrpc\":", true), Ok(None)));
     }
 }
