@@ -9,11 +9,10 @@ mod net;
 #[path = "support/process.rs"]
 mod process;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use net::{raw, Reply, ACCEPT, JSON, V};
-use process::GatewayProcess;
+use process::{GatewayProcess, Scratch};
 use serde_json::Value;
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
@@ -25,27 +24,12 @@ async fn backend(name: &str) -> net::Served {
     net::serve(axum::Router::new().route_service("/mcp", fixtures::service(name))).await
 }
 
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("mcpgw-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The admin listener's base URL, from the line after the listening one.
+fn admin_base(gw: &mut GatewayProcess) -> String {
+    gw.next_line()
+        .strip_prefix("mcp-gateway admin on ")
+        .unwrap()
+        .to_owned()
 }
 
 fn config(urls: &[String], extra: &str) -> String {
@@ -133,11 +117,7 @@ async fn the_admin_listener_reports_drains_and_guards_its_routes() {
     );
     let mut gw =
         GatewayProcess::start_with_env(&["--config", &file], &[("MCPGW_TEST_ADMIN_TOKEN", TOKEN)]);
-    let base = gw
-        .next_line()
-        .strip_prefix("mcp-gateway admin on ")
-        .unwrap()
-        .to_owned();
+    let base = admin_base(&mut gw);
     let g = gw.url.clone();
 
     // Probes stay open; everything else needs the token.
@@ -274,11 +254,7 @@ async fn reload_adds_retires_and_replaces_instances_and_a_broken_file_changes_no
     let dir = Scratch::new("reload");
     let file = dir.file("gw.toml", &config(&[u(&a)], ""));
     let mut gw = GatewayProcess::start(&["--config", &file]);
-    let base = gw
-        .next_line()
-        .strip_prefix("mcp-gateway admin on ")
-        .unwrap()
-        .to_owned();
+    let base = admin_base(&mut gw);
     let g = gw.url.clone();
     let (s1, on) = session(&g).await;
     assert_eq!(on, "alpha");
@@ -332,11 +308,7 @@ async fn with_watch_a_changed_file_is_reloaded_without_a_signal() {
     let dir = Scratch::new("watch");
     let file = dir.file("gw.toml", &config(&[u(&a)], "watch = true"));
     let mut gw = GatewayProcess::start(&["--config", &file]);
-    let base = gw
-        .next_line()
-        .strip_prefix("mcp-gateway admin on ")
-        .unwrap()
-        .to_owned();
+    let base = admin_base(&mut gw);
     dir.file("gw.toml", &config(&[u(&a), u(&b)], "watch = true"));
     assert!(gw.wait_for_log("trigger=\"file changed\""));
     eventually_instances(&base, "beta added", |i| i.len() == 2).await;

@@ -12,11 +12,10 @@ mod net;
 mod process;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use net::{raw, Reply, ACCEPT, JSON, V};
-use process::GatewayProcess;
+use process::{GatewayProcess, Scratch};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,29 +29,6 @@ fn echo_call(id: u32) -> String {
 /// The rmcp fixture server on 127.0.0.1:0.
 async fn fixture_backend() -> net::Served {
     net::serve(axum::Router::new().route_service("/mcp", fixtures::service("fixture"))).await
-}
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("mcpgw-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `initialize` as the client at `addr` (behind the trusted proxy that the

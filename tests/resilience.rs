@@ -229,6 +229,40 @@ async fn a_dead_instance_fails_only_its_calls_in_flight_and_its_sessions_move() 
     )
     .await;
 
+    // A steady load of new sessions and calls across the kill.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outcomes: Arc<Mutex<Vec<(Instant, Result<(), String>)>>> = Arc::default();
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        let (stop, outcomes, g) = (stop.clone(), outcomes.clone(), url(&gw));
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let c = match ().serve(StreamableHttpClientTransport::from_uri(g.clone())).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        outcomes
+                            .lock()
+                            .unwrap()
+                            .push((t, Err(format!("initialize: {e:?}"))));
+                        continue;
+                    }
+                };
+                outcomes.lock().unwrap().push((t, Ok(())));
+                for _ in 0..3 {
+                    let t = Instant::now();
+                    let r = call(&c, "whoami", json!({})).await.map(drop);
+                    outcomes.lock().unwrap().push((t, r));
+                }
+                let _ = c.cancel().await;
+            }
+        }));
+    }
+    eventually("load before the kill", Duration::from_secs(10), || {
+        outcomes.lock().unwrap().len() >= 20
+    })
+    .await;
+
     let killed = Instant::now();
     alpha.kill();
     let mut errors = 0;
@@ -257,7 +291,34 @@ async fn a_dead_instance_fails_only_its_calls_in_flight_and_its_sessions_move() 
         c.cancel().await.unwrap();
     }
     assert_eq!(errors, on_alpha, "client-visible errors = calls in flight");
-    assert_eq!(alpha_state.failovers() as usize, on_alpha);
+    let after = outcomes.lock().unwrap().len();
+    eventually("load after the kill", Duration::from_secs(10), || {
+        outcomes.lock().unwrap().len() >= after + 20
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.await.unwrap();
+    }
+    let outcomes = outcomes.lock().unwrap();
+    let late_failures: Vec<_> = outcomes
+        .iter()
+        .filter(|(t, r)| r.is_err() && *t > killed)
+        .collect();
+    assert!(
+        late_failures.is_empty(),
+        "only requests in flight at the kill may fail: {late_failures:?}"
+    );
+    let in_flight_failures = outcomes.iter().filter(|(_, r)| r.is_err()).count();
+    let served_after = outcomes
+        .iter()
+        .filter(|(t, r)| r.is_ok() && *t > killed)
+        .count();
+    eprintln!(
+        "load: {} requests, {in_flight_failures} failed (all in flight at the kill), {served_after} served after it",
+        outcomes.len()
+    );
+    assert!(alpha_state.failovers() as usize >= on_alpha);
     eprintln!(
         "calls in flight cut {cut:?} after the kill; alpha out of rotation {detected:?} later; \
          {on_alpha} sessions moved in {failover:?}"
