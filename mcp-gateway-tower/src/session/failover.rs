@@ -5,12 +5,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method as HttpMethod, Request, Response};
 use http_body_util::BodyExt;
 use mcp_gateway_core::protocol::header_names;
 use mcp_gateway_core::session::{SessionRecord, SessionSetup};
-use mcp_gateway_core::{ErrorKind, GatewayError, McpRequest, Method, Principal, RequestId};
+use mcp_gateway_core::{
+    ErrorKind, GatewayError, McpRequest, Method, Principal, ProtocolVersion, RequestId,
+};
 use tower::ServiceExt;
 
 use super::select::choose;
@@ -95,18 +97,106 @@ fn uri_of(body: &Bytes) -> Option<String> {
         .map(|r| r.params.uri)
 }
 
-/// A copy of a request to send again after a failover: the parts and the
-/// extensions the layers below the router read.
+/// What it takes to send a request again after a failover: its method and
+/// target, the parsed request (which holds the body), the caller, and a
+/// `GET`'s `Last-Event-ID`. The headers MCP needs are written afresh
+/// (`Content-Type`, `Accept`, and the `MCP-Protocol-Version` the new
+/// backend session agreed to); other client headers are not replayed:
+/// keeping them for every call would cost more than the rest of the
+/// failover machinery on the hot path.
+pub(super) struct Resend {
+    method: HttpMethod,
+    uri: http::Uri,
+    last_event_id: Option<HeaderValue>,
+    mcp: Option<McpRequest>,
+    principal: Option<Principal>,
+}
+
+impl Resend {
+    /// What it takes to send `req` again; `None` for a `POST` the JSON-RPC
+    /// layer did not parse (its body cannot be sent twice).
+    pub(super) fn of(req: &Request<Body>) -> Option<Resend> {
+        let ext = req.extensions();
+        let mcp = ext.get::<McpRequest>().cloned();
+        let get = req.method() == HttpMethod::GET;
+        if mcp.is_none() && !get {
+            return None;
+        }
+        Some(Resend {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            last_event_id: get
+                .then(|| req.headers().get("last-event-id").cloned())
+                .flatten(),
+            mcp,
+            principal: ext.get::<Principal>().cloned(),
+        })
+    }
+
+    /// The caller, for the failover's own requests.
+    pub(super) fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
+    /// The first JSON-RPC id of the request.
+    pub(super) fn id(&self) -> Option<RequestId> {
+        self.mcp.as_ref().and_then(|m| m.first_id().cloned())
+    }
+
+    /// The request again, for the session as `rec` now is.
+    pub(super) fn request(self, rec: &SessionRecord) -> Request<Body> {
+        let body = self
+            .mcp
+            .as_ref()
+            .map_or_else(Body::empty, |m| Body::full(m.body().clone()));
+        let mut req = Request::new(body);
+        let h = req.headers_mut();
+        if self.method == HttpMethod::GET {
+            h.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            if let Some(v) = self.last_event_id {
+                h.insert(HeaderName::from_static("last-event-id"), v);
+            }
+        } else {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("application/json, text/event-stream"),
+            );
+        }
+        if let Some(v) = rec.protocol_version() {
+            h.insert(
+                header_names::MCP_PROTOCOL_VERSION,
+                HeaderValue::from_static(v.as_str()),
+            );
+        }
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        if let Some(m) = self.mcp {
+            req.extensions_mut().insert(m);
+        }
+        if let Some(p) = self.principal {
+            req.extensions_mut().insert(p);
+        }
+        set_route(&mut req, rec);
+        req
+    }
+}
+
+/// A whole copy of a request that starts something new (`initialize`, a
+/// stateless call), to send to another instance when the first could not
+/// be connected to: every header goes again (a stateless call's `Mcp-*`
+/// headers must). Made only when there is another instance to try.
 pub(super) fn copy(req: &Request<Body>) -> Option<Request<Body>> {
-    let body = if req.method() == HttpMethod::POST {
-        Body::full(req.body().as_bytes()?.clone())
-    } else {
-        Body::empty()
-    };
+    let body = Body::full(req.body().as_bytes()?.clone());
     let mut out = Request::new(body);
     *out.method_mut() = req.method().clone();
     *out.uri_mut() = req.uri().clone();
-    *out.version_mut() = req.version();
     *out.headers_mut() = req.headers().clone();
     let ext = req.extensions();
     if let Some(m) = ext.get::<McpRequest>() {
@@ -182,12 +272,12 @@ async fn move_session<S: RoutedService>(
     if why == Moved::Unreachable {
         tried.push(from);
     }
-    let (to, upstream_id) = loop {
+    let (to, upstream_id, agreed) = loop {
         let Some(i) = choose(None, &shared.instances, None, &tried) else {
             return Err(shared.no_instance(id));
         };
         match set_up(inner.clone(), i, &setup, rec, principal.as_ref()).await {
-            Ok(up) => break (i, up),
+            Ok((up, agreed)) => break (i, up, agreed),
             Err(SetUp::NotSent) => tried.push(i),
             Err(SetUp::Failed(e)) => {
                 tracing::warn!(session = ?rec.id(), instance = i, error = %e, "failover: the session could not be set up again");
@@ -202,11 +292,12 @@ async fn move_session<S: RoutedService>(
             }
         }
     };
-    let Some(new) = shared
-        .store
-        .update(rec.moved(to, upstream_id.clone()))
-        .await
-    else {
+    // The record now describes the new backend session, in the version it
+    // agreed to (what a request sent again carries).
+    let moved = rec
+        .moved(to, upstream_id.clone())
+        .with_protocol_version(agreed);
+    let Some(new) = shared.store.update(moved).await else {
         // The session ended meanwhile: end what was set up for it.
         let (inner, orphan) = (inner.clone(), rec.moved(to, upstream_id));
         tokio::spawn(async move { end_upstream(inner, &orphan).await });
@@ -238,7 +329,7 @@ async fn set_up<S: RoutedService>(
     setup: &SessionSetup,
     rec: &SessionRecord,
     principal: Option<&Principal>,
-) -> Result<Option<HeaderValue>, SetUp> {
+) -> Result<(Option<HeaderValue>, Option<ProtocolVersion>), SetUp> {
     // The version the backend agreed to (the client's, when it said so).
     let mut version = rec
         .protocol_version()
@@ -274,11 +365,12 @@ async fn set_up<S: RoutedService>(
     let result = expect_result(res)
         .await
         .map_err(|e| SetUp::Failed(format!("initialize: {e}")))?;
-    if let Some(v) = result["protocolVersion"]
+    let agreed = result["protocolVersion"]
         .as_str()
-        .and_then(|v| HeaderValue::from_str(v).ok())
-    {
-        version = Some(v);
+        .and_then(ProtocolVersion::parse)
+        .or(rec.protocol_version());
+    if let Some(v) = agreed {
+        version = Some(HeaderValue::from_static(v.as_str()));
     }
     let initialized =
         Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
@@ -303,7 +395,7 @@ async fn set_up<S: RoutedService>(
             tracing::warn!(session = ?rec.id(), instance = i, error = %e, "failover: a replayed request failed");
         }
     }
-    Ok(upstream_id)
+    Ok((upstream_id, agreed))
 }
 
 /// At a drained instance's deadline: ends its sessions' backend sessions

@@ -46,7 +46,7 @@ use crate::upstream::{Instance, Instances, NotSent};
 mod failover;
 mod select;
 
-use self::failover::{copy, note_setup, reestablish, set_route};
+use self::failover::{copy, note_setup, reestablish, set_route, Resend};
 pub use self::failover::{Failover, Moved};
 use self::select::choose;
 pub use self::select::BackendSelector;
@@ -680,7 +680,7 @@ where
             Err(res) => return Ok(res),
         }
     }
-    let again = (movable && !is_delete).then(|| copy(&req)).flatten();
+    let again = (movable && !is_delete).then(|| Resend::of(&req)).flatten();
     set_route(&mut req, &rec);
     // Ready: see `route`.
     let mut res = inner.call(req).await?;
@@ -688,17 +688,17 @@ where
     let forgot = status == StatusCode::NOT_FOUND && rec.upstream_id().is_some();
     let unreachable = res.extensions().get::<NotSent>().is_some();
     if forgot || unreachable {
-        if let Some(mut again) = again {
+        if let Some(again) = again {
             let why = if forgot {
                 Moved::BackendForgot
             } else {
                 Moved::Unreachable
             };
-            let principal = again.extensions().get::<Principal>().cloned();
-            let id = first_id(&again);
+            let principal = again.principal().cloned();
+            let id = again.id();
             match reestablish(&shared, inner.clone(), &rec, principal, why, false, id).await {
                 Ok(moved) => {
-                    set_route(&mut again, &moved);
+                    let again = again.request(&moved);
                     rec = moved;
                     res = inner.clone().oneshot(again).await?;
                 }

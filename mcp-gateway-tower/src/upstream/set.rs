@@ -16,7 +16,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::health::{
-    spawn_probe, Balance, HealthConfig, InstanceState, LostCall, Outstanding, Watched,
+    spawn_probe, Balance, HealthConfig, InstanceState, LossWatch, LostCall, Outstanding, Watched,
 };
 use super::{BoxUpstream, HttpUpstream, HttpUpstreamConfig};
 use crate::body::{Body, BoxError, BoxFuture};
@@ -237,8 +237,7 @@ impl Service<Request<Body>> for Upstreams {
             return Box::pin(std::future::ready(Ok(error_response(&e, id))));
         };
         let counted = Outstanding::start(&slot.state);
-        let state = slot.state.clone();
-        let token = slot.state.loss_token();
+        let mut lost = LossWatch::new(slot.state.clone());
         let id = match req.method() {
             &http::Method::POST => req
                 .extensions()
@@ -246,17 +245,22 @@ impl Service<Request<Body>> for Upstreams {
                 .and_then(|m| m.first_id().cloned()),
             _ => None,
         };
-        let fut = slot.upstream.send(req);
+        let mut fut = slot.upstream.send(req);
         let backend = pool.backend.clone();
         let outlier = pool.health.outlier;
         Box::pin(async move {
-            let res = tokio::select! {
-                biased;
-                r = fut => r,
-                () = token.cancelled() => {
-                    return Ok(LostCall::response(&backend, id.as_ref()));
+            // The answer, unless the instance is lost first.
+            let answer = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
                 }
+                lost.poll_lost(cx).map(|()| None)
+            })
+            .await;
+            let Some(res) = answer else {
+                return Ok(LostCall::response(&backend, id.as_ref()));
             };
+            let state = counted.state();
             let Ok(res) = res;
             if res.status().is_server_error() {
                 if let Some(len) = state.passive_failure(&outlier) {
@@ -273,7 +277,8 @@ impl Service<Request<Body>> for Upstreams {
                 return Ok(res);
             }
             let (parts, body) = res.into_parts();
-            let body = Watched::new(body, counted, state, outlier, token, backend, id);
+            let state = state.clone();
+            let body = Watched::new(body, counted, state, outlier, lost, backend, id);
             Ok(Response::from_parts(parts, Body::boxed(body)))
         })
     }

@@ -22,6 +22,7 @@ mod watch;
 
 pub use self::probe::PROBE_CLIENT_NAME;
 pub(crate) use self::probe::{expect_result, spawn_probe};
+pub(crate) use self::state::LossWatch;
 pub use self::state::{Condition, InstanceState};
 pub(crate) use self::watch::{LostCall, Outstanding, Watched};
 

@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 
 use super::OutlierConfig;
 
@@ -64,8 +64,9 @@ pub struct InstanceState {
     ejected_until_ms: AtomicU64,
     ejections: AtomicU64,
     failovers: AtomicU64,
-    /// Cancelled when the instance is lost; replaced by a fresh one.
-    loss: ArcSwap<CancellationToken>,
+    /// Counts the losses; calls in flight watch it move ([`LossWatch`]).
+    losses: AtomicU64,
+    waiters: Mutex<Waiters>,
 }
 
 impl InstanceState {
@@ -86,7 +87,8 @@ impl InstanceState {
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
-            loss: ArcSwap::from_pointee(CancellationToken::new()),
+            losses: AtomicU64::new(0),
+            waiters: Mutex::default(),
         }
     }
 
@@ -97,11 +99,12 @@ impl InstanceState {
 
     /// Where it stands now.
     pub fn condition(&self) -> Condition {
+        let until = self.ejected_until_ms.load(Ordering::Acquire);
         if self.removed.load(Ordering::Acquire) {
             Condition::Removed
         } else if !self.healthy.load(Ordering::Acquire) {
             Condition::Unhealthy
-        } else if self.ejected_until_ms.load(Ordering::Acquire) > now_ms() {
+        } else if until != 0 && until > now_ms() {
             Condition::Ejected
         } else if self.draining_since_ms.load(Ordering::Acquire) != 0 {
             Condition::Draining
@@ -202,15 +205,28 @@ impl InstanceState {
         self.removed.load(Ordering::Acquire)
     }
 
-    /// The token cancelled when the instance is next lost.
-    pub(crate) fn loss_token(&self) -> CancellationToken {
-        CancellationToken::clone(&self.loss.load())
+    /// How many times the instance was lost so far (a call notes it when
+    /// it starts, and ends when it moves).
+    pub(crate) fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Acquire)
     }
 
     /// Cuts every call in flight: they end with an error now.
     fn lose(&self) {
-        let old = self.loss.swap(Arc::new(CancellationToken::new()));
-        old.cancel();
+        self.losses.fetch_add(1, Ordering::AcqRel);
+        let wakers: Vec<Waker> = self
+            .waiters()
+            .slots
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn call_started(&self) {
@@ -244,7 +260,8 @@ impl InstanceState {
         if cfg.consecutive_failures == 0 {
             return None;
         }
-        if self.ejected_until_ms.load(Ordering::Acquire) > now_ms() {
+        let until = self.ejected_until_ms.load(Ordering::Acquire);
+        if until != 0 && until > now_ms() {
             return None;
         }
         let n = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
@@ -289,6 +306,81 @@ impl InstanceState {
     }
 }
 
+/// The wakers of the calls in flight on an instance, each in a slot of its
+/// call's [`LossWatch`] (free slots are reused).
+#[derive(Debug, Default)]
+struct Waiters {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+/// Watches, for one call, whether its instance is lost after the call
+/// started. Registers the call's waker once (again only when the waker
+/// changes) and leaves on drop: two short locks per call, no allocation.
+#[derive(Debug)]
+pub(crate) struct LossWatch {
+    state: Arc<InstanceState>,
+    seen: u64,
+    slot: Option<usize>,
+    waker: Option<Waker>,
+}
+
+impl LossWatch {
+    /// Starts watching `state`'s instance.
+    pub(crate) fn new(state: Arc<InstanceState>) -> Self {
+        LossWatch {
+            seen: state.losses(),
+            state,
+            slot: None,
+            waker: None,
+        }
+    }
+
+    /// Ready once the instance was lost after the call started; else
+    /// Pending, with `cx`'s waker woken at the loss.
+    pub(crate) fn poll_lost(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state.losses() != self.seen {
+            return Poll::Ready(());
+        }
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let waker = cx.waker().clone();
+        {
+            let mut w = self.state.waiters();
+            let i = match self.slot {
+                Some(i) => i,
+                None => match w.free.pop() {
+                    Some(i) => i,
+                    None => {
+                        w.slots.push(None);
+                        w.slots.len() - 1
+                    }
+                },
+            };
+            w.slots[i] = Some(waker.clone());
+            self.slot = Some(i);
+        }
+        self.waker = Some(waker);
+        // A loss between the first look and the registration.
+        if self.state.losses() != self.seen {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for LossWatch {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            let mut w = self.state.waiters();
+            w.slots[i] = None;
+            w.free.push(i);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,12 +393,11 @@ mod tests {
             max_ejection: Duration::from_secs(12),
         };
         let s = InstanceState::new("a");
-        let token = s.loss_token();
+        let seen = s.losses();
         assert_eq!(s.passive_failure(&cfg), None);
         assert!(s.is_eligible());
         assert_eq!(s.passive_failure(&cfg), Some(Duration::from_secs(5)));
-        assert!(token.is_cancelled());
-        assert!(!s.loss_token().is_cancelled());
+        assert_eq!(s.losses(), seen + 1, "calls in flight are cut");
         assert_eq!(s.condition(), Condition::Ejected);
         assert!(s.is_lost() && !s.is_eligible());
         // Still ejected: more failures neither count nor extend it.

@@ -1,7 +1,6 @@
 //! What a call through an instance tells its health, and the response body
 //! of a streamed call, which ends cleanly when its instance is lost.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,9 +9,8 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Frame, SizeHint};
 use mcp_gateway_core::{ErrorKind, GatewayError, RequestId};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::state::InstanceState;
+use super::state::{InstanceState, LossWatch};
 use super::OutlierConfig;
 use crate::body::{Body, BoxError};
 use crate::error::error_response;
@@ -56,7 +54,7 @@ pub(crate) struct Watched {
     _counted: Outstanding,
     state: Arc<InstanceState>,
     outlier: OutlierConfig,
-    lost: Pin<Box<WaitForCancellationFutureOwned>>,
+    lost: LossWatch,
     backend: Arc<str>,
     id: Option<RequestId>,
     at_boundary: bool,
@@ -65,13 +63,13 @@ pub(crate) struct Watched {
 
 impl Watched {
     /// Watches `inner`; the call stays counted in flight until this is
-    /// dropped.
+    /// dropped. `lost` watches its instance since the call started.
     pub(crate) fn new(
         inner: Body,
         counted: Outstanding,
         state: Arc<InstanceState>,
         outlier: OutlierConfig,
-        token: CancellationToken,
+        lost: LossWatch,
         backend: Arc<str>,
         id: Option<RequestId>,
     ) -> Self {
@@ -80,7 +78,7 @@ impl Watched {
             _counted: counted,
             state,
             outlier,
-            lost: Box::pin(token.cancelled_owned()),
+            lost,
             backend,
             id,
             at_boundary: true,
@@ -122,6 +120,11 @@ impl Outstanding {
         state.call_started();
         Outstanding(state.clone())
     }
+
+    /// The instance the call is counted on.
+    pub(crate) fn state(&self) -> &Arc<InstanceState> {
+        &self.0
+    }
 }
 
 impl Drop for Outstanding {
@@ -147,10 +150,8 @@ impl http_body::Body for Watched {
         if this.done {
             return Poll::Ready(None);
         }
-        if this.lost.as_mut().poll(cx).is_ready() {
-            tracing::warn!(backend = %this.backend, instance = %this.state.label(), "instance lost: its stream ends");
-            return this.end(true);
-        }
+        // The loss is looked at only when the stream waits: a stream that
+        // flows is not lost, and its waiter stays registered meanwhile.
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
@@ -175,7 +176,13 @@ impl http_body::Body for Watched {
                 this.done = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if this.lost.poll_lost(cx).is_ready() {
+                    tracing::warn!(backend = %this.backend, instance = %this.state.label(), "instance lost: its stream ends");
+                    return this.end(true);
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -218,7 +225,7 @@ mod tests {
                 Outstanding::start(&state),
                 state.clone(),
                 OutlierConfig::default(),
-                state.loss_token(),
+                LossWatch::new(state.clone()),
                 "db".into(),
                 id,
             );
