@@ -26,6 +26,9 @@ use net::{raw, serve, url, Served, ACCEPT, JSON, V};
 
 type Client = RunningService<RoleClient, ()>;
 
+/// When a request started, and how it ended.
+type Outcome = (Instant, Result<(), String>);
+
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
 /// An rmcp fixture server that can be killed: its listener and every open
@@ -231,7 +234,7 @@ async fn a_dead_instance_fails_only_its_calls_in_flight_and_its_sessions_move() 
 
     // A steady load of new sessions and calls across the kill.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let outcomes: Arc<Mutex<Vec<(Instant, Result<(), String>)>>> = Arc::default();
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let mut load = Vec::new();
     for _ in 0..3 {
         let (stop, outcomes, g) = (stop.clone(), outcomes.clone(), url(&gw));
@@ -300,7 +303,7 @@ async fn a_dead_instance_fails_only_its_calls_in_flight_and_its_sessions_move() 
     for t in load {
         t.await.unwrap();
     }
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let late_failures: Vec<_> = outcomes
         .iter()
         .filter(|(t, r)| r.is_err() && *t > killed)
