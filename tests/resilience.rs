@@ -628,3 +628,55 @@ async fn a_request_that_never_reached_an_instance_is_sent_to_another() {
         Condition::Ejected
     );
 }
+
+/// A `HealthProbe` of the embedder's own decides health: here, a switch
+/// per instance (reached through the probe target's label).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_probe_of_ones_own_decides_which_instances_take_sessions() {
+    use mcp_gateway_core::Answer;
+    use mcp_gateway_tower::upstream::health::{HealthProbe, ProbeTarget};
+
+    struct Switch(String, Arc<std::sync::atomic::AtomicBool>);
+    impl HealthProbe for Switch {
+        fn probe<'a>(&'a self, instance: &'a ProbeTarget) -> Answer<'a, Result<(), String>> {
+            let down = instance.label() == self.0 && self.1.load(Ordering::SeqCst);
+            Answer::pending(async move {
+                // It still reaches the instance, as a probe would.
+                let req = http::Request::get("/").body(Default::default()).unwrap();
+                instance.send(req).await?;
+                if down {
+                    Err("switched off".into())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    let (alpha, beta) = (Backend::start("alpha").await, Backend::start("beta").await);
+    let off = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = HealthConfig::default().active(Some(
+        ActiveHealth::default()
+            .interval(Duration::from_millis(50))
+            .thresholds(1, 1)
+            .custom(Arc::new(Switch(alpha.url(), off.clone()))),
+    ));
+    let (gw, handles) = gateway(&[alpha.url(), beta.url()], health).await;
+    let _ = client(&gw).await; // starts the probes
+    let alpha_state = handles.instances.state(0).unwrap();
+    off.store(true, Ordering::SeqCst);
+    eventually("alpha switched off", Duration::from_secs(10), || {
+        alpha_state.condition() == Condition::Unhealthy
+    })
+    .await;
+    for _ in 0..4 {
+        let c = client(&gw).await;
+        assert_eq!(whoami(&c).await, "beta");
+        c.cancel().await.unwrap();
+    }
+    off.store(false, Ordering::SeqCst);
+    eventually("alpha back", Duration::from_secs(10), || {
+        alpha_state.condition() == Condition::Healthy
+    })
+    .await;
+}

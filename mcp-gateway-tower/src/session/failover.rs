@@ -222,23 +222,31 @@ pub(super) fn set_route(req: &mut Request<Body>, rec: &SessionRecord) {
     req.extensions_mut().insert(Instance(rec.instance()));
 }
 
+/// A move to ask of [`reestablish`].
+pub(super) struct Move {
+    /// Why the session moves.
+    pub(super) why: Moved,
+    /// End the backend session it leaves (best effort).
+    pub(super) end_old: bool,
+    /// The caller, for the backend's credentials.
+    pub(super) principal: Option<Principal>,
+    /// The id of the request that found the loss, for an error answer.
+    pub(super) id: Option<RequestId>,
+}
+
 /// Sets session `rec` up again on a healthy instance and stores where it
-/// now lives. `end_old`: end the backend session it leaves (best effort).
-/// The error is the answer for the client.
+/// now lives. The error is the answer for the client.
 pub(super) async fn reestablish<S: RoutedService>(
     shared: &Arc<Shared>,
     inner: S,
     rec: &Arc<SessionRecord>,
-    principal: Option<Principal>,
-    why: Moved,
-    end_old: bool,
-    id: Option<RequestId>,
+    m: Move,
 ) -> Result<Arc<SessionRecord>, Response<Body>> {
     let sid = rec.id().as_str();
     let lock = shared.move_lock(sid);
     let moved = {
         let _one_at_a_time = lock.lock().await;
-        move_session(shared, inner, rec, principal, why, end_old, id.as_ref()).await
+        move_session(shared, inner, rec, &m).await
     };
     shared.release_move_lock(sid, lock);
     moved
@@ -248,11 +256,9 @@ async fn move_session<S: RoutedService>(
     shared: &Arc<Shared>,
     inner: S,
     rec: &Arc<SessionRecord>,
-    principal: Option<Principal>,
-    why: Moved,
-    end_old: bool,
-    id: Option<&RequestId>,
+    m: &Move,
 ) -> Result<Arc<SessionRecord>, Response<Body>> {
+    let (why, id) = (m.why, m.id.as_ref());
     let sid = rec.id().as_str();
     let Some(current) = shared.store.get(sid).await else {
         return Err(not_found(id));
@@ -276,7 +282,7 @@ async fn move_session<S: RoutedService>(
         let Some(i) = choose(None, &shared.instances, None, &tried) else {
             return Err(shared.no_instance(id));
         };
-        match set_up(inner.clone(), i, &setup, rec, principal.as_ref()).await {
+        match set_up(inner.clone(), i, &setup, rec, m.principal.as_ref()).await {
             Ok((up, agreed)) => break (i, up, agreed),
             Err(SetUp::NotSent) => tried.push(i),
             Err(SetUp::Failed(e)) => {
@@ -303,7 +309,7 @@ async fn move_session<S: RoutedService>(
         tokio::spawn(async move { end_upstream(inner, &orphan).await });
         return Err(not_found(id));
     };
-    if end_old && !rec.detached() {
+    if m.end_old && !rec.detached() {
         let (inner, old) = (inner.clone(), rec.clone());
         tokio::spawn(async move { end_upstream(inner, &old).await });
     }

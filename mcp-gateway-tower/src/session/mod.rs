@@ -46,7 +46,7 @@ use crate::upstream::{Instance, Instances, NotSent};
 mod failover;
 mod select;
 
-use self::failover::{copy, note_setup, reestablish, set_route, Resend};
+use self::failover::{copy, note_setup, reestablish, set_route, Move, Resend};
 pub use self::failover::{Failover, Moved};
 use self::select::choose;
 pub use self::select::BackendSelector;
@@ -673,9 +673,13 @@ where
         } else {
             Moved::InstanceLost
         };
-        let principal = req.extensions().get::<Principal>().cloned();
-        let id = first_id(&req);
-        match reestablish(&shared, inner.clone(), &rec, principal, why, true, id).await {
+        let m = Move {
+            why,
+            end_old: true,
+            principal: req.extensions().get::<Principal>().cloned(),
+            id: first_id(&req),
+        };
+        match reestablish(&shared, inner.clone(), &rec, m).await {
             Ok(moved) => rec = moved,
             Err(res) => return Ok(res),
         }
@@ -694,9 +698,13 @@ where
             } else {
                 Moved::Unreachable
             };
-            let principal = again.principal().cloned();
-            let id = again.id();
-            match reestablish(&shared, inner.clone(), &rec, principal, why, false, id).await {
+            let m = Move {
+                why,
+                end_old: false,
+                principal: again.principal().cloned(),
+                id: again.id(),
+            };
+            match reestablish(&shared, inner.clone(), &rec, m).await {
                 Ok(moved) => {
                     let again = again.request(&moved);
                     rec = moved;

@@ -20,8 +20,8 @@ mod probe;
 mod state;
 mod watch;
 
-pub use self::probe::PROBE_CLIENT_NAME;
 pub(crate) use self::probe::{expect_result, spawn_probe};
+pub use self::probe::{HealthProbe, ProbeTarget, PROBE_CLIENT_NAME};
 pub(crate) use self::state::LossWatch;
 pub use self::state::{Condition, InstanceState};
 pub(crate) use self::watch::{LostCall, Outstanding, Watched};
@@ -91,6 +91,18 @@ pub struct ActiveHealth {
     pub healthy_threshold: u32,
     /// What the probe sends. Default [`Probe::Ping`].
     pub probe: Probe,
+    /// A probe of your own, used instead of [`probe`](Self::probe).
+    pub custom: Option<CustomProbe>,
+}
+
+/// A [`HealthProbe`] of your own (see [`ActiveHealth::custom`]).
+#[derive(Clone)]
+pub struct CustomProbe(pub std::sync::Arc<dyn HealthProbe>);
+
+impl std::fmt::Debug for CustomProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CustomProbe")
+    }
 }
 
 impl Default for ActiveHealth {
@@ -101,11 +113,18 @@ impl Default for ActiveHealth {
             unhealthy_threshold: 2,
             healthy_threshold: 2,
             probe: Probe::Ping,
+            custom: None,
         }
     }
 }
 
 impl ActiveHealth {
+    /// Probes with `probe` instead of a built-in one.
+    pub fn custom(mut self, probe: std::sync::Arc<dyn HealthProbe>) -> Self {
+        self.custom = Some(CustomProbe(probe));
+        self
+    }
+
     /// Sets [`interval`](Self::interval).
     pub fn interval(mut self, d: Duration) -> Self {
         self.interval = d;

@@ -23,12 +23,76 @@ use mcp_gateway_core::protocol::header_names;
 use super::state::InstanceState;
 use super::{ActiveHealth, Probe};
 use crate::body::{Body, BoxFuture};
+use mcp_gateway_core::Answer as Decided;
 
 /// The `clientInfo.name` of the gateway's health probes.
 pub const PROBE_CLIENT_NAME: &str = "mcp-gateway-health-probe";
 
 /// The most of a probe answer that is read.
 const MAX_ANSWER: usize = 1 << 20;
+
+/// Is a backend instance alive? What the active probe of each instance
+/// asks, every [`ActiveHealth::interval`], within its timeout. The
+/// built-in probes are [`Probe::Ping`] and [`Probe::Discover`]; set one of
+/// your own with [`ActiveHealth::custom`].
+///
+/// ```
+/// use mcp_gateway_core::Answer;
+/// use mcp_gateway_tower::upstream::health::{HealthProbe, ProbeTarget};
+///
+/// /// Alive when the MCP endpoint answers a GET at all (a 405 will do).
+/// struct Answers;
+///
+/// impl HealthProbe for Answers {
+///     fn probe<'a>(&'a self, instance: &'a ProbeTarget) -> Answer<'a, Result<(), String>> {
+///         Answer::pending(async move {
+///             let req = http::Request::get("/").body(Default::default()).unwrap();
+///             let res = instance.send(req).await?;
+///             if res.status().is_server_error() {
+///                 return Err(format!("answered {}", res.status()));
+///             }
+///             Ok(())
+///         })
+///     }
+/// }
+/// ```
+pub trait HealthProbe: Send + Sync + 'static {
+    /// Probes the instance once; `Ok` when it is alive, else why not.
+    fn probe<'a>(&'a self, instance: &'a ProbeTarget) -> Decided<'a, Result<(), String>>;
+}
+
+/// One instance as a [`HealthProbe`] reaches it: requests go to its MCP
+/// URL with the backend's credentials (a request's own path is not used).
+pub struct ProbeTarget {
+    send: Box<dyn Fn(Request<Body>) -> Option<BoxFuture> + Send + Sync>,
+    label: Arc<str>,
+}
+
+impl std::fmt::Debug for ProbeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeTarget")
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+impl ProbeTarget {
+    /// Sends `req` to the instance. Errors only when the instance is gone
+    /// from the configuration; a failed connection is a 502 response.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, String> {
+        let Ok(res) = self.call(req).ok_or(GONE)?.await;
+        Ok(res)
+    }
+
+    /// How the instance is shown (its URL).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn call(&self, req: Request<Body>) -> Option<BoxFuture> {
+        (self.send)(req)
+    }
+}
 
 /// Starts probing one instance every `cfg.interval`; `send` reaches it,
 /// and returns `None` once the instance is gone (the task then ends).
@@ -43,6 +107,10 @@ pub(crate) fn spawn_probe<F>(
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let target = ProbeTarget {
+        send: Box::new(send),
+        label: state.label().clone(),
+    };
     rt.spawn(async move {
         let mut session: Option<HeaderValue> = None;
         let mut tick = tokio::time::interval(cfg.interval);
@@ -51,16 +119,21 @@ pub(crate) fn spawn_probe<F>(
             tick.tick().await;
             if state.is_removed() {
                 if let Some(sid) = session.take() {
-                    if let Some(f) = send(request("DELETE", Bytes::new(), Some(&sid))) {
+                    if let Some(f) = target.call(request("DELETE", Bytes::new(), Some(&sid))) {
                         let _ = tokio::time::timeout(cfg.timeout, f).await;
                     }
                 }
                 break;
             }
-            let outcome =
-                tokio::time::timeout(cfg.timeout, probe_once(&send, cfg.probe, &mut session))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {:?}", cfg.timeout)));
+            let once = async {
+                match &cfg.custom {
+                    Some(custom) => custom.0.probe(&target).await,
+                    None => probe_once(&target, cfg.probe, &mut session).await,
+                }
+            };
+            let outcome = tokio::time::timeout(cfg.timeout, once)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", cfg.timeout)));
             match outcome {
                 Ok(()) => {
                     if state.probe_passed(cfg.healthy_threshold) {
@@ -79,17 +152,14 @@ pub(crate) fn spawn_probe<F>(
     });
 }
 
-/// What `probe_once` says when the instance is gone.
+/// What a probe says when the instance is gone.
 const GONE: &str = "instance gone";
 
-async fn probe_once<F>(
-    send: &F,
+async fn probe_once(
+    target: &ProbeTarget,
     probe: Probe,
     session: &mut Option<HeaderValue>,
-) -> Result<(), String>
-where
-    F: Fn(Request<Body>) -> Option<BoxFuture>,
-{
+) -> Result<(), String> {
     match probe {
         Probe::Discover => {
             let body = format!(
@@ -107,18 +177,18 @@ where
                 http::HeaderName::from_static("mcp-method"),
                 HeaderValue::from_static("server/discover"),
             );
-            answer(send(req).ok_or(GONE)?.await)
+            answer(target.call(req).ok_or(GONE)?.await)
                 .await
                 .map_err(String::from)
         }
         Probe::Ping => {
             if session.is_none() {
-                *session = Some(initialize(send).await?);
+                *session = Some(initialize(target).await?);
             }
-            match ping(send, session.as_ref()).await {
+            match ping(target, session.as_ref()).await {
                 Err(Answer::Forgotten) => {
-                    *session = Some(initialize(send).await?);
-                    ping(send, session.as_ref()).await.map_err(String::from)
+                    *session = Some(initialize(target).await?);
+                    ping(target, session.as_ref()).await.map_err(String::from)
                 }
                 r => r.map_err(String::from),
             }
@@ -152,16 +222,16 @@ fn request(method: &str, body: Bytes, session: Option<&HeaderValue>) -> Request<
 }
 
 /// Starts a probe session; its id (empty when the backend issues none).
-async fn initialize<F>(send: &F) -> Result<HeaderValue, String>
-where
-    F: Fn(Request<Body>) -> Option<BoxFuture>,
-{
+async fn initialize(target: &ProbeTarget) -> Result<HeaderValue, String> {
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":"health-probe-{}","method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"{PROBE_CLIENT_NAME}","version":"{}"}}}}}}"#,
         next_id(),
         env!("CARGO_PKG_VERSION")
     );
-    let res = send(request("POST", body.into(), None)).ok_or(GONE)?.await;
+    let res = target
+        .call(request("POST", body.into(), None))
+        .ok_or(GONE)?
+        .await;
     let sid = res
         .as_ref()
         .ok()
@@ -169,7 +239,8 @@ where
         .unwrap_or_else(|| HeaderValue::from_static(""));
     answer(res).await.map_err(String::from)?;
     let note = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    let res = send(request("POST", Bytes::from_static(note), Some(&sid)))
+    let res = target
+        .call(request("POST", Bytes::from_static(note), Some(&sid)))
         .ok_or(GONE)?
         .await;
     let Ok(res) = res;
@@ -182,15 +253,14 @@ where
     Ok(sid)
 }
 
-async fn ping<F>(send: &F, session: Option<&HeaderValue>) -> Result<(), Answer>
-where
-    F: Fn(Request<Body>) -> Option<BoxFuture>,
-{
+async fn ping(target: &ProbeTarget, session: Option<&HeaderValue>) -> Result<(), Answer> {
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":"health-probe-{}","method":"ping"}}"#,
         next_id()
     );
-    let fut = send(request("POST", body.into(), session)).ok_or(Answer::Bad(GONE.into()))?;
+    let fut = target
+        .call(request("POST", body.into(), session))
+        .ok_or(Answer::Bad(GONE.into()))?;
     answer(fut.await).await
 }
 
