@@ -434,9 +434,18 @@ async fn a_drained_instance_keeps_its_sessions_until_the_deadline_then_they_move
 /// subscriptions); the client notices nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_backend_is_set_up_again_with_the_recorded_setup() {
+    use mcp_gateway_tower::audit::{AuditConfig, ChannelSink, Overflow};
     let first = Backend::start("first").await;
     let addr = first.addr;
-    let (gw, handles) = gateway(&[first.url()], HealthConfig::default()).await;
+    let (sink, mut audit) = ChannelSink::new(1000, Overflow::Drop);
+    let (router, handles) = McpGateway::builder()
+        .upstream_url(&first.url())
+        .unwrap()
+        .backend_name("files")
+        .audit(Arc::new(sink), AuditConfig::default())
+        .build_with_handles()
+        .unwrap();
+    let gw = serve(router).await;
     let u = url(&gw);
     let init = raw("POST", &u, &[ACCEPT, JSON], INIT).await;
     assert_eq!(init.status, 200);
@@ -483,6 +492,19 @@ async fn a_restarted_backend_is_set_up_again_with_the_recorded_setup() {
     // Once answered 404 (unknown session), once after the setup.
     assert_eq!(second.seen("tools/call"), 2);
     assert_eq!(handles.instances.state(0).unwrap().failovers(), 1);
+    // The move is in the audit log, with the session, from, to and why.
+    let moved = loop {
+        let e = audit.recv().await.unwrap();
+        if e.event.as_str() == "failover" {
+            break e;
+        }
+    };
+    assert_eq!(moved.session.as_deref(), Some(sid.as_str()));
+    assert_eq!(moved.backend.as_deref(), Some("files"));
+    assert_eq!(
+        moved.detail.as_deref(),
+        Some("from instance 0 to instance 0: backend_forgot")
+    );
     // The session id did not change and keeps working.
     let r = raw("POST", &u, &[ACCEPT, JSON, V, s], who).await;
     assert_eq!(r.answer()["result"]["content"][0]["text"], "second");
