@@ -144,8 +144,9 @@ async fn backends(State(a): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     )
 }
 
-/// A URL without its query (it may carry a token).
-fn shown_url(u: &str) -> &str {
+/// A backend URL as logs and the admin routes show it: no query (it may
+/// carry a token).
+pub(crate) fn shown_url(u: &str) -> &str {
     u.split('?').next().unwrap_or(u)
 }
 

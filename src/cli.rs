@@ -18,7 +18,7 @@ use mcp_gateway_tower::auth::{AuthConfig, ClientCertAuthenticator};
 use mcp_gateway_tower::origin::OriginPolicy;
 use mcp_gateway_tower::upstream::health::{ActiveHealth, HealthConfig};
 
-use crate::admin::Admin;
+use crate::admin::{shown_url, Admin};
 use crate::reload::Reloader;
 
 use crate::config::{CorsSection, GatewayConfig, TimeoutsSection};
@@ -252,11 +252,6 @@ impl Summary {
             }
         }
     }
-}
-
-/// A backend URL as logs may show it: no query (it may carry a token).
-fn shown_url(u: &str) -> String {
-    u.split('?').next().unwrap_or(u).to_owned()
 }
 
 impl Cli {

@@ -20,7 +20,7 @@ use super::{end_upstream, not_found, RoutedService, Shared};
 use crate::body::Body;
 use crate::error::error_response;
 use crate::upstream::health::expect_result;
-use crate::upstream::{Instance, NotSent};
+use crate::upstream::{own_request, Instance, NotSent, INITIALIZED};
 
 /// What a session does when its instance is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -148,10 +148,15 @@ impl Resend {
         let body = self
             .mcp
             .as_ref()
-            .map_or_else(Body::empty, |m| Body::full(m.body().clone()));
-        let mut req = Request::new(body);
-        let h = req.headers_mut();
-        if self.method == HttpMethod::GET {
+            .map(|m| m.body().clone())
+            .unwrap_or_default();
+        let version = rec
+            .protocol_version()
+            .map(|v| HeaderValue::from_static(v.as_str()));
+        let get = self.method == HttpMethod::GET;
+        let mut req = own_request(self.method, body, None, version.as_ref());
+        if get {
+            let h = req.headers_mut();
             h.insert(
                 header::ACCEPT,
                 HeaderValue::from_static("text/event-stream"),
@@ -159,23 +164,7 @@ impl Resend {
             if let Some(v) = self.last_event_id {
                 h.insert(HeaderName::from_static("last-event-id"), v);
             }
-        } else {
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert(
-                header::ACCEPT,
-                HeaderValue::from_static("application/json, text/event-stream"),
-            );
         }
-        if let Some(v) = rec.protocol_version() {
-            h.insert(
-                header_names::MCP_PROTOCOL_VERSION,
-                HeaderValue::from_static(v.as_str()),
-            );
-        }
-        *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         if let Some(m) = self.mcp {
             req.extensions_mut().insert(m);
@@ -336,24 +325,8 @@ async fn set_up<S: RoutedService>(
     rec: &SessionRecord,
     principal: Option<&Principal>,
 ) -> Result<(Option<HeaderValue>, Option<ProtocolVersion>), SetUp> {
-    // The version the backend agreed to (the client's, when it said so).
-    let mut version = rec
-        .protocol_version()
-        .map(|v| HeaderValue::from_static(v.as_str()));
     let request = |body: Bytes, session: Option<&HeaderValue>, version: Option<&HeaderValue>| {
-        let mut req = Request::post("/")
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .body(Body::full(body))
-            .expect("static request parts are valid");
-        if let Some(sid) = session {
-            req.headers_mut()
-                .insert(header_names::MCP_SESSION_ID, sid.clone());
-            if let Some(v) = version {
-                req.headers_mut()
-                    .insert(header_names::MCP_PROTOCOL_VERSION, v.clone());
-            }
-        }
+        let mut req = own_request(HttpMethod::POST, body, session, version);
         req.extensions_mut().insert(Instance(i));
         if let Some(p) = principal {
             req.extensions_mut().insert(p.clone());
@@ -371,15 +344,13 @@ async fn set_up<S: RoutedService>(
     let result = expect_result(res)
         .await
         .map_err(|e| SetUp::Failed(format!("initialize: {e}")))?;
+    // The version the backend agreed to (the client's, when it did not say).
     let agreed = result["protocolVersion"]
         .as_str()
         .and_then(ProtocolVersion::parse)
         .or(rec.protocol_version());
-    if let Some(v) = agreed {
-        version = Some(HeaderValue::from_static(v.as_str()));
-    }
-    let initialized =
-        Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let version = agreed.map(|v| HeaderValue::from_static(v.as_str()));
+    let initialized = Bytes::from_static(INITIALIZED);
     let Ok(res) = inner
         .clone()
         .oneshot(request(initialized, upstream_id.as_ref(), version.as_ref()))

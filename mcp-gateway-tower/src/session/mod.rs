@@ -30,7 +30,7 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use http::{Method as HttpMethod, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use mcp_gateway_core::protocol::{header_names, headers};
+use mcp_gateway_core::protocol::header_names;
 use mcp_gateway_core::session::{SessionId, SessionRecord, SessionSetup, SessionStore, StoreError};
 use mcp_gateway_core::{
     Era, ErrorKind, GatewayError, McpRequest, Principal, ProtocolVersion, RequestId,
@@ -41,7 +41,7 @@ use tower_service::Service;
 
 use crate::body::{take_ready, Body, BoxFuture};
 use crate::error::error_response;
-use crate::upstream::{Instance, Instances, NotSent};
+use crate::upstream::{own_request, Instance, Instances, NotSent};
 
 mod failover;
 mod select;
@@ -447,17 +447,15 @@ where
     let Some(value) = rec.upstream_header().cloned() else {
         return;
     };
-    let mut req = Request::delete("/")
-        .header(http::header::HOST, "localhost")
-        .header(headers::MCP_SESSION_ID, value)
-        .body(Body::empty())
-        .expect("static request parts are valid");
-    if let Some(v) = rec.protocol_version() {
-        req.headers_mut().insert(
-            header_names::MCP_PROTOCOL_VERSION,
-            HeaderValue::from_static(v.as_str()),
-        );
-    }
+    let version = rec
+        .protocol_version()
+        .map(|v| HeaderValue::from_static(v.as_str()));
+    let mut req = own_request(
+        HttpMethod::DELETE,
+        bytes::Bytes::new(),
+        Some(&value),
+        version.as_ref(),
+    );
     req.extensions_mut().insert(Instance(rec.instance()));
     let Ok(res) = inner.oneshot(req).await;
     let _ = res.into_body().collect().await;

@@ -17,6 +17,7 @@
 //! | [`credentials`] | the headers the gateway adds towards a backend |
 //! | `service` | [`ServiceUpstream`] |
 //! | `idle` | the idle limit of an upstream response stream |
+//! | `own` | the requests the gateway sends on its own behalf (probes, failover, session ends) |
 //! | [`health`] | instance health: active probes, passive outlier detection, loss |
 //! | `set` | [`Upstreams`], [`Instance`], [`Instances`] |
 
@@ -32,6 +33,7 @@ pub mod credentials;
 mod headers;
 pub mod health;
 mod idle;
+mod own;
 mod service;
 mod set;
 #[cfg(test)]
@@ -40,6 +42,7 @@ mod tests;
 pub mod tls;
 
 pub use self::client::{HttpClient, HttpUpstream, HttpUpstreamConfig};
+pub(crate) use self::own::{own_request, INITIALIZED};
 pub use self::service::ServiceUpstream;
 pub use self::set::{Instance, InstanceInfo, Instances, UpstreamInstance, Upstreams};
 #[cfg(feature = "tls")]

@@ -16,7 +16,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::health::{
-    spawn_probe, Balance, HealthConfig, InstanceState, LossWatch, LostCall, Outstanding, Watched,
+    lost_call, spawn_probe, Balance, HealthConfig, InstanceState, LossWatch, Outstanding, Watched,
 };
 use super::{BoxUpstream, HttpUpstream, HttpUpstreamConfig};
 use crate::body::{Body, BoxError, BoxFuture};
@@ -258,7 +258,7 @@ impl Service<Request<Body>> for Upstreams {
             })
             .await;
             let Some(res) = answer else {
-                return Ok(LostCall::response(&backend, id.as_ref()));
+                return Ok(lost_call(&backend, id.as_ref()));
             };
             let state = counted.state();
             let Ok(res) = res;
@@ -277,8 +277,7 @@ impl Service<Request<Body>> for Upstreams {
                 return Ok(res);
             }
             let (parts, body) = res.into_parts();
-            let state = state.clone();
-            let body = Watched::new(body, counted, state, outlier, lost, backend, id);
+            let body = Watched::new(body, counted, outlier, lost, backend, id);
             Ok(Response::from_parts(parts, Body::boxed(body)))
         })
     }

@@ -24,7 +24,7 @@ pub(crate) use self::probe::{expect_result, spawn_probe};
 pub use self::probe::{HealthProbe, ProbeTarget, PROBE_CLIENT_NAME};
 pub(crate) use self::state::LossWatch;
 pub use self::state::{Condition, InstanceState};
-pub(crate) use self::watch::{LostCall, Outstanding, Watched};
+pub(crate) use self::watch::{lost_call, Outstanding, Watched};
 
 /// How the instances of a backend are watched and chosen.
 #[derive(Debug, Clone)]

@@ -23,6 +23,7 @@ use mcp_gateway_core::protocol::header_names;
 use super::state::InstanceState;
 use super::{ActiveHealth, Probe};
 use crate::body::{Body, BoxFuture};
+use crate::upstream::{own_request, INITIALIZED};
 use mcp_gateway_core::Answer as Decided;
 
 /// The `clientInfo.name` of the gateway's health probes.
@@ -119,7 +120,7 @@ pub(crate) fn spawn_probe<F>(
             tick.tick().await;
             if state.is_removed() {
                 if let Some(sid) = session.take() {
-                    if let Some(f) = target.call(request("DELETE", Bytes::new(), Some(&sid))) {
+                    if let Some(f) = target.call(request(http::Method::DELETE, Bytes::new(), Some(&sid))) {
                         let _ = tokio::time::timeout(cfg.timeout, f).await;
                     }
                 }
@@ -167,7 +168,7 @@ async fn probe_once(
                 next_id(),
                 env!("CARGO_PKG_VERSION")
             );
-            let mut req = request("POST", body.into(), None);
+            let mut req = request(http::Method::POST, body.into(), None);
             let h = req.headers_mut();
             h.insert(
                 header_names::MCP_PROTOCOL_VERSION,
@@ -201,24 +202,12 @@ fn next_id() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A probe request (an empty session value: none).
-fn request(method: &str, body: Bytes, session: Option<&HeaderValue>) -> Request<Body> {
-    let mut req = Request::builder()
-        .method(method)
-        .uri("/")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .body(Body::full(body))
-        .expect("static request parts are valid");
-    if let Some(sid) = session.filter(|s| !s.is_empty()) {
-        req.headers_mut()
-            .insert(header_names::MCP_SESSION_ID, sid.clone());
-        req.headers_mut().insert(
-            header_names::MCP_PROTOCOL_VERSION,
-            HeaderValue::from_static("2025-11-25"),
-        );
-    }
-    req
+/// A probe request; on the probe session (an empty id: the backend issued
+/// none) it names the probe's protocol version.
+fn request(method: http::Method, body: Bytes, session: Option<&HeaderValue>) -> Request<Body> {
+    let version = HeaderValue::from_static("2025-11-25");
+    let on_session = session.filter(|s| !s.is_empty());
+    own_request(method, body, on_session, on_session.map(|_| &version))
 }
 
 /// Starts a probe session; its id (empty when the backend issues none).
@@ -229,7 +218,7 @@ async fn initialize(target: &ProbeTarget) -> Result<HeaderValue, String> {
         env!("CARGO_PKG_VERSION")
     );
     let res = target
-        .call(request("POST", body.into(), None))
+        .call(request(http::Method::POST, body.into(), None))
         .ok_or(GONE)?
         .await;
     let sid = res
@@ -238,9 +227,12 @@ async fn initialize(target: &ProbeTarget) -> Result<HeaderValue, String> {
         .and_then(|r| r.headers().get(&header_names::MCP_SESSION_ID).cloned())
         .unwrap_or_else(|| HeaderValue::from_static(""));
     answer(res).await.map_err(String::from)?;
-    let note = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
     let res = target
-        .call(request("POST", Bytes::from_static(note), Some(&sid)))
+        .call(request(
+            http::Method::POST,
+            Bytes::from_static(INITIALIZED),
+            Some(&sid),
+        ))
         .ok_or(GONE)?
         .await;
     let Ok(res) = res;
@@ -259,7 +251,7 @@ async fn ping(target: &ProbeTarget, session: Option<&HeaderValue>) -> Result<(),
         next_id()
     );
     let fut = target
-        .call(request("POST", body.into(), session))
+        .call(request(http::Method::POST, body.into(), session))
         .ok_or(Answer::Bad(GONE.into()))?;
     answer(fut.await).await
 }

@@ -18,16 +18,12 @@ use crate::upstream::UpstreamFailure;
 
 /// The answer to a call whose instance was lost before the response head
 /// arrived.
-pub(crate) struct LostCall;
-
-impl LostCall {
-    pub(crate) fn response(backend: &str, id: Option<&RequestId>) -> Response<Body> {
-        let mut res = error_response(&lost_error(backend), id);
-        res.extensions_mut().insert(UpstreamFailure(
-            "the instance was lost during the call".into(),
-        ));
-        res
-    }
+pub(crate) fn lost_call(backend: &str, id: Option<&RequestId>) -> Response<Body> {
+    let mut res = error_response(&lost_error(backend), id);
+    res.extensions_mut().insert(UpstreamFailure(
+        "the instance was lost during the call".into(),
+    ));
+    res
 }
 
 fn lost_error(backend: &str) -> GatewayError {
@@ -51,8 +47,7 @@ fn broken_error(backend: &str) -> GatewayError {
 /// request id) just ends, so the client reconnects.
 pub(crate) struct Watched {
     inner: Body,
-    _counted: Outstanding,
-    state: Arc<InstanceState>,
+    counted: Outstanding,
     outlier: OutlierConfig,
     lost: LossWatch,
     backend: Arc<str>,
@@ -67,7 +62,6 @@ impl Watched {
     pub(crate) fn new(
         inner: Body,
         counted: Outstanding,
-        state: Arc<InstanceState>,
         outlier: OutlierConfig,
         lost: LossWatch,
         backend: Arc<str>,
@@ -75,8 +69,7 @@ impl Watched {
     ) -> Self {
         Watched {
             inner,
-            _counted: counted,
-            state,
+            counted,
             outlier,
             lost,
             backend,
@@ -162,9 +155,14 @@ impl http_body::Body for Watched {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(backend = %this.backend, instance = %this.state.label(), error = %e, "upstream stream broke");
-                if this.state.passive_failure(&this.outlier).is_some() {
-                    tracing::warn!(backend = %this.backend, instance = %this.state.label(), "instance ejected");
+                tracing::warn!(backend = %this.backend, instance = %this.counted.state().label(), error = %e, "upstream stream broke");
+                if this
+                    .counted
+                    .state()
+                    .passive_failure(&this.outlier)
+                    .is_some()
+                {
+                    tracing::warn!(backend = %this.backend, instance = %this.counted.state().label(), "instance ejected");
                 }
                 if this.id.is_some() && this.at_boundary {
                     return this.end(false);
@@ -178,7 +176,7 @@ impl http_body::Body for Watched {
             }
             Poll::Pending => {
                 if this.lost.poll_lost(cx).is_ready() {
-                    tracing::warn!(backend = %this.backend, instance = %this.state.label(), "instance lost: its stream ends");
+                    tracing::warn!(backend = %this.backend, instance = %this.counted.state().label(), "instance lost: its stream ends");
                     return this.end(true);
                 }
                 Poll::Pending
@@ -223,7 +221,6 @@ mod tests {
             let body = Watched::new(
                 Body::new(Fed(rx)),
                 Outstanding::start(&state),
-                state.clone(),
                 OutlierConfig::default(),
                 LossWatch::new(state.clone()),
                 "db".into(),
