@@ -19,25 +19,22 @@ use crate::upstream::UpstreamFailure;
 /// The answer to a call whose instance was lost before the response head
 /// arrived.
 pub(crate) fn lost_call(backend: &str, id: Option<&RequestId>) -> Response<Body> {
-    let mut res = error_response(&lost_error(backend), id);
+    let mut res = error_response(&cut_error(backend, true), id);
     res.extensions_mut().insert(UpstreamFailure(
         "the instance was lost during the call".into(),
     ));
     res
 }
 
-fn lost_error(backend: &str) -> GatewayError {
-    GatewayError::new(
-        ErrorKind::UpstreamUnavailable,
-        format!("Bad Gateway: the instance of backend {backend} serving this call was lost"),
-    )
-}
-
-fn broken_error(backend: &str) -> GatewayError {
-    GatewayError::new(
-        ErrorKind::UpstreamUnavailable,
-        format!("Bad Gateway: the stream from backend {backend} broke before the answer"),
-    )
+/// The error a call gets when its instance was lost (`lost`) or its
+/// stream broke.
+fn cut_error(backend: &str, lost: bool) -> GatewayError {
+    let message = if lost {
+        format!("Bad Gateway: the instance of backend {backend} serving this call was lost")
+    } else {
+        format!("Bad Gateway: the stream from backend {backend} broke before the answer")
+    };
+    GatewayError::new(ErrorKind::UpstreamUnavailable, message)
 }
 
 /// The body of an SSE response from an instance: counts as in flight until
@@ -85,12 +82,7 @@ impl Watched {
         self.done = true;
         match (&self.id, self.at_boundary) {
             (Some(id), true) => {
-                let e = if lost {
-                    lost_error(&self.backend)
-                } else {
-                    broken_error(&self.backend)
-                };
-                let json = e.to_json_body(Some(id));
+                let json = cut_error(&self.backend, lost).to_json_body(Some(id));
                 let mut out = Vec::with_capacity(json.len() + 24);
                 mcp_gateway_core::sse::encode_event(
                     &mut out,
