@@ -764,8 +764,10 @@ async fn one_access_line_per_request_and_a_startup_summary_without_secrets() {
         ),
     );
     let gw = GatewayProcess::start(&["--config", &cfg, "--log-format", "json"]);
+    // The log is read from the process's stderr by a thread of its own:
+    // wait for the line rather than race the reader.
+    assert!(gw.wait_for_log("effective configuration"), "{}", gw.log());
     let log = gw.log();
-    assert!(log.contains("effective configuration"), "{log}");
     assert!(
         log.contains("backend credentials") && log.contains("demo="),
         "{log}"
