@@ -97,6 +97,11 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// The byte offset of the cursor.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
     fn bytes(&self) -> &'a [u8] {
         self.src.as_bytes()
     }

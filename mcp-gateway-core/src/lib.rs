@@ -17,6 +17,7 @@ pub mod body;
 pub mod error;
 mod json_scan;
 pub mod jsonrpc;
+pub mod meta;
 pub mod principal;
 pub mod protocol;
 pub mod request;
