@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 pub struct Admin {
     handles: GatewayHandles,
     token: Option<String>,
+    metrics: Option<crate::observability::Scraper>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -44,7 +45,18 @@ impl std::fmt::Debug for Admin {
 impl Admin {
     /// The admin routes over `handles`; `token`, when set, guards `/admin/…`.
     pub fn new(handles: GatewayHandles, token: Option<String>) -> Self {
-        Admin { handles, token }
+        Admin {
+            handles,
+            token,
+            metrics: None,
+        }
+    }
+
+    /// Serves the Prometheus exposition at `/metrics` (behind the token,
+    /// when one is set: scrapers send it as a bearer token).
+    pub fn metrics(mut self, scraper: Option<crate::observability::Scraper>) -> Self {
+        self.metrics = scraper;
+        self
     }
 
     /// The router.
@@ -59,6 +71,7 @@ impl Admin {
                 post(undrain),
             )
             .route("/admin/sessions", get(sessions))
+            .route("/metrics", get(metrics))
             .with_state(Arc::new(self))
     }
 
@@ -91,6 +104,19 @@ fn answer(status: StatusCode, body: Value) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+async fn metrics(State(a): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(r) = a.refused(&headers) {
+        return r;
+    }
+    match &a.metrics {
+        Some(m) => m.response(),
+        None => answer(
+            StatusCode::NOT_FOUND,
+            json!({"error": "metrics are off ([observability] metrics = false)"}),
+        ),
+    }
 }
 
 async fn healthz() -> Response {

@@ -21,7 +21,8 @@ use mcp_gateway_tower::upstream::health::{ActiveHealth, HealthConfig};
 use crate::admin::{shown_url, Admin};
 use crate::reload::Reloader;
 
-use crate::config::{CorsSection, GatewayConfig, TimeoutsSection};
+use crate::config::{CorsSection, GatewayConfig, ObservabilitySection, TimeoutsSection};
+use crate::observability::Observability;
 use crate::serve::{self, Http1Server, ServeOptions};
 use mcp_gateway_axum::Cors;
 use mcp_gateway_core::session::InMemoryConfig;
@@ -153,6 +154,10 @@ pub struct Cli {
     /// Log format on stderr: text or json. Colour only on a terminal.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// The running exporters (set by `run_with`).
+    #[arg(skip)]
+    observability: Option<Arc<Observability>>,
 }
 
 fn endpoint_path(p: &str) -> Result<String, String> {
@@ -259,6 +264,42 @@ impl Cli {
     /// checks the file). Prints `mcp-gateway listening on URL` on stdout
     /// once the port is bound.
     pub async fn run(self) -> Result<(), Failure> {
+        let obs = self.start_observability()?;
+        self.run_with(Arc::new(obs)).await
+    }
+
+    /// The `[observability]` section of the configuration file (the
+    /// defaults without one): what [`Observability::start`] needs before
+    /// logging is set up. A file that does not load gives the defaults;
+    /// [`run_with`](Self::run_with) reports its error.
+    pub fn observability_section(&self) -> ObservabilitySection {
+        self.config
+            .as_deref()
+            .and_then(|f| GatewayConfig::load(f).ok())
+            .map(|c| c.observability)
+            .unwrap_or_default()
+    }
+
+    /// Starts the exporters the configuration asks for (none for
+    /// `--check-config`).
+    pub fn start_observability(&self) -> Result<Observability, Failure> {
+        if self.check_config {
+            return Ok(Observability::off());
+        }
+        Observability::start(&self.observability_section()).map_err(bad)
+    }
+
+    /// [`run`](Self::run) with exporters already started (the binary's
+    /// `main` starts them before logging, to add the trace layer). They
+    /// are flushed and stopped when the gateway stops.
+    pub async fn run_with(mut self, obs: Arc<Observability>) -> Result<(), Failure> {
+        self.observability = Some(obs.clone());
+        let r = self.serve().await;
+        obs.shutdown();
+        r
+    }
+
+    async fn serve(self) -> Result<(), Failure> {
         self.validate()?;
         let plan = self.plan()?;
         if self.check_config {
@@ -407,6 +448,20 @@ impl Cli {
         let built = cfg.builder().map_err(bad)?;
         let listen = cfg.listen().map_err(bad)?.unwrap_or_else(default_listen);
         let (app, handles) = built.builder.build_with_handles().map_err(bad)?;
+        let app = match (
+            &cfg.observability.metrics_path,
+            self.observability.as_ref().and_then(|o| o.scraper()),
+        ) {
+            (Some(path), Some(s)) if path.starts_with('/') && *path != cfg.path => {
+                app.merge(s.router(path))
+            }
+            (Some(path), _) => {
+                return Err(bad(format!(
+                    "observability.metrics_path {path:?}: must start with / and differ from the MCP path, with metrics on"
+                )))
+            }
+            _ => app,
+        };
         let me = self.clone();
         let reloader = Reloader::new(
             file.to_owned(),
@@ -480,6 +535,7 @@ impl Cli {
 
     /// Folds the flags that override the file into it.
     fn fold_flags(&self, cfg: &mut GatewayConfig) {
+        cfg.telemetry = self.observability.as_ref().map(|o| o.telemetry.clone());
         if self.tls_cert.is_some() || self.client_ca.is_some() {
             let t = cfg.tls.get_or_insert_with(Default::default);
             if let Some(c) = &self.tls_cert {
@@ -542,7 +598,8 @@ impl Cli {
                 "admin_listen {addr} is not a loopback address: set admin_token_env (--admin-token-env) to guard it with a token"
             )));
         }
-        Ok(Some((addr, Admin::new(handles, token))))
+        let scraper = self.observability.as_ref().and_then(|o| o.scraper());
+        Ok(Some((addr, Admin::new(handles, token).metrics(scraper))))
     }
 
     fn plan_from_flags(&self) -> Result<Plan, Failure> {
@@ -566,7 +623,11 @@ impl Cli {
             .map_err(|k| bad(format!("--{}: must be more than 0", k.replace('_', "-"))))?;
         let trusted = TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| bad(format!("--trusted-proxy {e}")))?;
-        let mut builder = McpGateway::builder()
+        let mut builder = McpGateway::builder();
+        if let Some(o) = &self.observability {
+            builder = builder.telemetry(o.telemetry.clone());
+        }
+        let mut builder = builder
             .path(&self.path)
             .origin_policy(origin)
             .http_upstream_config(upstream)

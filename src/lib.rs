@@ -17,6 +17,7 @@ pub use mcp_gateway_tower as tower;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod observability;
 pub mod reload;
 pub mod serve;
 

@@ -74,7 +74,8 @@ fn tools() -> Value {
         {"name": "whoami", "description": "Returns the server instance name", "inputSchema": empty},
         {"name": "wait", "description": "Waits `ms` milliseconds (at most 60 000), then returns `done`",
          "inputSchema": {"type": "object", "properties": {"ms": {"type": "integer"}}}},
-        {"name": "show_auth", "description": "Returns the Authorization header this server received (to check credential injection)", "inputSchema": empty}
+        {"name": "show_auth", "description": "Returns the Authorization header this server received (to check credential injection)", "inputSchema": empty},
+        {"name": "show_trace", "description": "Returns the W3C trace context this server received, as JSON text: the traceparent and baggage headers and params._meta entries", "inputSchema": empty}
     ])
 }
 
@@ -194,6 +195,21 @@ impl ServerHandler for Fixtures {
                         String::from_utf8_lossy(v.as_bytes()).into_owned()
                     });
                 text(&seen)
+            }
+            "show_trace" => {
+                let header = |name: &str| {
+                    ctx.extensions
+                        .get::<http::request::Parts>()
+                        .and_then(|p| p.headers.get(name))
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                };
+                let seen = json!({
+                    "header": header("traceparent"),
+                    "baggage_header": header("baggage"),
+                    "meta": ctx.meta.get("traceparent"),
+                    "baggage_meta": ctx.meta.get("baggage"),
+                });
+                text(seen.to_string())
             }
             "test_image_content" => {
                 CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::image(

@@ -92,6 +92,8 @@ pub struct McpGatewayBuilder {
     failover: Failover,
     sweep_interval: Duration,
     metadata_url: Option<String>,
+    #[cfg(feature = "otel")]
+    telemetry: mcp_gateway_tower::telemetry::Telemetry,
 }
 
 impl Default for McpGatewayBuilder {
@@ -124,6 +126,8 @@ impl Default for McpGatewayBuilder {
             failover: Failover::default(),
             sweep_interval: Duration::from_secs(30),
             metadata_url: None,
+            #[cfg(feature = "otel")]
+            telemetry: Default::default(),
         }
     }
 }
@@ -152,7 +156,13 @@ impl McpGatewayBuilder {
 
     /// Adds an instance reached over HTTP (`http://host:port/path`).
     pub fn upstream_url(mut self, url: &str) -> Result<Self, BoxError> {
-        let up = mcp_gateway_tower::upstream::HttpUpstream::new(url, self.http.clone())?;
+        #[allow(unused_mut)]
+        let mut cfg = self.http.clone();
+        #[cfg(feature = "otel")]
+        if let (None, Some(m)) = (&cfg.on_connect, &self.telemetry.metrics) {
+            cfg.on_connect = Some(m.connect_observer(self.backend.clone()));
+        }
+        let up = mcp_gateway_tower::upstream::HttpUpstream::new(url, cfg)?;
         self.instances
             .push(Box::new(move |name, creds| named_instance(up, name, creds)));
         Ok(self)
@@ -337,6 +347,19 @@ impl McpGatewayBuilder {
         self
     }
 
+    /// Metrics and traces (feature `otel`; see `mcp_gateway_tower::telemetry`):
+    /// the audit layer records each call's metrics and SERVER span (it is
+    /// added, with no other sink, when no audit log is configured), the
+    /// upstreams each call's client-side metrics and CLIENT span, the SSE
+    /// relay the events it relays, and the HTTP client its connect times
+    /// for upstreams added *after* this call. Collection-time gauges watch
+    /// the instances, sessions and audit sink.
+    #[cfg(feature = "otel")]
+    pub fn telemetry(mut self, t: mcp_gateway_tower::telemetry::Telemetry) -> Self {
+        self.telemetry = t;
+        self
+    }
+
     /// How often idle sessions are swept. Default: 30 s.
     pub fn sweep_interval(mut self, every: Duration) -> Self {
         self.sweep_interval = every;
@@ -375,7 +398,24 @@ impl McpGatewayBuilder {
         )
         .named(name.clone())
         .with_health(self.health);
-        let audit = match (self.audit, self.access_log) {
+        #[cfg(feature = "otel")]
+        let upstreams = match &self.telemetry.metrics {
+            Some(m) => upstreams.with_metrics(m.clone()),
+            None => upstreams,
+        };
+        #[cfg(feature = "otel")]
+        let telemetry = self.telemetry.clone();
+        #[cfg(feature = "otel")]
+        let audit = match (self.audit, telemetry.is_on()) {
+            (None, true) if !self.access_log => Some((
+                Arc::new(FanOut(Vec::new())) as Arc<dyn AuditSink>,
+                AuditConfig::default(),
+            )),
+            (a, _) => a,
+        };
+        #[cfg(not(feature = "otel"))]
+        let audit = self.audit;
+        let audit = match (audit, self.access_log) {
             (Some((sink, cfg)), true) => Some(AuditLayer::new(
                 Arc::new(FanOut(vec![Arc::new(AccessLog), sink])),
                 cfg,
@@ -385,6 +425,13 @@ impl McpGatewayBuilder {
             (None, false) => None,
         }
         .map(|a| a.backend_name(name.clone()));
+        #[cfg(feature = "otel")]
+        let audit = audit.map(|a| a.telemetry(&telemetry));
+        #[cfg(feature = "otel")]
+        let sse_hook = match &telemetry.metrics {
+            Some(m) => m.sse_counter(name.clone()),
+            None => Default::default(),
+        };
         let mut origin = self.origin;
         if let Some(c) = &self.cors {
             origin = origin.allow_origins(&c.allow_origins);
@@ -420,6 +467,17 @@ impl McpGatewayBuilder {
         let limit = self
             .limits
             .map(|(cfg, limiter)| LimitLayer::new(cfg, self.backend.clone(), limiter));
+        #[cfg(feature = "otel")]
+        {
+            if let Some(m) = &telemetry.metrics {
+                m.watch_instances(sessions.instances().clone());
+                m.watch_sessions(name.clone(), sessions.store().clone());
+            }
+        }
+        #[cfg(feature = "otel")]
+        let sse_layer = mcp_gateway_tower::sse::SseRelayLayer::new(self.sse).on_event(sse_hook);
+        #[cfg(not(feature = "otel"))]
+        let sse_layer = mcp_gateway_tower::sse::SseRelayLayer::new(self.sse);
         let svc = ServiceBuilder::new()
             .map_request(move |req| {
                 let mut req = client_addr(req);
@@ -433,7 +491,7 @@ impl McpGatewayBuilder {
             .option_layer(acl)
             .option_layer(limit)
             .mcp_session(sessions.clone())
-            .mcp_sse_relay(self.sse)
+            .layer(sse_layer)
             .service(upstreams);
         Ok((svc, sessions))
     }

@@ -159,35 +159,33 @@ fn locate(body: &[u8]) -> Option<Spots<'_>> {
         params_other: false,
         meta: None,
     };
-    sc.object(|sc, key| {
-        match key.as_ref() {
-            "method" => {
-                spots.has_method = true;
-                sc.skip()
-            }
-            "params" if sc.peek_kind()? == Kind::Object => {
-                let open = sc.pos();
-                let mut empty = true;
-                let mut meta = None;
-                sc.object(|sc, key| {
-                    empty = false;
-                    if key == "_meta" && sc.peek_kind()? == Kind::Object {
-                        meta = Some(meta_members(sc)?);
-                        Ok(())
-                    } else {
-                        sc.skip()
-                    }
-                })?;
-                spots.params = Some(ParamsSpot { open, empty });
-                spots.meta = meta;
-                Ok(())
-            }
-            "params" => {
-                spots.params_other = true;
-                sc.skip()
-            }
-            _ => sc.skip(),
+    sc.object(|sc, key| match key.as_ref() {
+        "method" => {
+            spots.has_method = true;
+            sc.skip()
         }
+        "params" if sc.peek_kind()? == Kind::Object => {
+            let open = sc.pos();
+            let mut empty = true;
+            let mut meta = None;
+            sc.object(|sc, key| {
+                empty = false;
+                if key == "_meta" && sc.peek_kind()? == Kind::Object {
+                    meta = Some(meta_members(sc)?);
+                    Ok(())
+                } else {
+                    sc.skip()
+                }
+            })?;
+            spots.params = Some(ParamsSpot { open, empty });
+            spots.meta = meta;
+            Ok(())
+        }
+        "params" => {
+            spots.params_other = true;
+            sc.skip()
+        }
+        _ => sc.skip(),
     })
     .ok()?;
     sc.finish().ok()?;
@@ -227,11 +225,19 @@ mod tests {
             json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"traceparent":"00-1-2-01"}}})
         );
         assert_eq!(
-            w(r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{}}"#, &tp).unwrap(),
+            w(
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{}}"#,
+                &tp
+            )
+            .unwrap(),
             json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"traceparent":"00-1-2-01"}}})
         );
         assert_eq!(
-            w(r#" { "jsonrpc":"2.0","method":"x","params": { "a" : [1] } } "#, &tp).unwrap(),
+            w(
+                r#" { "jsonrpc":"2.0","method":"x","params": { "a" : [1] } } "#,
+                &tp
+            )
+            .unwrap(),
             json!({"jsonrpc":"2.0","method":"x","params":{"a":[1],"_meta":{"traceparent":"00-1-2-01"}}})
         );
     }
@@ -251,7 +257,9 @@ mod tests {
         );
         // Only `_meta` changed.
         let s = std::str::from_utf8(&out).unwrap();
-        assert!(s.starts_with(r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"n","_meta":{"#));
+        assert!(s.starts_with(
+            r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"n","_meta":{"#
+        ));
         assert!(s.ends_with("}}}"));
         // No key twice.
         assert_eq!(s.matches("traceparent").count(), 1);
@@ -282,6 +290,9 @@ mod tests {
         let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e","arguments":{}}}"#;
         let out = write_meta(body, &[("traceparent", "00-x-y-01"), ("baggage", "a=b")]).unwrap();
         let [tp, ts, bg] = read_meta(&out, TRACE_KEYS);
-        assert_eq!((tp.as_deref(), ts, bg.as_deref()), (Some("00-x-y-01"), None, Some("a=b")));
+        assert_eq!(
+            (tp.as_deref(), ts, bg.as_deref()),
+            (Some("00-x-y-01"), None, Some("a=b"))
+        );
     }
 }

@@ -230,8 +230,12 @@ async fn write_all(
     Ok(())
 }
 
+/// Called with each connection set-up's duration and whether it
+/// succeeded (for metrics).
+pub type OnConnect = std::sync::Arc<dyn Fn(Duration, bool) + Send + Sync>;
+
 /// Pool settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolConfig {
     /// Time allowed to establish a TCP connection.
     pub connect_timeout: Duration,
@@ -239,6 +243,19 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Idle connections kept (per serving thread on current-thread runtimes).
     pub max_idle: usize,
+    /// Told of each new connection's set-up time.
+    pub on_connect: Option<OnConnect>,
+}
+
+impl std::fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_idle", &self.max_idle)
+            .field("on_connect", &self.on_connect.is_some())
+            .finish()
+    }
 }
 
 struct Inner {
@@ -428,7 +445,14 @@ impl ConnPool {
         loop {
             let (mut c, reused) = match self.take_idle(here) {
                 Some(c) => (c, true),
-                None => (Box::pin(self.connect(here, deadline)).await?, false),
+                None => {
+                    let started = std::time::Instant::now();
+                    let c = Box::pin(self.connect(here, deadline)).await;
+                    if let Some(f) = &self.inner.cfg.on_connect {
+                        f(started.elapsed(), c.is_ok());
+                    }
+                    (c?, false)
+                }
             };
             let mut timer = Timer::arm(c.timer.take(), deadline);
             // Writing the request and reading the response head (into

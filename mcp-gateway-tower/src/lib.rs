@@ -37,6 +37,8 @@ pub mod limit;
 pub mod origin;
 pub mod session;
 pub mod sse;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;

@@ -150,7 +150,12 @@ impl GatewayConfig {
             .http2_prior_knowledge(be.http2_prior_knowledge)
             .tls(tls);
         match own.or(&self.timeouts).upstream(base) {
-            Ok(cfg) => Ok(cfg),
+            Ok(mut cfg) => {
+                if let Some(m) = self.telemetry.as_ref().and_then(|t| t.metrics.as_ref()) {
+                    cfg.on_connect = Some(m.connect_observer(self.backend.name.as_str().into()));
+                }
+                Ok(cfg)
+            }
             Err(key) => self.err(None, &format!("timeouts.{key}"), "must be more than 0"),
         }
     }

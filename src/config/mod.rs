@@ -171,6 +171,14 @@ pub struct GatewayConfig {
     pub limits: Option<LimitConfig>,
     /// The audit log; absent: none.
     pub audit: Option<AuditSection>,
+    /// Metrics and traces; absent: metrics on (scraped on the admin
+    /// listener), no export.
+    #[serde(default)]
+    pub observability: ObservabilitySection,
+    /// What the running process records (set by the binary once its
+    /// exporters are up; absent when checking a file).
+    #[serde(skip)]
+    pub telemetry: Option<mcp_gateway_tower::telemetry::Telemetry>,
     #[serde(skip)]
     base: PathBuf,
     #[serde(skip)]
@@ -422,6 +430,9 @@ impl GatewayConfig {
         let mut b = McpGateway::builder()
             .path(&self.path)
             .backend_name(self.backend.name.as_str());
+        if let Some(t) = &self.telemetry {
+            b = b.telemetry(t.clone());
+        }
         if !self.path.starts_with('/') {
             return self.err(None, "path", "must start with /");
         }

@@ -468,3 +468,111 @@ pub struct CorsSection {
     /// Seconds a browser may cache a preflight answer [default: 600].
     pub max_age_secs: Option<u64>,
 }
+
+/// `[observability]`: metrics and traces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilitySection {
+    /// Record metrics, served in the Prometheus text format at `/metrics`
+    /// on the admin listener. Default true.
+    #[serde(default = "yes")]
+    pub metrics: bool,
+    /// Also serve `/metrics` on the main listener, at this path (e.g.
+    /// `"/metrics"`). Default: not on the main listener.
+    pub metrics_path: Option<String>,
+    /// Label the cost-attribution counters with the principal's subject
+    /// (`enduser_id`). Default false (tenants are labelled).
+    #[serde(default)]
+    pub principal_labels: bool,
+    /// Distinct values kept per label (tool, tenant, principal, …); later
+    /// ones are counted as `_other`. Default 1000.
+    #[serde(default = "thousand")]
+    pub max_label_values: usize,
+    /// Export over OTLP; absent: no export (metrics stay scrapeable).
+    pub otlp: Option<OtlpSection>,
+}
+
+impl Default for ObservabilitySection {
+    fn default() -> Self {
+        ObservabilitySection {
+            metrics: true,
+            metrics_path: None,
+            principal_labels: false,
+            max_label_values: 1000,
+            otlp: None,
+        }
+    }
+}
+
+fn thousand() -> usize {
+    1000
+}
+
+/// How OTLP is carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (port 4318; `/v1/traces`, `/v1/metrics` are
+    /// appended to the endpoint).
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// gRPC (port 4317).
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// `[observability.otlp]`: where traces (and metrics) are exported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSection {
+    /// The collector, e.g. `http://127.0.0.1:4318` (HTTP) or
+    /// `http://127.0.0.1:4317` (gRPC).
+    pub endpoint: String,
+    /// `"http/protobuf"` (default) or `"grpc"`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Headers sent with each export (e.g. an API key).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Share of new traces sampled, 0.0 to 1.0 (a client's sampled flag is
+    /// followed). Default 1.0.
+    #[serde(default = "one_f")]
+    pub sampling_ratio: f64,
+    /// `service.name`. Default `mcp-gateway`.
+    #[serde(default = "service_name")]
+    pub service_name: String,
+    /// More resource attributes (`deployment.environment`, …).
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Export spans. Default true.
+    #[serde(default = "yes")]
+    pub traces: bool,
+    /// Export metrics too. Default true.
+    #[serde(default = "yes")]
+    pub metrics: bool,
+    /// How often metrics are pushed. Default 60.
+    #[serde(default = "sixty")]
+    pub metrics_interval_secs: u64,
+    /// How long finished spans wait to be sent in a batch. Default 5000.
+    #[serde(default = "five_thousand")]
+    pub batch_delay_ms: u64,
+    /// Time allowed for one export. Default 10000.
+    #[serde(default = "ten_thousand")]
+    pub timeout_ms: u64,
+}
+
+fn one_f() -> f64 {
+    1.0
+}
+fn service_name() -> String {
+    "mcp-gateway".into()
+}
+fn sixty() -> u64 {
+    60
+}
+fn five_thousand() -> u64 {
+    5000
+}
+fn ten_thousand() -> u64 {
+    10_000
+}

@@ -33,6 +33,7 @@ async fn backend() -> (String, Arc<AtomicUsize>) {
 
 fn cfg() -> PoolConfig {
     PoolConfig {
+        on_connect: None,
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(90),
         max_idle: 8,

@@ -21,6 +21,11 @@ pub(crate) struct CallRecord {
     pub(crate) mcp: Option<McpRequest>,
     /// Released once the call is recorded (see [`InFlight`]).
     pub(crate) in_flight: Option<InFlight>,
+    /// Tokens charged to the call's result, read at its end.
+    pub(crate) tokens: Option<crate::limit::TokensCharged>,
+    /// The call's SERVER span, ended with the record.
+    #[cfg(feature = "otel")]
+    pub(crate) span: Option<tracing::Span>,
 }
 
 impl CallRecord {
@@ -64,6 +69,8 @@ pub(crate) struct Meter {
     pub(crate) bytes: u64,
     pub(crate) progress: u64,
     pub(crate) error_code: Option<i64>,
+    /// A tool result with `isError: true`.
+    pub(crate) tool_error: bool,
     ended: bool,
     failed: bool,
 }
@@ -139,14 +146,13 @@ impl SseWatch {
         n
     }
 
-    /// The JSON-RPC error code in the stream's last events, if any.
-    fn error_code(&self) -> Option<i64> {
+    /// The stream's last [`INSPECT`] bytes.
+    fn tail(&self) -> Cow<'_, [u8]> {
         let skip = self.tail_len.saturating_sub(INSPECT);
-        let joined;
-        let tail: &[u8] = match self.tail.len() {
-            0 => return None,
+        match self.tail.len() {
+            0 => Cow::Borrowed(&[]),
             // The usual case, a response in one frame: read in place.
-            1 => &self.tail[0][skip..],
+            1 => Cow::Borrowed(&self.tail[0][skip..]),
             _ => {
                 let mut v = Vec::with_capacity(self.tail_len - skip);
                 let mut skip = skip;
@@ -155,10 +161,19 @@ impl SseWatch {
                     skip -= from;
                     v.extend_from_slice(&b[from..]);
                 }
-                joined = v;
-                &joined
+                Cow::Owned(v)
             }
-        };
+        }
+    }
+
+    /// The JSON-RPC error code in the stream's last events, if any, and
+    /// whether they hold a tool result with `isError: true`.
+    fn ending(&self) -> (Option<i64>, bool) {
+        let tail = self.tail();
+        (Self::error_code(&tail), tool_error(&tail))
+    }
+
+    fn error_code(tail: &[u8]) -> Option<i64> {
         error_finder().find(tail)?;
         // Rare: read the events. The tail may start inside an event; that
         // fragment does not parse and is passed over.
@@ -187,6 +202,7 @@ impl Meter {
             bytes: 0,
             progress: 0,
             error_code: None,
+            tool_error: false,
             ended: false,
             failed: false,
         }
@@ -202,11 +218,17 @@ impl Meter {
 
     pub(crate) fn finish(&mut self) {
         match &self.sse {
-            Some(w) => self.error_code = w.error_code(),
+            Some(w) => (self.error_code, self.tool_error) = w.ending(),
             None => match std::mem::replace(&mut self.head, Head::Empty) {
                 Head::Empty => {}
-                Head::One(b) => inspect(&b, &mut self.progress, &mut self.error_code),
-                Head::Many(v) => inspect(&v, &mut self.progress, &mut self.error_code),
+                Head::One(b) => {
+                    inspect(&b, &mut self.progress, &mut self.error_code);
+                    self.tool_error = tool_error(&b);
+                }
+                Head::Many(v) => {
+                    inspect(&v, &mut self.progress, &mut self.error_code);
+                    self.tool_error = tool_error(&v);
+                }
             },
         }
     }
@@ -249,6 +271,24 @@ impl Head {
             }
         };
     }
+}
+
+fn is_error_finder() -> &'static memchr::memmem::Finder<'static> {
+    static F: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    F.get_or_init(|| memchr::memmem::Finder::new(b"\"isError\""))
+}
+
+/// Whether `json` holds `"isError": true` (a tool result reporting a
+/// failed tool). Found by its bytes: a result's `isError` member is the
+/// only one of that name a gateway answer carries outside arguments, and
+/// results are not echoed arguments.
+pub(crate) fn tool_error(json: &[u8]) -> bool {
+    is_error_finder().find_iter(json).any(|at| {
+        let rest = &json[at + b"\"isError\"".len()..];
+        let rest = rest.trim_ascii_start();
+        rest.strip_prefix(b":")
+            .is_some_and(|r| r.trim_ascii_start().starts_with(b"true"))
+    })
 }
 
 /// Counts a progress notification, or notes a JSON-RPC error code.
@@ -374,6 +414,56 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
     let version = call.version();
     let p = call.principal.as_ref();
     let client = call.client.map(|ip| ip.to_string());
+    let tool_error = meter.tool_error && outcome == Outcome::Ok;
+    #[cfg(feature = "otel")]
+    let ids = call.span.take().and_then(|span| {
+        let first = call
+            .mcp
+            .as_ref()
+            .and_then(|m| m.envelope().messages().first());
+        let method = match first {
+            Some(m) => m.method().map(|x| x.as_str()),
+            None => Some(call.http_method.as_str()),
+        };
+        let id = first
+            .and_then(|m| m.id())
+            .map(|i| String::from_utf8_lossy(i.as_bytes()));
+        let mut code_text = itoa::Buffer::new();
+        let error_type = if tool_error {
+            Some("tool_error")
+        } else if outcome == Outcome::Ok {
+            None
+        } else {
+            Some(match code {
+                Some(c) => code_text.format(c),
+                None => outcome.as_str(),
+            })
+        };
+        crate::telemetry::end_server(
+            &span,
+            &crate::telemetry::ServerEnd {
+                method,
+                target: first.and_then(|m| m.target()),
+                id: id.as_deref(),
+                session: call.session.as_deref(),
+                version: version.as_deref(),
+                outcome: outcome.as_str(),
+                error_type,
+                rpc_status: code,
+                http_status: call.status,
+                principal: p.map(Principal::subject),
+                tenant: p.and_then(Principal::tenant),
+                backend: call.backend.as_deref(),
+            },
+        )
+    });
+    #[cfg(feature = "otel")]
+    let (trace_id, span_id) = match &ids {
+        Some((t, s)) => (Some(t.as_str()), Some(s.as_str())),
+        None => (None, None),
+    };
+    #[cfg(not(feature = "otel"))]
+    let (trace_id, span_id) = (None, None);
     let base = AuditEventRef {
         client: client.as_deref(),
         event: EventKind::Call,
@@ -395,6 +485,10 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
         progress: meter.progress,
         cost: call.cost,
         protocol_version: version.as_deref(),
+        tokens: call.tokens.as_ref().map_or(0, |t| t.get()),
+        tool_error,
+        trace_id,
+        span_id,
         ..Default::default()
     };
     match &call.mcp {

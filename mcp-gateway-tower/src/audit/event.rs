@@ -161,6 +161,19 @@ pub struct AuditEvent {
     /// `session_end`: why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
+    /// Tokens charged by the limit layer's token budget (omitted when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens: u64,
+    /// The backend answered with a tool result that has `isError: true`
+    /// (a failed tool, not a failed call; omitted when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tool_error: bool,
+    /// The W3C trace id of the call's span, when it is traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The span id of the call's span (the gateway's server span).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -203,6 +216,10 @@ pub struct AuditEventRef<'a> {
     pub calls: Option<u64>,
     pub errors: Option<u64>,
     pub end_reason: Option<EndReason>,
+    pub tokens: u64,
+    pub tool_error: bool,
+    pub trace_id: Option<&'a str>,
+    pub span_id: Option<&'a str>,
 }
 
 impl AuditEvent {
@@ -236,6 +253,10 @@ impl AuditEvent {
             calls: self.calls,
             errors: self.errors,
             end_reason: self.end_reason,
+            tokens: self.tokens,
+            tool_error: self.tool_error,
+            trace_id: self.trace_id.as_deref(),
+            span_id: self.span_id.as_deref(),
         }
     }
 }
@@ -273,6 +294,10 @@ impl AuditEventRef<'_> {
             calls: self.calls,
             errors: self.errors,
             end_reason: self.end_reason,
+            tokens: self.tokens,
+            tool_error: self.tool_error,
+            trace_id: text(self.trace_id),
+            span_id: text(self.span_id),
         }
     }
 }
@@ -352,6 +377,12 @@ pub(crate) fn write_json(e: &AuditEventRef<'_>, out: &mut Vec<u8>) {
     number!(o, "calls", e.calls);
     number!(o, "errors", e.errors);
     text!(o, "end_reason", e.end_reason.map(SessionEnd::as_str));
+    number!(o, "tokens", (e.tokens != 0).then_some(e.tokens));
+    if e.tool_error {
+        o.out.extend_from_slice(b",\"tool_error\":true");
+    }
+    text!(o, "trace_id", e.trace_id);
+    text!(o, "span_id", e.span_id);
     o.out.push(b'}');
 }
 

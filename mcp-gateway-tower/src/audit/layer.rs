@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     /// The backend records name when no inner layer said (see
     /// [`AuditLayer::backend_name`]).
     pub(crate) backend: Option<Arc<str>>,
+    /// Whether calls get a SERVER span (see [`AuditLayer::telemetry`]).
+    #[cfg(feature = "otel")]
+    pub(crate) traces: bool,
     /// Per-session totals, sharded by session id so concurrent calls of
     /// different sessions rarely share a lock.
     sessions: [Mutex<HashMap<String, SessionTotals, foldhash::fast::RandomState>>; 16],
@@ -87,14 +90,23 @@ impl std::fmt::Debug for AuditLayer {
 impl AuditLayer {
     /// Records to `sink`.
     pub fn new(sink: Arc<dyn AuditSink>, cfg: AuditConfig) -> Self {
-        Self::with_backend(sink, cfg, None)
+        Self::with_backend(sink, cfg, None, false)
     }
 
-    fn with_backend(sink: Arc<dyn AuditSink>, cfg: AuditConfig, backend: Option<Arc<str>>) -> Self {
+    fn with_backend(
+        sink: Arc<dyn AuditSink>,
+        cfg: AuditConfig,
+        backend: Option<Arc<str>>,
+        traces: bool,
+    ) -> Self {
+        #[cfg(not(feature = "otel"))]
+        let _ = traces;
         let shared = Arc::new(Shared {
             sink,
             cfg,
             backend,
+            #[cfg(feature = "otel")]
+            traces,
             sessions: Default::default(),
         });
         AuditLayer {
@@ -110,7 +122,37 @@ impl AuditLayer {
             self.shared.sink.clone(),
             self.shared.cfg.clone(),
             Some(name.into()),
+            self.traces(),
         )
+    }
+
+    /// Records telemetry too: metrics as one more sink (beside the
+    /// current one, whose dropped records it counts), and, with
+    /// [`Telemetry::traces`](crate::telemetry::Telemetry::traces), a SERVER
+    /// span per request (see [`telemetry`](crate::telemetry)). Call before
+    /// the layer is used.
+    #[cfg(feature = "otel")]
+    pub fn telemetry(self, t: &crate::telemetry::Telemetry) -> Self {
+        let sink = match &t.metrics {
+            Some(m) => {
+                m.watch_audit(self.shared.sink.clone());
+                Arc::new(FanOut(vec![self.shared.sink.clone(), m.clone()])) as Arc<dyn AuditSink>
+            }
+            None => self.shared.sink.clone(),
+        };
+        Self::with_backend(
+            sink,
+            self.shared.cfg.clone(),
+            self.shared.backend.clone(),
+            t.traces,
+        )
+    }
+
+    fn traces(&self) -> bool {
+        #[cfg(feature = "otel")]
+        return self.shared.traces;
+        #[cfg(not(feature = "otel"))]
+        false
     }
 
     /// The observer that records `session_end`. The layer hands it to the

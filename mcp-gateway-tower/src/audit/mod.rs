@@ -62,7 +62,7 @@ use crate::session::{SessionEnd, SessionHooks, SessionObserver};
 
 mod event;
 use self::event::*;
-pub use self::event::{AuditEvent, AuditEventRef};
+pub use self::event::{AuditEvent, AuditEventRef, EndReason, EventKind, Outcome};
 mod sink;
 pub use self::sink::{AccessLog, AuditSink, ChannelSink, FanOut, Overflow, TracingSink};
 mod jsonl;

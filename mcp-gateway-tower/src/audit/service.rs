@@ -63,6 +63,13 @@ where
             // the observer that records the session's end.
             SessionHooks::add(&mut req, &self.hook);
         }
+        #[cfg(feature = "otel")]
+        let span = self.shared.traces.then(|| {
+            let s = crate::telemetry::server_span(req.method(), req.headers());
+            let span = s.span.clone();
+            req.extensions_mut().insert(s);
+            span
+        });
         let session = req
             .headers()
             .get(&header_names::MCP_SESSION_ID)
@@ -85,6 +92,8 @@ where
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok()),
+            #[cfg(feature = "otel")]
+            span,
         };
         // Called here, not in the future: the service polled ready is used
         // as it is, with no clone of the stack below (a clone touches the
@@ -105,6 +114,9 @@ struct Asked {
     session: Option<String>,
     in_flight: Option<InFlight>,
     declared_len: Option<u64>,
+    /// The call's SERVER span.
+    #[cfg(feature = "otel")]
+    span: Option<tracing::Span>,
 }
 
 /// Notes what the response head says, records a session start, and wraps
@@ -153,8 +165,14 @@ fn watch(shared: Arc<Shared>, asked: Asked, res: Response<Body>) -> Response<Bod
             .map(|b| b.0.clone())
             .or_else(|| shared.backend.clone()),
         cost: res.extensions().get::<CostCharged>().map_or(0, |c| c.0),
+        tokens: res
+            .extensions()
+            .get::<crate::limit::TokensCharged>()
+            .cloned(),
         mcp,
         in_flight: asked.in_flight,
+        #[cfg(feature = "otel")]
+        span: asked.span,
     };
     if started_session {
         if let Some(sid) = &call.session {

@@ -217,6 +217,8 @@ fn prepare(
     // The response carries it too, for layers outside this one (the audit
     // log) that see only what comes back.
     let seen = mcp.clone();
+    #[cfg(feature = "otel")]
+    crate::telemetry::on_parsed(req.extensions_mut(), &mcp);
     req.extensions_mut().insert(mcp);
     Ok((req, seen))
 }

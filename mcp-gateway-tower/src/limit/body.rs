@@ -19,6 +19,11 @@ pub(crate) fn hold(
         .cfg
         .token_budget
         .map(|b| (shared.key(LimitKind::TokenBudget, &who, None), b));
+    let charged = tokens.as_ref().map(|_| {
+        let c = TokensCharged::default();
+        parts.extensions.insert(c.clone());
+        c
+    });
     let hold = CallHold {
         slots: a.slots,
         tokens,
@@ -31,6 +36,7 @@ pub(crate) fn hold(
                 hold,
                 shared,
                 pending: 0,
+                charged,
             },
         )),
     )
@@ -135,6 +141,18 @@ pub(crate) struct Held {
     pub(crate) hold: CallHold,
     pub(crate) shared: Arc<Shared>,
     pub(crate) pending: u64,
+    /// What was charged, for the audit record.
+    pub(crate) charged: Option<TokensCharged>,
+}
+
+impl Held {
+    fn charge(&mut self) {
+        let n = std::mem::take(&mut self.pending);
+        if let Some(c) = &self.charged {
+            c.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        charge_tokens(&self.shared, &self.hold.tokens, n);
+    }
 }
 
 impl BodyObserver for Held {
@@ -142,15 +160,13 @@ impl BodyObserver for Held {
         if self.hold.tokens.is_some() {
             self.pending += self.shared.tokens.count(data);
             if self.pending >= TOKEN_BATCH {
-                let n = std::mem::take(&mut self.pending);
-                charge_tokens(&self.shared, &self.hold.tokens, n);
+                self.charge();
             }
         }
     }
 
     fn on_end(&mut self, _: BodyEnd<'_>) {
-        let n = std::mem::take(&mut self.pending);
-        charge_tokens(&self.shared, &self.hold.tokens, n);
+        self.charge();
         self.hold.slots.release();
     }
 }

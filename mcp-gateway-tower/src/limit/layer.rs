@@ -100,6 +100,19 @@ fn five() -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CostCharged(pub u64);
 
+/// The tokens a call's result was charged against the token budget, as
+/// they are counted: in the response extensions (when a token budget is
+/// on) for the audit log and the metrics, read when the body has ended.
+#[derive(Debug, Clone, Default)]
+pub struct TokensCharged(pub Arc<std::sync::atomic::AtomicU64>);
+
+impl TokensCharged {
+    /// Tokens charged so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) cfg: LimitConfig,
     pub(crate) backend: Arc<str>,

@@ -73,8 +73,8 @@ pub use self::tokens::{ApproxTokenCounter, TokenCounter};
 mod layer;
 use self::layer::*;
 pub use self::layer::{
-    CostCharged, Limit, LimitConfig, LimitLayer, DEFAULT_CLIENT_IN_FLIGHT, DEFAULT_CLIENT_SESSIONS,
-    DEFAULT_CLIENT_SESSION_RATE,
+    CostCharged, Limit, LimitConfig, LimitLayer, TokensCharged, DEFAULT_CLIENT_IN_FLIGHT,
+    DEFAULT_CLIENT_SESSIONS, DEFAULT_CLIENT_SESSION_RATE,
 };
 mod service;
 use self::service::*;

@@ -39,6 +39,24 @@ pub enum HttpClient {
     Hyper,
 }
 
+/// Told of each connection set-up to a backend: how long it took (TCP,
+/// and TLS for `https://`) and whether it succeeded. For metrics.
+#[derive(Clone)]
+pub struct ConnectObserver(pub Arc<dyn Fn(Duration, bool) + Send + Sync>);
+
+impl ConnectObserver {
+    /// An observer calling `f`.
+    pub fn new(f: impl Fn(Duration, bool) + Send + Sync + 'static) -> Self {
+        ConnectObserver(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for ConnectObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectObserver")
+    }
+}
+
 /// Settings of [`HttpUpstream`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -69,6 +87,8 @@ pub struct HttpUpstreamConfig {
     /// TLS towards `https://` backends.
     #[cfg(feature = "tls")]
     pub tls: super::TlsClientConfig,
+    /// Told of each connection set-up (metrics). Default: none.
+    pub on_connect: Option<ConnectObserver>,
 }
 
 impl Default for HttpUpstreamConfig {
@@ -83,6 +103,7 @@ impl Default for HttpUpstreamConfig {
             http2_prior_knowledge: false,
             #[cfg(feature = "tls")]
             tls: super::TlsClientConfig::default(),
+            on_connect: None,
         }
     }
 }
@@ -137,6 +158,7 @@ type Connector = Bounded<HttpConnector>;
 struct Bounded<C> {
     inner: C,
     limit: Duration,
+    observer: Option<ConnectObserver>,
 }
 
 impl<C> Service<Uri> for Bounded<C>
@@ -158,11 +180,17 @@ where
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connect = self.inner.call(uri);
         let limit = self.limit;
+        let observer = self.observer.clone();
         Box::pin(async move {
-            match tokio::time::timeout(limit, connect).await {
+            let started = std::time::Instant::now();
+            let r = match tokio::time::timeout(limit, connect).await {
                 Ok(r) => r.map_err(Into::into),
                 Err(_) => Err(format!("connect (TCP and TLS) took longer than {limit:?}").into()),
+            };
+            if let Some(o) = observer {
+                (o.0)(started.elapsed(), r.is_ok());
             }
+            r
         })
     }
 }
@@ -251,6 +279,7 @@ impl HttpUpstream {
                     connect_timeout: cfg.connect_timeout,
                     idle_timeout: cfg.pool_idle_timeout,
                     max_idle: cfg.pool_max_idle,
+                    on_connect: cfg.on_connect.as_ref().map(|o| o.0.clone()),
                 },
             ))
         } else {
@@ -360,6 +389,7 @@ fn hyper_client(
         Ok(builder.build(Bounded {
             inner: connector,
             limit: cfg.connect_timeout,
+            observer: cfg.on_connect.clone(),
         }))
     }
     #[cfg(not(feature = "tls"))]
@@ -372,6 +402,7 @@ fn hyper_client(
         Ok(builder.build(Bounded {
             inner: http,
             limit: cfg.connect_timeout,
+            observer: cfg.on_connect.clone(),
         }))
     }
 }

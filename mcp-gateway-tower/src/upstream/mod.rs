@@ -41,7 +41,7 @@ mod tests;
 #[cfg(feature = "tls")]
 pub mod tls;
 
-pub use self::client::{HttpClient, HttpUpstream, HttpUpstreamConfig};
+pub use self::client::{ConnectObserver, HttpClient, HttpUpstream, HttpUpstreamConfig};
 pub(crate) use self::own::{own_request, INITIALIZED};
 pub use self::service::ServiceUpstream;
 pub use self::set::{Instance, InstanceInfo, Instances, UpstreamInstance, Upstreams};

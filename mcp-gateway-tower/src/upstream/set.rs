@@ -49,6 +49,9 @@ struct Pool {
     probing: AtomicBool,
     /// Serialises changes to `slots`.
     edit: Mutex<()>,
+    /// Client-side metrics (gateway to backend).
+    #[cfg(feature = "otel")]
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 struct Slot {
@@ -137,6 +140,8 @@ impl Upstreams {
                 next: AtomicUsize::new(0),
                 probing: AtomicBool::new(false),
                 edit: Mutex::new(()),
+                #[cfg(feature = "otel")]
+                metrics: None,
             }),
         }
     }
@@ -181,6 +186,15 @@ impl Upstreams {
     /// set is cloned or used.
     pub fn with_health(mut self, health: HealthConfig) -> Self {
         self.edit_pool(|p| p.health = health);
+        self
+    }
+
+    /// Records client-side metrics (each call's duration and time to
+    /// first byte at the backend) on `metrics`. Call before the set is
+    /// cloned or used.
+    #[cfg(feature = "otel")]
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        self.edit_pool(|p| p.metrics = Some(metrics));
         self
     }
 
@@ -245,6 +259,10 @@ impl Service<Request<Body>> for Upstreams {
                 .and_then(|m| m.first_id().cloned()),
             _ => None,
         };
+        #[cfg(feature = "otel")]
+        let mut req = req;
+        #[cfg(feature = "otel")]
+        let observed = client_obs::ClientObs::start(pool, &slot.upstream, &mut req);
         let mut fut = slot.upstream.send(req);
         let backend = pool.backend.clone();
         let outlier = pool.health.outlier;
@@ -258,7 +276,16 @@ impl Service<Request<Body>> for Upstreams {
             })
             .await;
             let Some(res) = answer else {
+                #[cfg(feature = "otel")]
+                if let Some(o) = observed {
+                    o.failed("instance_lost");
+                }
                 return Ok(lost_call(&backend, id.as_ref()));
+            };
+            #[cfg(feature = "otel")]
+            let res = match observed {
+                Some(o) => res.map(|r| o.head(r)),
+                None => res,
             };
             let state = counted.state();
             let Ok(res) = res;
@@ -503,5 +530,131 @@ impl Instances {
     /// How long a draining instance keeps its sessions.
     pub fn drain_timeout(&self) -> Duration {
         self.0.health.drain_timeout
+    }
+}
+
+/// Client-side telemetry of one call sent to an instance: its metrics and
+/// CLIENT span, ended when the response body ends.
+#[cfg(feature = "otel")]
+mod client_obs {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use mcp_gateway_core::McpRequest;
+
+    use super::{Pool, UpstreamInstance};
+    use crate::body::{Body, BodyEnd, BodyObserver, ObservedBody};
+    use crate::telemetry::{client_span, end_client, target_key, ClientCall, Metrics};
+    use std::sync::Arc;
+
+    pub(super) struct ClientObs {
+        started: Instant,
+        metrics: Option<(Arc<Metrics>, ClientCall)>,
+        span: Option<tracing::Span>,
+        status: Option<u16>,
+    }
+
+    impl ClientObs {
+        pub(super) fn start(
+            pool: &Pool,
+            up: &UpstreamInstance,
+            req: &mut Request<Body>,
+        ) -> Option<Self> {
+            let address = match up {
+                UpstreamInstance::Http(h) => h.url().parse::<http::Uri>().ok(),
+                UpstreamInstance::Service(_) => None,
+            };
+            let address = address.as_ref().and_then(|u| {
+                let host = u.host()?;
+                let port = u.port_u16().unwrap_or(match u.scheme_str() {
+                    Some("https") => 443,
+                    _ => 80,
+                });
+                Some((host, port))
+            });
+            let span = if req
+                .extensions()
+                .get::<crate::telemetry::ServerSpan>()
+                .is_some()
+            {
+                client_span(req, &pool.backend, address)
+            } else {
+                None
+            };
+            let metrics = pool.metrics.as_ref().map(|m| {
+                let message = req
+                    .extensions()
+                    .get::<McpRequest>()
+                    .and_then(|r| r.message());
+                let method = message
+                    .and_then(|m| m.method())
+                    .map(|m| match m.static_name() {
+                        Some(n) => n,
+                        None => "_other",
+                    });
+                let target = method
+                    .and_then(target_key)
+                    .zip(message.and_then(|m| m.target_text().cloned()));
+                let call = ClientCall {
+                    backend: opentelemetry::Value::from(pool.backend.clone()),
+                    method: method.or(match *req.method() {
+                        http::Method::GET => Some("GET"),
+                        http::Method::DELETE => Some("DELETE"),
+                        _ => None,
+                    }),
+                    target,
+                };
+                (m.clone(), call)
+            });
+            if span.is_none() && metrics.is_none() {
+                return None;
+            }
+            Some(ClientObs {
+                started: Instant::now(),
+                metrics,
+                span,
+                status: None,
+            })
+        }
+
+        /// The call failed before an answer.
+        pub(super) fn failed(self, why: &str) {
+            self.end(Some(why));
+        }
+
+        fn end(&self, error: Option<&str>) {
+            if let Some((m, call)) = &self.metrics {
+                m.client_call(call, self.started.elapsed(), error);
+            }
+            if let Some(s) = &self.span {
+                end_client(s, self.status, error);
+            }
+        }
+
+        /// The answer's head came: its body is watched to the end.
+        pub(super) fn head(mut self, res: Response<Body>) -> Response<Body> {
+            if let Some((m, call)) = &self.metrics {
+                m.client_head(&call.backend, self.started.elapsed());
+            }
+            self.status = Some(res.status().as_u16());
+            res.map(|b| Body::new(ObservedBody::new(b, self)))
+        }
+    }
+
+    impl BodyObserver for ClientObs {
+        fn on_data(&mut self, _: &Bytes) {}
+        fn on_end(&mut self, end: BodyEnd<'_>) {
+            let status = self.status.unwrap_or(0);
+            let mut code = itoa::Buffer::new();
+            let error = match end {
+                BodyEnd::Failed(_) => Some("stream_broken"),
+                BodyEnd::Dropped => Some("cancelled"),
+                BodyEnd::Complete if status >= 400 => Some(code.format(status)),
+                BodyEnd::Complete => None,
+            };
+            self.end(error);
+            self.span = None;
+        }
     }
 }

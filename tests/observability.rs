@@ -1,0 +1,632 @@
+//! Metrics and traces of the `mcp-gateway` binary against real peers: a
+//! Prometheus scrape after a known workload (parsed by a Prometheus text
+//! parser, with the Grafana dashboard's every metric in it), and spans
+//! received by an OTLP/HTTP receiver built on the OpenTelemetry protocol
+//! types, one trace from the client's header through the gateway into the
+//! rmcp backend (which sees it in its `traceparent` header and in
+//! `params._meta`).
+
+#[path = "../examples/support/fixtures.rs"]
+mod fixtures;
+#[path = "support/net.rs"]
+mod net;
+#[path = "support/process.rs"]
+mod process;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use net::{raw, Reply, ACCEPT, JSON, V};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use process::{GatewayProcess, Scratch};
+use prost::Message;
+use serde_json::{json, Value};
+
+/// `demo-reader-key`, as in `examples/gateway.toml`.
+const KEY: &str = "demo-reader-key";
+const KEY_SHA256: &str = "cc551f29bff81915d8d2765567f3c5f73f4b9ebc70f37757eefe31734bde1421";
+
+async fn backend() -> net::Served {
+    net::serve(axum::Router::new().route_service("/mcp", fixtures::service("obs"))).await
+}
+
+fn init(version: &str) -> String {
+    json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":version,"capabilities":{},"clientInfo":{"name":"obs-test","version":"1"}}}).to_string()
+}
+
+fn call(id: u64, tool: &str, args: Value) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
+        .to_string()
+}
+
+struct Client {
+    url: String,
+    sid: String,
+    auth: String,
+}
+
+impl Client {
+    async fn open(url: &str) -> Client {
+        let auth = format!("Bearer {KEY}");
+        let r = raw(
+            "POST",
+            url,
+            &[ACCEPT, JSON, ("authorization", &auth)],
+            &init("2025-11-25"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let sid = r.headers["mcp-session-id"].to_str().unwrap().to_owned();
+        let c = Client {
+            url: url.to_owned(),
+            sid,
+            auth,
+        };
+        let n = raw(
+            "POST",
+            url,
+            &[
+                ACCEPT,
+                JSON,
+                V,
+                ("mcp-session-id", &c.sid),
+                ("authorization", &c.auth),
+            ],
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        )
+        .await;
+        assert_eq!(n.status, 202);
+        c
+    }
+
+    async fn send(&self, body: &str, extra: &[(&str, &str)]) -> Reply {
+        let mut h = vec![
+            ACCEPT,
+            JSON,
+            V,
+            ("mcp-session-id", self.sid.as_str()),
+            ("authorization", self.auth.as_str()),
+        ];
+        h.extend_from_slice(extra);
+        raw("POST", &self.url, &h, body).await
+    }
+}
+
+/// `name{labels} value` rows of a scrape, parsed by `prometheus-parse`.
+struct Scrape(Vec<prometheus_parse::Sample>);
+
+impl Scrape {
+    fn parse(text: &str) -> Scrape {
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let s = prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
+        Scrape(s.samples)
+    }
+
+    /// The sum of the values of `metric`'s series that have all of `labels`.
+    fn value(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|s| s.metric == metric)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(h) => {
+                    h.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                prometheus_parse::Value::Summary(_) => 0.0,
+            })
+            .sum()
+    }
+
+    fn names(&self) -> std::collections::BTreeSet<String> {
+        self.0.iter().map(|s| s.metric.clone()).collect()
+    }
+}
+
+async fn scrape(url: &str) -> (Scrape, String) {
+    let r = raw("GET", url, &[], "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    (Scrape::parse(&text), text)
+}
+
+/// The metric names a dashboard's queries use.
+fn dashboard_metrics(dashboard: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(e)) = m.get("expr") {
+                    let mut e = e.clone();
+                    // Label lists (`by (…)`) and matchers (`{…}`) name
+                    // labels, not metrics.
+                    for (open, close) in [("by (", ')'), ("{", '}')] {
+                        while let Some(i) = e.find(open) {
+                            let end = e[i..].find(close).map_or(e.len(), |j| i + j + 1);
+                            e.replace_range(i..end, " ");
+                        }
+                    }
+                    let mut rest = e.as_str();
+                    while let Some(i) = rest.find("mcp_") {
+                        let tail = &rest[i..];
+                        let end = tail
+                            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                            .unwrap_or(tail.len());
+                        out.push(tail[..end].to_owned());
+                        rest = &tail[end..];
+                    }
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(dashboard, &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_after_a_known_workload_has_exactly_its_counts() {
+    let be = backend().await;
+    let dir = Scratch::new("obs-metrics");
+    let cfg = dir.file(
+        "gw.toml",
+        &format!(
+            r#"listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[observability]
+metrics_path = "/metrics"
+[backend]
+name = "db"
+urls = ["http://{}/mcp"]
+[auth]
+[[auth.api_keys]]
+sha256 = "{KEY_SHA256}"
+subject = "reader-bot"
+tenant = "acme"
+roles = ["reader"]
+[policy]
+default = "allow"
+[[policy.rules]]
+effect = "deny"
+tools = ["show_auth"]
+[limits]
+principal_tool_rate = {{ burst = 3, per_second = 0.001 }}
+cost_budget = {{ amount = 1000, window_secs = 86400 }}
+[limits.tool_costs]
+"echo" = 2
+"#,
+            be.addr
+        ),
+    );
+    let mut gw = GatewayProcess::start(&["--config", &cfg]);
+    let admin = gw
+        .next_line()
+        .strip_prefix("mcp-gateway admin on ")
+        .unwrap()
+        .to_owned();
+    let c = Client::open(&gw.url).await;
+    let mut id = 10;
+    let mut next = || {
+        id += 1;
+        id
+    };
+    for _ in 0..3 {
+        let r = c
+            .send(&call(next(), "echo", json!({"text": "hi"})), &[])
+            .await;
+        assert_eq!(r.status, 200);
+        assert!(r.answer()["result"].is_object());
+    }
+    for _ in 0..2 {
+        let r = c.send(&call(next(), "whoami", json!({})), &[]).await;
+        assert!(r.answer()["result"].is_object());
+    }
+    let burst = json!({"jsonrpc":"2.0","id":next(),"method":"tools/call","params":{"name":"progress_burst","arguments":{"count":3},"_meta":{"progressToken":"p1"}}});
+    let r = c.send(&burst.to_string(), &[]).await;
+    assert_eq!(r.status, 200);
+    // One denial, one failing tool, one limit refusal (the 4th echo).
+    let r = c.send(&call(next(), "show_auth", json!({})), &[]).await;
+    assert!(r.answer()["error"].is_object(), "denied: {:?}", r.answer());
+    let r = c
+        .send(&call(next(), "test_error_handling", json!({})), &[])
+        .await;
+    assert_eq!(r.answer()["result"]["isError"], true);
+    let r = c
+        .send(&call(next(), "echo", json!({"text": "hi"})), &[])
+        .await;
+    assert!(r.answer()["error"].is_object(), "limited: {:?}", r.answer());
+
+    let (s, text) = scrape(&format!("{admin}/metrics")).await;
+    let op = "mcp_server_operation_duration_seconds_count";
+    let echo = [
+        ("mcp_method_name", "tools/call"),
+        ("gen_ai_tool_name", "echo"),
+    ];
+    assert_eq!(
+        s.value(op, &[echo[0], echo[1], ("mcp_gateway_outcome", "ok")]),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        s.value(op, &[echo[0], echo[1], ("mcp_gateway_outcome", "limited")]),
+        1.0
+    );
+    assert_eq!(s.value(op, &[("gen_ai_tool_name", "whoami")]), 2.0);
+    assert_eq!(
+        s.value(
+            op,
+            &[
+                ("gen_ai_tool_name", "test_error_handling"),
+                ("error_type", "tool_error")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s.value(
+            op,
+            &[
+                ("mcp_method_name", "initialize"),
+                ("mcp_gateway_backend", "db")
+            ]
+        ),
+        1.0
+    );
+    // Client side: only what reached the backend.
+    let client = "mcp_client_operation_duration_seconds_count";
+    assert_eq!(s.value(client, &[("gen_ai_tool_name", "echo")]), 3.0);
+    assert_eq!(s.value(client, &[("gen_ai_tool_name", "show_auth")]), 0.0);
+    assert_eq!(
+        s.value(
+            "mcp_gateway_policy_denials_total",
+            &[("gen_ai_tool_name", "show_auth")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s.value(
+            "mcp_gateway_limit_refusals_total",
+            &[("mcp_gateway_limit", "principal_tool_rate")]
+        ),
+        1.0
+    );
+    // Cost attribution by tenant and tool.
+    let acme_echo = [("mcp_gateway_tenant", "acme"), ("gen_ai_tool_name", "echo")];
+    assert_eq!(s.value("mcp_gateway_calls_total", &acme_echo), 4.0);
+    assert_eq!(s.value("mcp_gateway_cost_total", &acme_echo), 6.0);
+    assert_eq!(
+        s.value(
+            "mcp_gateway_sessions_active",
+            &[("mcp_gateway_backend", "db")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s.value(
+            "mcp_gateway_backend_healthy",
+            &[("mcp_gateway_backend", "db")]
+        ),
+        1.0
+    );
+    assert!(s.value("mcp_gateway_upstream_time_to_first_byte_seconds_count", &[]) >= 6.0);
+    assert!(s.value("mcp_gateway_upstream_connect_duration_seconds_count", &[]) >= 1.0);
+    assert_eq!(s.value("mcp_gateway_audit_dropped_total", &[]), 0.0);
+    assert_eq!(
+        s.value(
+            "mcp_gateway_progress_notifications_total",
+            &[("gen_ai_tool_name", "progress_burst")]
+        ),
+        3.0
+    );
+    assert!(
+        s.value(
+            "mcp_gateway_sse_events_total",
+            &[("mcp_gateway_backend", "db")]
+        ) >= 4.0
+    );
+
+    // The session's end: its duration recorded, no session open.
+    let r = raw(
+        "DELETE",
+        &gw.url,
+        &[V, ("mcp-session-id", &c.sid), ("authorization", &c.auth)],
+        "",
+    )
+    .await;
+    assert!(r.status == 200 || r.status == 204);
+    let (s2, _) = scrape(&format!("{admin}/metrics")).await;
+    assert_eq!(
+        s2.value(
+            "mcp_server_session_duration_seconds_count",
+            &[("mcp_gateway_backend", "db")]
+        ),
+        1.0
+    );
+    assert_eq!(s2.value("mcp_gateway_sessions_active", &[]), 0.0);
+
+    // The main listener's path serves the same exposition.
+    let main = gw.url.replace("/mcp", "/metrics");
+    let (s3, _) = scrape(&main).await;
+    assert!(s3.value(op, &echo) >= 4.0);
+
+    // Every metric the dashboard queries is in a real scrape.
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../docs/grafana-dashboard.json")).unwrap();
+    let names = s2.names();
+    let used = dashboard_metrics(&dashboard);
+    assert!(used.len() >= 8, "the dashboard queries {used:?}");
+    for m in used {
+        // The parser gathers a histogram's `_bucket` lines under its name.
+        let base = m.strip_suffix("_bucket").unwrap_or(&m);
+        assert!(
+            names.contains(&m) || names.contains(base),
+            "the dashboard queries {m}, which no scrape has"
+        );
+    }
+    gw.terminate();
+    gw.wait_exit(Duration::from_secs(10));
+}
+
+/// Spans an OTLP/HTTP receiver got.
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<Span>>>);
+
+async fn receiver() -> (net::Served, Received) {
+    let got = Received::default();
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                let mut spans = keep.0.lock().unwrap();
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        spans.extend(ss.spans);
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    (net::serve(app).await, got)
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+        .map(|v| match v {
+            AnyValue::StringValue(s) => s.clone(),
+            AnyValue::IntValue(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_client_through_the_gateway_into_the_backend() {
+    let be = backend().await;
+    let (otlp, spans) = receiver().await;
+    let dir = Scratch::new("obs-traces");
+    let audit = dir.0.join("audit.jsonl");
+    let cfg = dir.file(
+        "gw.toml",
+        &format!(
+            r#"listen = "127.0.0.1:0"
+[observability.otlp]
+endpoint = "http://{}"
+batch_delay_ms = 100
+service_name = "gw-under-test"
+[backend]
+name = "db"
+urls = ["http://{}/mcp"]
+[auth]
+[[auth.api_keys]]
+sha256 = "{KEY_SHA256}"
+subject = "reader-bot"
+tenant = "acme"
+roles = ["reader"]
+[audit]
+sink = "jsonl"
+[audit.jsonl]
+path = "{}"
+"#,
+            otlp.addr,
+            be.addr,
+            audit.display()
+        ),
+    );
+    let mut gw = GatewayProcess::start(&["--config", &cfg]);
+    let c = Client::open(&gw.url).await;
+
+    // Trace context in the header.
+    let (tid, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let tp = format!("00-{tid}-{parent}-01");
+    let r = c
+        .send(
+            &call(21, "show_trace", json!({})),
+            &[("traceparent", tp.as_str()), ("baggage", "team=search")],
+        )
+        .await;
+    let seen: Value =
+        serde_json::from_str(r.answer()["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    let header = seen["header"]
+        .as_str()
+        .expect("the backend got a traceparent header");
+    let meta = seen["meta"]
+        .as_str()
+        .expect("the backend got params._meta.traceparent");
+    assert_eq!(header, meta, "header and _meta carry the same context");
+    let parts: Vec<&str> = header.split('-').collect();
+    assert_eq!(parts[1], tid, "the backend continues the client's trace");
+    assert_ne!(
+        parts[2], parent,
+        "the backend's parent is the gateway's span"
+    );
+    assert_eq!(seen["baggage_header"], "team=search");
+    assert_eq!(seen["baggage_meta"], "team=search");
+    let backend_parent = parts[2].to_owned();
+
+    // Trace context in params._meta only (where MCP clients put it).
+    let (tid2, parent2) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let body = json!({"jsonrpc":"2.0","id":22,"method":"tools/call","params":{"name":"show_trace","arguments":{},"_meta":{"traceparent":format!("00-{tid2}-{parent2}-01"),"progressToken":"p1"}}}).to_string();
+    let r = c.send(&body, &[]).await;
+    let seen2: Value =
+        serde_json::from_str(r.answer()["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        seen2["meta"].as_str().unwrap().split('-').nth(1),
+        Some(tid2)
+    );
+    assert_eq!(
+        seen2["header"].as_str().unwrap().split('-').nth(1),
+        Some(tid2)
+    );
+
+    // rmcp clients of both eras through the traced gateway: every call works.
+    for stateless in [false, true] {
+        rmcp_echo(&gw.url, stateless).await;
+    }
+
+    // The receiver gets the spans: SERVER child of the client's span,
+    // CLIENT child of the SERVER span, the CLIENT span the backend's parent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let find = |tid: &str, kind: i32| {
+        spans
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                hex(&s.trace_id) == tid && s.kind == kind && s.name == "tools/call show_trace"
+            })
+            .cloned()
+    };
+    const SERVER: i32 = 2;
+    const CLIENT: i32 = 3;
+    while (find(tid, SERVER).is_none()
+        || find(tid, CLIENT).is_none()
+        || find(tid2, CLIENT).is_none())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got: Vec<(String, String, i32)> = spans
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.name.clone(), hex(&s.trace_id), s.kind))
+        .collect();
+    let server =
+        find(tid, SERVER).unwrap_or_else(|| panic!("the SERVER span arrives; got {got:?}"));
+    let client_span = find(tid, CLIENT).expect("the CLIENT span arrives");
+    assert_eq!(hex(&server.parent_span_id), parent);
+    assert_eq!(client_span.parent_span_id, server.span_id);
+    assert_eq!(hex(&client_span.span_id), backend_parent);
+    assert_eq!(
+        attr(&server, "mcp.method.name").as_deref(),
+        Some("tools/call")
+    );
+    assert_eq!(
+        attr(&server, "gen_ai.tool.name").as_deref(),
+        Some("show_trace")
+    );
+    assert_eq!(
+        attr(&server, "gen_ai.operation.name").as_deref(),
+        Some("execute_tool")
+    );
+    assert_eq!(
+        attr(&server, "mcp.session.id").as_deref(),
+        Some(c.sid.as_str())
+    );
+    assert_eq!(attr(&server, "jsonrpc.request.id").as_deref(), Some("21"));
+    assert_eq!(attr(&server, "mcp.gateway.tenant").as_deref(), Some("acme"));
+    assert_eq!(attr(&server, "enduser.id").as_deref(), Some("reader-bot"));
+    assert_eq!(attr(&server, "mcp.gateway.backend").as_deref(), Some("db"));
+    assert_eq!(
+        attr(&server, "mcp.protocol.version").as_deref(),
+        Some("2025-11-25")
+    );
+    assert_eq!(
+        attr(&client_span, "server.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        attr(&client_span, "server.port"),
+        Some(be.addr.port().to_string())
+    );
+    let server2 = find(tid2, SERVER).expect("the _meta-parented SERVER span");
+    assert_eq!(hex(&server2.parent_span_id), parent2);
+
+    // The audit record carries the trace and span ids.
+    gw.terminate();
+    gw.wait_exit(Duration::from_secs(10));
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let rec: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v["id"] == "21")
+        .collect();
+    assert_eq!(rec.len(), 1, "{log}");
+    assert_eq!(rec[0]["trace_id"], tid);
+    assert_eq!(rec[0]["span_id"], hex(&server.span_id));
+}
+
+async fn rmcp_echo(url: &str, stateless: bool) {
+    use rmcp::model::*;
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+    let mut headers = std::collections::HashMap::new();
+    headers.insert(
+        http::HeaderName::from_static("x-api-key"),
+        http::HeaderValue::from_static(KEY),
+    );
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).custom_headers(headers),
+    );
+    let info = ClientConfig::default();
+    let client = if stateless {
+        info.serve_with_lifecycle(
+            transport,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap()
+    } else {
+        info.serve(transport).await.unwrap()
+    };
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "echo"));
+    let p: CallToolRequestParams =
+        serde_json::from_value(json!({"name": "echo", "arguments": {"text": "through"}})).unwrap();
+    let r = client.call_tool(p).await.unwrap();
+    assert_eq!(
+        r.content[0].as_text().unwrap().text,
+        "through",
+        "stateless: {stateless}"
+    );
+    client.cancel().await.unwrap();
+}
