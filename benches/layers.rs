@@ -16,6 +16,14 @@
 //! - `jwt+jsonrpc+acl+limit` and `audit+jwt+jsonrpc+acl`: each of the two
 //!   alone, to see which costs what;
 //! - `jwt_uncached`: one RS256 verification without the cache, for scale;
+//! - `layers_telemetry/…`: what recording metrics and spans adds to a call
+//!   (audit layer with no other sink, the parser, the instance set over
+//!   the stub): `base`, `metrics` (the binary's meter provider with its
+//!   Prometheus reader: server and client side, time to first byte),
+//!   `metrics+traces` (plus SERVER and CLIENT spans through
+//!   `tracing-opentelemetry` to an SDK tracer that samples every trace;
+//!   trace context injected into the backend request's headers and
+//!   `params._meta`);
 //! - `layers_sse/…`: the security stack and the full stack on a call the
 //!   backend answers with an event stream (a priming event, then the
 //!   result), which the limit layer (tokens of the result) and the audit
@@ -211,6 +219,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    telemetry(c, &rt);
     let mut g = c.benchmark_group("layers");
     let auth = bench_jwt();
     let raw = bench_token();
@@ -225,6 +234,76 @@ fn bench(c: &mut Criterion) {
         "the benchmark must not outrun the audit writer"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The telemetry group (see the module docs).
+fn telemetry(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    use mcp_gateway_tower::audit::FanOut;
+    use mcp_gateway_tower::telemetry::{Metrics, MetricsConfig, Telemetry};
+    use mcp_gateway_tower::upstream::Upstreams;
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let registry = prometheus::Registry::new();
+    let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(
+            opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let metrics = Metrics::new(meters.meter("bench"), MetricsConfig::default());
+    let stack = |t: Option<Telemetry>| {
+        let mut up = Upstreams::new(vec![Upstreams::boxed(stub(RESULT, JSON))]);
+        let mut audit = AuditLayer::new(Arc::new(FanOut(Vec::new())), AuditConfig::default());
+        if let Some(t) = &t {
+            if let Some(m) = &t.metrics {
+                up = up.with_metrics(m.clone());
+            }
+            audit = audit.telemetry(t);
+        }
+        audit.layer(JsonRpcLayer::default().layer(up))
+    };
+    let base = stack(None);
+    let with_metrics = stack(Some(Telemetry::default().metrics(metrics.clone())));
+    let with_traces = stack(Some(
+        Telemetry::default().metrics(metrics.clone()).traces(true),
+    ));
+    let server_only = {
+        let up = Upstreams::new(vec![Upstreams::boxed(stub(RESULT, JSON))]);
+        AuditLayer::new(Arc::new(FanOut(Vec::new())), AuditConfig::default())
+            .telemetry(&Telemetry::default().metrics(metrics.clone()))
+            .layer(JsonRpcLayer::default().layer(up))
+    };
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(tracer.tracer("bench")));
+    let mut g = c.benchmark_group("layers_telemetry");
+    g.bench_function("base", |b| {
+        b.iter(|| rt.block_on(drive(base.clone(), request(None))))
+    });
+    g.bench_function("metrics", |b| {
+        b.iter(|| rt.block_on(drive(with_metrics.clone(), request(None))))
+    });
+    g.bench_function("metrics_server_side", |b| {
+        b.iter(|| rt.block_on(drive(server_only.clone(), request(None))))
+    });
+    tracing::subscriber::with_default(subscriber, || {
+        g.bench_function("metrics+traces", |b| {
+            b.iter(|| rt.block_on(drive(with_traces.clone(), request(None))))
+        });
+    });
+    g.finish();
+    // The scrape holds what was recorded.
+    assert!(prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap()
+        .contains("mcp_server_operation_duration_seconds_count"));
 }
 
 criterion_group!(benches, bench);

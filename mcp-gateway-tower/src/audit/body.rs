@@ -443,7 +443,6 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
             &span,
             &crate::telemetry::ServerEnd {
                 method,
-                target: first.and_then(|m| m.target()),
                 id: id.as_deref(),
                 session: call.session.as_deref(),
                 version: version.as_deref(),

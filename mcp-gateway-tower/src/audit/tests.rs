@@ -103,6 +103,10 @@ fn hand_written_lines_are_what_serde_writes() {
         calls: Some(4),
         errors: Some(1),
         end_reason: Some(SessionEnd::Deleted),
+        tokens: 7,
+        tool_error: true,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        span_id: Some("00f067aa0ba902b7".into()),
     };
     for e in [plain, full] {
         let mut mine = Vec::new();
@@ -114,6 +118,18 @@ fn hand_written_lines_are_what_serde_writes() {
         // Lent and copied back, a record is the same record.
         assert_eq!(e.borrowed().to_event(), e);
     }
+}
+
+#[test]
+fn tool_errors_are_found_in_results() {
+    assert!(tool_error(br#"{"result":{"content":[],"isError":true}}"#));
+    assert!(tool_error(
+        br#"{"result":{"isError" :  true,"content":[]}}"#
+    ));
+    assert!(!tool_error(br#"{"result":{"content":[],"isError":false}}"#));
+    assert!(!tool_error(
+        br#"{"result":{"content":[{"type":"text","text":"isError"}]}}"#
+    ));
 }
 
 #[test]

@@ -8,6 +8,9 @@ use std::time::Duration;
 use mcp_gateway_core::session::SessionStore;
 use mcp_gateway_core::ErrorKind;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
+
+use super::bound::Bound;
+use super::tally::{Count, Label, Tally, TallyKey};
 use opentelemetry::{KeyValue, Value};
 
 use super::names::*;
@@ -70,7 +73,8 @@ impl MetricsConfig {
 /// Values are shared (`Arc<str>`): a label costs no allocation per call.
 struct Cap {
     max: usize,
-    seen: RwLock<HashMap<Box<str>, Value, foldhash::fast::RandomState>>,
+    seen: RwLock<HashMap<Box<str>, Label, foldhash::fast::RandomState>>,
+    other: Label,
 }
 
 impl Cap {
@@ -78,10 +82,11 @@ impl Cap {
         Cap {
             max,
             seen: RwLock::default(),
+            other: Label(OTHER.into()),
         }
     }
 
-    fn get(&self, s: &str) -> Value {
+    fn label(&self, s: &str) -> Label {
         if let Some(v) = self.seen.read().unwrap_or_else(|e| e.into_inner()).get(s) {
             return v.clone();
         }
@@ -90,11 +95,15 @@ impl Cap {
             return v.clone();
         }
         if seen.len() >= self.max {
-            return Value::from(OTHER);
+            return self.other.clone();
         }
-        let v = Value::from(Arc::<str>::from(s));
+        let v = Label(Arc::<str>::from(s));
         seen.insert(s.into(), v.clone());
         v
+    }
+
+    fn get(&self, s: &str) -> Value {
+        self.label(s).value()
     }
 }
 
@@ -118,16 +127,13 @@ impl Cap {
 pub struct Metrics {
     meter: Meter,
     cfg: MetricsConfig,
-    server_op: Histogram<f64>,
-    client_op: Histogram<f64>,
+    server_op: Bound<TallyKey>,
+    client_op: Bound<ClientKey>,
     server_session: Histogram<f64>,
     client_session: Histogram<f64>,
     connect: Histogram<f64>,
-    ttfb: Histogram<f64>,
-    calls: Counter<u64>,
-    cost: Counter<u64>,
-    tokens: Counter<u64>,
-    progress: Counter<u64>,
+    ttfb: Bound<Label>,
+    tally: Arc<Tally>,
     sse_events: Counter<u64>,
     refusals: Counter<u64>,
     denials: Counter<u64>,
@@ -178,16 +184,52 @@ impl Metrics {
             .build()
         };
         let max = cfg.max_label_values.max(1);
-        Arc::new(Metrics {
-            server_op: hist(
-                SERVER_OPERATION_DURATION,
-                "MCP requests answered by the gateway (client to gateway)",
-                &DURATION_BUCKETS,
+        // Series per instrument: within the SDK's default cardinality
+        // limit (2 000), past which it folds series into an overflow one.
+        let series = 1_900;
+        let tally = Arc::new(Tally::new(series));
+        let tallied = [
+            (
+                CALLS,
+                "Calls by tenant, tool, backend and outcome",
+                Count::Calls,
             ),
-            client_op: hist(
-                CLIENT_OPERATION_DURATION,
-                "MCP requests the gateway sent to backends (gateway to backend)",
-                &DURATION_BUCKETS,
+            (COST, "Cost units charged", Count::Cost),
+            (TOKENS, "Result tokens charged", Count::Tokens),
+            (
+                PROGRESS_NOTIFICATIONS,
+                "Progress notifications relayed",
+                Count::Progress,
+            ),
+        ]
+        .map(|(name, desc, which)| {
+            let t = tally.clone();
+            meter
+                .u64_observable_counter(name)
+                .with_description(desc)
+                .with_callback(move |o| {
+                    for (attrs, n) in t.read(which) {
+                        o.observe(n, &attrs);
+                    }
+                })
+                .build()
+        });
+        let m = Arc::new(Metrics {
+            server_op: Bound::new(
+                hist(
+                    SERVER_OPERATION_DURATION,
+                    "MCP requests answered by the gateway (client to gateway)",
+                    &DURATION_BUCKETS,
+                ),
+                series,
+            ),
+            client_op: Bound::new(
+                hist(
+                    CLIENT_OPERATION_DURATION,
+                    "MCP requests the gateway sent to backends (gateway to backend)",
+                    &DURATION_BUCKETS,
+                ),
+                series,
             ),
             server_session: hist(
                 SERVER_SESSION_DURATION,
@@ -204,15 +246,15 @@ impl Metrics {
                 "Connection set-up to a backend (TCP, and TLS for https)",
                 &LATENCY_BUCKETS,
             ),
-            ttfb: hist(
-                UPSTREAM_TTFB,
-                "From a request sent to a backend to its response head",
-                &LATENCY_BUCKETS,
+            ttfb: Bound::new(
+                hist(
+                    UPSTREAM_TTFB,
+                    "From a request sent to a backend to its response head",
+                    &LATENCY_BUCKETS,
+                ),
+                series,
             ),
-            calls: count(CALLS, "Calls by tenant, tool, backend and outcome", ""),
-            cost: count(COST, "Cost units charged", ""),
-            tokens: count(TOKENS, "Result tokens charged", ""),
-            progress: count(PROGRESS_NOTIFICATIONS, "Progress notifications relayed", ""),
+            tally: tally.clone(),
             sse_events: count(SSE_EVENTS, "SSE events relayed to clients", ""),
             refusals: count(LIMIT_REFUSALS, "Calls refused by a limit", ""),
             denials: count(POLICY_DENIALS, "Calls refused by the tool policy", ""),
@@ -232,7 +274,11 @@ impl Metrics {
             watched: Mutex::new(Vec::new()),
             meter,
             cfg,
-        })
+        });
+        for c in tallied {
+            m.keep(c);
+        }
+        m
     }
 
     /// The settings.
@@ -357,126 +403,112 @@ impl Metrics {
         SseCounter(Some((self.clone(), Value::from(backend))))
     }
 
+    /// The labels of a request about to be sent to backend `backend`.
+    pub(crate) fn client_key(
+        &self,
+        backend: &str,
+        method: Option<&'static str>,
+        target: Option<(&'static str, &str)>,
+    ) -> ClientKey {
+        ClientKey {
+            backend: self.backends.label(backend),
+            method,
+            target: target.map(|(k, t)| (k, self.tools.label(t))),
+            error: None,
+        }
+    }
+
     /// A request sent to a backend was answered (`ttfb` after it was
-    /// sent) or failed before its head.
-    pub(crate) fn client_head(&self, backend: &Value, ttfb: Duration) {
-        self.ttfb
-            .record(seconds(ttfb), &[KeyValue::new(BACKEND, backend.clone())]);
+    /// sent).
+    pub(crate) fn client_head(&self, call: &ClientKey, ttfb: Duration) {
+        self.ttfb.record(call.backend.clone(), seconds(ttfb), |b| {
+            vec![KeyValue::new(BACKEND, b.value())]
+        });
     }
 
     /// A request sent to a backend ended after `took`.
-    pub(crate) fn client_call(&self, call: &ClientCall, took: Duration, error: Option<&str>) {
-        let mut attrs = Vec::with_capacity(6);
-        attrs.push(KeyValue::new(BACKEND, call.backend.clone()));
-        attrs.push(KeyValue::new(NETWORK_TRANSPORT, "tcp"));
-        if let Some(m) = &call.method {
-            attrs.push(KeyValue::new(METHOD, self.methods.get(m)));
-        }
-        if let Some((key, t)) = &call.target {
-            attrs.push(KeyValue::new(*key, self.tools.get(t.as_str())));
-        }
-        if let Some(e) = error {
-            attrs.push(KeyValue::new(ERROR_TYPE, self.errors.get(e)));
-        }
-        self.client_op.record(seconds(took), &attrs);
+    pub(crate) fn client_call(&self, mut call: ClientKey, took: Duration, error: Option<&str>) {
+        call.error = error.map(|e| self.errors.label(e));
+        self.client_op
+            .record(call, seconds(took), ClientKey::attributes);
     }
 
     fn call(&self, e: &AuditEventRef<'_>) {
-        let backend = e
-            .backend
-            .map(|b| KeyValue::new(BACKEND, self.backend_value(b)));
-        let target = e.method.and_then(|m| target_key(m)).zip(e.target);
-        let error: Option<std::borrow::Cow<'_, str>> = if e.tool_error && e.outcome == Outcome::Ok {
-            Some("tool_error".into())
-        } else if e.outcome == Outcome::Ok {
-            None
-        } else {
-            Some(match e.error_code {
-                Some(c) => itoa::Buffer::new().format(c).to_owned().into(),
-                None => e.outcome.as_str().into(),
-            })
+        let mut code = itoa::Buffer::new();
+        let code = e.error_code.map(|c| &*code.format(c));
+        let error: Option<&str> = match (e.outcome, e.tool_error) {
+            (Outcome::Ok, true) => Some("tool_error"),
+            (Outcome::Ok, false) => None,
+            (o, _) => Some(code.unwrap_or(o.as_str())),
         };
-        let mut attrs = Vec::with_capacity(9);
-        if let Some(m) = e.method {
-            attrs.push(KeyValue::new(METHOD, self.methods.get(m)));
+        // Each label looked up once, shared by the records below.
+        let key = TallyKey {
+            method: e.method.map(|m| self.methods.label(m)),
+            target: e
+                .method
+                .and_then(target_key)
+                .zip(e.target)
+                .map(|(k, t)| (k, self.tools.label(t))),
+            backend: e.backend.map(|b| self.backends.label(b)),
+            outcome: e.outcome.as_str(),
+            error: error.map(|x| self.errors.label(x)),
+            rpc_status: error.and(code).map(|c| self.errors.label(c)),
+            tenant: e.tenant.map(|t| self.tenants.label(t)),
+            principal: e
+                .principal
+                .filter(|_| self.cfg.principal_labels)
+                .map(|p| self.principals.label(p)),
+            version: None,
+        };
+        // Method, target, backend: what every record of the call has.
+        let mut attrs = Attrs::new();
+        if let Some(m) = &key.method {
+            attrs.push(KeyValue::new(METHOD, m.value()));
         }
-        if let Some((key, t)) = target {
-            attrs.push(KeyValue::new(key, self.tools.get(t)));
+        if let Some((k, t)) = &key.target {
+            attrs.push(KeyValue::new(*k, t.value()));
         }
-        if let Some(b) = &backend {
-            attrs.push(b.clone());
+        if let Some(b) = &key.backend {
+            attrs.push(KeyValue::new(BACKEND, b.value()));
         }
-        attrs.push(KeyValue::new(OUTCOME, e.outcome.as_str()));
-        if let Some(err) = &error {
-            let v = self.errors.get(err);
-            if let Some(c) = e.error_code {
-                attrs.push(KeyValue::new(
-                    RPC_STATUS,
-                    self.errors.get(itoa::Buffer::new().format(c)),
-                ));
-            }
-            attrs.push(KeyValue::new(ERROR_TYPE, v));
-        }
-        let cost_attrs_from = attrs.len();
-        if let Some(v) = e.protocol_version {
-            attrs.push(KeyValue::new(PROTOCOL_VERSION, self.versions.get(v)));
-        }
-        attrs.push(KeyValue::new(NETWORK_TRANSPORT, "tcp"));
+        let shared = attrs.n;
         if let Some(us) = e.duration_us {
-            self.server_op.record(us as f64 / 1e6, &attrs);
+            // Keyed without the tenant and principal (never histogram
+            // labels), with the protocol version.
+            let op = TallyKey {
+                tenant: None,
+                principal: None,
+                version: e.protocol_version.map(|v| self.versions.label(v)),
+                ..key.clone()
+            };
+            self.server_op
+                .record(op, us as f64 / 1e6, TallyKey::histogram_attributes);
         }
-        // Cost attribution: method, target, backend, outcome, tenant
-        // (and principal).
-        attrs.truncate(cost_attrs_from);
-        if let Some(t) = e.tenant {
-            attrs.push(KeyValue::new(TENANT, self.tenants.get(t)));
-        }
-        if self.cfg.principal_labels {
-            if let Some(p) = e.principal {
-                attrs.push(KeyValue::new(PRINCIPAL, self.principals.get(p)));
-            }
-        }
-        self.calls.add(1, &attrs);
-        if e.cost > 0 || e.tokens > 0 || e.progress > 0 {
-            // Without the outcome and error labels.
-            attrs.retain(|kv| {
-                kv.key.as_str() != OUTCOME
-                    && kv.key.as_str() != ERROR_TYPE
-                    && kv.key.as_str() != RPC_STATUS
-            });
-            if e.cost > 0 {
-                self.cost.add(e.cost, &attrs);
-            }
-            if e.tokens > 0 {
-                self.tokens.add(e.tokens, &attrs);
-            }
-            if e.progress > 0 {
-                self.progress.add(e.progress, &attrs);
-            }
-        }
+        let backend = key
+            .backend
+            .as_ref()
+            .map(|b| KeyValue::new(BACKEND, b.value()));
+        // Cost attribution, counted in process (see `tally`).
+        self.tally.add(key, e.cost, e.tokens, e.progress);
         match e.outcome {
             Outcome::Limited => {
                 let limit = e.limit.unwrap_or(match e.error_code {
                     Some(c) if c == ErrorKind::TooManySessions.code() as i64 => "sessions",
                     _ => "rate",
                 });
-                let mut a = vec![KeyValue::new(LIMIT, self.methods.get(limit))];
-                a.extend(backend);
-                self.refusals.add(1, &a);
+                let mut a = Attrs::new();
+                a.push(KeyValue::new(LIMIT, self.methods.get(limit)));
+                if let Some(b) = backend {
+                    a.push(b);
+                }
+                self.refusals.add(1, a.get());
             }
             Outcome::Denied => {
-                let mut a = Vec::with_capacity(3);
-                if let Some(m) = e.method {
-                    a.push(KeyValue::new(METHOD, self.methods.get(m)));
-                }
-                if let Some((key, t)) = target {
-                    a.push(KeyValue::new(key, self.tools.get(t)));
-                }
-                a.extend(backend);
+                attrs.truncate(shared);
                 if e.error_code == Some(ErrorKind::ToolChanged.code() as i64) {
-                    self.pins.add(1, &a);
+                    self.pins.add(1, attrs.get());
                 } else {
-                    self.denials.add(1, &a);
+                    self.denials.add(1, attrs.get());
                 }
             }
             _ => {}
@@ -488,11 +520,60 @@ impl Metrics {
     }
 }
 
-/// What a client-side record knows of a call sent to a backend.
-pub(crate) struct ClientCall {
-    pub(crate) backend: Value,
-    pub(crate) method: Option<&'static str>,
-    pub(crate) target: Option<(&'static str, mcp_gateway_core::jsonrpc::Text)>,
+/// Up to eight labels on the stack: a record's attributes without an
+/// allocation.
+struct Attrs {
+    kv: [KeyValue; 8],
+    n: usize,
+}
+
+impl Attrs {
+    fn new() -> Self {
+        Attrs {
+            kv: std::array::from_fn(|_| KeyValue::new("", "")),
+            n: 0,
+        }
+    }
+
+    fn push(&mut self, kv: KeyValue) {
+        if let Some(slot) = self.kv.get_mut(self.n) {
+            *slot = kv;
+            self.n += 1;
+        }
+    }
+
+    fn truncate(&mut self, n: usize) {
+        self.n = self.n.min(n);
+    }
+
+    fn get(&self) -> &[KeyValue] {
+        &self.kv[..self.n]
+    }
+}
+
+/// The labels of a call sent to a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ClientKey {
+    backend: Label,
+    method: Option<&'static str>,
+    target: Option<(&'static str, Label)>,
+    error: Option<Label>,
+}
+
+impl ClientKey {
+    fn attributes(&self) -> Vec<KeyValue> {
+        let mut a = vec![KeyValue::new(BACKEND, self.backend.value())];
+        if let Some(m) = self.method {
+            a.push(KeyValue::new(METHOD, m));
+        }
+        if let Some((k, t)) = &self.target {
+            a.push(KeyValue::new(*k, t.value()));
+        }
+        if let Some(e) = &self.error {
+            a.push(KeyValue::new(ERROR_TYPE, e.value()));
+        }
+        a
+    }
 }
 
 /// The label key of a method's target, for those whose target is a
@@ -563,5 +644,94 @@ impl OnSseEvent for SseCounter {
             m.sse_events
                 .add(events, &[KeyValue::new(BACKEND, backend.clone())]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    #[test]
+    fn a_label_takes_at_most_its_cap_of_values() {
+        let cap = Cap::new(2);
+        assert_eq!(cap.get("a"), Value::from("a"));
+        assert_eq!(cap.get("b"), Value::from("b"));
+        assert_eq!(cap.get("c"), Value::from(OTHER));
+        // Values seen before the cap was reached keep their own series.
+        assert_eq!(cap.get("a"), Value::from("a"));
+    }
+
+    fn call<'a>(tool: &'a str, outcome: Outcome) -> AuditEventRef<'a> {
+        AuditEventRef {
+            event: EventKind::Call,
+            method: Some("tools/call"),
+            target: Some(tool),
+            backend: Some("db"),
+            tenant: Some("acme"),
+            outcome,
+            duration_us: Some(1500),
+            cost: 2,
+            ..Default::default()
+        }
+    }
+
+    /// Calls counted per tool, past the cap as `_other`.
+    #[test]
+    fn the_sink_counts_calls_by_tool_and_tenant_within_the_cap() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let m = Metrics::new(
+            provider.meter("test"),
+            MetricsConfig::default().max_label_values(2),
+        );
+        for tool in ["echo", "echo", "whoami", "third", "fourth"] {
+            m.record(&call(tool, Outcome::Ok));
+        }
+        m.record(&AuditEventRef {
+            limit: Some("principal_rate"),
+            ..call("echo", Outcome::Limited)
+        });
+        provider.force_flush().unwrap();
+        let all = exporter.get_finished_metrics().unwrap();
+        let mut calls: Vec<(String, String, u64)> = Vec::new();
+        let mut refusals = 0;
+        for rm in &all {
+            for sm in rm.scope_metrics() {
+                for metric in sm.metrics() {
+                    let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+                        continue;
+                    };
+                    for p in sum.data_points() {
+                        let get = |k: &str| {
+                            p.attributes()
+                                .find(|kv| kv.key.as_str() == k)
+                                .map(|kv| kv.value.to_string())
+                                .unwrap_or_default()
+                        };
+                        match metric.name() {
+                            CALLS => calls.push((get(TOOL), get(OUTCOME), p.value())),
+                            LIMIT_REFUSALS => refusals += p.value(),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        calls.sort();
+        assert_eq!(
+            calls,
+            vec![
+                ("_other".into(), "ok".into(), 2),
+                ("echo".into(), "limited".into(), 1),
+                ("echo".into(), "ok".into(), 2),
+                ("whoami".into(), "ok".into(), 1),
+            ]
+        );
+        assert_eq!(refusals, 1);
     }
 }

@@ -19,9 +19,11 @@
 //!   backend request's headers and `params._meta`. The audit record
 //!   carries the trace and span ids.
 
+mod bound;
 mod metrics;
 pub mod names;
-pub(crate) use self::metrics::{target_key, ClientCall};
+mod tally;
+pub(crate) use self::metrics::{target_key, ClientKey};
 pub use self::metrics::{Metrics, MetricsConfig, SseCounter, DURATION_BUCKETS, LATENCY_BUCKETS};
 mod trace;
 pub(crate) use self::trace::{

@@ -153,7 +153,6 @@ pub(crate) fn on_parsed(ext: &mut http::Extensions, mcp: &McpRequest) {
 /// What the end of a call tells its SERVER span.
 pub(crate) struct ServerEnd<'a> {
     pub(crate) method: Option<&'a str>,
-    pub(crate) target: Option<&'a str>,
     pub(crate) id: Option<&'a str>,
     pub(crate) session: Option<&'a str>,
     pub(crate) version: Option<&'a str>,

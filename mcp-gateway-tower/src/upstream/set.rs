@@ -545,12 +545,12 @@ mod client_obs {
 
     use super::{Pool, UpstreamInstance};
     use crate::body::{Body, BodyEnd, BodyObserver, ObservedBody};
-    use crate::telemetry::{client_span, end_client, target_key, ClientCall, Metrics};
+    use crate::telemetry::{client_span, end_client, target_key, ClientKey, Metrics};
     use std::sync::Arc;
 
     pub(super) struct ClientObs {
         started: Instant,
-        metrics: Option<(Arc<Metrics>, ClientCall)>,
+        metrics: Option<(Arc<Metrics>, ClientKey)>,
         span: Option<tracing::Span>,
         status: Option<u16>,
     }
@@ -589,23 +589,16 @@ mod client_obs {
                     .and_then(|r| r.message());
                 let method = message
                     .and_then(|m| m.method())
-                    .map(|m| match m.static_name() {
-                        Some(n) => n,
-                        None => "_other",
-                    });
+                    .map(|m| m.static_name().unwrap_or("_other"));
                 let target = method
                     .and_then(target_key)
-                    .zip(message.and_then(|m| m.target_text().cloned()));
-                let call = ClientCall {
-                    backend: opentelemetry::Value::from(pool.backend.clone()),
-                    method: method.or(match *req.method() {
-                        http::Method::GET => Some("GET"),
-                        http::Method::DELETE => Some("DELETE"),
-                        _ => None,
-                    }),
-                    target,
-                };
-                (m.clone(), call)
+                    .zip(message.and_then(|m| m.target()));
+                let method = method.or(match *req.method() {
+                    http::Method::GET => Some("GET"),
+                    http::Method::DELETE => Some("DELETE"),
+                    _ => None,
+                });
+                (m.clone(), m.client_key(&pool.backend, method, target))
             });
             if span.is_none() && metrics.is_none() {
                 return None;
@@ -625,7 +618,7 @@ mod client_obs {
 
         fn end(&self, error: Option<&str>) {
             if let Some((m, call)) = &self.metrics {
-                m.client_call(call, self.started.elapsed(), error);
+                m.client_call(call.clone(), self.started.elapsed(), error);
             }
             if let Some(s) = &self.span {
                 end_client(s, self.status, error);
@@ -635,7 +628,7 @@ mod client_obs {
         /// The answer's head came: its body is watched to the end.
         pub(super) fn head(mut self, res: Response<Body>) -> Response<Body> {
             if let Some((m, call)) = &self.metrics {
-                m.client_head(&call.backend, self.started.elapsed());
+                m.client_head(call, self.started.elapsed());
             }
             self.status = Some(res.status().as_u16());
             res.map(|b| Body::new(ObservedBody::new(b, self)))
