@@ -435,7 +435,7 @@ impl Metrics {
 
     fn call(&self, e: &AuditEventRef<'_>) {
         let mut code = itoa::Buffer::new();
-        let code = e.error_code.map(|c| &*code.format(c));
+        let code = e.error_code.map(|c| code.format(c));
         let error: Option<&str> = match (e.outcome, e.tool_error) {
             (Outcome::Ok, true) => Some("tool_error"),
             (Outcome::Ok, false) => None,
