@@ -295,7 +295,9 @@ impl Cli {
     pub async fn run_with(mut self, obs: Arc<Observability>) -> Result<(), Failure> {
         self.observability = Some(obs.clone());
         let r = self.serve().await;
-        obs.shutdown();
+        // Off the runtime's thread: the gRPC exporter's last export needs
+        // this (current-thread) runtime to run while shutdown waits for it.
+        let _ = tokio::task::spawn_blocking(move || obs.shutdown()).await;
         r
     }
 

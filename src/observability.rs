@@ -88,6 +88,13 @@ fn metadata(
     Ok(m)
 }
 
+/// TLS towards an `https://` gRPC collector: the platform's roots.
+fn grpc_tls(o: &OtlpSection) -> Option<tonic::transport::ClientTlsConfig> {
+    o.endpoint
+        .starts_with("https://")
+        .then(|| tonic::transport::ClientTlsConfig::new().with_native_roots())
+}
+
 fn headers(h: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
     h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
@@ -153,12 +160,17 @@ impl Observability {
                         .with_timeout(timeout(o))
                         .with_headers(headers(&o.headers))
                         .build(),
-                    OtlpProtocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(signal_url(o, "metrics"))
-                        .with_timeout(timeout(o))
-                        .with_metadata(metadata(&o.headers)?)
-                        .build(),
+                    OtlpProtocol::Grpc => {
+                        let mut b = opentelemetry_otlp::MetricExporter::builder()
+                            .with_tonic()
+                            .with_endpoint(signal_url(o, "metrics"))
+                            .with_timeout(timeout(o))
+                            .with_metadata(metadata(&o.headers)?);
+                        if let Some(tls) = grpc_tls(o) {
+                            b = b.with_tls_config(tls);
+                        }
+                        b.build()
+                    }
                 }
                 .map_err(|e| format!("observability.otlp: metrics exporter: {e}"))?;
                 b = b.with_reader(
@@ -183,12 +195,17 @@ impl Observability {
                     .with_timeout(timeout(o))
                     .with_headers(headers(&o.headers))
                     .build(),
-                OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(signal_url(o, "traces"))
-                    .with_timeout(timeout(o))
-                    .with_metadata(metadata(&o.headers)?)
-                    .build(),
+                OtlpProtocol::Grpc => {
+                    let mut b = opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(signal_url(o, "traces"))
+                        .with_timeout(timeout(o))
+                        .with_metadata(metadata(&o.headers)?);
+                    if let Some(tls) = grpc_tls(o) {
+                        b = b.with_tls_config(tls);
+                    }
+                    b.build()
+                }
             }
             .map_err(|e| format!("observability.otlp: span exporter: {e}"))?;
             let batch = BatchSpanProcessor::builder(exporter)

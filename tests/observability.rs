@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use net::{raw, Reply, ACCEPT, JSON, V};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -180,6 +181,7 @@ fn dashboard_metrics(dashboard: &Value) -> Vec<String> {
 async fn a_scrape_after_a_known_workload_has_exactly_its_counts() {
     let be = backend().await;
     let dir = Scratch::new("obs-metrics");
+    let audit = dir.0.join("audit.jsonl");
     let cfg = dir.file(
         "gw.toml",
         &format!(
@@ -204,10 +206,16 @@ tools = ["show_auth"]
 [limits]
 principal_tool_rate = {{ burst = 3, per_second = 0.001 }}
 cost_budget = {{ amount = 1000, window_secs = 86400 }}
+token_budget = {{ amount = 1000000, window_secs = 86400 }}
 [limits.tool_costs]
 "echo" = 2
+[audit]
+sink = "jsonl"
+[audit.jsonl]
+path = "{}"
 "#,
-            be.addr
+            be.addr,
+            audit.display()
         ),
     );
     let mut gw = GatewayProcess::start(&["--config", &cfg]);
@@ -306,6 +314,13 @@ cost_budget = {{ amount = 1000, window_secs = 86400 }}
     let acme_echo = [("mcp_gateway_tenant", "acme"), ("gen_ai_tool_name", "echo")];
     assert_eq!(s.value("mcp_gateway_calls_total", &acme_echo), 4.0);
     assert_eq!(s.value("mcp_gateway_cost_total", &acme_echo), 6.0);
+    let tokens = s.value("mcp_gateway_tokens_total", &acme_echo);
+    assert!(tokens > 0.0, "result tokens are charged: {tokens}");
+    let acme = [("mcp_gateway_tenant", "acme")];
+    let (acme_cost, acme_tokens) = (
+        s.value("mcp_gateway_cost_total", &acme),
+        s.value("mcp_gateway_tokens_total", &acme),
+    );
     assert_eq!(
         s.value(
             "mcp_gateway_sessions_active",
@@ -376,32 +391,69 @@ cost_budget = {{ amount = 1000, window_secs = 86400 }}
         );
     }
     gw.terminate();
-    gw.wait_exit(Duration::from_secs(10));
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "the gateway stops, its exporters flushed"
+    );
+    // The session's end record has its calls, errors, cost and tokens.
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let end: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v["event"] == "session_end")
+        .collect();
+    assert_eq!(end.len(), 1, "{log}");
+    assert_eq!(end[0]["tenant"], "acme");
+    // Every tool's cost and tokens: the session's, as the tenant's series say.
+    assert_eq!(end[0]["cost"].as_u64().map(|t| t as f64), Some(acme_cost));
+    assert_eq!(
+        end[0]["tokens"].as_u64().map(|t| t as f64),
+        Some(acme_tokens)
+    );
+    assert!(end[0]["errors"].as_u64().unwrap() >= 3, "{}", end[0]);
 }
 
 /// Spans an OTLP/HTTP receiver got.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Span>>>);
+struct Received(Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<String>>>);
 
 async fn receiver() -> (net::Served, Received) {
     let got = Received::default();
     let keep = got.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let keep = keep.clone();
-            async move {
-                let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                let mut spans = keep.0.lock().unwrap();
-                for rs in req.resource_spans {
-                    for ss in rs.scope_spans {
-                        spans.extend(ss.spans);
+    let names = got.1.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/metrics",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let names = names.clone();
+                async move {
+                    let req = ExportMetricsServiceRequest::decode(body).expect("OTLP protobuf");
+                    let mut names = names.lock().unwrap();
+                    for rm in req.resource_metrics {
+                        for sm in rm.scope_metrics {
+                            names.extend(sm.metrics.into_iter().map(|m| m.name));
+                        }
                     }
+                    axum::http::StatusCode::OK
                 }
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let keep = keep.clone();
+                async move {
+                    let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    let mut spans = keep.0.lock().unwrap();
+                    for rs in req.resource_spans {
+                        for ss in rs.scope_spans {
+                            spans.extend(ss.spans);
+                        }
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
     (net::serve(app).await, got)
 }
 
@@ -435,6 +487,7 @@ async fn one_trace_runs_from_the_client_through_the_gateway_into_the_backend() {
 [observability.otlp]
 endpoint = "http://{}"
 batch_delay_ms = 100
+metrics_interval_secs = 1
 service_name = "gw-under-test"
 [backend]
 name = "db"
@@ -577,9 +630,25 @@ path = "{}"
     let server2 = find(tid2, SERVER).expect("the _meta-parented SERVER span");
     assert_eq!(hex(&server2.parent_span_id), parent2);
 
+    // Metrics are pushed over OTLP too.
+    let pushed = |name: &str| spans.1.lock().unwrap().iter().any(|n| n == name);
+    while !pushed("mcp.server.operation.duration") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for name in [
+        "mcp.server.operation.duration",
+        "mcp.client.operation.duration",
+        "mcp.gateway.calls",
+    ] {
+        assert!(pushed(name), "{name} was pushed over OTLP");
+    }
+
     // The audit record carries the trace and span ids.
     gw.terminate();
-    gw.wait_exit(Duration::from_secs(10));
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "the gateway stops, its exporters flushed"
+    );
     let log = std::fs::read_to_string(&audit).unwrap();
     let rec: Vec<Value> = log
         .lines()
@@ -629,4 +698,121 @@ async fn rmcp_echo(url: &str, stateless: bool) {
         "stateless: {stateless}"
     );
     client.cancel().await.unwrap();
+}
+
+/// A gRPC OTLP receiver (the protocol's own service definition, served by
+/// tonic) collecting spans.
+async fn grpc_receiver() -> (std::net::SocketAddr, Received) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+
+    struct Collector(Received);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.0 .0.lock().unwrap();
+            for rs in req.into_inner().resource_spans {
+                for ss in rs.scope_spans {
+                    spans.extend(ss.spans);
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    let got = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = TraceServiceServer::new(Collector(got.clone()));
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream_incoming(listener))
+            .await
+            .unwrap();
+    });
+    (addr, got)
+}
+
+fn tokio_stream_incoming(
+    l: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(l, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_grpc_too() {
+    let be = backend().await;
+    let (addr, spans) = grpc_receiver().await;
+    let dir = Scratch::new("obs-grpc");
+    let cfg = dir.file(
+        "gw.toml",
+        &format!(
+            r#"listen = "127.0.0.1:0"
+[observability.otlp]
+endpoint = "http://{addr}"
+protocol = "grpc"
+metrics = false
+batch_delay_ms = 100
+headers = {{ "x-collector-key" = "k" }}
+[backend]
+name = "db"
+urls = ["http://{}/mcp"]
+[auth]
+[[auth.api_keys]]
+sha256 = "{KEY_SHA256}"
+subject = "reader-bot"
+roles = ["reader"]
+"#,
+            be.addr
+        ),
+    );
+    let mut gw = GatewayProcess::start(&["--config", &cfg]);
+    let c = Client::open(&gw.url).await;
+    let tid = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let tp = format!("00-{tid}-10f067aa0ba902b7-01");
+    let r = c
+        .send(
+            &call(5, "echo", json!({"text": "g"})),
+            &[("traceparent", tp.as_str())],
+        )
+        .await;
+    assert!(r.answer()["result"].is_object());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let found = || {
+        spans
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| hex(&s.trace_id) == tid)
+            .map(|s| (s.name.clone(), s.kind))
+            .collect::<Vec<_>>()
+    };
+    while found().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut got = found();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("tools/call echo".to_owned(), 2),
+            ("tools/call echo".to_owned(), 3)
+        ]
+    );
+    gw.terminate();
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "the gateway stops, its exporters flushed"
+    );
 }

@@ -382,14 +382,17 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
         .as_ref()
         .map_or(1, |mcp| mcp.envelope().messages().len() as u64);
     let (bytes_in, bytes_out, cost) = (call.bytes_in, meter.bytes, call.cost);
+    let tokens = call.tokens.as_ref().map_or(0, |t| t.get());
+    let tool_error = meter.tool_error && outcome == Outcome::Ok;
     let add = move |t: &mut SessionTotals| {
         t.calls += n;
-        if outcome != Outcome::Ok {
+        if outcome != Outcome::Ok || tool_error {
             t.errors += n;
         }
         t.bytes_in += bytes_in;
         t.bytes_out += bytes_out;
         t.cost += cost;
+        t.tokens += tokens;
     };
     // A call counted in flight adds its figures when it is released, after
     // its records (below). Any other message of the session adds them now;
@@ -414,7 +417,6 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
     let version = call.version();
     let p = call.principal.as_ref();
     let client = call.client.map(|ip| ip.to_string());
-    let tool_error = meter.tool_error && outcome == Outcome::Ok;
     #[cfg(feature = "otel")]
     let ids = call.span.take().and_then(|span| {
         let first = call
@@ -484,7 +486,7 @@ fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
         progress: meter.progress,
         cost: call.cost,
         protocol_version: version.as_deref(),
-        tokens: call.tokens.as_ref().map_or(0, |t| t.get()),
+        tokens,
         tool_error,
         trace_id,
         span_id,

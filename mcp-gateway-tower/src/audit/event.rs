@@ -155,13 +155,15 @@ pub struct AuditEvent {
     /// `session_end`: calls in the session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<u64>,
-    /// `session_end`: calls that did not end `ok`.
+    /// `session_end`: calls that did not end `ok`, or whose tool failed
+    /// (`tool_error`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<u64>,
     /// `session_end`: why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
-    /// Tokens charged by the limit layer's token budget (omitted when 0).
+    /// Tokens charged by the limit layer's token budget (for
+    /// `session_end`: the session's; omitted when 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tokens: u64,
     /// The backend answered with a tool result that has `isError: true`

@@ -38,6 +38,7 @@ pub(crate) struct SessionTotals {
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     pub(crate) cost: u64,
+    pub(crate) tokens: u64,
     /// Calls of the session under way (see [`InFlight`]).
     pub(crate) in_flight: u32,
     /// How the session ended, while `session_end` waits for `in_flight`.
@@ -221,6 +222,7 @@ fn session_end_event(sid: &str, t: SessionTotals, why: SessionEnd) -> AuditEvent
         bytes_in: t.bytes_in,
         bytes_out: t.bytes_out,
         cost: t.cost,
+        tokens: t.tokens,
         protocol_version: t.protocol_version,
         calls: Some(t.calls),
         errors: Some(t.errors),

@@ -696,10 +696,18 @@ mod tests {
             limit: Some("principal_rate"),
             ..call("echo", Outcome::Limited)
         });
+        m.record(&AuditEventRef {
+            error_code: Some(ErrorKind::ToolChanged.code() as i64),
+            ..call("echo", Outcome::Denied)
+        });
+        m.record(&AuditEventRef {
+            error_code: Some(ErrorKind::Denied.code() as i64),
+            ..call("echo", Outcome::Denied)
+        });
         provider.force_flush().unwrap();
         let all = exporter.get_finished_metrics().unwrap();
         let mut calls: Vec<(String, String, u64)> = Vec::new();
-        let mut refusals = 0;
+        let (mut refusals, mut pins, mut denials) = (0, 0, 0);
         for rm in &all {
             for sm in rm.scope_metrics() {
                 for metric in sm.metrics() {
@@ -716,6 +724,8 @@ mod tests {
                         match metric.name() {
                             CALLS => calls.push((get(TOOL), get(OUTCOME), p.value())),
                             LIMIT_REFUSALS => refusals += p.value(),
+                            PIN_VIOLATIONS => pins += p.value(),
+                            POLICY_DENIALS => denials += p.value(),
                             _ => {}
                         }
                     }
@@ -727,11 +737,14 @@ mod tests {
             calls,
             vec![
                 ("_other".into(), "ok".into(), 2),
+                // Two error types: the pin's code and the policy's.
+                ("echo".into(), "denied".into(), 1),
+                ("echo".into(), "denied".into(), 1),
                 ("echo".into(), "limited".into(), 1),
                 ("echo".into(), "ok".into(), 2),
                 ("whoami".into(), "ok".into(), 1),
             ]
         );
-        assert_eq!(refusals, 1);
+        assert_eq!((refusals, pins, denials), (1, 1, 1));
     }
 }
