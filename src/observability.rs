@@ -88,11 +88,34 @@ fn metadata(
     Ok(m)
 }
 
-/// TLS towards an `https://` gRPC collector: the platform's roots.
-fn grpc_tls(o: &OtlpSection) -> Option<tonic::transport::ClientTlsConfig> {
-    o.endpoint
-        .starts_with("https://")
-        .then(|| tonic::transport::ClientTlsConfig::new().with_native_roots())
+/// An OTLP/HTTP exporter builder for `signal` (`traces`, `metrics`) set up
+/// as `o` says.
+fn over_http<B: WithExportConfig + WithHttpConfig>(b: B, o: &OtlpSection, signal: &str) -> B {
+    b.with_endpoint(signal_url(o, signal))
+        .with_timeout(timeout(o))
+        .with_headers(headers(&o.headers))
+}
+
+/// An OTLP/gRPC exporter builder set up as `o` says; TLS towards an
+/// `https://` collector, with the platform's roots.
+fn over_grpc<B: WithExportConfig + WithTonicConfig>(
+    b: B,
+    o: &OtlpSection,
+    signal: &str,
+) -> Result<B, String> {
+    let b = b
+        .with_endpoint(signal_url(o, signal))
+        .with_timeout(timeout(o))
+        .with_metadata(metadata(&o.headers)?);
+    Ok(if o.endpoint.starts_with("https://") {
+        b.with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
+    } else {
+        b
+    })
+}
+
+fn timeout(o: &OtlpSection) -> Duration {
+    Duration::from_millis(o.timeout_ms.max(1))
 }
 
 fn headers(h: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
@@ -137,7 +160,6 @@ impl Observability {
                 ));
             }
         }
-        let timeout = |o: &OtlpSection| Duration::from_millis(o.timeout_ms.max(1));
         let mut out = Observability::off();
         out.metrics_path = section.metrics_path.clone();
         if section.metrics || otlp.is_some_and(|o| o.metrics) {
@@ -154,23 +176,18 @@ impl Observability {
             }
             if let Some(o) = otlp.filter(|o| o.metrics) {
                 let exporter = match o.protocol {
-                    OtlpProtocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-                        .with_http()
-                        .with_endpoint(signal_url(o, "metrics"))
-                        .with_timeout(timeout(o))
-                        .with_headers(headers(&o.headers))
-                        .build(),
-                    OtlpProtocol::Grpc => {
-                        let mut b = opentelemetry_otlp::MetricExporter::builder()
-                            .with_tonic()
-                            .with_endpoint(signal_url(o, "metrics"))
-                            .with_timeout(timeout(o))
-                            .with_metadata(metadata(&o.headers)?);
-                        if let Some(tls) = grpc_tls(o) {
-                            b = b.with_tls_config(tls);
-                        }
-                        b.build()
-                    }
+                    OtlpProtocol::HttpProtobuf => over_http(
+                        opentelemetry_otlp::MetricExporter::builder().with_http(),
+                        o,
+                        "metrics",
+                    )
+                    .build(),
+                    OtlpProtocol::Grpc => over_grpc(
+                        opentelemetry_otlp::MetricExporter::builder().with_tonic(),
+                        o,
+                        "metrics",
+                    )?
+                    .build(),
                 }
                 .map_err(|e| format!("observability.otlp: metrics exporter: {e}"))?;
                 b = b.with_reader(
@@ -189,23 +206,18 @@ impl Observability {
         }
         if let Some(o) = otlp.filter(|o| o.traces) {
             let exporter = match o.protocol {
-                OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(signal_url(o, "traces"))
-                    .with_timeout(timeout(o))
-                    .with_headers(headers(&o.headers))
-                    .build(),
-                OtlpProtocol::Grpc => {
-                    let mut b = opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(signal_url(o, "traces"))
-                        .with_timeout(timeout(o))
-                        .with_metadata(metadata(&o.headers)?);
-                    if let Some(tls) = grpc_tls(o) {
-                        b = b.with_tls_config(tls);
-                    }
-                    b.build()
-                }
+                OtlpProtocol::HttpProtobuf => over_http(
+                    opentelemetry_otlp::SpanExporter::builder().with_http(),
+                    o,
+                    "traces",
+                )
+                .build(),
+                OtlpProtocol::Grpc => over_grpc(
+                    opentelemetry_otlp::SpanExporter::builder().with_tonic(),
+                    o,
+                    "traces",
+                )?
+                .build(),
             }
             .map_err(|e| format!("observability.otlp: span exporter: {e}"))?;
             let batch = BatchSpanProcessor::builder(exporter)

@@ -390,19 +390,9 @@ path = "{}"
             "the dashboard queries {m}, which no scrape has"
         );
     }
-    gw.terminate();
-    assert!(
-        gw.wait_exit(Duration::from_secs(10)).is_some(),
-        "the gateway stops, its exporters flushed"
-    );
     // The session's end record has its calls, errors, cost and tokens.
-    let log = std::fs::read_to_string(&audit).unwrap();
-    let end: Vec<Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|v: &Value| v["event"] == "session_end")
-        .collect();
-    assert_eq!(end.len(), 1, "{log}");
+    let end = stop_and_read(&mut gw, &audit, |v| v["event"] == "session_end");
+    assert_eq!(end.len(), 1, "{end:?}");
     assert_eq!(end[0]["tenant"], "acme");
     // Every tool's cost and tokens: the session's, as the tenant's series say.
     assert_eq!(end[0]["cost"].as_u64().map(|t| t as f64), Some(acme_cost));
@@ -411,6 +401,30 @@ path = "{}"
         Some(acme_tokens)
     );
     assert!(end[0]["errors"].as_u64().unwrap() >= 3, "{}", end[0]);
+}
+
+/// Stops the gateway (its exporters flushed, its audit file closed) and
+/// returns the audit records `keep` selects.
+fn stop_and_read(
+    gw: &mut GatewayProcess,
+    audit: &std::path::Path,
+    keep: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    stop(gw);
+    std::fs::read_to_string(audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v| keep(v))
+        .collect()
+}
+
+fn stop(gw: &mut GatewayProcess) {
+    gw.terminate();
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "the gateway stops, its exporters flushed"
+    );
 }
 
 /// Spans an OTLP/HTTP receiver got.
@@ -644,18 +658,8 @@ path = "{}"
     }
 
     // The audit record carries the trace and span ids.
-    gw.terminate();
-    assert!(
-        gw.wait_exit(Duration::from_secs(10)).is_some(),
-        "the gateway stops, its exporters flushed"
-    );
-    let log = std::fs::read_to_string(&audit).unwrap();
-    let rec: Vec<Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|v: &Value| v["id"] == "21")
-        .collect();
-    assert_eq!(rec.len(), 1, "{log}");
+    let rec = stop_and_read(&mut gw, &audit, |v| v["id"] == "21");
+    assert_eq!(rec.len(), 1, "{rec:?}");
     assert_eq!(rec[0]["trace_id"], tid);
     assert_eq!(rec[0]["span_id"], hex(&server.span_id));
 }
@@ -810,9 +814,5 @@ roles = ["reader"]
             ("tools/call echo".to_owned(), 3)
         ]
     );
-    gw.terminate();
-    assert!(
-        gw.wait_exit(Duration::from_secs(10)).is_some(),
-        "the gateway stops, its exporters flushed"
-    );
+    stop(&mut gw);
 }
