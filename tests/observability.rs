@@ -29,6 +29,17 @@ use serde_json::{json, Value};
 const KEY: &str = "demo-reader-key";
 const KEY_SHA256: &str = "cc551f29bff81915d8d2765567f3c5f73f4b9ebc70f37757eefe31734bde1421";
 
+/// The `[backend]` (`db`, at `be`) and `[auth]` tables every test uses:
+/// one API key, of tenant `acme`.
+fn backend_toml(be: &net::Served) -> String {
+    format!(
+        "[backend]\nname = \"db\"\nurls = [\"http://{}/mcp\"]\n\
+         [auth]\n[[auth.api_keys]]\nsha256 = \"{KEY_SHA256}\"\nsubject = \"reader-bot\"\n\
+         tenant = \"acme\"\nroles = [\"reader\"]\n",
+        be.addr
+    )
+}
+
 async fn backend() -> net::Served {
     net::serve(axum::Router::new().route_service("/mcp", fixtures::service("obs"))).await
 }
@@ -189,16 +200,7 @@ async fn a_scrape_after_a_known_workload_has_exactly_its_counts() {
 admin_listen = "127.0.0.1:0"
 [observability]
 metrics_path = "/metrics"
-[backend]
-name = "db"
-urls = ["http://{}/mcp"]
-[auth]
-[[auth.api_keys]]
-sha256 = "{KEY_SHA256}"
-subject = "reader-bot"
-tenant = "acme"
-roles = ["reader"]
-[policy]
+{}[policy]
 default = "allow"
 [[policy.rules]]
 effect = "deny"
@@ -214,7 +216,7 @@ sink = "jsonl"
 [audit.jsonl]
 path = "{}"
 "#,
-            be.addr,
+            backend_toml(&be),
             audit.display()
         ),
     );
@@ -503,22 +505,13 @@ endpoint = "http://{}"
 batch_delay_ms = 100
 metrics_interval_secs = 1
 service_name = "gw-under-test"
-[backend]
-name = "db"
-urls = ["http://{}/mcp"]
-[auth]
-[[auth.api_keys]]
-sha256 = "{KEY_SHA256}"
-subject = "reader-bot"
-tenant = "acme"
-roles = ["reader"]
-[audit]
+{}[audit]
 sink = "jsonl"
 [audit.jsonl]
 path = "{}"
 "#,
             otlp.addr,
-            be.addr,
+            backend_toml(&be),
             audit.display()
         ),
     );
@@ -768,16 +761,8 @@ protocol = "grpc"
 metrics = false
 batch_delay_ms = 100
 headers = {{ "x-collector-key" = "k" }}
-[backend]
-name = "db"
-urls = ["http://{}/mcp"]
-[auth]
-[[auth.api_keys]]
-sha256 = "{KEY_SHA256}"
-subject = "reader-bot"
-roles = ["reader"]
-"#,
-            be.addr
+{}"#,
+            backend_toml(&be)
         ),
     );
     let mut gw = GatewayProcess::start(&["--config", &cfg]);
