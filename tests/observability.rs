@@ -801,3 +801,100 @@ headers = {{ "x-collector-key" = "k" }}
     );
     stop(&mut gw);
 }
+
+/// The ClickHouse audit sink against a real server (`scripts/clickhouse.sh`
+/// installs and starts one and sets `MCPGW_CLICKHOUSE_URL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_reach_clickhouse() {
+    let Ok(ch) = std::env::var("MCPGW_CLICKHOUSE_URL") else {
+        eprintln!(
+            "skipped: no ClickHouse server (MCPGW_CLICKHOUSE_URL unset); \
+             `bash scripts/clickhouse.sh` installs one and runs this test"
+        );
+        return;
+    };
+    let table = format!("mcp_audit_{}", std::process::id());
+    let sql = |q: String| {
+        let ch = ch.clone();
+        async move {
+            let r = raw("POST", &format!("{ch}/"), &[], &q).await;
+            assert_eq!(r.status, 200, "{q}: {}", String::from_utf8_lossy(&r.body));
+            String::from_utf8(r.body.to_vec()).unwrap()
+        }
+    };
+    sql(format!(
+        "CREATE TABLE {table} (event String, time String, principal Nullable(String), \
+         tenant Nullable(String), session Nullable(String), backend Nullable(String), \
+         method Nullable(String), target Nullable(String), outcome String, \
+         error_code Nullable(Int64), duration_us Nullable(UInt64), cost UInt64 DEFAULT 0, \
+         tokens UInt64 DEFAULT 0, calls Nullable(UInt64), trace_id Nullable(String)) \
+         ENGINE = MergeTree ORDER BY time"
+    ))
+    .await;
+    let be = backend().await;
+    let dir = Scratch::new("obs-clickhouse");
+    let cfg = dir.file(
+        "gw.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\n{}[audit]\nsink = \"clickhouse\"\n\
+             [audit.clickhouse]\nurl = \"{ch}\"\ntable = \"{table}\"\nflush_ms = 100\n",
+            backend_toml(&be)
+        ),
+    );
+    let mut gw = GatewayProcess::start(&["--config", &cfg]);
+    let c = Client::open(&gw.url).await;
+    for i in 0..3 {
+        let r = c
+            .send(&call(30 + i, "echo", json!({"text": "ch"})), &[])
+            .await;
+        assert!(r.answer()["result"].is_object());
+    }
+    let r = raw(
+        "DELETE",
+        &gw.url,
+        &[V, ("mcp-session-id", &c.sid), ("authorization", &c.auth)],
+        "",
+    )
+    .await;
+    assert!(r.status == 200 || r.status == 204);
+    // Inserted in batches while the gateway runs (flush_ms = 100): wait
+    // for the session's end to arrive, without stopping the gateway.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let count = |q: String| async move { sql(q).await.trim().parse::<u64>().unwrap_or(0) };
+    while count(format!(
+        "SELECT count() FROM {table} WHERE event = 'session_end'"
+    ))
+    .await
+        == 0
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows = sql(format!(
+        "SELECT event, method, target, tenant, outcome, calls FROM {table} \
+         WHERE event != 'call' OR target = 'echo' ORDER BY time, event FORMAT JSONEachRow"
+    ))
+    .await;
+    let rows: Vec<Value> = rows
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let echo: Vec<&Value> = rows.iter().filter(|r| r["target"] == "echo").collect();
+    assert_eq!(echo.len(), 3, "{rows:?}");
+    assert!(echo
+        .iter()
+        .all(|r| r["tenant"] == "acme" && r["outcome"] == "ok"));
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["event"] == "session_start")
+            .count(),
+        1
+    );
+    let end: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["event"] == "session_end")
+        .collect();
+    assert_eq!(end.len(), 1, "{rows:?}");
+    stop(&mut gw);
+    sql(format!("DROP TABLE {table}")).await;
+}

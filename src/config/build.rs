@@ -12,6 +12,8 @@ impl GatewayConfig {
             .map(|s| s.get_ref().as_str())
             .unwrap_or(if a.jsonl.is_some() {
                 "jsonl"
+            } else if a.clickhouse.is_some() {
+                "clickhouse"
             } else {
                 "tracing"
             });
@@ -42,10 +44,43 @@ impl GatewayConfig {
                     Ok(Arc::new(TracingSink))
                 }
             }
+            "clickhouse" => {
+                let Some(c) = &a.clickhouse else {
+                    return self.err(
+                        span,
+                        "audit.sink",
+                        "clickhouse needs an [audit.clickhouse] section with a url and a table",
+                    );
+                };
+                let mut c = c.clone();
+                if let Some(var) = &c.password_env {
+                    match std::env::var(var) {
+                        Ok(p) => c.password = Some(p),
+                        Err(_) => {
+                            return self.err(
+                                None,
+                                "audit.clickhouse.password_env",
+                                format!("the environment variable {var} is not set"),
+                            )
+                        }
+                    }
+                }
+                if !self.opening {
+                    // Checking only: no writer thread; the URL is checked.
+                    if let Err(e) = c.url.parse::<http::Uri>() {
+                        return self.err(None, "audit.clickhouse.url", e.to_string());
+                    }
+                    return Ok(Arc::new(TracingSink));
+                }
+                match ClickHouseSink::open(c) {
+                    Ok(s) => Ok(Arc::new(s)),
+                    Err(e) => self.err(None, "audit.clickhouse.url", e.to_string()),
+                }
+            }
             other => self.err(
                 span,
                 "audit.sink",
-                format!("unknown sink {other:?} (jsonl or tracing)"),
+                format!("unknown sink {other:?} (jsonl, clickhouse or tracing)"),
             ),
         }
     }

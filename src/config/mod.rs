@@ -45,7 +45,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use mcp_gateway_core::Principal;
 use mcp_gateway_tower::audit::{
-    ArgumentsPolicy, AuditConfig, AuditSink, JsonlConfig, JsonlSink, TracingSink,
+    ArgumentsPolicy, AuditConfig, AuditSink, ClickHouseSink, JsonlConfig, JsonlSink, TracingSink,
 };
 use mcp_gateway_tower::auth::{ApiKeys, AuthChain, AuthConfig};
 use mcp_gateway_tower::credentials::StaticCredentials;

@@ -292,14 +292,19 @@ pub struct JwtKeyEntry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
-    /// `jsonl` (needs `[audit.jsonl]`) or `tracing`. Default: `jsonl`
-    /// when `[audit.jsonl]` is given, else `tracing`.
+    /// `jsonl` (needs `[audit.jsonl]`), `clickhouse` (needs
+    /// `[audit.clickhouse]`) or `tracing`. Default: `jsonl` when
+    /// `[audit.jsonl]` is given, else `clickhouse` when
+    /// `[audit.clickhouse]` is, else `tracing`.
     pub sink: Option<Spanned<String>>,
     /// `omit` (default), `hash`, or `{ redact = ["password", …] }`.
     #[serde(default)]
     pub arguments: ArgumentsPolicy,
     /// The JSON Lines file (`path` relative to the configuration file).
     pub jsonl: Option<JsonlConfig>,
+    /// The ClickHouse table (`url`, `table`, …; `password_env` names the
+    /// variable holding the password).
+    pub clickhouse: Option<mcp_gateway_tower::audit::ClickHouseConfig>,
 }
 
 /// `[pinning]`.

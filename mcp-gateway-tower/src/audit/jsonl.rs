@@ -42,7 +42,7 @@ struct Batch {
     records: usize,
 }
 
-/// State shared by a [`JsonlSink`] and its writer thread.
+/// State shared by a [`Batched`] sink and its writer thread.
 struct JsonlShared {
     /// Records waiting for the writer, serialised by the recording thread
     /// into a batch of its own. Its lock is taken by that thread and, every
@@ -61,24 +61,39 @@ struct JsonlShared {
     stop: AtomicBool,
 }
 
-/// A JSON Lines file, written by its own thread. See the module docs.
-///
-/// Each recording thread serialises its records into a batch of its own;
-/// the writer takes the batches every 10 ms (and at once on
-/// [`flush`](AuditSink::flush)), writes them out, rotates the file by size
-/// (between lines), and flushes on [`close`](JsonlSink::close) or drop.
-pub struct JsonlSink {
+/// Where a [`Batched`] sink's writer thread puts the lines it takes.
+pub(crate) trait Lines: Send + 'static {
+    /// Whole lines (records, each ending in `\n`).
+    fn write(&mut self, lines: &[u8]);
+    /// After each pass of the writer: `now` when a flush was asked for or
+    /// the sink is closing (everything must be out), else when the output
+    /// judges it due.
+    fn flush(&mut self, now: bool);
+}
+
+/// The recording side and writer thread every line-oriented sink shares:
+/// each recording thread serialises its records into a batch of its own;
+/// the writer takes the batches every `drain_every` (and at once on a
+/// flush) and hands them to its [`Lines`].
+pub(crate) struct Batched {
     shared: Arc<JsonlShared>,
     overflow: Overflow,
     dropped: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// A JSON Lines file, written by its own thread. See the module docs.
+///
+/// Each recording thread serialises its records into a batch of its own;
+/// the writer takes the batches every 10 ms (and at once on
+/// [`flush`](AuditSink::flush)), writes them out, rotates the file by size
+/// (between lines), and flushes on [`close`](JsonlSink::close) or drop.
+pub struct JsonlSink(Batched);
+
 impl std::fmt::Debug for JsonlSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let queued: usize = self.shared.batches.iter().map(|b| lock(b).records).sum();
         f.debug_struct("JsonlSink")
-            .field("queued", &queued)
+            .field("queued", &self.0.queued())
             .finish()
     }
 }
@@ -98,20 +113,44 @@ impl JsonlSink {
     ) -> std::io::Result<Self> {
         let file = open_append(&cfg.path)?;
         let size = file.metadata()?.len();
+        let (cap, overflow) = (cfg.buffer, cfg.overflow);
+        let out = FileLines {
+            out: BufWriter::with_capacity(64 << 10, file),
+            size,
+            cfg,
+        };
+        Batched::start(out, cap, overflow, drain_every, "mcp-audit-jsonl").map(JsonlSink)
+    }
+
+    /// Writes everything queued, stops the writer and waits for it.
+    pub fn close(&self) {
+        self.0.close()
+    }
+}
+
+impl Batched {
+    /// Starts the writer thread, named `name`, over `out`; `cap` records
+    /// per recording thread's batch at most.
+    pub(crate) fn start(
+        out: impl Lines,
+        cap: usize,
+        overflow: Overflow,
+        drain_every: Duration,
+        name: &str,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(JsonlShared {
             batches: ThreadLocal::new(),
-            cap: cfg.buffer.max(1),
+            cap: cap.max(1),
             drain_every,
             flush: Mutex::new((0, 0)),
             flushed: Condvar::new(),
             stop: AtomicBool::new(false),
         });
         let w = shared.clone();
-        let overflow = cfg.overflow;
         let thread = std::thread::Builder::new()
-            .name("mcp-audit-jsonl".into())
-            .spawn(move || writer(cfg, file, size, w))?;
-        Ok(JsonlSink {
+            .name(name.into())
+            .spawn(move || writer(out, w))?;
+        Ok(Batched {
             shared,
             overflow,
             dropped: AtomicU64::new(0),
@@ -119,8 +158,12 @@ impl JsonlSink {
         })
     }
 
+    pub(crate) fn queued(&self) -> usize {
+        self.shared.batches.iter().map(|b| lock(b).records).sum()
+    }
+
     /// Writes everything queued, stops the writer and waits for it.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(t) = lock(&self.thread).take() {
             t.thread().unpark();
@@ -129,7 +172,7 @@ impl JsonlSink {
     }
 }
 
-impl Drop for JsonlSink {
+impl Drop for Batched {
     fn drop(&mut self) {
         self.close();
     }
@@ -148,8 +191,24 @@ fn rotated(path: &Path, i: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn writer(cfg: JsonlConfig, file: File, mut size: u64, shared: Arc<JsonlShared>) {
-    let mut out = BufWriter::with_capacity(64 << 10, file);
+/// The file side of a [`JsonlSink`].
+struct FileLines {
+    cfg: JsonlConfig,
+    out: BufWriter<File>,
+    size: u64,
+}
+
+impl Lines for FileLines {
+    fn write(&mut self, lines: &[u8]) {
+        write_lines(&self.cfg, &mut self.out, &mut self.size, lines);
+    }
+    fn flush(&mut self, _now: bool) {
+        // Whatever is buffered goes to disk after each pass.
+        let _ = self.out.flush();
+    }
+}
+
+fn writer(mut out: impl Lines, shared: Arc<JsonlShared>) {
     let mut taken = Vec::new();
     loop {
         // Note a flush request before draining, so everything recorded
@@ -167,15 +226,15 @@ fn writer(cfg: JsonlConfig, file: File, mut size: u64, shared: Arc<JsonlShared>)
                 std::mem::swap(&mut b.lines, &mut taken);
                 b.records = 0;
             }
-            write_lines(&cfg, &mut out, &mut size, &taken);
+            out.write(&taken);
             taken.clear();
             if taken.capacity() > 4 << 20 {
                 // A burst's buffer is not kept for ever.
                 taken = Vec::new();
             }
         }
-        // Everything taken: put what is buffered on disk.
-        let _ = out.flush();
+        // Everything taken: put out what is buffered.
+        out.flush(stopping || lock(&shared.flush).1 < wanted);
         {
             let mut f = lock(&shared.flush);
             if f.1 < wanted {
@@ -190,7 +249,7 @@ fn writer(cfg: JsonlConfig, file: File, mut size: u64, shared: Arc<JsonlShared>)
         }
         std::thread::park_timeout(shared.drain_every);
     }
-    let _ = out.flush();
+    out.flush(true);
     let mut f = lock(&shared.flush);
     f.1 = f.0;
     shared.flushed.notify_all();
@@ -243,6 +302,21 @@ fn rotate(cfg: &JsonlConfig, out: &mut BufWriter<File>) -> std::io::Result<()> {
 }
 
 impl AuditSink for JsonlSink {
+    fn record(&self, event: &AuditEventRef<'_>) {
+        self.0.record(event)
+    }
+    fn saturated(&self) -> bool {
+        self.0.saturated()
+    }
+    fn dropped(&self) -> u64 {
+        self.0.dropped()
+    }
+    fn flush(&self) {
+        self.0.flush()
+    }
+}
+
+impl AuditSink for Batched {
     fn record(&self, event: &AuditEventRef<'_>) {
         let batch = self.shared.batches.get_or(Mutex::default);
         let mut b = lock(batch);

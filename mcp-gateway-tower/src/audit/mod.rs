@@ -23,7 +23,8 @@
 //!
 //! Sinks ([`AuditSink`]) never block the request path: [`TracingSink`]
 //! (structured `tracing` fields), [`JsonlSink`] (a JSON Lines file written
-//! by its own thread, buffered, rotated by size, flushed on shutdown) and
+//! by its own thread, buffered, rotated by size, flushed on shutdown),
+//! [`ClickHouseSink`] (an analytics store, over HTTP, batched) and
 //! [`ChannelSink`] (a bounded channel, for tests and custom consumers).
 //! When a sink cannot keep up, its [`Overflow`] policy decides: drop the
 //! record and count it ([`AuditSink::dropped`]), or refuse calls (503,
@@ -66,7 +67,10 @@ pub use self::event::{AuditEvent, AuditEventRef, EndReason, EventKind, Outcome};
 mod sink;
 pub use self::sink::{AccessLog, AuditSink, ChannelSink, FanOut, Overflow, TracingSink};
 mod jsonl;
+use self::jsonl::{Batched, Lines};
 pub use self::jsonl::{JsonlConfig, JsonlSink};
+mod clickhouse;
+pub use self::clickhouse::{ClickHouseConfig, ClickHouseSink};
 mod layer;
 use self::layer::*;
 pub use self::layer::{ArgumentsPolicy, AuditConfig, AuditLayer};

@@ -306,3 +306,131 @@ fn jsonl_overflow_drops_and_counts_or_refuses() {
     assert_eq!(ids, ["0", "1", "2", "3", "10"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stand-in ClickHouse HTTP interface: answers the first `fail` inserts
+/// with 500, the rest with 200, and keeps each request (head and body).
+fn fake_clickhouse(fail: usize) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    use std::io::{BufRead, BufReader, Read};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in l.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut head = String::new();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            keep.lock()
+                .unwrap()
+                .push((head, String::from_utf8(body).unwrap()));
+            let status = if n < fail {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = conn.write_all(
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (url, seen)
+}
+
+fn record_calls(sink: &dyn AuditSink, n: usize) {
+    for i in 0..n {
+        let id = i.to_string();
+        sink.record(&AuditEventRef {
+            event: EventKind::Call,
+            time: "2026-12-05T00:00:00.000Z",
+            method: Some("tools/call"),
+            target: Some("echo"),
+            id: Some(&id),
+            ..Default::default()
+        });
+    }
+}
+
+#[test]
+fn clickhouse_inserts_come_in_batches_with_the_query_and_credentials() {
+    let (url, seen) = fake_clickhouse(0);
+    let mut cfg = ClickHouseConfig::new(url, "mcp_audit");
+    cfg.batch_max = 4;
+    cfg.flush_ms = 60_000;
+    cfg.user = Some("gw".into());
+    cfg.password = Some("pw".into());
+    cfg.database = Some("logs".into());
+    let sink = ClickHouseSink::open(cfg).unwrap();
+    record_calls(&sink, 10);
+    sink.flush();
+    let seen = seen.lock().unwrap().clone();
+    // Sent once 4 are pending, or at the flush; every record once, in
+    // order.
+    let rows: Vec<Value> = seen
+        .iter()
+        .flat_map(|(_, b)| b.lines().map(|l| serde_json::from_str(l).unwrap()))
+        .collect();
+    assert_eq!(rows.len(), 10);
+    assert!(rows
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r["id"] == i.to_string()));
+    let (head, _) = &seen[0];
+    assert!(head.starts_with("POST /?input_format_skip_unknown_fields=1&query=INSERT%20INTO%20mcp_audit%20FORMAT%20JSONEachRow&database=logs HTTP/1.1"), "{head}");
+    // Basic gw:pw.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("authorization: basic z3c6chc="),
+        "{head}"
+    );
+    sink.close();
+    assert_eq!(sink.dropped(), 0);
+}
+
+#[test]
+fn clickhouse_failures_are_retried_then_the_backlog_is_bounded() {
+    let (url, seen) = fake_clickhouse(1);
+    let mut cfg = ClickHouseConfig::new(url, "t");
+    cfg.flush_ms = 0;
+    let sink = ClickHouseSink::open(cfg).unwrap();
+    record_calls(&sink, 3);
+    // The first insert fails; the rows are kept and sent again a second
+    // later, whole.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one failed insert, then its retry");
+    assert_eq!(seen[0].1, seen[1].1);
+    assert_eq!(seen[1].1.lines().count(), 3);
+    sink.close();
+    assert_eq!(sink.dropped(), 0);
+
+    // A server that always fails: past the backlog, the oldest rows go,
+    // counted; at close, the rest are counted too.
+    let (url, _) = fake_clickhouse(usize::MAX);
+    let mut cfg = ClickHouseConfig::new(url, "t");
+    cfg.flush_ms = 0;
+    cfg.backlog = 5;
+    let sink = ClickHouseSink::open(cfg).unwrap();
+    record_calls(&sink, 3);
+    sink.flush();
+    record_calls(&sink, 6);
+    sink.flush();
+    sink.close();
+    assert_eq!(sink.dropped(), 9, "every record not inserted is counted");
+}
