@@ -309,7 +309,10 @@ fn jsonl_overflow_drops_and_counts_or_refuses() {
 
 /// A stand-in ClickHouse HTTP interface: answers the first `fail` inserts
 /// with 500, the rest with 200, and keeps each request (head and body).
-fn fake_clickhouse(fail: usize) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+/// Requests a fake server received: (head, body).
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+fn fake_clickhouse(fail: usize) -> (String, Seen) {
     use std::io::{BufRead, BufReader, Read};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
@@ -387,7 +390,7 @@ fn clickhouse_inserts_come_in_batches_with_the_query_and_credentials() {
     assert!(rows
         .iter()
         .enumerate()
-        .all(|(i, r)| r["id"] == i.to_string()));
+        .all(|(i, r)| r["id"].as_str() == Some(i.to_string().as_str())));
     let (head, _) = &seen[0];
     assert!(head.starts_with("POST /?input_format_skip_unknown_fields=1&query=INSERT%20INTO%20mcp_audit%20FORMAT%20JSONEachRow&database=logs HTTP/1.1"), "{head}");
     // Basic gw:pw.
