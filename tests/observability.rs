@@ -602,38 +602,29 @@ path = "{}"
     assert_eq!(hex(&server.parent_span_id), parent);
     assert_eq!(client_span.parent_span_id, server.span_id);
     assert_eq!(hex(&client_span.span_id), backend_parent);
-    assert_eq!(
-        attr(&server, "mcp.method.name").as_deref(),
-        Some("tools/call")
-    );
-    assert_eq!(
-        attr(&server, "gen_ai.tool.name").as_deref(),
-        Some("show_trace")
-    );
-    assert_eq!(
-        attr(&server, "gen_ai.operation.name").as_deref(),
-        Some("execute_tool")
-    );
-    assert_eq!(
-        attr(&server, "mcp.session.id").as_deref(),
-        Some(c.sid.as_str())
-    );
-    assert_eq!(attr(&server, "jsonrpc.request.id").as_deref(), Some("21"));
-    assert_eq!(attr(&server, "mcp.gateway.tenant").as_deref(), Some("acme"));
-    assert_eq!(attr(&server, "enduser.id").as_deref(), Some("reader-bot"));
-    assert_eq!(attr(&server, "mcp.gateway.backend").as_deref(), Some("db"));
-    assert_eq!(
-        attr(&server, "mcp.protocol.version").as_deref(),
-        Some("2025-11-25")
-    );
-    assert_eq!(
-        attr(&client_span, "server.address").as_deref(),
-        Some("127.0.0.1")
-    );
-    assert_eq!(
-        attr(&client_span, "server.port"),
-        Some(be.addr.port().to_string())
-    );
+    let port = be.addr.port().to_string();
+    for (span, key, want) in [
+        (&server, "mcp.method.name", "tools/call"),
+        (&server, "gen_ai.tool.name", "show_trace"),
+        (&server, "gen_ai.operation.name", "execute_tool"),
+        (&server, "mcp.session.id", c.sid.as_str()),
+        (&server, "jsonrpc.request.id", "21"),
+        (&server, "mcp.gateway.tenant", "acme"),
+        (&server, "enduser.id", "reader-bot"),
+        (&server, "mcp.gateway.backend", "db"),
+        (&server, "mcp.protocol.version", "2025-11-25"),
+        (&client_span, "mcp.method.name", "tools/call"),
+        (&client_span, "gen_ai.tool.name", "show_trace"),
+        (&client_span, "server.address", "127.0.0.1"),
+        (&client_span, "server.port", port.as_str()),
+    ] {
+        assert_eq!(
+            attr(span, key).as_deref(),
+            Some(want),
+            "{} {key}",
+            span.name
+        );
+    }
     let server2 = find(tid2, SERVER).expect("the _meta-parented SERVER span");
     assert_eq!(hex(&server2.parent_span_id), parent2);
 

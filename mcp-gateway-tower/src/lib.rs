@@ -13,10 +13,14 @@
 //! | [`session`] | the session router: gateway session ids, sticky instances, `DELETE`, expiry |
 //! | [`sse`] | the SSE relay: unchanged frames, per-event hook, keep-alive, idle timeout |
 //! | [`auth`] | authentication: a [`Principal`](mcp_gateway_core::Principal) from API keys, JWTs ([`jwt`]) or client certificates; 401 / 403 as an OAuth resource server |
-//! | [`audit`] | one record per message and per session, to `tracing`, a JSON Lines file or a channel |
+//! | [`audit`] | one record per message and per session, to `tracing`, a JSON Lines file, ClickHouse or a channel |
 //! | [`acl`] | tool-level authorization ([`acl::ToolPolicy`], [`rules`]), list filtering, tool pinning ([`pinning`]) |
 //! | [`limit`] | rate limits, session and in-flight caps, token and cost budgets ([`limit::Limiter`]) |
 //! | [`upstream`] | pooled HTTP backends, any tower service as a backend, instance sets, [`credentials`] injection |
+//!
+//! With the `otel` feature, `telemetry` records metrics and spans named by
+//! OpenTelemetry's MCP semantic conventions (through the audit layer and
+//! the upstreams).
 //!
 //! Stack them with [`ServiceBuilderExt`] (outermost first):
 //! `origin → audit → auth → jsonrpc → acl → limit → session → sse relay → upstreams`.
