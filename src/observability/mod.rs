@@ -9,22 +9,20 @@
 //! (`mcp.server.operation.duration` in seconds becomes
 //! `mcp_server_operation_duration_seconds`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mcp_gateway_tower::telemetry::{Metrics, MetricsConfig, Telemetry, SPAN_TARGET};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, Value};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
-};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 
-use crate::config::{ObservabilitySection, OtlpProtocol, OtlpSection};
+use crate::config::{ObservabilitySection, OtlpSection};
+
+#[cfg(feature = "otlp")]
+mod otlp;
 
 /// The running exporters, and what the gateway records into them.
 pub struct Observability {
@@ -64,64 +62,6 @@ fn resource(o: Option<&OtlpSection>) -> Resource {
         .build()
 }
 
-fn signal_url(o: &OtlpSection, signal: &str) -> String {
-    match o.protocol {
-        OtlpProtocol::HttpProtobuf => {
-            format!("{}/v1/{signal}", o.endpoint.trim_end_matches('/'))
-        }
-        OtlpProtocol::Grpc => o.endpoint.clone(),
-    }
-}
-
-fn metadata(
-    headers: &std::collections::BTreeMap<String, String>,
-) -> Result<tonic::metadata::MetadataMap, String> {
-    let mut m = tonic::metadata::MetadataMap::new();
-    for (k, v) in headers {
-        let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-            .map_err(|e| format!("observability.otlp.headers: {k}: {e}"))?;
-        let val = v
-            .parse()
-            .map_err(|e| format!("observability.otlp.headers: {k}: {e}"))?;
-        m.insert(key, val);
-    }
-    Ok(m)
-}
-
-/// An OTLP/HTTP exporter builder for `signal` (`traces`, `metrics`) set up
-/// as `o` says.
-fn over_http<B: WithExportConfig + WithHttpConfig>(b: B, o: &OtlpSection, signal: &str) -> B {
-    b.with_endpoint(signal_url(o, signal))
-        .with_timeout(timeout(o))
-        .with_headers(headers(&o.headers))
-}
-
-/// An OTLP/gRPC exporter builder set up as `o` says; TLS towards an
-/// `https://` collector, with the platform's roots.
-fn over_grpc<B: WithExportConfig + WithTonicConfig>(
-    b: B,
-    o: &OtlpSection,
-    signal: &str,
-) -> Result<B, String> {
-    let b = b
-        .with_endpoint(signal_url(o, signal))
-        .with_timeout(timeout(o))
-        .with_metadata(metadata(&o.headers)?);
-    Ok(if o.endpoint.starts_with("https://") {
-        b.with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
-    } else {
-        b
-    })
-}
-
-fn timeout(o: &OtlpSection) -> Duration {
-    Duration::from_millis(o.timeout_ms.max(1))
-}
-
-fn headers(h: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
-    h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
 impl Observability {
     /// Nothing recorded (`--check-config`, or `metrics = false` without
     /// OTLP).
@@ -149,6 +89,12 @@ impl Observability {
             ]),
         );
         let otlp = section.otlp.as_ref();
+        #[cfg(not(feature = "otlp"))]
+        if otlp.is_some() {
+            return Err(
+                "observability.otlp: this mcp-gateway was built without the `otlp` feature".into(),
+            );
+        }
         if let Some(o) = otlp {
             if !(0.0..=1.0).contains(&o.sampling_ratio) {
                 return Err("observability.otlp.sampling_ratio: must be between 0 and 1".into());
@@ -174,27 +120,9 @@ impl Observability {
                 b = b.with_reader(scrape);
                 out.registry = Some(registry);
             }
+            #[cfg(feature = "otlp")]
             if let Some(o) = otlp.filter(|o| o.metrics) {
-                let exporter = match o.protocol {
-                    OtlpProtocol::HttpProtobuf => over_http(
-                        opentelemetry_otlp::MetricExporter::builder().with_http(),
-                        o,
-                        "metrics",
-                    )
-                    .build(),
-                    OtlpProtocol::Grpc => over_grpc(
-                        opentelemetry_otlp::MetricExporter::builder().with_tonic(),
-                        o,
-                        "metrics",
-                    )?
-                    .build(),
-                }
-                .map_err(|e| format!("observability.otlp: metrics exporter: {e}"))?;
-                b = b.with_reader(
-                    PeriodicReader::builder(exporter)
-                        .with_interval(Duration::from_secs(o.metrics_interval_secs.max(1)))
-                        .build(),
-                );
+                b = b.with_reader(otlp::metric_reader(o)?);
             }
             let provider = b.build();
             let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "mcp-gateway");
@@ -204,34 +132,14 @@ impl Observability {
             out.telemetry = out.telemetry.metrics(Metrics::new(meter, cfg));
             out.meters = Some(provider);
         }
+        #[cfg(feature = "otlp")]
         if let Some(o) = otlp.filter(|o| o.traces) {
-            let exporter = match o.protocol {
-                OtlpProtocol::HttpProtobuf => over_http(
-                    opentelemetry_otlp::SpanExporter::builder().with_http(),
-                    o,
-                    "traces",
-                )
-                .build(),
-                OtlpProtocol::Grpc => over_grpc(
-                    opentelemetry_otlp::SpanExporter::builder().with_tonic(),
-                    o,
-                    "traces",
-                )?
-                .build(),
-            }
-            .map_err(|e| format!("observability.otlp: span exporter: {e}"))?;
-            let batch = BatchSpanProcessor::builder(exporter)
-                .with_batch_config(
-                    BatchConfigBuilder::default()
-                        .with_scheduled_delay(Duration::from_millis(o.batch_delay_ms.max(1)))
-                        .build(),
-                )
-                .build();
+            let batch = otlp::span_processor(o)?;
             let provider = SdkTracerProvider::builder()
                 .with_span_processor(batch)
-                .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                    o.sampling_ratio,
-                ))))
+                .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                    opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(o.sampling_ratio),
+                )))
                 .with_resource(resource(Some(o)))
                 .build();
             out.telemetry = out.telemetry.traces(true);
