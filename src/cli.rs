@@ -272,12 +272,22 @@ impl Cli {
     /// defaults without one): what [`Observability::start`] needs before
     /// logging is set up. A file that does not load gives the defaults;
     /// [`run_with`](Self::run_with) reports its error.
+    ///
+    /// The Prometheus scrape is kept only where it can be read: on the
+    /// admin listener or at `metrics_path`; without either, metrics cost
+    /// nothing per call (OTLP metrics are pushed regardless).
     pub fn observability_section(&self) -> ObservabilitySection {
-        self.config
+        let file = self
+            .config
             .as_deref()
-            .and_then(|f| GatewayConfig::load(f).ok())
-            .map(|c| c.observability)
-            .unwrap_or_default()
+            .and_then(|f| GatewayConfig::load(f).ok());
+        let admin =
+            self.admin_listen.is_some() || file.as_ref().is_some_and(|c| c.admin_listen.is_some());
+        let mut section = file.map(|c| c.observability).unwrap_or_default();
+        if !admin && section.metrics_path.is_none() {
+            section.metrics = false;
+        }
+        section
     }
 
     /// Starts the exporters the configuration asks for (none for

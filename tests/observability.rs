@@ -372,6 +372,14 @@ path = "{}"
         1.0
     );
     assert_eq!(s2.value("mcp_gateway_sessions_active", &[]), 0.0);
+    // The `DELETE` (204, no body) ended as answered.
+    assert_eq!(
+        s2.value(
+            op,
+            &[("mcp_method_name", "DELETE"), ("mcp_gateway_outcome", "ok")]
+        ),
+        1.0
+    );
 
     // The main listener's path serves the same exposition.
     let main = gw.url.replace("/mcp", "/metrics");

@@ -355,7 +355,11 @@ impl BodyObserver for AuditWatch {
 }
 
 fn emit(shared: &Shared, mut call: CallRecord, meter: &Meter) {
-    let ended = meter.ended || (meter.bytes == 0 && !meter.failed && call.status == 202);
+    // An answer without a body (202 Accepted, 204 No Content: the
+    // `DELETE` that ends a session) is whole once its head is sent,
+    // whether or not the server polls the empty body to its end.
+    let ended =
+        meter.ended || (meter.bytes == 0 && !meter.failed && matches!(call.status, 202 | 204));
     let (outcome, code): (Outcome, Option<i64>) = match call.kind {
         Some(ErrorKind::Denied | ErrorKind::ToolChanged) => {
             (Outcome::Denied, call.kind.map(|k| k.code() as i64))
