@@ -76,7 +76,8 @@ wait_url() { # logfile announcement -> the URL the process announces after "<ann
 
 "$BIN/conformance_server" --listen 127.0.0.1:0 >"$WORK/server.log" 2>&1 & PIDS+=($!)
 DIRECT=$(wait_url "$WORK/server.log" "conformance server on")
-"$TARGET/mcp-gateway" --listen 127.0.0.1:0 --upstream "$DIRECT" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
+# With an admin listener, so the gateways record metrics while the suites run.
+"$TARGET/mcp-gateway" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream "$DIRECT" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
 GATEWAY=$(wait_url "$WORK/gateway.log" "mcp-gateway listening on")
 if [ "$GATEWAY" = "$DIRECT" ]; then
   log "the gateway's URL is the direct server's: the runs would not go through the gateway"
@@ -84,7 +85,7 @@ if [ "$GATEWAY" = "$DIRECT" ]; then
 fi
 "$PY_SDK_PYTHON" tests/peers/conformance_server.py >"$WORK/py-server.log" 2>&1 & PIDS+=($!)
 PY_DIRECT=$(wait_url "$WORK/py-server.log" "python conformance server on")
-"$TARGET/mcp-gateway" --listen 127.0.0.1:0 --upstream "$PY_DIRECT" >"$WORK/py-gateway.log" 2>&1 & PIDS+=($!)
+"$TARGET/mcp-gateway" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream "$PY_DIRECT" >"$WORK/py-gateway.log" 2>&1 & PIDS+=($!)
 PY_GATEWAY=$(wait_url "$WORK/py-gateway.log" "mcp-gateway listening on")
 log "direct server: $DIRECT (python: $PY_DIRECT)"
 log "gateway:       $GATEWAY (python: $PY_GATEWAY)"
@@ -127,5 +128,11 @@ compare "2025-11-25" "$SUITE_V1" conformance/expected-failures-2025.yml
 compare "2026-07-28" "$SUITE_V2" conformance/expected-failures-2026-07-28.yml --requirements 2026-07-28
 DIRECT=$PY_DIRECT GATEWAY=$PY_GATEWAY \
   compare "2026-07-28-python" "$SUITE_V2" conformance/expected-failures-2026-07-28-python.yml --requirements 2026-07-28
+# What the gateway's metrics saw of the runs (its admin listener's scrape).
+admin=$(grep -o "mcp-gateway admin on http://[0-9.:]*" "$WORK/gateway.log" | head -n1 | sed "s|^mcp-gateway admin on ||")
+if [ -n "$admin" ]; then
+  calls=$(curl -fs "$admin/metrics" | awk '/^mcp_server_operation_duration_seconds_count/ {n += $NF} END {print n + 0}')
+  echo "conformance: the gateway's metrics counted $calls requests answered"
+fi
 [ "$status" -eq 0 ] && echo "conformance: gateway matches the direct server on every suite and fixture"
 exit "$status"
