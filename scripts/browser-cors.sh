@@ -37,9 +37,15 @@ mkdir -p "$WORK/site"
 PAGE_PORT=$(wait_for "$WORK/site.log" 'port [0-9]*' | cut -d' ' -f2)
 ORIGIN=http://127.0.0.1:$PAGE_PORT
 
-browse() { # name gateway-args... -> the page's #result text
+# Started in this shell, not in the command substitution that reads the
+# page: its pid must reach PIDS, which the cleanup kills.
+gateway() { # name gateway-args...
   local name=$1; shift
   "$TARGET/mcp-gateway" --listen 127.0.0.1:0 --upstream "$BACKEND" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" & PIDS+=($!)
+}
+
+browse() { # name -> the page's #result text, through the gateway `name`
+  local name=$1
   local gw
   gw=$(wait_for "$WORK/$name.out" 'http://[0-9.:]*/mcp')
   sed "s|GATEWAY_URL|$gw|" tests/peers/cors_page.html >"$WORK/site/$name.html"
@@ -51,12 +57,14 @@ browse() { # name gateway-args... -> the page's #result text
 }
 
 status=0
-allowed=$(browse allowed --cors-origin "$ORIGIN")
+gateway allowed --cors-origin "$ORIGIN"
+allowed=$(browse allowed)
 echo "browser-cors: with --cors-origin $ORIGIN: $allowed"
 case "$allowed" in
   "ok session-id-readable echoed delete-204") ;;
   *) log "FAIL: the page on $ORIGIN could not use the gateway"; cat "$WORK/allowed.err" >&2; status=1 ;;
 esac
+gateway refused
 refused=$(browse refused)
 echo "browser-cors: without --cors-origin: $refused"
 case "$refused" in
