@@ -460,18 +460,6 @@ impl Metrics {
                 .map(|p| self.principals.label(p)),
             version: None,
         };
-        // Method, target, backend: what every record of the call has.
-        let mut attrs = Attrs::new();
-        if let Some(m) = &key.method {
-            attrs.push(KeyValue::new(METHOD, m.value()));
-        }
-        if let Some((k, t)) = &key.target {
-            attrs.push(KeyValue::new(*k, t.value()));
-        }
-        if let Some(b) = &key.backend {
-            attrs.push(KeyValue::new(BACKEND, b.value()));
-        }
-        let shared = attrs.n;
         if let Some(us) = e.duration_us {
             // Keyed without the tenant and principal (never histogram
             // labels), with the protocol version.
@@ -484,70 +472,38 @@ impl Metrics {
             self.server_op
                 .record(op, us as f64 / 1e6, TallyKey::histogram_attributes);
         }
-        let backend = key
-            .backend
-            .as_ref()
-            .map(|b| KeyValue::new(BACKEND, b.value()));
-        // Cost attribution, counted in process (see `tally`).
-        self.tally.add(key, e.cost, e.tokens, e.progress);
+        // Refusals and denials are rare: their attributes are made only
+        // for them.
         match e.outcome {
             Outcome::Limited => {
                 let limit = e.limit.unwrap_or(match e.error_code {
                     Some(c) if c == ErrorKind::TooManySessions.code() as i64 => "sessions",
                     _ => "rate",
                 });
-                let mut a = Attrs::new();
-                a.push(KeyValue::new(LIMIT, self.methods.get(limit)));
-                if let Some(b) = backend {
-                    a.push(b);
-                }
-                self.refusals.add(1, a.get());
+                let mut a = vec![KeyValue::new(LIMIT, self.methods.get(limit))];
+                a.extend(
+                    key.backend
+                        .as_ref()
+                        .map(|b| KeyValue::new(BACKEND, b.value())),
+                );
+                self.refusals.add(1, &a);
             }
             Outcome::Denied => {
-                attrs.truncate(shared);
+                let a = key.call_attributes();
                 if e.error_code == Some(ErrorKind::ToolChanged.code() as i64) {
-                    self.pins.add(1, attrs.get());
+                    self.pins.add(1, &a);
                 } else {
-                    self.denials.add(1, attrs.get());
+                    self.denials.add(1, &a);
                 }
             }
             _ => {}
         }
+        // Cost attribution, counted in process (see `tally`).
+        self.tally.add(key, e.cost, e.tokens, e.progress);
     }
 
     fn backend_value(&self, b: &str) -> Value {
         self.backends.get(b)
-    }
-}
-
-/// Up to eight labels on the stack: a record's attributes without an
-/// allocation.
-struct Attrs {
-    kv: [KeyValue; 8],
-    n: usize,
-}
-
-impl Attrs {
-    fn new() -> Self {
-        Attrs {
-            kv: std::array::from_fn(|_| KeyValue::new("", "")),
-            n: 0,
-        }
-    }
-
-    fn push(&mut self, kv: KeyValue) {
-        if let Some(slot) = self.kv.get_mut(self.n) {
-            *slot = kv;
-            self.n += 1;
-        }
-    }
-
-    fn truncate(&mut self, n: usize) {
-        self.n = self.n.min(n);
-    }
-
-    fn get(&self) -> &[KeyValue] {
-        &self.kv[..self.n]
     }
 }
 

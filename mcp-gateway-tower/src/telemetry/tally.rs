@@ -55,16 +55,7 @@ impl TallyKey {
     /// The attributes: all of them, or without the outcome and error ones
     /// (cost, tokens and progress are not split by outcome).
     pub(crate) fn attributes(&self, with_outcome: bool) -> Vec<KeyValue> {
-        let mut a = Vec::with_capacity(8);
-        if let Some(m) = &self.method {
-            a.push(KeyValue::new(METHOD, m.value()));
-        }
-        if let Some((k, t)) = &self.target {
-            a.push(KeyValue::new(*k, t.value()));
-        }
-        if let Some(b) = &self.backend {
-            a.push(KeyValue::new(BACKEND, b.value()));
-        }
+        let mut a = self.call_attributes();
         if with_outcome {
             a.push(KeyValue::new(OUTCOME, self.outcome));
             if let Some(c) = &self.rpc_status {
@@ -82,6 +73,21 @@ impl TallyKey {
         }
         if let Some(v) = &self.version {
             a.push(KeyValue::new(PROTOCOL_VERSION, v.value()));
+        }
+        a
+    }
+
+    /// What the call was and where it went: method, target, backend.
+    pub(crate) fn call_attributes(&self) -> Vec<KeyValue> {
+        let mut a = Vec::with_capacity(8);
+        if let Some(m) = &self.method {
+            a.push(KeyValue::new(METHOD, m.value()));
+        }
+        if let Some((k, t)) = &self.target {
+            a.push(KeyValue::new(*k, t.value()));
+        }
+        if let Some(b) = &self.backend {
+            a.push(KeyValue::new(BACKEND, b.value()));
         }
         a
     }

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_gateway_core::{ErrorKind, GatewayError, McpRequest, RequestId};
-use mcp_gateway_http1::client::{ConnPool, PoolConfig, TimedOut};
+use mcp_gateway_http1::client::{ConnPool, OnConnect, PoolConfig, TimedOut};
 use tower_service::Service;
 
 use super::credentials::{
@@ -41,8 +41,9 @@ pub enum HttpClient {
 
 /// Told of each connection set-up to a backend: how long it took (TCP,
 /// and TLS for `https://`) and whether it succeeded. For metrics.
+/// The built-in pool takes the same hook ([`OnConnect`]).
 #[derive(Clone)]
-pub struct ConnectObserver(pub Arc<dyn Fn(Duration, bool) + Send + Sync>);
+pub struct ConnectObserver(pub OnConnect);
 
 impl ConnectObserver {
     /// An observer calling `f`.
@@ -333,6 +334,20 @@ impl HttpUpstream {
     /// The backend URL's authority (`host:port`).
     pub fn authority(&self) -> &str {
         self.authority.as_str()
+    }
+
+    /// The backend's host and port (the scheme's default when the URL has
+    /// none): a span's `server.address` and `server.port`.
+    pub fn host_port(&self) -> (&str, u16) {
+        let default = if self.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        (
+            self.authority.host(),
+            self.authority.port_u16().unwrap_or(default),
+        )
     }
 
     /// Whether calls go through hyper (`https://`, HTTP/2, or chosen).

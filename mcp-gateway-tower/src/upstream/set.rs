@@ -561,23 +561,18 @@ mod client_obs {
             up: &UpstreamInstance,
             req: &mut Request<Body>,
         ) -> Option<Self> {
-            let address = match up {
-                UpstreamInstance::Http(h) => h.url().parse::<http::Uri>().ok(),
-                UpstreamInstance::Service(_) => None,
-            };
-            let address = address.as_ref().and_then(|u| {
-                let host = u.host()?;
-                let port = u.port_u16().unwrap_or(match u.scheme_str() {
-                    Some("https") => 443,
-                    _ => 80,
-                });
-                Some((host, port))
-            });
-            let span = if req
+            let traced = req
                 .extensions()
                 .get::<crate::telemetry::ServerSpan>()
-                .is_some()
-            {
+                .is_some();
+            if !traced && pool.metrics.is_none() {
+                return None;
+            }
+            let span = if traced {
+                let address = match up {
+                    UpstreamInstance::Http(h) => Some(h.host_port()),
+                    UpstreamInstance::Service(_) => None,
+                };
                 client_span(req, &pool.backend, address)
             } else {
                 None
