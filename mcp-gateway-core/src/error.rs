@@ -49,6 +49,11 @@ pub mod codes {
     /// Gateway: the audit log cannot keep up and the overflow policy is to
     /// refuse calls rather than lose records.
     pub const AUDIT_BACKLOG: i32 = -32056;
+    /// Gateway: the state replicas share (Redis) cannot be reached.
+    pub const STATE_UNAVAILABLE: i32 = -32057;
+    /// Gateway: a stream cannot be resumed from the `Last-Event-ID` given
+    /// (unknown, expired, or cut while the client was away).
+    pub const CANNOT_RESUME: i32 = -32058;
 }
 
 /// What went wrong; decides the HTTP status and the JSON-RPC code.
@@ -113,6 +118,12 @@ pub enum ErrorKind {
     TooManyRequests,
     /// The audit sink is full and calls are refused (503, -32056).
     AuditBacklog,
+    /// The state replicas share (the session store) cannot be reached
+    /// (503, -32057, `Retry-After`).
+    StateUnavailable,
+    /// A stream cannot be resumed from the `Last-Event-ID` given: unknown,
+    /// expired, or cut while the client was away (400, -32058).
+    CannotResume,
 }
 
 impl ErrorKind {
@@ -124,7 +135,8 @@ impl ErrorKind {
             | ErrorKind::InvalidParams
             | ErrorKind::HeaderMismatch
             | ErrorKind::UnsupportedVersion
-            | ErrorKind::MissingSession => StatusCode::BAD_REQUEST,
+            | ErrorKind::MissingSession
+            | ErrorKind::CannotResume => StatusCode::BAD_REQUEST,
             ErrorKind::MethodNotFound | ErrorKind::SessionNotFound => StatusCode::NOT_FOUND,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -137,7 +149,9 @@ impl ErrorKind {
             ErrorKind::TooManySessions | ErrorKind::TooManyRequests => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ErrorKind::AuditBacklog => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::AuditBacklog | ErrorKind::StateUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::SessionCapacity | ErrorKind::NoHealthyInstance => {
@@ -169,6 +183,8 @@ impl ErrorKind {
             ErrorKind::ToolChanged => TOOL_CHANGED,
             ErrorKind::Limited | ErrorKind::TooManySessions | ErrorKind::TooManyRequests => LIMITED,
             ErrorKind::AuditBacklog => AUDIT_BACKLOG,
+            ErrorKind::StateUnavailable => STATE_UNAVAILABLE,
+            ErrorKind::CannotResume => CANNOT_RESUME,
             ErrorKind::SessionNotFound => SESSION_NOT_FOUND,
             ErrorKind::UpstreamUnavailable | ErrorKind::NoHealthyInstance => UPSTREAM_UNAVAILABLE,
             ErrorKind::UpstreamTimeout => UPSTREAM_TIMEOUT,
@@ -307,6 +323,8 @@ mod tests {
             (ErrorKind::TooManyRequests, 429, -32055),
             (ErrorKind::NoHealthyInstance, 503, -32050),
             (ErrorKind::AuditBacklog, 503, -32056),
+            (ErrorKind::StateUnavailable, 503, -32057),
+            (ErrorKind::CannotResume, 400, -32058),
         ];
         for (kind, status, code) in cases {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");

@@ -141,6 +141,33 @@ impl SessionRecord {
         rec
     }
 
+    /// The same record as a new value (a store that keeps records
+    /// elsewhere serialises one; the setup is shared, not copied).
+    pub fn copy(&self) -> Self {
+        let mut rec = self.moved(self.instance, self.upstream_id.clone());
+        rec.detached = self.detached;
+        rec
+    }
+
+    /// How long ago the session started.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// The record of a session that started `age` ago (a store restoring a
+    /// record it kept elsewhere).
+    pub fn with_age(mut self, age: Duration) -> Self {
+        self.created = Instant::now().checked_sub(age).unwrap_or(self.created);
+        self
+    }
+
+    /// Marks the backend session as ended by the gateway (a store restoring
+    /// a record it kept elsewhere); see [`detached`](Self::detached).
+    pub fn with_detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+
     /// The recorded setup (absent for sessions stored without one).
     pub fn setup(&self) -> Option<&Arc<SessionSetup>> {
         self.setup.as_ref()
@@ -278,7 +305,17 @@ pub trait SessionStore: Send + Sync + 'static {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Asks to be told when a session ends somewhere else (another replica
+    /// sharing this store deleted it or found it expired), so that what
+    /// this process holds for it (limit slots) is let go. Stores that are
+    /// not shared never call it. Default: never called.
+    fn on_remote_end(&self, _hook: RemoteEnd) {}
 }
+
+/// Called with the id of a session that ended on another replica: see
+/// [`SessionStore::on_remote_end`].
+pub type RemoteEnd = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Settings of [`InMemorySessionStore`].
 #[derive(Debug, Clone)]

@@ -40,6 +40,37 @@ impl SessionSetup {
         }
     }
 
+    /// A setup restored from its parts (a store that keeps records
+    /// elsewhere): see [`SessionSetup::parts`].
+    pub fn from_parts(
+        initialize: Bytes,
+        log_level: Option<Bytes>,
+        subscriptions: Vec<(Box<str>, Bytes)>,
+    ) -> Self {
+        let mut subscriptions = subscriptions;
+        subscriptions.truncate(MAX_SUBSCRIPTIONS);
+        SessionSetup {
+            initialize,
+            later: Mutex::new(Later {
+                log_level,
+                subscriptions,
+            }),
+        }
+    }
+
+    /// What was recorded: the `initialize` body, the last
+    /// `logging/setLevel` body, and (URI, `resources/subscribe` body) per
+    /// live subscription.
+    #[allow(clippy::type_complexity)]
+    pub fn parts(&self) -> (Bytes, Option<Bytes>, Vec<(Box<str>, Bytes)>) {
+        let later = self.later().clone();
+        (
+            self.initialize.clone(),
+            later.log_level,
+            later.subscriptions,
+        )
+    }
+
     /// The client's `initialize` request, byte for byte.
     pub fn initialize(&self) -> &Bytes {
         &self.initialize

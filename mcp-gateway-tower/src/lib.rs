@@ -39,6 +39,7 @@ pub mod forwarded;
 pub mod jsonrpc;
 pub mod limit;
 pub mod origin;
+pub mod resume;
 pub mod session;
 pub mod sse;
 #[cfg(feature = "otel")]

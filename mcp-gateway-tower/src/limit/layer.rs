@@ -225,6 +225,14 @@ impl SessionObserver for SlotReleaser {
             .unwrap_or_else(|e| e.into_inner())
             .remove(record.id().as_str());
     }
+
+    fn gone(&self, id: &str) {
+        self.0
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
 }
 
 impl<S> Layer<S> for LimitLayer {

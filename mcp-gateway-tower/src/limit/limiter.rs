@@ -124,6 +124,64 @@ pub trait Limiter: Send + Sync + 'static {
         amount: u64,
         must_fit: bool,
     ) -> Answer<'_, Result<(), Duration>>;
+
+    /// Whether this limiter decides a call's checks together
+    /// ([`check_all`](Self::check_all)) faster than one by one: true for a
+    /// shared store, where each decision is a round trip. Default: false.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Decides every check of one call, in order: the slots to hold, or
+    /// the index of the first refused check and when to retry. Called
+    /// instead of the single operations when [`batches`](Self::batches)
+    /// is true. A batching limiter should spend nothing when a check is
+    /// refused; the default (one by one) keeps what the checks before the
+    /// refused one took, as the single operations do.
+    fn check_all(&self, checks: Vec<Check>) -> Answer<'_, Result<Vec<Slot>, (usize, Duration)>> {
+        Answer::pending(async move {
+            let mut slots = Vec::new();
+            for (i, c) in checks.iter().enumerate() {
+                match c.op {
+                    CheckOp::Hit(q) => self.hit(&c.key, &q).await.map_err(|d| (i, d))?,
+                    CheckOp::Acquire(max) => match self.acquire(&c.key, max).await {
+                        Some(s) => slots.push(s),
+                        None => return Err((i, IN_FLIGHT_RETRY)),
+                    },
+                    CheckOp::Charge(b, amount) => self
+                        .charge(&c.key, &b, amount, true)
+                        .await
+                        .map_err(|d| (i, d))?,
+                }
+            }
+            Ok(slots)
+        })
+    }
+}
+
+/// The retry hint of a full in-flight cap: calls end in milliseconds to
+/// seconds.
+pub const IN_FLIGHT_RETRY: Duration = Duration::from_millis(100);
+
+/// One check of a call's admission ([`Limiter::check_all`]).
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Whose counter.
+    pub key: LimitKey,
+    /// What to do with it.
+    pub op: CheckOp,
+}
+
+/// What a [`Check`] does.
+#[derive(Debug, Clone, Copy)]
+pub enum CheckOp {
+    /// [`Limiter::hit`] with this quota.
+    Hit(Quota),
+    /// [`Limiter::acquire`] one of at most this many slots.
+    Acquire(u32),
+    /// [`Limiter::charge`] this amount against this budget, refused when
+    /// it does not fit.
+    Charge(Budget, u64),
 }
 
 pub(crate) type Direct = RateLimiter<NotKeyed, InMemoryState, LimiterClock, NoOpMiddleware<Nanos>>;

@@ -64,7 +64,9 @@ use clock::LimiterClock;
 
 mod limiter;
 use self::limiter::*;
-pub use self::limiter::{Budget, LimitKey, LimitKind, Limiter, Quota, Slot};
+pub use self::limiter::{
+    Budget, Check, CheckOp, LimitKey, LimitKind, Limiter, Quota, Slot, IN_FLIGHT_RETRY,
+};
 mod memory;
 pub use self::memory::InMemoryLimiter;
 use self::memory::*;

@@ -160,6 +160,9 @@ impl Shared {
         who: &Arc<str>,
         m: &Message,
     ) -> Result<(Slots, u64), (LimitKind, Duration)> {
+        if self.limiter.batches() {
+            return self.admit_batched(who, m).await;
+        }
         // One key for the principal and one for the backend, whose kind
         // changes from check to check: fewer reference-count updates on the
         // shared names (every one a cache line bounced between threads).
@@ -238,6 +241,82 @@ impl Shared {
                 .map_err(|d| (LimitKind::CostBudget, d))?;
         }
         Ok((slots, cost))
+    }
+}
+
+impl Shared {
+    /// [`Shared::admit`] for a limiter that decides a call's checks in one
+    /// go (a shared store: one round trip): the same checks, in the same
+    /// order.
+    async fn admit_batched(
+        &self,
+        who: &Arc<str>,
+        m: &Message,
+    ) -> Result<(Slots, u64), (LimitKind, Duration)> {
+        let tool = (m.method() == Some(&Method::ToolsCall))
+            .then(|| m.target_text().map(|t| t.as_bytes().clone()))
+            .flatten();
+        let cfg = &self.cfg;
+        let mut checks = Vec::new();
+        let mut check = |kind, subject: &Arc<str>, tool: Option<Bytes>, op| {
+            checks.push(Check {
+                key: self.key(kind, subject, tool),
+                op,
+            })
+        };
+        if let (Some(q), Some(t)) = (cfg.principal_tool_rate, &tool) {
+            check(
+                LimitKind::PrincipalToolRate,
+                who,
+                Some(t.clone()),
+                CheckOp::Hit(q),
+            );
+        }
+        if let Some(q) = cfg.principal_rate {
+            check(LimitKind::PrincipalRate, who, None, CheckOp::Hit(q));
+        }
+        if let Some(q) = cfg.backend_rate {
+            check(LimitKind::BackendRate, &self.backend, None, CheckOp::Hit(q));
+        }
+        if let Some(max) = cfg.principal_in_flight.filter(|_| who.as_ref() != "anon") {
+            check(
+                LimitKind::PrincipalInFlight,
+                who,
+                None,
+                CheckOp::Acquire(max),
+            );
+        }
+        if let Some(max) = cfg.backend_in_flight {
+            check(
+                LimitKind::BackendInFlight,
+                &self.backend,
+                None,
+                CheckOp::Acquire(max),
+            );
+        }
+        if let Some(b) = cfg.token_budget {
+            let args = m.arguments().map_or(0, |a| self.tokens.count(a));
+            check(LimitKind::TokenBudget, who, None, CheckOp::Charge(b, args));
+        }
+        let mut cost = 0;
+        if let (Some(b), Some(t)) = (cfg.cost_budget, &tool) {
+            cost = self.cost_of(t);
+            check(LimitKind::CostBudget, who, None, CheckOp::Charge(b, cost));
+        }
+        if checks.is_empty() {
+            return Ok((Slots::default(), 0));
+        }
+        let kinds: Vec<LimitKind> = checks.iter().map(|c| c.key.kind).collect();
+        match self.limiter.check_all(checks).await {
+            Ok(held) => {
+                let mut slots = Slots::default();
+                for s in held {
+                    slots.push(s);
+                }
+                Ok((slots, cost))
+            }
+            Err((i, retry)) => Err((kinds[i], retry)),
+        }
     }
 }
 

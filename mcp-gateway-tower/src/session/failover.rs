@@ -63,23 +63,25 @@ impl Moved {
     }
 }
 
-/// Records what a request changes of its session's setup.
-pub(super) fn note_setup(rec: &SessionRecord, mcp: &McpRequest) {
-    let Some(setup) = rec.setup() else { return };
+/// Records what a request changes of its session's setup; true when it
+/// changed something.
+pub(super) fn note_setup(rec: &SessionRecord, mcp: &McpRequest) -> bool {
+    let Some(setup) = rec.setup() else {
+        return false;
+    };
     match mcp.method() {
         Some(Method::LoggingSetLevel) => setup.set_log_level(mcp.body().clone()),
-        Some(Method::ResourcesSubscribe) => {
-            if let Some(uri) = uri_of(mcp.body()) {
-                setup.subscribe(&uri, mcp.body().clone());
-            }
-        }
-        Some(Method::ResourcesUnsubscribe) => {
-            if let Some(uri) = uri_of(mcp.body()) {
-                setup.unsubscribe(&uri);
-            }
-        }
-        _ => {}
+        Some(Method::ResourcesSubscribe) => match uri_of(mcp.body()) {
+            Some(uri) => setup.subscribe(&uri, mcp.body().clone()),
+            None => return false,
+        },
+        Some(Method::ResourcesUnsubscribe) => match uri_of(mcp.body()) {
+            Some(uri) => setup.unsubscribe(&uri),
+            None => return false,
+        },
+        _ => return false,
     }
+    true
 }
 
 /// `params.uri` of a request (the cold path of a subscription).
@@ -208,7 +210,11 @@ pub(super) fn set_route(req: &mut Request<Body>, rec: &SessionRecord) {
             req.headers_mut().remove(&header_names::MCP_SESSION_ID);
         }
     }
-    req.extensions_mut().insert(Instance(rec.instance()));
+    let ext = req.extensions_mut();
+    ext.insert(Instance(rec.instance()));
+    // For the layers below that key state by the gateway's session
+    // (resumption): the header now names the backend's.
+    ext.insert(crate::resume::GatewaySession(rec.id().clone()));
 }
 
 /// A move to ask of [`reestablish`].

@@ -106,6 +106,10 @@ pub trait SessionObserver: Send + Sync + 'static {
     fn ended(&self, record: &SessionRecord, why: SessionEnd);
     /// A session moved from instance `from` to the one `record` names.
     fn moved(&self, _record: &SessionRecord, _from: usize, _why: Moved) {}
+    /// Session `id` ended on another replica sharing the store (where it
+    /// was recorded and reported as [`ended`](Self::ended)): let go of what
+    /// this process holds for it, without reporting it again.
+    fn gone(&self, _id: &str) {}
 }
 
 /// Session observers that the layers outside the session router (limits,
@@ -257,8 +261,16 @@ impl SessionLayer {
 
     /// Like [`SessionLayer::new`] with a shared store.
     pub fn from_arcs(store: Arc<dyn SessionStore>, instances: Instances) -> Self {
-        SessionLayer {
-            shared: Arc::new(Shared {
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+            let weak = weak.clone();
+            store.on_remote_end(Arc::new(move |id: &str| {
+                if let Some(shared) = weak.upgrade() {
+                    for o in shared.observers.load().iter() {
+                        o.gone(id);
+                    }
+                }
+            }));
+            Shared {
                 store,
                 instances,
                 selector: None,
@@ -267,8 +279,9 @@ impl SessionLayer {
                 sweep_interval: Duration::from_secs(30),
                 sweeper_started: AtomicBool::new(false),
                 observers: Default::default(),
-            }),
-        }
+            }
+        });
+        SessionLayer { shared }
     }
 
     /// Adds an observer of session starts and ends. The limit and audit
@@ -608,6 +621,7 @@ where
             tokio::spawn(async move { end_upstream(inner, &orphan).await });
             let kind = match e {
                 StoreError::Full { .. } => ErrorKind::SessionCapacity,
+                StoreError::Backend(_) => ErrorKind::StateUnavailable,
                 _ => ErrorKind::Internal,
             };
             let err = GatewayError::new(kind, format!("cannot start a session: {e}"));
@@ -657,7 +671,13 @@ where
     }
     let movable = shared.failover == Failover::Reinitialize && rec.setup().is_some();
     if let Some(mcp) = req.extensions().get::<McpRequest>() {
-        note_setup(&rec, mcp);
+        if note_setup(&rec, mcp) {
+            // A shared store keeps its own copy of the setup: store the
+            // change (rare: a log level, a subscription).
+            if let Some(stored) = shared.store.update(rec.copy()).await {
+                rec = stored;
+            }
+        }
     }
     if lost {
         if !movable {

@@ -1,0 +1,347 @@
+//! The recording body: each event of a backend's stream gets the gateway's
+//! id and is stored before the client sees it; a call's stream is read on
+//! into the store after its client went away.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body as _, Frame, SizeHint};
+use mcp_gateway_core::sse::{SseEvent, SseScanner};
+use mcp_gateway_core::{ErrorKind, GatewayError, RequestId};
+
+use super::{EventStore, ResumeConfig, StoredEvent, StreamEnd, StreamKey};
+use crate::body::{Body, BoxError};
+
+/// Wraps `res`'s body so that its events are numbered from `seq + 1` on
+/// stream `key` and stored.
+pub(super) fn record(
+    res: Response<Body>,
+    key: StreamKey,
+    seq: u64,
+    store: Arc<dyn EventStore>,
+    cfg: Arc<ResumeConfig>,
+    call_id: Option<RequestId>,
+) -> Response<Body> {
+    let (mut parts, inner) = res.into_parts();
+    // The body changes (the ids): its length with it.
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let body = Recording {
+        recorder: Recorder::new(key, seq, store, cfg, call_id),
+        inner: Some(inner),
+        prefix: None,
+    };
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// Like [`record`], sending `prefix` (replayed events) first.
+pub(super) fn record_after(
+    res: Response<Body>,
+    prefix: Bytes,
+    key: StreamKey,
+    seq: u64,
+    store: Arc<dyn EventStore>,
+    cfg: Arc<ResumeConfig>,
+) -> Response<Body> {
+    let (mut parts, inner) = res.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let body = Recording {
+        recorder: Recorder::new(key, seq, store, cfg, None),
+        inner: Some(inner),
+        prefix: (!prefix.is_empty()).then_some(prefix),
+    };
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// What turns a backend's events into stored, re-numbered ones.
+pub(super) struct Recorder {
+    scanner: SseScanner,
+    key: StreamKey,
+    seq: u64,
+    store: Arc<dyn EventStore>,
+    cfg: Arc<ResumeConfig>,
+    call_id: Option<RequestId>,
+    /// The stream's end is stored.
+    ended: bool,
+}
+
+impl Recorder {
+    fn new(
+        key: StreamKey,
+        seq: u64,
+        store: Arc<dyn EventStore>,
+        cfg: Arc<ResumeConfig>,
+        call_id: Option<RequestId>,
+    ) -> Self {
+        Recorder {
+            scanner: SseScanner::collecting(cfg.max_event),
+            key,
+            seq,
+            store,
+            cfg,
+            call_id,
+            ended: false,
+        }
+    }
+
+    /// Scans `chunk`; returns the events it completed in wire form, with
+    /// the gateway's ids, stored. An event too large to keep cuts the
+    /// stream: `Err` is the error event to send instead.
+    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+        let mut out = Vec::new();
+        let mut too_large = false;
+        let (key, store) = (&self.key, &self.store);
+        let seq = &mut self.seq;
+        self.scanner.feed(chunk, |ev| {
+            if too_large {
+                return;
+            }
+            if ev.oversized {
+                too_large = true;
+                return;
+            }
+            *seq += 1;
+            let start = out.len();
+            encode(&mut out, ev, &key.event_id(*seq));
+            store.append(
+                key,
+                StoredEvent {
+                    seq: *seq,
+                    upstream_id: ev.id.map(Bytes::copy_from_slice),
+                    wire: Bytes::copy_from_slice(&out[start..]),
+                    end: None,
+                },
+            );
+        });
+        if too_large {
+            let e = self.cut("an event was larger than the gateway keeps for resumption");
+            out.extend_from_slice(&e);
+            return Err(out);
+        }
+        Ok(out)
+    }
+
+    /// Stores the clean end of the stream.
+    fn done(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.seq += 1;
+        self.store.append(
+            &self.key,
+            StoredEvent {
+                seq: self.seq,
+                upstream_id: None,
+                wire: Bytes::new(),
+                end: Some(StreamEnd::Done),
+            },
+        );
+    }
+
+    /// Stores the end of a stream cut short: the error a resuming client
+    /// gets for its call (nothing for a `GET` stream, which the backend
+    /// continues). Returns that error event.
+    fn cut(&mut self, why: &str) -> Vec<u8> {
+        let wire = match (&self.call_id, self.ended) {
+            (Some(id), false) => cut_event(id, why),
+            _ => Vec::new(),
+        };
+        if !self.ended {
+            self.ended = true;
+            self.seq += 1;
+            self.store.append(
+                &self.key,
+                StoredEvent {
+                    seq: self.seq,
+                    upstream_id: None,
+                    wire: Bytes::copy_from_slice(&wire),
+                    end: Some(StreamEnd::Cut),
+                },
+            );
+        }
+        wire
+    }
+}
+
+/// The error event for call `id` whose stream was cut.
+pub(super) fn cut_event(id: &RequestId, why: &str) -> Vec<u8> {
+    let e = GatewayError::new(
+        ErrorKind::CannotResume,
+        format!("the call's stream cannot be resumed: {why}"),
+    );
+    let json = e.to_json_body(Some(id));
+    let mut out = Vec::new();
+    mcp_gateway_core::sse::encode_event(
+        &mut out,
+        Some("message"),
+        None,
+        &String::from_utf8_lossy(&json),
+    );
+    out
+}
+
+/// Writes `ev` with `id` instead of its own.
+fn encode(out: &mut Vec<u8>, ev: &SseEvent<'_>, id: &str) {
+    if let Some(e) = ev.event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(e);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(id.as_bytes());
+    out.push(b'\n');
+    if let Some(r) = ev.retry {
+        out.extend_from_slice(b"retry: ");
+        out.extend_from_slice(itoa::Buffer::new().format(r).as_bytes());
+        out.push(b'\n');
+    }
+    for line in ev.data.split(|b| *b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// The body the client reads. See [`record`].
+struct Recording {
+    recorder: Recorder,
+    inner: Option<Body>,
+    prefix: Option<Bytes>,
+}
+
+impl http_body::Body for Recording {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(p) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        loop {
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => match this.recorder.feed(&chunk) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out.into())))),
+                        Err(out) => {
+                            this.inner = None;
+                            return Poll::Ready(Some(Ok(Frame::data(out.into()))));
+                        }
+                    },
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Some(Err(e)) => {
+                    this.recorder.cut("the backend's stream failed");
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    this.recorder.done();
+                    this.inner = None;
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        if self.recorder.ended {
+            return;
+        }
+        // A GET stream is the backend's to continue: a resuming client
+        // asks it again. A call's stream is read on into the store.
+        if self.recorder.key.is_get() || self.recorder.call_id.is_none() {
+            self.recorder.done_get();
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.recorder.cut("the gateway was shutting down");
+            return;
+        };
+        let placeholder = Recorder::new(
+            self.recorder.key.clone(),
+            0,
+            self.recorder.store.clone(),
+            self.recorder.cfg.clone(),
+            None,
+        );
+        let recorder = std::mem::replace(&mut self.recorder, placeholder);
+        self.recorder.ended = true;
+        rt.spawn(drain(inner, recorder));
+    }
+}
+
+impl Recorder {
+    /// A `GET` stream whose client went away: nothing more is stored (the
+    /// backend continues it for the next client).
+    fn done_get(&mut self) {
+        self.ended = true;
+    }
+}
+
+/// Reads a call's stream on into the store after its client went away,
+/// within the configured time and bytes.
+async fn drain(mut inner: Body, mut rec: Recorder) {
+    let deadline = tokio::time::Instant::now() + rec.cfg.drain_for;
+    let mut read = 0usize;
+    loop {
+        let frame = tokio::time::timeout_at(
+            deadline,
+            std::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx)),
+        )
+        .await;
+        match frame {
+            Err(_) => {
+                tracing::info!(stream = %rec.key.stream, "call stream cut: its client stayed away too long");
+                rec.cut("the client stayed away longer than the gateway keeps reading");
+                return;
+            }
+            Ok(None) => {
+                rec.done();
+                return;
+            }
+            Ok(Some(Err(_))) => {
+                rec.cut("the backend's stream failed");
+                return;
+            }
+            Ok(Some(Ok(frame))) => {
+                let Ok(chunk) = frame.into_data() else {
+                    continue;
+                };
+                read += chunk.len();
+                if read > rec.cfg.drain_bytes {
+                    tracing::info!(stream = %rec.key.stream, "call stream cut: more than the gateway keeps while its client is away");
+                    rec.cut("the call sent more than the gateway keeps while the client is away");
+                    return;
+                }
+                if rec.feed(&chunk).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
