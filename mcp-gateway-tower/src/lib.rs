@@ -34,6 +34,8 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod builder;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod error;
 pub mod forwarded;
 pub mod jsonrpc;
