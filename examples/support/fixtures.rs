@@ -68,8 +68,8 @@ fn tools() -> Value {
             "additionalProperties": false}},
         {"name": "echo", "description": "Echoes its `text` argument",
          "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
-        {"name": "progress_burst", "description": "Sends `count` progress notifications, then returns `count`",
-         "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}}}},
+        {"name": "progress_burst", "description": "Sends `count` progress notifications (`interval_ms` apart), then returns `count`",
+         "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}, "interval_ms": {"type": "integer"}}}},
         {"name": "notify_later", "description": "Returns at once; 50 ms later sends notifications/tools/list_changed on the standalone stream", "inputSchema": empty},
         {"name": "whoami", "description": "Returns the server instance name", "inputSchema": empty},
         {"name": "wait", "description": "Waits `ms` milliseconds (at most 60 000), then returns `done`",
@@ -332,9 +332,17 @@ impl ServerHandler for Fixtures {
             ),
             "progress_burst" => {
                 let n = args.get("count").and_then(Value::as_u64).unwrap_or(10);
+                let pause = args
+                    .get("interval_ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+                    .min(1000);
                 if let Some(token) = ctx.meta.get_progress_token() {
                     let token_json = serde_json::to_value(&token).unwrap_or_default();
                     for i in 1..=n {
+                        if pause > 0 && i > 1 {
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                        }
                         let _ = ctx
                             .peer
                             .notify_progress(from(

@@ -87,6 +87,7 @@ pub struct McpGatewayBuilder {
     sse: SseRelayConfig,
     sessions: InMemoryConfig,
     store: Option<Arc<dyn SessionStore>>,
+    resume: Option<mcp_gateway_tower::resume::ResumeLayer>,
     selector: Option<Arc<dyn BackendSelector>>,
     health: HealthConfig,
     failover: Failover,
@@ -121,6 +122,7 @@ impl Default for McpGatewayBuilder {
             sse: SseRelayConfig::default(),
             sessions: InMemoryConfig::default(),
             store: None,
+            resume: None,
             selector: None,
             health: HealthConfig::default(),
             failover: Failover::default(),
@@ -325,6 +327,18 @@ impl McpGatewayBuilder {
         self
     }
 
+    /// Resumable streams: the gateway gives SSE events its own ids, keeps
+    /// them in `events` and answers `Last-Event-ID` itself (on any replica,
+    /// with a shared store). See `mcp_gateway_tower::resume`.
+    pub fn resumption(
+        mut self,
+        events: Arc<dyn mcp_gateway_tower::resume::EventStore>,
+        cfg: mcp_gateway_tower::resume::ResumeConfig,
+    ) -> Self {
+        self.resume = Some(mcp_gateway_tower::resume::ResumeLayer::new(events, cfg));
+        self
+    }
+
     /// A backend selector of your own, asked before the configured
     /// balance (its picks among unhealthy instances are not used).
     pub fn selector(mut self, selector: Arc<dyn BackendSelector>) -> Self {
@@ -492,6 +506,7 @@ impl McpGatewayBuilder {
             .option_layer(limit)
             .mcp_session(sessions.clone())
             .layer(sse_layer)
+            .option_layer(self.resume)
             .service(upstreams);
         Ok((svc, sessions))
     }

@@ -274,6 +274,17 @@ pub trait SessionStore: Send + Sync + 'static {
     /// the next [`SessionStore::sweep`] so its backend session can be ended).
     fn get(&self, id: &str) -> Answer<'_, Option<Arc<SessionRecord>>>;
 
+    /// Like [`get`](Self::get), telling an unknown session (`Ok(None)`)
+    /// from a store that cannot answer now (`Err`): the session router then
+    /// answers 503, so the client retries rather than starting over.
+    /// Default: [`get`](Self::get), never failing.
+    fn get_checked(&self, id: &str) -> Answer<'_, Result<Option<Arc<SessionRecord>>, StoreError>> {
+        match self.get(id) {
+            Answer::Ready(v) => Answer::Ready(v.map(Ok)),
+            Answer::Pending(f) => Answer::pending(async move { Ok(f.await) }),
+        }
+    }
+
     /// Removes and returns the record for `id`.
     fn remove(&self, id: &str) -> Answer<'_, Option<Arc<SessionRecord>>>;
 

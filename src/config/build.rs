@@ -366,3 +366,157 @@ impl GatewayConfig {
         Ok(JwtAuthenticator::new(cfg, keys, jwks))
     }
 }
+
+/// What `[cluster]` (and `[sessions] resumption`) share: each absent when
+/// it stays in process (or while a file is only checked).
+#[derive(Default)]
+pub(super) struct Shared {
+    pub(super) sessions: Option<Arc<dyn mcp_gateway_core::session::SessionStore>>,
+    pub(super) limiter: Option<Arc<dyn mcp_gateway_tower::limit::Limiter>>,
+    pub(super) events: Option<Arc<dyn mcp_gateway_tower::resume::EventStore>>,
+}
+
+impl GatewayConfig {
+    /// `[sessions] resumption` settings.
+    pub(super) fn resume_config(&self) -> mcp_gateway_tower::resume::ResumeConfig {
+        let mut cfg = mcp_gateway_tower::resume::ResumeConfig::default();
+        if let Some(s) = self.sessions.resume_drain_secs {
+            cfg.drain_for = Duration::from_secs(s);
+        }
+        cfg
+    }
+
+    /// The stores `[cluster]` names, connected (lazily) when the file is
+    /// opened, only checked when it is parsed.
+    pub(super) fn cluster(
+        &self,
+        sessions: &mcp_gateway_core::session::InMemoryConfig,
+    ) -> Result<Shared, ConfigError> {
+        use mcp_gateway_tower::cluster::{
+            RedisConfig, RedisEventConfig, RedisEventStore, RedisLimiter, RedisSessionConfig,
+            RedisSessionStore, SealKeys, SealedConfig, SealedSessionStore,
+        };
+        use mcp_gateway_tower::resume::InMemoryEventStore;
+        let resume_memory = self.sessions.resumption == Some(true);
+        let Some(c) = &self.cluster else {
+            let mut shared = Shared::default();
+            if resume_memory {
+                shared.events = Some(Arc::new(InMemoryEventStore::default()));
+            }
+            return Ok(shared);
+        };
+        let redis_cfg = match &c.redis_url {
+            Some(url) => {
+                let mut r = RedisConfig::new(url.get_ref().clone());
+                if let Err(e) = r.check() {
+                    return self.err(Some(url.span()), "cluster.redis_url", e);
+                }
+                if let Some(p) = &c.key_prefix {
+                    r.key_prefix = p.clone();
+                }
+                if let Some(ms) = c.timeout_ms {
+                    if ms == 0 {
+                        return self.err(None, "cluster.timeout_ms", "must be more than 0");
+                    }
+                    r.timeout = Duration::from_millis(ms);
+                }
+                if let Some(n) = c.pool_size {
+                    if n == 0 {
+                        return self.err(None, "cluster.pool_size", "must be at least 1");
+                    }
+                    r.pool_size = n;
+                }
+                Some(r)
+            }
+            None if c.session_ids == SessionIds::Store => {
+                return self.err(
+                    None,
+                    "cluster.redis_url",
+                    "is required with session_ids = \"store\" (or use session_ids = \"sealed\")",
+                );
+            }
+            None => None,
+        };
+        let keys = match c.session_ids {
+            SessionIds::Sealed => {
+                let var = c
+                    .seal_keys_env
+                    .clone()
+                    .unwrap_or_else(|| "MCP_GATEWAY_SEAL_KEYS".into());
+                let spec = match std::env::var(&var) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        return self.err(
+                            None,
+                            "cluster.seal_keys_env",
+                            format!("environment variable {var} is not set (kid:base64key,…; `openssl rand -base64 32` makes a key)"),
+                        )
+                    }
+                };
+                match SealKeys::parse(&spec) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        return self.err(None, "cluster.seal_keys_env", format!("{var}: {e}"))
+                    }
+                }
+            }
+            SessionIds::Store => None,
+        };
+        if c.lease_secs == Some(0) {
+            return self.err(None, "cluster.lease_secs", "must be more than 0");
+        }
+        if c.sealed_ttl_secs == Some(0) {
+            return self.err(None, "cluster.sealed_ttl_secs", "must be more than 0");
+        }
+        if !self.opening {
+            return Ok(Shared::default());
+        }
+        let redis = match &redis_cfg {
+            Some(r) => match mcp_gateway_tower::cluster::Redis::connect(r) {
+                Ok(r) => Some(r),
+                Err(e) => return self.err(None, "cluster.redis_url", e.to_string()),
+            },
+            None => None,
+        };
+        let mut shared = Shared::default();
+        shared.sessions = Some(match keys {
+            Some(keys) => {
+                let mut sc = SealedConfig::default();
+                if let Some(s) = c.sealed_ttl_secs {
+                    sc.ttl = Duration::from_secs(s);
+                }
+                Arc::new(SealedSessionStore::new(keys, sc, redis.clone()))
+            }
+            None => {
+                let redis = redis.clone().expect("checked above");
+                let sc = RedisSessionConfig {
+                    idle_timeout: sessions.idle_timeout,
+                    max_age: sessions.max_age.unwrap_or(Duration::from_secs(24 * 3600)),
+                    max_sessions: sessions.max_sessions,
+                    ..RedisSessionConfig::default()
+                };
+                Arc::new(RedisSessionStore::new(redis, sc))
+            }
+        });
+        if let Some(redis) = redis {
+            let lease = c.lease_secs.map_or(
+                mcp_gateway_tower::cluster::DEFAULT_LEASE,
+                Duration::from_secs,
+            );
+            shared.limiter = Some(Arc::new(RedisLimiter::with_lease(
+                redis.clone(),
+                c.on_redis_error,
+                lease,
+            )));
+            if self.sessions.resumption != Some(false) {
+                shared.events = Some(Arc::new(RedisEventStore::new(
+                    redis,
+                    RedisEventConfig::default(),
+                )));
+            }
+        } else if resume_memory {
+            shared.events = Some(Arc::new(InMemoryEventStore::default()));
+        }
+        Ok(shared)
+    }
+}

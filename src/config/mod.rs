@@ -171,6 +171,9 @@ pub struct GatewayConfig {
     pub limits: Option<LimitConfig>,
     /// The audit log; absent: none.
     pub audit: Option<AuditSection>,
+    /// Replicas sharing state through Redis, or sealed session ids;
+    /// absent: everything in process.
+    pub cluster: Option<ClusterSection>,
     /// Metrics and traces; absent: metrics on (scraped on the admin
     /// listener), no export.
     #[serde(default)]
@@ -448,7 +451,7 @@ impl GatewayConfig {
             .sessions(self.sessions_config())
             .or_else(|k| self.err(None, &format!("timeouts.{k}"), "must be more than 0"))?;
         b = b
-            .session_config(sessions)
+            .session_config(sessions.clone())
             .sse_config(self.timeouts.sse(SseRelayConfig::default()))
             .trusted_proxies(self.trusted_proxies()?)
             .access_log(self.access_log);
@@ -506,8 +509,18 @@ impl GatewayConfig {
         if let Some(p) = &pins {
             b = b.pins(p.clone());
         }
+        let shared = self.cluster(&sessions)?;
+        if let Some(store) = shared.sessions {
+            b = b.session_store(store);
+        }
+        if let Some(events) = shared.events {
+            b = b.resumption(events, self.resume_config());
+        }
         if let Some(l) = &self.limits {
-            b = b.limits(l.clone());
+            b = match shared.limiter {
+                Some(limiter) => b.limits_with(l.clone(), limiter),
+                None => b.limits(l.clone()),
+            };
         }
         let audit = match &self.audit {
             Some(a) => Some(self.audit_sink(a)?),

@@ -447,6 +447,58 @@ pub struct SessionsSection {
     /// Never evict: a full table refuses new sessions. Default false.
     #[serde(default)]
     pub no_eviction: bool,
+    /// The gateway numbers SSE events itself, keeps them, and answers
+    /// `Last-Event-ID` (a call's stream is read on while its client is
+    /// away). Default: false, or true with `[cluster] redis_url` (events
+    /// kept in Redis, so a client resumes on any replica).
+    pub resumption: Option<bool>,
+    /// How long a call's stream is read on after its client went away
+    /// [default: 300].
+    pub resume_drain_secs: Option<u64>,
+}
+
+/// `[cluster]`: replicas sharing sessions, limits and resumable streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `redis://host:port/db` (`rediss://` for TLS). Required with
+    /// `session_ids = "store"`; with `"sealed"` it shares revocations,
+    /// limits and streams when given.
+    pub redis_url: Option<Spanned<String>>,
+    /// `"store"` (records in Redis, the default) or `"sealed"` (the
+    /// routing state sealed into the session id).
+    #[serde(default)]
+    pub session_ids: SessionIds,
+    /// Prefix of every Redis key and channel [default: "mcpgw:"].
+    pub key_prefix: Option<String>,
+    /// One Redis command's timeout, connect included [default: 1000].
+    pub timeout_ms: Option<u64>,
+    /// Multiplexed Redis connections [default: 2].
+    pub pool_size: Option<usize>,
+    /// What `[limits]` do while Redis cannot be reached: `"fail_open"`
+    /// (the default) or `"fail_closed"`.
+    #[serde(default)]
+    pub on_redis_error: mcp_gateway_tower::cluster::FailMode,
+    /// How long a session or in-flight slot of a replica that died stays
+    /// taken, seconds; live replicas renew theirs [default: 30].
+    pub lease_secs: Option<u64>,
+    /// The environment variable holding the sealing keys
+    /// (`kid:base64key,…`, the first seals) [default:
+    /// "MCP_GATEWAY_SEAL_KEYS"].
+    pub seal_keys_env: Option<String>,
+    /// How long a sealed session id is accepted [default: 3600].
+    pub sealed_ttl_secs: Option<u64>,
+}
+
+/// `[cluster] session_ids`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionIds {
+    /// Session records in Redis.
+    #[default]
+    Store,
+    /// Routing state sealed into the id.
+    Sealed,
 }
 
 /// `[connections]`: caps on open client connections (`--max-connections`,

@@ -62,6 +62,7 @@ pub fn url(s: &Served) -> String {
 }
 
 /// A whole HTTP response.
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub headers: http::HeaderMap,

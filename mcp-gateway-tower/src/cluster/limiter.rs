@@ -34,8 +34,8 @@ pub struct LimiterStats {
     pub leases: u64,
 }
 
-/// How long a slot lives without renewal.
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a slot lives without renewal, by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// KEYS: one counter key per check. ARGV: lease ms, then per check: op
 /// (`h` hit, `a` acquire, `c` charge), three numbers, and a member:
@@ -123,6 +123,7 @@ return v
 struct Inner {
     redis: Redis,
     fail: FailMode,
+    lease: Duration,
     check_all: Script,
     renew: Script,
     charge: Script,
@@ -186,9 +187,18 @@ impl RedisLimiter {
     /// reached. Starts the tasks that renew and release slots (so must be
     /// called within a Tokio runtime).
     pub fn new(redis: Redis, fail: FailMode) -> Self {
+        Self::with_lease(redis, fail, DEFAULT_LEASE)
+    }
+
+    /// [`new`](Self::new) with slots that live `lease` without renewal
+    /// (renewed every third of it): how long a dead replica's slots stay
+    /// taken.
+    pub fn with_lease(redis: Redis, fail: FailMode, lease: Duration) -> Self {
+        let lease = lease.max(Duration::from_millis(300));
         let inner = Arc::new(Inner {
             redis,
             fail,
+            lease,
             check_all: Script::new(CHECK_ALL),
             renew: Script::new(RENEW),
             charge: Script::new(CHARGE),
@@ -233,7 +243,7 @@ impl RedisLimiter {
     async fn decide(&self, checks: Vec<Check>) -> Result<Vec<Slot>, (usize, Duration)> {
         let inner = &self.0;
         let mut inv = inner.check_all.prepare_invoke();
-        inv.arg(LEASE.as_millis() as u64);
+        inv.arg(inner.lease.as_millis() as u64);
         let mut members = Vec::new();
         for c in &checks {
             inv.key(self.key(&c.key));
@@ -410,7 +420,10 @@ async fn release_loop(weak: std::sync::Weak<Inner>) {
 
 /// Renews the slots this replica holds, every third of a lease.
 async fn renew_loop(weak: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(LEASE / 3);
+    let Some(lease) = weak.upgrade().map(|i| i.lease) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
@@ -425,7 +438,7 @@ async fn renew_loop(weak: std::sync::Weak<Inner>) {
             .collect();
         for chunk in held.chunks(500) {
             let mut inv = inner.renew.prepare_invoke();
-            inv.arg(LEASE.as_millis() as u64);
+            inv.arg(lease.as_millis() as u64);
             for (_, k, m) in chunk {
                 inv.arg(k).arg(m);
             }

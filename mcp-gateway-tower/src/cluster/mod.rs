@@ -35,7 +35,7 @@ mod sealed;
 mod sessions;
 
 pub use self::events::{RedisEventConfig, RedisEventStore};
-pub use self::limiter::{LimiterStats, RedisLimiter};
+pub use self::limiter::{LimiterStats, RedisLimiter, DEFAULT_LEASE};
 pub use self::sealed::{SealKeys, SealedConfig, SealedSessionStore};
 pub use self::sessions::{RedisSessionConfig, RedisSessionStore};
 
@@ -65,6 +65,13 @@ impl RedisConfig {
             pool_size: 2,
         }
     }
+
+    /// Whether the URL is one Redis can be reached at (its form only).
+    pub fn check(&self) -> Result<(), String> {
+        redis::Client::open(self.url.as_str())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// What the limiter does when Redis cannot be reached.
@@ -87,7 +94,8 @@ pub(crate) enum Notice {
     Updated(String),
     /// Sealed session id with this nonce (hex) was revoked.
     Revoked(String),
-    /// The channel was lost or (re)joined: what was cached may be stale.
+    /// The channel was (re)joined: notices may have been missed while it
+    /// was away, so what was cached may be stale.
     Resync,
 }
 
@@ -102,7 +110,7 @@ struct Inner {
     /// This replica's id, to tell its own notices from the others'.
     replica: String,
     listeners: Mutex<Vec<Listener>>,
-    /// Subscribed to the channel now: caches may be trusted.
+    /// Subscribed to the channel now.
     in_sync: AtomicBool,
     /// Notices heard so far (a cache skips storing what it read while a
     /// notice arrived).
@@ -213,8 +221,7 @@ impl Redis {
         Err(r)
     }
 
-    /// Whether this replica hears the notice channel now (caches are
-    /// trusted only then).
+    /// Whether this replica hears the notice channel now.
     pub fn in_sync(&self) -> bool {
         self.0.in_sync.load(Ordering::Acquire)
     }
@@ -238,7 +245,7 @@ impl Redis {
     }
 
     /// Calls `f` with every notice from other replicas (and a
-    /// [`Notice::Resync`] when the channel is lost or joined).
+    /// [`Notice::Resync`] each time the channel is joined).
     pub(crate) fn listen(&self, f: impl Fn(&Notice) + Send + Sync + 'static) {
         self.0
             .listeners
@@ -325,8 +332,7 @@ async fn listen(weak: std::sync::Weak<Inner>) {
                 }
                 if let Some(inner) = weak.upgrade() {
                     inner.in_sync.store(false, Ordering::Release);
-                    inner.dispatch(&Notice::Resync);
-                    tracing::warn!("redis notice channel lost: caches are off until it is back");
+                    tracing::warn!("redis notice channel lost: cached sessions go on, and are read again once it is back");
                 }
             }
             _ => {

@@ -9,6 +9,9 @@
 //!   timeout, capped by the maximum age) and returns the record;
 //! - a cached session's deadline is moved on in the background at most
 //!   every `idle_timeout / 8`, never on the request's path;
+//! - while Redis is away, cached sessions go on; a session this replica
+//!   never saw gets 503 (-32057, retry), not 404; when the notice channel
+//!   is joined again the cache starts over (notices may have been missed);
 //! - `remove` and the sweep delete the record and publish the end, so
 //!   every replica drops it from its cache;
 //! - the sweep claims expired sessions atomically: each is ended (audit,
@@ -256,9 +259,6 @@ impl Inner {
     /// The cached record, if the cache may be trusted; moves its deadline
     /// on in the background when due.
     fn cached(self: &Arc<Self>, id: &str) -> Option<Arc<SessionRecord>> {
-        if !self.redis.in_sync() {
-            return None;
-        }
         let s = self.shard(id).read().unwrap_or_else(|e| e.into_inner());
         let c = s.get(id)?;
         let now = self.now();
@@ -271,7 +271,7 @@ impl Inner {
         {
             let (inner, id) = (self.clone(), id.to_owned());
             tokio::spawn(async move {
-                if inner.fetch(&id).await.is_none() {
+                if let Ok(None) = inner.fetch(&id).await {
                     // Gone meanwhile (the notice may still be on its way).
                     inner.forget(&id);
                 }
@@ -281,7 +281,7 @@ impl Inner {
     }
 
     /// Reads the record from Redis, moving its deadline on.
-    async fn fetch(&self, id: &str) -> Option<SessionRecord> {
+    async fn fetch(&self, id: &str) -> Result<Option<SessionRecord>, String> {
         let mut c = self.redis.conn();
         let key = self.redis.key(&format!("s:{id}"));
         let mut inv = self.scripts.get.prepare_invoke();
@@ -294,9 +294,8 @@ impl Inner {
         let v: Option<Vec<u8>> = self
             .redis
             .run("session get", inv.invoke_async(&mut c))
-            .await
-            .ok()?;
-        record::decode(id, &v?, unix_ms())
+            .await?;
+        Ok(v.and_then(|v| record::decode(id, &v, unix_ms())))
     }
 }
 
@@ -339,20 +338,32 @@ impl SessionStore for RedisSessionStore {
     }
 
     fn get(&self, id: &str) -> Answer<'_, Option<Arc<SessionRecord>>> {
+        match self.get_checked(id) {
+            Answer::Ready(v) => Answer::Ready(v.map(|r| r.ok().flatten())),
+            Answer::Pending(f) => Answer::pending(async move { f.await.ok().flatten() }),
+        }
+    }
+
+    fn get_checked(&self, id: &str) -> Answer<'_, Result<Option<Arc<SessionRecord>>, StoreError>> {
+        // A cached session is served while Redis is away too: only what
+        // was never seen here needs Redis.
         if let Some(rec) = self.0.cached(id) {
-            return Answer::ready(Some(rec));
+            return Answer::ready(Ok(Some(rec)));
         }
         let id = id.to_owned();
         let inner = &self.0;
         Answer::pending(async move {
             let heard = inner.redis.heard();
-            let rec = Arc::new(inner.fetch(&id).await?);
+            let Some(rec) = inner.fetch(&id).await.map_err(StoreError::Backend)? else {
+                return Ok(None);
+            };
+            let rec = Arc::new(rec);
             // A notice heard meanwhile may be about this very session:
             // use what was read, but do not keep it.
             if inner.redis.in_sync() && inner.redis.heard() == heard {
                 inner.cache(rec.clone());
             }
-            Some(rec)
+            Ok(Some(rec))
         })
     }
 

@@ -649,8 +649,19 @@ where
     let Ok(sid) = sid.to_str() else {
         return Ok(not_found(first_id(&req).as_ref()));
     };
-    let Some(mut rec) = shared.store.get(sid).await else {
-        return Ok(not_found(first_id(&req).as_ref()));
+    let mut rec = match shared.store.get_checked(sid).await {
+        Ok(Some(rec)) => rec,
+        Ok(None) => return Ok(not_found(first_id(&req).as_ref())),
+        Err(e) => {
+            let e = GatewayError::new(
+                ErrorKind::StateUnavailable,
+                format!("Service Unavailable: {e}"),
+            );
+            let mut res = error_response(&e, first_id(&req).as_ref());
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(res);
+        }
     };
     let owner = session_owner(&req);
     if rec.owner() != owner {
