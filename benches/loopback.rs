@@ -37,7 +37,11 @@
 //! `nocaps` (the same without them: `MCPGW_BENCH_COMPARE=nocaps,gateway`
 //! measures what the caps cost), `logged` (`gateway` with the binary's
 //! access log, formatted at INFO into a sink), `secure`, `limits`, `audit`,
-//! `full`. Every role
+//! `full`, and `state-memory`, `state-redis`, `state-sealed` (limits
+//! counted on every call, with sessions and limits in process, in Redis as
+//! `[cluster]` keeps them, or sealed ids:
+//! `MCPGW_BENCH_COMPARE=state-memory,state-redis,state-sealed` starts a
+//! `redis-server` of its own and reports its CPU per call too). Every role
 //! serves as the `mcp-gateway` binary does by default (hyper's HTTP/1.1
 //! server, a 30 s header timeout, no busy polling); `<role>+builtin` serves
 //! it with the tuning knobs instead: the built-in HTTP/1.1 server and 50 µs
@@ -70,6 +74,8 @@ use mcp_gateway_core::session::InMemoryConfig;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "../tests/support/redis.rs"]
+mod redis_server;
 #[path = "support/stack.rs"]
 mod stack;
 use stack::bench_token;
@@ -256,6 +262,62 @@ fn secure_builder(
     b.limits(stack::generous_limits())
 }
 
+/// Sessions and limits kept as `store` says, with limits counted on every
+/// call (a rate and a cap on calls in flight, neither reached): `memory`
+/// (in process), `redis` (the session store, the limiter and resumable
+/// streams in the Redis `MCPGW_BENCH_REDIS` names, as `[cluster]` does),
+/// `sealed` (sealed session ids, the limiter in process).
+async fn serve_shared_state(upstream: String, store: &str) {
+    use mcp_gateway_tower::cluster::{
+        FailMode, Redis, RedisConfig, RedisEventConfig, RedisEventStore, RedisLimiter,
+        RedisSessionConfig, RedisSessionStore, SealKeys, SealedConfig, SealedSessionStore,
+    };
+    use mcp_gateway_tower::limit::{LimitConfig, Quota};
+    use std::sync::Arc;
+    let wide = Quota {
+        burst: 1_000_000_000,
+        per_second: 1e9,
+    };
+    let limits = LimitConfig {
+        principal_rate: Some(wide),
+        principal_in_flight: Some(1_000_000),
+        ..wide_session_caps()
+    };
+    let mut b = McpGateway::builder().upstream_url(&upstream).unwrap();
+    match store {
+        "memory" => b = b.limits(limits),
+        "redis" => {
+            let url = std::env::var("MCPGW_BENCH_REDIS").expect("MCPGW_BENCH_REDIS");
+            let redis = Redis::connect(&RedisConfig::new(url)).unwrap();
+            b = b
+                .session_store(Arc::new(RedisSessionStore::new(
+                    redis.clone(),
+                    RedisSessionConfig::default(),
+                )))
+                .limits_with(
+                    limits,
+                    Arc::new(RedisLimiter::new(redis.clone(), FailMode::FailOpen)),
+                )
+                .resumption(
+                    Arc::new(RedisEventStore::new(redis, RedisEventConfig::default())),
+                    Default::default(),
+                );
+        }
+        "sealed" => {
+            let keys = SealKeys::parse("1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+            b = b
+                .session_store(Arc::new(SealedSessionStore::new(
+                    keys,
+                    SealedConfig::default(),
+                    None,
+                )))
+                .limits(limits);
+        }
+        other => panic!("unknown store {other}"),
+    }
+    serve_app(b.build().unwrap()).await;
+}
+
 /// No limit but the per-client caps' default on calls in flight.
 fn wide_session_caps() -> mcp_gateway_tower::limit::LimitConfig {
     let wide = mcp_gateway_tower::limit::Quota {
@@ -350,15 +412,7 @@ impl Server {
     /// nanosecond (`/proc/<pid>/task/*/schedstat`; the ticks of `stat`
     /// are 10 ms, which over a short run is a microsecond per call).
     fn on_cpu_seconds(&self) -> f64 {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
-            return 0.0;
-        };
-        tasks
-            .filter_map(Result::ok)
-            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-            .sum::<f64>()
-            / 1e9
+        on_cpu_seconds(self.child.id())
     }
 
     /// (utime, stime) of the process, in seconds (USER_HZ = 100 on Linux).
@@ -457,6 +511,9 @@ struct Run {
     cpu_per_call: f64,
     /// The kernel's share of it (system time), per call.
     sys_per_call: f64,
+    /// CPU seconds of the Redis it shares state through per call (the
+    /// `state-redis` role).
+    redis_per_call: f64,
 }
 
 /// The median of each figure over repeated runs.
@@ -468,6 +525,7 @@ fn median(runs: &[Run]) -> Run {
         p99: Duration::from_secs_f64(mid(&|r| r.p99.as_secs_f64())),
         cpu_per_call: mid(&|r| r.cpu_per_call),
         sys_per_call: mid(&|r| r.sys_per_call),
+        redis_per_call: mid(&|r| r.redis_per_call),
     }
 }
 
@@ -505,6 +563,7 @@ async fn run(
     }
     let cpu0 = server.cpu_seconds();
     let on0 = server.on_cpu_seconds();
+    let redis0 = REDIS_PID.get().map_or(0.0, |p| on_cpu_seconds(*p));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (mut tx, sid) in setup {
@@ -528,6 +587,7 @@ async fn run(
     let wall = start.elapsed();
     let cpu1 = server.cpu_seconds();
     let on1 = server.on_cpu_seconds();
+    let redis1 = REDIS_PID.get().map_or(0.0, |p| on_cpu_seconds(*p));
     let (user, sys) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
     // The precise total where the kernel offers it, the ticks otherwise.
     let total = if on1 > on0 { on1 - on0 } else { user + sys };
@@ -544,8 +604,27 @@ async fn run(
         } else {
             0.0
         } / lat.len() as f64,
+        redis_per_call: (redis1 - redis0) / lat.len() as f64,
     }
 }
+
+/// Time process `pid`'s threads have spent on a CPU, in seconds, to the
+/// nanosecond (`/proc/<pid>/task/*/schedstat`).
+fn on_cpu_seconds(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
+}
+
+/// The Redis the `state-redis` role shares its state through, started
+/// by the load client when `MCPGW_BENCH_REDIS` does not name one.
+static REDIS_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -595,6 +674,9 @@ fn server_role(args: &[String]) -> bool {
             "full" => serve_full_gateway(upstream, true, true).await,
             "limits" => serve_full_gateway(upstream, true, false).await,
             "audit" => serve_full_gateway(upstream, false, true).await,
+            "state-memory" | "state-redis" | "state-sealed" => {
+                serve_shared_state(upstream, &role["state-".len()..]).await
+            }
             other => panic!("unknown role {other}"),
         }
     });
@@ -734,8 +816,14 @@ async fn compare(
             .zip(&runs[0])
             .map(|(a, b)| a.rps / b.rps)
             .collect());
+        let redis = mid(runs[i].iter().map(|r| r.redis_per_call * 1e6).collect());
+        let redis = if t.name.starts_with("state-redis") {
+            format!(" (+ redis-server {redis:.1} µs/call)")
+        } else {
+            String::new()
+        };
         println!(
-            "{mode} {conns} conns {:<10} {rps:>8.0} req/s  p50 {p50:>7.1} µs  CPU {cpu:>5.1} µs/call | vs {}: p50 {d_p50:+.1} µs, CPU {d_cpu:+.1} µs/call, throughput ×{ratio:.2}",
+            "{mode} {conns} conns {:<12} {rps:>8.0} req/s  p50 {p50:>7.1} µs  CPU {cpu:>5.1} µs/call{redis} | vs {}: p50 {d_p50:+.1} µs, CPU {d_cpu:+.1} µs/call, throughput ×{ratio:.2}",
             t.name, targets[0].name
         );
     }
@@ -765,6 +853,18 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
     // figure and of the paired differences against the first role (the
     // machine's drift cancels in a pair; it does not across a median).
     if let Ok(roles) = std::env::var("MCPGW_BENCH_COMPARE") {
+        // The state-redis role shares its state through a Redis of its own
+        // unless MCPGW_BENCH_REDIS names one.
+        let _redis = if roles.contains("state-redis") && std::env::var("MCPGW_BENCH_REDIS").is_err()
+        {
+            let r = redis_server::RedisServer::start_volatile("bench")
+                .expect("the state-redis role needs redis-server (scripts/redis.sh installs it)");
+            std::env::set_var("MCPGW_BENCH_REDIS", r.url());
+            let _ = REDIS_PID.set(r.pid());
+            Some(r)
+        } else {
+            None
+        };
         compare(&stub, &bearer, &roles, &mode, conns, calls, reps).await;
         return;
     }

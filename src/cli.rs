@@ -521,6 +521,19 @@ impl Cli {
                 features.push(name);
             }
         }
+        if let Some(c) = &cfg.cluster {
+            features.push(match (c.session_ids, c.redis_url.is_some()) {
+                (crate::config::SessionIds::Store, _) => {
+                    "cluster (sessions, limits, streams in redis)"
+                }
+                (crate::config::SessionIds::Sealed, true) => {
+                    "cluster (sealed session ids; revocations, limits, streams in redis)"
+                }
+                (crate::config::SessionIds::Sealed, false) => "sealed session ids",
+            });
+        } else if cfg.sessions.resumption == Some(true) {
+            features.push("resumable streams");
+        }
         features.push("per-client caps");
         let summary = Summary {
             backends: cfg

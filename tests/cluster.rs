@@ -618,3 +618,197 @@ async fn sealed_session_ids_need_no_store_and_deletes_reach_every_replica() {
         started.elapsed()
     );
 }
+
+mod library {
+    //! The shared stores on their own, with Redis's own counters as the
+    //! witness of how many round trips a decision takes.
+
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use mcp_gateway_core::session::{SessionId, SessionRecord, SessionStore};
+    use mcp_gateway_tower::cluster::{
+        FailMode, Redis, RedisConfig, RedisEventConfig, RedisEventStore, RedisLimiter,
+        RedisSessionConfig, RedisSessionStore,
+    };
+    use mcp_gateway_tower::limit::{Check, CheckOp, LimitKey, LimitKind, Limiter, Quota};
+    use mcp_gateway_tower::resume::{
+        EventStore, EventStoreError, StoredEvent, StreamEnd, StreamKey,
+    };
+
+    use super::RedisServer;
+
+    fn redis(server: &RedisServer, prefix: &str) -> Redis {
+        let mut cfg = RedisConfig::new(server.url());
+        cfg.key_prefix = prefix.into();
+        Redis::connect(&cfg).unwrap()
+    }
+
+    fn key(kind: LimitKind) -> LimitKey {
+        LimitKey {
+            kind,
+            subject: "ann".into(),
+            tool: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_is_decided_in_one_round_trip_and_releases_ride_along() {
+        let Some(server) = RedisServer::start("limiter") else {
+            return;
+        };
+        let limiter = RedisLimiter::new(redis(&server, "lim:"), FailMode::FailClosed);
+        let checks = || {
+            vec![
+                Check {
+                    key: key(LimitKind::PrincipalRate),
+                    op: CheckOp::Hit(Quota {
+                        burst: 1000,
+                        per_second: 1000.0,
+                    }),
+                },
+                Check {
+                    key: key(LimitKind::PrincipalInFlight),
+                    op: CheckOp::Acquire(3),
+                },
+            ]
+        };
+        // Warm: the script is loaded once.
+        drop(limiter.check_all(checks()).await.unwrap());
+        let before = server.calls("evalsha");
+        for _ in 0..200 {
+            let slots = limiter.check_all(checks()).await.unwrap();
+            assert_eq!(slots.len(), 1);
+        }
+        let decisions = server.calls("evalsha") - before;
+        let stats = limiter.stats();
+        println!(
+            "200 calls: {decisions} scripts run by Redis, {} round trips of their own for releases",
+            stats.release_trips
+        );
+        assert_eq!(decisions, 200, "one round trip per call");
+        assert!(stats.release_trips <= 2, "{stats:?}");
+        // The cap holds: three slots, a fourth refused, one back after a
+        // release.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.extend(limiter.check_all(checks()).await.unwrap());
+        }
+        let refused = limiter.check_all(checks()).await.unwrap_err();
+        assert_eq!(refused.0, 1, "the in-flight check refused");
+        held.pop();
+        let started = Instant::now();
+        while limiter.check_all(checks()).await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(5));
+            tokio::task::yield_now().await;
+        }
+        // A refused call spends nothing: the rate bucket is untouched.
+        let strict = Check {
+            key: key(LimitKind::PrincipalToolRate),
+            op: CheckOp::Hit(Quota {
+                burst: 1,
+                per_second: 0.001,
+            }),
+        };
+        let full = Check {
+            key: key(LimitKind::BackendInFlight),
+            op: CheckOp::Acquire(0),
+        };
+        assert!(limiter.check_all(vec![strict.clone(), full]).await.is_err());
+        assert!(limiter.check_all(vec![strict.clone()]).await.is_ok());
+        assert!(limiter.check_all(vec![strict]).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_are_read_once_per_replica_and_ended_everywhere() {
+        let Some(server) = RedisServer::start("store") else {
+            return;
+        };
+        let (ra, rb) = (redis(&server, "st:"), redis(&server, "st:"));
+        let a = RedisSessionStore::new(ra.clone(), RedisSessionConfig::default());
+        let b = RedisSessionStore::new(rb.clone(), RedisSessionConfig::default());
+        // Both hear the notice channel before the test goes on.
+        let started = Instant::now();
+        while !(ra.in_sync() && rb.in_sync()) {
+            assert!(started.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ended = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = ended.clone();
+        b.on_remote_end(Arc::new(move |id: &str| {
+            seen.lock().unwrap().push(id.into())
+        }));
+        let rec = SessionRecord::new(
+            SessionId::random(),
+            0,
+            Some(http::HeaderValue::from_static("up-1")),
+        )
+        .with_owner(Some("ann".into()));
+        let id = a.insert(rec).await.unwrap().id().as_str().to_owned();
+        // The lookup script is loaded (EVALSHA, NOSCRIPT, SCRIPT LOAD) once.
+        assert!(b.get("unknown").await.is_none());
+        let before = server.calls("evalsha");
+        for _ in 0..50 {
+            let r = b.get(&id).await.unwrap();
+            assert_eq!(r.upstream_id(), Some("up-1"));
+            assert_eq!(r.owner(), Some("ann"));
+        }
+        assert_eq!(
+            server.calls("evalsha") - before,
+            1,
+            "read once, then cached"
+        );
+        assert!(a.remove(&id).await.is_some());
+        let started = Instant::now();
+        while b.get(&id).await.is_some() {
+            assert!(started.elapsed() < Duration::from_secs(5), "still cached");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*ended.lock().unwrap(), std::slice::from_ref(&id));
+        assert!(a.remove(&id).await.is_none(), "ended once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_are_kept_in_order_with_their_end() {
+        let Some(server) = RedisServer::start("events") else {
+            return;
+        };
+        let store = RedisEventStore::new(redis(&server, "ev:"), RedisEventConfig::default());
+        let k = StreamKey::fresh(&SessionId::random(), false);
+        let event = |seq: u64, end: Option<StreamEnd>| StoredEvent {
+            seq,
+            upstream_id: (seq == 1).then(|| Bytes::from_static(b"up-1")),
+            wire: Bytes::from(format!("id: x.{seq}\ndata: {seq}\n\n")),
+            end,
+        };
+        store.append(&k, event(0, None));
+        for seq in 1..=3 {
+            store.append(&k, event(seq, None));
+        }
+        // Waits for what is still on its way (the writer is asynchronous).
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let after = got.last().map_or(0, |e: &StoredEvent| e.seq);
+            got.extend(store.read(&k, after, Duration::from_secs(2)).await.unwrap());
+        }
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(got[0].upstream_id.as_deref(), Some(&b"up-1"[..]));
+        assert_eq!(got[2].wire, event(3, None).wire);
+        // A reader waiting for more wakes on the append.
+        let reader = {
+            let (store, k) = (store.clone(), k.clone());
+            tokio::spawn(async move { store.read(&k, 3, Duration::from_secs(10)).await })
+        };
+        store.append(&k, event(4, Some(StreamEnd::Done)));
+        let tail = reader.await.unwrap().unwrap();
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0].end, Some(StreamEnd::Done));
+        assert_eq!(store.header(&k).await.unwrap(), event(0, None).wire);
+        let unknown = StreamKey::fresh(&SessionId::random(), true);
+        assert_eq!(
+            store.read(&unknown, 0, Duration::ZERO).await.unwrap_err(),
+            EventStoreError::Unknown
+        );
+    }
+}

@@ -478,8 +478,7 @@ impl GatewayConfig {
             },
             None => None,
         };
-        let mut shared = Shared::default();
-        shared.sessions = Some(match keys {
+        let sessions: Arc<dyn mcp_gateway_core::session::SessionStore> = match keys {
             Some(keys) => {
                 let mut sc = SealedConfig::default();
                 if let Some(s) = c.sealed_ttl_secs {
@@ -497,7 +496,11 @@ impl GatewayConfig {
                 };
                 Arc::new(RedisSessionStore::new(redis, sc))
             }
-        });
+        };
+        let mut shared = Shared {
+            sessions: Some(sessions),
+            ..Shared::default()
+        };
         if let Some(redis) = redis {
             let lease = c.lease_secs.map_or(
                 mcp_gateway_tower::cluster::DEFAULT_LEASE,

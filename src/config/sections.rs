@@ -473,7 +473,8 @@ pub struct ClusterSection {
     pub key_prefix: Option<String>,
     /// One Redis command's timeout, connect included [default: 1000].
     pub timeout_ms: Option<u64>,
-    /// Multiplexed Redis connections [default: 2].
+    /// Multiplexed Redis connections, each serving thread keeping to one
+    /// [default: one per core, at least 2].
     pub pool_size: Option<usize>,
     /// What `[limits]` do while Redis cannot be reached: `"fail_open"`
     /// (the default) or `"fail_closed"`.

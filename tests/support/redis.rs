@@ -1,6 +1,7 @@
 //! A real `redis-server` for the tests that share state through Redis:
 //! started on a free loopback port with its data in a scratch directory
-//! (appended to disk, so a restart keeps it), killed by pid when dropped.
+//! (appended to disk, so a restart keeps it; in memory only for the
+//! benchmarks), killed by pid when dropped.
 //!
 //! `scripts/redis.sh` installs Debian's `redis-server` and sets
 //! `MCPGW_REQUIRE_REDIS=1`; without it, a machine lacking the server skips
@@ -17,12 +18,24 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// Every write on disk before it is acknowledged (so a killed server
+    /// comes back with it); off for benchmarks.
+    durable: bool,
 }
 
 impl RedisServer {
     /// A fresh server; `None` (with a message) when `redis-server` is not
     /// installed and the run does not require it.
     pub fn start(tag: &str) -> Option<RedisServer> {
+        Self::start_with(tag, true)
+    }
+
+    /// A server that keeps its data in memory only (benchmarks).
+    pub fn start_volatile(tag: &str) -> Option<RedisServer> {
+        Self::start_with(tag, false)
+    }
+
+    fn start_with(tag: &str, durable: bool) -> Option<RedisServer> {
         let bin = std::env::var("MCPGW_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let found = Command::new(&bin)
             .arg("--version")
@@ -51,6 +64,7 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            durable,
         };
         r.spawn();
         Some(r)
@@ -64,7 +78,11 @@ impl RedisServer {
         .args(["--bind", "127.0.0.1"])
         .args(["--dir", self.dir.to_str().unwrap()])
         .args(["--save", ""])
-        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .args(if self.durable {
+            ["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            ["--appendonly", "no", "--appendfsync", "no"]
+        })
         .args(["--daemonize", "no", "--loglevel", "warning"])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -89,6 +107,43 @@ impl RedisServer {
         }
         let mut buf = [0u8; 7];
         s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// The server's pid (0 once killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// `INFO <section>`, as text.
+    pub fn info(&self, section: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(format!("INFO {section}\r\n").as_bytes())
+            .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        let len: usize = std::str::from_utf8(&head[1..head.len() - 2])
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; len + 2];
+        s.read_exact(&mut body).unwrap();
+        String::from_utf8_lossy(&body[..len]).into_owned()
+    }
+
+    /// How many times Redis ran `command` (from `INFO commandstats`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats = self.info("commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn url(&self) -> String {

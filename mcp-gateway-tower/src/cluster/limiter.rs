@@ -7,7 +7,9 @@
 //! - in-flight and session caps: a sorted set of leases per key, each
 //!   expiring `lease` after it was last renewed; the replica holding a
 //!   slot renews it in the background and releases it when the slot is
-//!   dropped, so a dead replica's slots come back by themselves;
+//!   dropped (the release rides along with the next decision, or goes on
+//!   its own within 5 ms when none comes), so a dead replica's slots come
+//!   back by themselves;
 //! - budgets: a counter per fixed window.
 
 use std::collections::HashMap;
@@ -32,13 +34,19 @@ pub struct LimiterStats {
     pub failed: u64,
     /// Slots held by this replica now.
     pub leases: u64,
+    /// Round trips made only to release slots (no decision came within
+    /// 5 ms to take them along).
+    pub release_trips: u64,
 }
 
 /// How long a slot lives without renewal, by default.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
-/// KEYS: one counter key per check. ARGV: lease ms, then per check: op
-/// (`h` hit, `a` acquire, `c` charge), three numbers, and a member:
+/// KEYS: one counter key per check. ARGV: lease ms, the number `r` of
+/// slots released since the last decision, `r` (key, member) pairs (taken
+/// back first: a release rides along with the next decision instead of a
+/// round trip of its own), then per check: op (`h` hit, `a` acquire, `c`
+/// charge), three numbers, and a member:
 /// - `h`: emission interval (ms), burst, -, -
 /// - `a`: max, -, -, member
 /// - `c`: budget amount, window ms, amount, -
@@ -49,9 +57,14 @@ const CHECK_ALL: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
+local released = tonumber(ARGV[2])
+for j = 0, released - 1 do
+  redis.call('ZREM', ARGV[3 + 2 * j], ARGV[4 + 2 * j])
+end
+local first = 3 + 2 * released
 local plan = {}
 for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 5
+  local base = first + (i - 1) * 5
   local op = ARGV[base]
   local a, b, c, m = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), ARGV[base + 4]
   local k = KEYS[i]
@@ -74,7 +87,7 @@ for i = 1, #KEYS do
   end
 end
 for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 5
+  local base = first + (i - 1) * 5
   local op = ARGV[base]
   local k = KEYS[i]
   if op == 'h' then
@@ -135,6 +148,7 @@ struct Inner {
     release_now: Arc<Notify>,
     decided: AtomicU64,
     failed: AtomicU64,
+    release_trips: AtomicU64,
 }
 
 /// Limits shared by replicas through Redis. See the module docs.
@@ -182,6 +196,20 @@ impl Drop for Lease {
     }
 }
 
+impl Inner {
+    /// Releases that could not be sent, queued again (bounded: the
+    /// leases expire anyway).
+    fn put_back(&self, batch: Vec<(String, String)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut q = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() < 100_000 {
+            q.extend(batch);
+        }
+    }
+}
+
 impl RedisLimiter {
     /// A limiter on `redis`; `fail` says what happens while it cannot be
     /// reached. Starts the tasks that renew and release slots (so must be
@@ -208,6 +236,7 @@ impl RedisLimiter {
             release_now: Arc::new(Notify::new()),
             decided: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            release_trips: AtomicU64::new(0),
         });
         tokio::spawn(release_loop(Arc::downgrade(&inner)));
         tokio::spawn(renew_loop(Arc::downgrade(&inner)));
@@ -225,6 +254,7 @@ impl RedisLimiter {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .len() as u64,
+            release_trips: self.0.release_trips.load(Ordering::Relaxed),
         }
     }
 
@@ -244,6 +274,16 @@ impl RedisLimiter {
         let inner = &self.0;
         let mut inv = inner.check_all.prepare_invoke();
         inv.arg(inner.lease.as_millis() as u64);
+        // Slots released since the last decision go back in this one.
+        let released: Vec<(String, String)> = {
+            let mut q = inner.released.lock().unwrap_or_else(|e| e.into_inner());
+            let n = q.len().min(64);
+            q.drain(..n).collect()
+        };
+        inv.arg(released.len());
+        for (k, m) in &released {
+            inv.arg(k).arg(m);
+        }
         let mut members = Vec::new();
         for c in &checks {
             inv.key(self.key(&c.key));
@@ -302,6 +342,7 @@ impl RedisLimiter {
                 Err((i, retry))
             }
             Err(_) => {
+                inner.put_back(released);
                 inner.failed.fetch_add(1, Ordering::Relaxed);
                 match inner.fail {
                     FailMode::FailOpen => Ok(Vec::new()),
@@ -382,23 +423,47 @@ impl Limiter for RedisLimiter {
 async fn release_loop(weak: std::sync::Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
+        if !inner
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            // The next decision usually takes them along: only what is
+            // still queued a moment later goes in a round trip of its own.
+            drop(inner);
+            tokio::time::sleep(RELEASE_AFTER).await;
+            let Some(again) = weak.upgrade() else { return };
+            release_queued(&again).await;
+            continue;
+        }
+        let notified = inner.release_now.clone().notified_owned();
+        drop(inner);
+        // Wakes for a release, or now and then to see the limiter went.
+        let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+    }
+}
+
+/// How long a released slot waits for a decision to take it along.
+const RELEASE_AFTER: Duration = Duration::from_millis(5);
+
+/// Sends what is queued for release, in batches.
+async fn release_queued(inner: &Inner) {
+    loop {
         let batch: Vec<(String, String)> = {
             let mut q = inner.released.lock().unwrap_or_else(|e| e.into_inner());
             let n = q.len().min(512);
             q.drain(..n).collect()
         };
         if batch.is_empty() {
-            let notified = inner.release_now.clone().notified_owned();
-            drop(inner);
-            // Wakes for a release, or now and then to see the limiter went.
-            let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
-            continue;
+            return;
         }
         let mut pipe = redis::pipe();
         for (k, m) in &batch {
             pipe.cmd("ZREM").arg(k).arg(m).ignore();
         }
         let mut c = inner.redis.conn();
+        inner.release_trips.fetch_add(1, Ordering::Relaxed);
         if inner
             .redis
             .run("limit release", pipe.query_async::<()>(&mut c))
@@ -406,14 +471,9 @@ async fn release_loop(weak: std::sync::Weak<Inner>) {
             .is_err()
         {
             // Put them back for the next try (the leases expire anyway).
-            {
-                let mut q = inner.released.lock().unwrap_or_else(|e| e.into_inner());
-                if q.len() < 100_000 {
-                    q.extend(batch);
-                }
-            }
-            drop(inner);
+            inner.put_back(batch);
             tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
         }
     }
 }

@@ -51,7 +51,8 @@ pub struct RedisConfig {
     /// How long one command may take before it counts as failed (connect
     /// included). Default: 1 s.
     pub timeout: Duration,
-    /// Multiplexed connections, used in turn. Default: 2.
+    /// Multiplexed connections; each thread keeps to one. Default: one per
+    /// core, at least 2.
     pub pool_size: usize,
 }
 
@@ -62,7 +63,9 @@ impl RedisConfig {
             url: url.into(),
             key_prefix: "mcpgw:".into(),
             timeout: Duration::from_secs(1),
-            pool_size: 2,
+            pool_size: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 64),
         }
     }
 
@@ -101,10 +104,12 @@ pub(crate) enum Notice {
 
 type Listener = Box<dyn Fn(&Notice) + Send + Sync>;
 
+/// Numbers threads for [`Redis::conn`].
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
 struct Inner {
     client: redis::Client,
     conns: Vec<ConnectionManager>,
-    next: AtomicUsize,
     prefix: String,
     timeout: Duration,
     /// This replica's id, to tell its own notices from the others'.
@@ -153,7 +158,6 @@ impl Redis {
         let redis = Redis(Arc::new(Inner {
             client,
             conns,
-            next: AtomicUsize::new(0),
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
             replica,
@@ -166,9 +170,14 @@ impl Redis {
         Ok(redis)
     }
 
-    /// A connection (they are used in turn).
+    /// This thread's connection: each serving thread keeps to one (whose
+    /// driver then runs on that thread's runtime, so a round trip wakes no
+    /// other thread); threads beyond the pool share.
     pub(crate) fn conn(&self) -> ConnectionManager {
-        let i = self.0.next.fetch_add(1, Ordering::Relaxed) % self.0.conns.len();
+        thread_local! {
+            static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+        }
+        let i = SLOT.with(|s| *s) % self.0.conns.len();
         self.0.conns[i].clone()
     }
 

@@ -105,13 +105,24 @@ impl Default for SealedConfig {
     }
 }
 
+/// Nonces are a random fixed field drawn when the store starts (and again
+/// whenever the counter wraps) and a counter: unique per key without a
+/// system call per session (NIST SP 800-38D, 8.2.1).
+struct Nonces {
+    fixed: [u8; 8],
+    counter: u32,
+}
+
+type NonceBytes = [u8; NONCE_LEN];
+
 struct Inner {
     keys: SealKeys,
     cfg: SealedConfig,
     redis: Option<Redis>,
     rng: SystemRandom,
-    /// Revoked nonces (hex) → when the id expires anyway (Unix ms).
-    revoked: RwLock<HashMap<String, u64>>,
+    nonces: std::sync::Mutex<Nonces>,
+    /// Revoked nonces → when the id expires anyway (Unix ms).
+    revoked: RwLock<HashMap<NonceBytes, u64>>,
     /// Sessions moved since they were sealed (a drain): id → record.
     moved: RwLock<HashMap<Arc<str>, Arc<SessionRecord>>>,
     live: AtomicUsize,
@@ -134,11 +145,15 @@ impl SealedSessionStore {
     /// A store sealing with `keys`; revocations shared through `redis`
     /// when given.
     pub fn new(keys: SealKeys, cfg: SealedConfig, redis: Option<Redis>) -> Self {
+        let rng = SystemRandom::new();
+        let mut fixed = [0u8; 8];
+        rng.fill(&mut fixed).expect("the system's random generator");
         let inner = Arc::new(Inner {
             keys,
             cfg,
             redis: redis.clone(),
-            rng: SystemRandom::new(),
+            rng,
+            nonces: std::sync::Mutex::new(Nonces { fixed, counter: 0 }),
             revoked: RwLock::new(HashMap::new()),
             moved: RwLock::new(HashMap::new()),
             live: AtomicUsize::new(0),
@@ -148,9 +163,11 @@ impl SealedSessionStore {
             redis.listen(move |n| {
                 let Some(inner) = weak.upgrade() else { return };
                 match n {
-                    Notice::Revoked(nonce) => {
-                        let until = unix_ms() + inner.cfg.ttl.as_millis() as u64;
-                        inner.revoke_here(nonce.clone(), until);
+                    Notice::Revoked(hex) => {
+                        if let Some(nonce) = from_hex(hex) {
+                            let until = unix_ms() + inner.cfg.ttl.as_millis() as u64;
+                            inner.revoke_here(nonce, until);
+                        }
                     }
                     Notice::Resync => {
                         // Revocations published while the channel was away
@@ -191,11 +208,7 @@ impl SealedSessionStore {
         )?;
         field(&mut plain, rec.owner().map(str::as_bytes))?;
         field(&mut plain, rec.upstream_header().map(|h| h.as_bytes()))?;
-        let mut nonce = [0u8; NONCE_LEN];
-        inner
-            .rng
-            .fill(&mut nonce)
-            .map_err(|_| StoreError::Backend("no randomness for a nonce".into()))?;
+        let nonce = inner.next_nonce()?;
         let key = &inner.keys.keys[&inner.keys.current];
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
@@ -217,7 +230,7 @@ impl SealedSessionStore {
     }
 
     /// [`open`](Self::open), with the id's nonce (hex) and end of life.
-    fn open_with_nonce(&self, id: &str) -> Option<(SessionRecord, String, u64)> {
+    fn open_with_nonce(&self, id: &str) -> Option<(SessionRecord, NonceBytes, u64)> {
         let inner = &self.0;
         let mut raw = URL_SAFE_NO_PAD.decode(id).ok()?;
         if raw.len() < 1 + NONCE_LEN + 16 {
@@ -247,10 +260,9 @@ impl SealedSessionStore {
         if now >= eol {
             return None;
         }
-        let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
         {
             let revoked = inner.revoked.read().unwrap_or_else(|e| e.into_inner());
-            if !revoked.is_empty() && revoked.contains_key(&hex) {
+            if !revoked.is_empty() && revoked.contains_key(&nonce) {
                 return None;
             }
         }
@@ -266,8 +278,23 @@ impl SealedSessionStore {
             .with_owner(owner)
             .with_detached(detached)
             .with_age(Duration::from_millis(now.saturating_sub(started)));
-        Some((rec, hex, eol))
+        Some((rec, nonce, eol))
     }
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<NonceBytes> {
+    if s.len() != NONCE_LEN * 2 {
+        return None;
+    }
+    let mut out = [0u8; NONCE_LEN];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -291,7 +318,22 @@ impl<'a> Reader<'a> {
 }
 
 impl Inner {
-    fn revoke_here(&self, nonce: String, until: u64) {
+    fn next_nonce(&self) -> Result<NonceBytes, StoreError> {
+        let mut n = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        if n.counter == u32::MAX {
+            self.rng
+                .fill(&mut n.fixed)
+                .map_err(|_| StoreError::Backend("no randomness for a nonce".into()))?;
+            n.counter = 0;
+        }
+        n.counter += 1;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..8].copy_from_slice(&n.fixed);
+        nonce[8..].copy_from_slice(&n.counter.to_be_bytes());
+        Ok(nonce)
+    }
+
+    fn revoke_here(&self, nonce: NonceBytes, until: u64) {
         let mut r = self.revoked.write().unwrap_or_else(|e| e.into_inner());
         if r.len() >= 1_000_000 {
             let now = unix_ms();
@@ -328,8 +370,8 @@ async fn load_revocations(inner: Arc<Inner>) {
         };
         let until = unix_ms() + inner.cfg.ttl.as_millis() as u64;
         for k in keys {
-            if let Some(nonce) = k.strip_prefix(&prefix) {
-                inner.revoke_here(nonce.to_owned(), until);
+            if let Some(nonce) = k.strip_prefix(&prefix).and_then(from_hex) {
+                inner.revoke_here(nonce, until);
             }
         }
         if next == 0 {
@@ -376,7 +418,8 @@ impl SessionStore for SealedSessionStore {
             return Answer::ready(None);
         };
         let inner = &self.0;
-        inner.revoke_here(nonce.clone(), eol);
+        inner.revoke_here(nonce, eol);
+        let nonce = to_hex(&nonce);
         inner
             .moved
             .write()
