@@ -462,7 +462,7 @@ async fn redis_killed_and_restarted_under_load() {
         &config(
             &backend,
             &format!("redis_url = \"{}\"\ntimeout_ms = 300", redis.url()),
-            limits,
+            &format!("{limits}[observability]\nmetrics_path = \"/metrics\"\n"),
         ),
     );
     let closed = dir.file(
@@ -546,6 +546,27 @@ async fn redis_killed_and_restarted_under_load() {
     check_burst(&r, 60, 1);
     for p in [&a, &b, &c] {
         assert!(!p.log().contains("panicked"), "{}", p.log());
+    }
+    // The outage is counted where an operator looks.
+    let scrape = send("GET", &a.url.replace("/mcp", "/metrics"), None, &[], "")
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&scrape.body);
+    for name in [
+        "mcp_gateway_redis_errors_total",
+        "mcp_gateway_limit_undecided_total",
+    ] {
+        let value: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .split_whitespace()
+                    .last()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{name} missing from the scrape"));
+        assert!(value > 0.0, "{name} = {value}");
     }
 }
 

@@ -506,16 +506,34 @@ impl GatewayConfig {
                 mcp_gateway_tower::cluster::DEFAULT_LEASE,
                 Duration::from_secs,
             );
-            shared.limiter = Some(Arc::new(RedisLimiter::with_lease(
-                redis.clone(),
-                c.on_redis_error,
-                lease,
-            )));
-            if self.sessions.resumption != Some(false) {
-                shared.events = Some(Arc::new(RedisEventStore::new(
-                    redis,
-                    RedisEventConfig::default(),
-                )));
+            let limiter = RedisLimiter::with_lease(redis.clone(), c.on_redis_error, lease);
+            let events = (self.sessions.resumption != Some(false))
+                .then(|| RedisEventStore::new(redis.clone(), RedisEventConfig::default()));
+            if let Some(m) = self.telemetry.as_ref().and_then(|t| t.metrics.as_ref()) {
+                use mcp_gateway_tower::telemetry::names;
+                let r = redis.clone();
+                m.watch_counter(
+                    names::REDIS_ERRORS,
+                    "Redis commands that failed or timed out",
+                    move || r.failures(),
+                );
+                let l = limiter.clone();
+                m.watch_counter(
+                    names::LIMIT_UNDECIDED,
+                    "Limit decisions taken without Redis (on_redis_error)",
+                    move || l.stats().failed,
+                );
+                if let Some(e) = events.clone() {
+                    m.watch_counter(
+                        names::RESUME_EVENTS_DROPPED,
+                        "Stream events the shared event store could not keep",
+                        move || e.dropped(),
+                    );
+                }
+            }
+            shared.limiter = Some(Arc::new(limiter));
+            if let Some(e) = events {
+                shared.events = Some(Arc::new(e));
             }
         } else if resume_memory {
             shared.events = Some(Arc::new(InMemoryEventStore::default()));

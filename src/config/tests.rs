@@ -129,3 +129,45 @@ fn timeouts_sessions_and_forwarding_come_from_the_file_and_backends_override() {
     let e = error(&format!("{GOOD}\n[timeouts]\nclient_idle = 3\n"));
     assert!(e.to_string().contains("unknown field `client_idle`"), "{e}");
 }
+
+#[test]
+fn cluster_settings_are_checked_before_anything_connects() {
+    let base = "[backend]\nurls = [\"http://127.0.0.1:9/mcp\"]\n";
+    for (table, key, says) in [
+        ("[cluster]\n", "cluster.redis_url", "required"),
+        (
+            "[cluster]\nredis_url = \"nope://x\"\n",
+            "cluster.redis_url",
+            "",
+        ),
+        (
+            "[cluster]\nredis_url = \"redis://127.0.0.1:1/0\"\nlease_secs = 0\n",
+            "cluster.lease_secs",
+            "more than 0",
+        ),
+        (
+            "[cluster]\nredis_url = \"redis://127.0.0.1:1/0\"\ntimeout_ms = 0\n",
+            "cluster.timeout_ms",
+            "more than 0",
+        ),
+        (
+            "[cluster]\nsession_ids = \"sealed\"\nseal_keys_env = \"MCPGW_TEST_NO_SUCH_KEYS\"\n",
+            "cluster.seal_keys_env",
+            "MCPGW_TEST_NO_SUCH_KEYS is not set",
+        ),
+        (
+            "[cluster]\nsession_ids = \"sideways\"\n",
+            "cluster.session_ids",
+            "",
+        ),
+    ] {
+        let e = error(&format!("{base}{table}"));
+        assert_eq!(e.key.as_deref(), Some(key), "{table}: {e}");
+        assert!(e.message.contains(says), "{table}: {e}");
+    }
+    // Checking a file connects to nothing: Redis need not be up.
+    let ok = format!(
+        "{base}[cluster]\nredis_url = \"redis://127.0.0.1:1/0\"\n[sessions]\nresumption = true\n"
+    );
+    GatewayConfig::parse(&ok, Path::new(".")).unwrap();
+}

@@ -380,6 +380,24 @@ impl Metrics {
         self.keep(c);
     }
 
+    /// Reports what `read` counts as the counter `name` (one of the
+    /// gateway's own in [`names`](super::names), e.g. the shared state's
+    /// errors), read at each collection.
+    pub fn watch_counter(
+        &self,
+        name: &'static str,
+        description: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        let c = self
+            .meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |o| o.observe(read(), &[]))
+            .build();
+        self.keep(c);
+    }
+
     /// What the HTTP client calls with each connection set-up's duration,
     /// for backend `backend`.
     pub fn connect_observer(

@@ -45,6 +45,14 @@ pub const POLICY_DENIALS: &str = "mcp.gateway.policy.denials";
 pub const PIN_VIOLATIONS: &str = "mcp.gateway.pin.violations";
 /// Counter: audit records dropped by a full sink.
 pub const AUDIT_DROPPED: &str = "mcp.gateway.audit.dropped";
+/// Counter: commands to the Redis replicas share that failed or timed out.
+pub const REDIS_ERRORS: &str = "mcp.gateway.redis.errors";
+/// Counter: limit decisions taken without Redis (let through with
+/// `fail_open`, refused with `fail_closed`).
+pub const LIMIT_UNDECIDED: &str = "mcp.gateway.limit.undecided";
+/// Counter: stream events the shared event store could not keep (its
+/// writer fell behind).
+pub const RESUME_EVENTS_DROPPED: &str = "mcp.gateway.resume.events_dropped";
 /// Gauge: 1 when a backend instance takes new sessions, else 0.
 pub const BACKEND_HEALTHY: &str = "mcp.gateway.backend.healthy";
 /// Counter: ejections of a backend instance (passive outlier detection).
