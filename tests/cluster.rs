@@ -401,9 +401,32 @@ async fn a_call_dropped_on_one_replica_is_resumed_on_another_exactly_once() {
     );
     let a = replica(&file, &[]).await;
     let b = replica(&file, &[]).await;
-    let sid = initialize(&a.url).await.unwrap();
+    resume_elsewhere(&a.url, &b.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_gateway_resumes_from_its_own_store() {
+    let backend = backend().await;
+    let dir = Scratch::new("resume-memory");
+    let file = dir.file(
+        "gw.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\naccess_log = false\n[sessions]\nresumption = true\n\
+             [backend]\nurls = [\"http://{}/mcp\"]\n",
+            backend.addr
+        ),
+    );
+    let gw = replica(&file, &[]).await;
+    resume_elsewhere(&gw.url, &gw.url).await;
+}
+
+/// A call with 30 progress events sent to `a`, its client gone after 5,
+/// resumed with `Last-Event-ID` at `b`: every later event once, then the
+/// result.
+async fn resume_elsewhere(a: &str, b: &str) {
+    let sid = initialize(a).await.unwrap();
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = http::Request::post(&a.url)
+    let req = http::Request::post(a)
         .header(JSON.0, JSON.1)
         .header(ACCEPT.0, ACCEPT.1)
         .header(V.0, V.1)
@@ -421,7 +444,7 @@ async fn a_call_dropped_on_one_replica_is_resumed_on_another_exactly_once() {
     drop(client);
     let r = send(
         "GET",
-        &b.url,
+        b,
         Some(&sid),
         &[("accept", "text/event-stream"), ("last-event-id", &last)],
         "",

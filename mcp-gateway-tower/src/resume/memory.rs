@@ -50,6 +50,8 @@ struct Stream {
 pub struct InMemoryEventStore {
     cfg: MemoryEventConfig,
     streams: Mutex<HashMap<StreamKey, Stream>>,
+    /// Streams added so far.
+    added: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for InMemoryEventStore {
@@ -73,6 +75,7 @@ impl InMemoryEventStore {
         InMemoryEventStore {
             cfg,
             streams: Mutex::new(HashMap::new()),
+            added: Default::default(),
         }
     }
 
@@ -82,7 +85,14 @@ impl InMemoryEventStore {
     }
 
     fn make_room(&self, map: &mut HashMap<StreamKey, Stream>, now: Instant) {
-        map.retain(|_, s| now.duration_since(s.written) < self.cfg.ttl);
+        // Expired streams go every 1 024 new streams, or when full: a new
+        // stream does not pay for a walk over all of them.
+        let n = self
+            .added
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % 1024 == 0 || map.len() >= self.cfg.max_streams.max(1) {
+            map.retain(|_, s| now.duration_since(s.written) < self.cfg.ttl);
+        }
         while map.len() >= self.cfg.max_streams.max(1) {
             let Some(oldest) = map
                 .iter()
