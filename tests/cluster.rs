@@ -313,11 +313,34 @@ async fn limits_hold_across_replicas_and_a_dead_replicas_slots_come_back() {
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
     // Two sessions on replica 0 fill the cap for every replica.
     let sid = initialize(&urls[0]).await.unwrap();
-    let _second = initialize(&urls[0]).await.unwrap();
+    let second = initialize(&urls[0]).await.unwrap();
     for url in &urls[1..] {
         let refused = initialize(url).await.unwrap_err();
         assert_eq!(refused.status, 429, "{:?}", refused.body);
     }
+    // A session ended on another replica gives its slot back: the notice
+    // reaches replica 0, which lets go of the slot it held.
+    let del = send("DELETE", &urls[1], Some(&second), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(del.status, 204);
+    let started = Instant::now();
+    while initialize(&urls[2]).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "slot never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "a session deleted elsewhere freed its slot after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        initialize(&urls[1]).await.unwrap_err().status,
+        429,
+        "the cap is full again"
+    );
     // 10 calls per principal (one bucket) across three replicas, not 30.
     let mut client = RoundRobin {
         urls: urls.clone(),
