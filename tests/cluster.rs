@@ -152,6 +152,20 @@ impl RoundRobin {
     }
 }
 
+/// Sends calls of session `sid` to `url` until it answers 404 (within 5 s
+/// of `started`): how long an end on another replica takes to arrive.
+async fn until_unknown(url: &str, sid: &str, started: Instant) {
+    loop {
+        let r = send("POST", url, Some(sid), &[], &burst(1, 1, 0))
+            .await
+            .unwrap();
+        if r.status == 404 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still served");
+    }
+}
+
 /// Checks a `progress_burst` reply: the result and every progress step.
 fn check_burst(r: &Reply, id: u64, count: u64) {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -275,15 +289,7 @@ async fn any_replica_serves_any_request_and_a_dead_one_loses_only_its_own() {
     assert_eq!(del.status, 204);
     let started = Instant::now();
     for url in &client.urls[1..] {
-        loop {
-            let r = send("POST", url, Some(&sid), &[], &burst(1, 1, 0))
-                .await
-                .unwrap();
-            if r.status == 404 {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(5), "still served");
-        }
+        until_unknown(url, &sid, started).await;
     }
     println!(
         "a DELETE on one replica was refused on the others after {:?}",
@@ -671,15 +677,7 @@ async fn sealed_session_ids_need_no_store_and_deletes_reach_every_replica() {
     let del = send("DELETE", &b.url, Some(&sid), &[], "").await.unwrap();
     assert_eq!(del.status, 204);
     let started = Instant::now();
-    loop {
-        let r = send("POST", &a.url, Some(&sid), &[], &burst(4, 1, 0))
-            .await
-            .unwrap();
-        if r.status == 404 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "still served");
-    }
+    until_unknown(&a.url, &sid, started).await;
     println!(
         "a sealed id deleted on one replica was refused on the other after {:?}",
         started.elapsed()

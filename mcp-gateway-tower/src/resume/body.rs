@@ -16,39 +16,20 @@ use super::{EventStore, ResumeConfig, StoredEvent, StreamEnd, StreamKey};
 use crate::body::{Body, BoxError};
 
 /// Wraps `res`'s body so that its events are numbered from `seq + 1` on
-/// stream `key` and stored.
+/// stream `key` and stored; `prefix` (replayed events) goes first.
 pub(super) fn record(
     res: Response<Body>,
+    prefix: Bytes,
     key: StreamKey,
     seq: u64,
-    store: Arc<dyn EventStore>,
-    cfg: Arc<ResumeConfig>,
+    shared: (Arc<dyn EventStore>, Arc<ResumeConfig>),
     call_id: Option<RequestId>,
 ) -> Response<Body> {
     let (mut parts, inner) = res.into_parts();
     // The body changes (the ids): its length with it.
     parts.headers.remove(http::header::CONTENT_LENGTH);
     let body = Recording {
-        recorder: Recorder::new(key, seq, store, cfg, call_id),
-        inner: Some(inner),
-        prefix: None,
-    };
-    Response::from_parts(parts, Body::new(body))
-}
-
-/// Like [`record`], sending `prefix` (replayed events) first.
-pub(super) fn record_after(
-    res: Response<Body>,
-    prefix: Bytes,
-    key: StreamKey,
-    seq: u64,
-    store: Arc<dyn EventStore>,
-    cfg: Arc<ResumeConfig>,
-) -> Response<Body> {
-    let (mut parts, inner) = res.into_parts();
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    let body = Recording {
-        recorder: Recorder::new(key, seq, store, cfg, None),
+        recorder: Recorder::new(key, seq, shared.0, shared.1, call_id),
         inner: Some(inner),
         prefix: (!prefix.is_empty()).then_some(prefix),
     };

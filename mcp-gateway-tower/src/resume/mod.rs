@@ -352,7 +352,14 @@ where
                     end: None,
                 },
             );
-            Ok(body::record(res, key, 0, store, cfg, call_id))
+            Ok(body::record(
+                res,
+                Bytes::new(),
+                key,
+                0,
+                (store, cfg),
+                call_id,
+            ))
         })
     }
 }

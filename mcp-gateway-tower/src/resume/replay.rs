@@ -14,7 +14,7 @@ use mcp_gateway_core::sse::KEEP_ALIVE;
 use mcp_gateway_core::{ErrorKind, GatewayError, RequestId};
 use tower_service::Service;
 
-use super::body::{cut_event, record, record_after};
+use super::body::{cut_event, record};
 use super::{is_sse, EventStore, EventStoreError, ResumeConfig, StreamKey};
 use crate::body::{Body, BoxError};
 use crate::error::error_response;
@@ -99,7 +99,7 @@ where
             session: key.session.clone(),
             stream: StreamKey::fresh_stream(true),
         };
-        return Ok(record(res, key, 0, store, cfg, None));
+        return Ok(record(res, Bytes::new(), key, 0, (store, cfg), None));
     };
     let mut prefix = BytesMut::new();
     let mut last = after;
@@ -128,7 +128,7 @@ where
     if !is_sse(&res) {
         return Ok(res);
     }
-    Ok(record_after(res, prefix.freeze(), key, last, store, cfg))
+    Ok(record(res, prefix.freeze(), key, last, (store, cfg), None))
 }
 
 /// The answer to a resumption that cannot be served.

@@ -105,6 +105,22 @@ fn events(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// `svc`'s answer to `req`.
+async fn ask<S>(svc: &mut S, req: Request<Body>) -> Response<Body>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    svc.ready().await.unwrap().call(req).await.unwrap()
+}
+
+/// A resumption service over a fresh backend and in-memory store.
+fn setup(cfg: ResumeConfig) -> (Backend, Resume<Backend>, SessionId) {
+    let backend = Backend::new();
+    let store = Arc::new(InMemoryEventStore::default());
+    let svc = ResumeLayer::new(store, cfg).layer(backend.clone());
+    (backend, svc, SessionId::random())
+}
+
 async fn next_text(body: &mut Body) -> String {
     let frame = body.frame().await.unwrap().unwrap();
     String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
@@ -117,13 +133,7 @@ async fn events_get_the_gateways_ids_and_a_dropped_call_is_resumed_exactly_once(
     let mut svc = ResumeLayer::new(store.clone(), ResumeConfig::default()).layer(backend.clone());
     let sid = SessionId::random();
     let tx = backend.next_stream();
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(call(&sid, 7))
-        .await
-        .unwrap();
+    let res = ask(&mut svc, call(&sid, 7)).await;
     let mut body = res.into_body();
     tx.send(data("id: up-1\ndata: {\"p\":1}\n\n"))
         .await
@@ -140,13 +150,7 @@ async fn events_get_the_gateways_ids_and_a_dropped_call_is_resumed_exactly_once(
         .await
         .unwrap();
     drop(tx);
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(resume_req(&sid, id1))
-        .await
-        .unwrap();
+    let res = ask(&mut svc, resume_req(&sid, id1)).await;
     assert_eq!(res.status(), 200);
     let text = res.into_body().collect().await.unwrap().to_bytes();
     let got = events(std::str::from_utf8(&text).unwrap());
@@ -159,29 +163,14 @@ async fn events_get_the_gateways_ids_and_a_dropped_call_is_resumed_exactly_once(
 
 #[tokio::test]
 async fn a_resumption_waits_for_events_still_coming() {
-    let backend = Backend::new();
-    let store = Arc::new(InMemoryEventStore::default());
-    let mut svc = ResumeLayer::new(store, ResumeConfig::default()).layer(backend.clone());
-    let sid = SessionId::random();
+    let (backend, mut svc, sid) = setup(ResumeConfig::default());
     let tx = backend.next_stream();
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(call(&sid, 1))
-        .await
-        .unwrap();
+    let res = ask(&mut svc, call(&sid, 1)).await;
     let mut body = res.into_body();
     tx.send(data("data: a\n\n")).await.unwrap();
     let id1 = events(&next_text(&mut body).await)[0].0.clone();
     drop(body);
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(resume_req(&sid, &id1))
-        .await
-        .unwrap();
+    let res = ask(&mut svc, resume_req(&sid, &id1)).await;
     let mut resumed = res.into_body();
     // Sent after the client resumed: it arrives through the store.
     tx.send(data("data: b\n\n")).await.unwrap();
@@ -196,62 +185,31 @@ async fn a_resumption_waits_for_events_still_coming() {
 
 #[tokio::test]
 async fn unknown_and_foreign_streams_are_refused_clearly() {
-    let backend = Backend::new();
-    let store = Arc::new(InMemoryEventStore::default());
-    let mut svc = ResumeLayer::new(store, ResumeConfig::default()).layer(backend.clone());
-    let sid = SessionId::random();
+    let (backend, mut svc, sid) = setup(ResumeConfig::default());
     let tx = backend.next_stream();
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(call(&sid, 1))
-        .await
-        .unwrap();
+    let res = ask(&mut svc, call(&sid, 1)).await;
     let mut body = res.into_body();
     tx.send(data("data: a\n\n")).await.unwrap();
     let id1 = events(&next_text(&mut body).await)[0].0.clone();
     // Another session cannot read this one's stream.
     let other = SessionId::random();
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(resume_req(&other, &id1))
-        .await
-        .unwrap();
+    let res = ask(&mut svc, resume_req(&other, &id1)).await;
     assert_eq!(res.status(), 400);
     let json: serde_json::Value =
         serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(json["error"]["code"], -32058);
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(resume_req(&sid, "p0123456789abcdef.1"))
-        .await
-        .unwrap();
+    let res = ask(&mut svc, resume_req(&sid, "p0123456789abcdef.1")).await;
     assert_eq!(res.status(), 400);
 }
 
 #[tokio::test]
 async fn a_call_cut_while_its_client_is_away_ends_with_an_error_for_the_call() {
-    let backend = Backend::new();
-    let store = Arc::new(InMemoryEventStore::default());
-    let cfg = ResumeConfig {
+    let (backend, mut svc, sid) = setup(ResumeConfig {
         drain_bytes: 8,
         ..ResumeConfig::default()
-    };
-    let mut svc = ResumeLayer::new(store, cfg).layer(backend.clone());
-    let sid = SessionId::random();
+    });
     let tx = backend.next_stream();
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(call(&sid, 5))
-        .await
-        .unwrap();
+    let res = ask(&mut svc, call(&sid, 5)).await;
     let mut body = res.into_body();
     tx.send(data("data: a\n\n")).await.unwrap();
     let id1 = events(&next_text(&mut body).await)[0].0.clone();
@@ -259,13 +217,7 @@ async fn a_call_cut_while_its_client_is_away_ends_with_an_error_for_the_call() {
     tx.send(data("data: more than eight bytes\n\n"))
         .await
         .unwrap();
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(resume_req(&sid, &id1))
-        .await
-        .unwrap();
+    let res = ask(&mut svc, resume_req(&sid, &id1)).await;
     let text = res.into_body().collect().await.unwrap().to_bytes();
     let got = events(std::str::from_utf8(&text).unwrap());
     assert_eq!(got.len(), 1, "{got:?}");
@@ -276,14 +228,11 @@ async fn a_call_cut_while_its_client_is_away_ends_with_an_error_for_the_call() {
 
 #[tokio::test]
 async fn a_get_stream_is_replayed_then_continued_by_the_backend_from_its_own_id() {
-    let backend = Backend::new();
-    let store = Arc::new(InMemoryEventStore::default());
-    let mut svc = ResumeLayer::new(store, ResumeConfig::default()).layer(backend.clone());
-    let sid = SessionId::random();
+    let (backend, mut svc, sid) = setup(ResumeConfig::default());
     let tx = backend.next_stream();
     let mut get = Request::get("/mcp").body(Body::empty()).unwrap();
     get.extensions_mut().insert(GatewaySession(sid.clone()));
-    let res = svc.ready().await.unwrap().call(get).await.unwrap();
+    let res = ask(&mut svc, get).await;
     let mut body = res.into_body();
     tx.send(data("id: u1\ndata: one\n\nid: u2\ndata: two\n\n"))
         .await
@@ -295,13 +244,7 @@ async fn a_get_stream_is_replayed_then_continued_by_the_backend_from_its_own_id(
     // The client saw only the first event; the second is replayed, then
     // the backend continues after its own id of the second.
     let tx2 = backend.next_stream();
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(resume_req(&sid, &got[0].0))
-        .await
-        .unwrap();
+    let res = ask(&mut svc, resume_req(&sid, &got[0].0)).await;
     let mut body = res.into_body();
     tx2.send(data("id: u3\ndata: three\n\n")).await.unwrap();
     let mut text = String::new();
