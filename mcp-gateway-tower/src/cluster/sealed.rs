@@ -18,9 +18,10 @@
 //!   accept the id until its lifetime ends. That is the trade-off: keep
 //!   the lifetime short without Redis.
 //! - What a sealed id cannot carry: the recorded setup (the `initialize`
-//!   body, kilobytes), so failover replays need a store; and a list of
-//!   sessions, so the gateway cannot sweep idle ones (their backends
-//!   expire them).
+//!   body, kilobytes), so failover replays need a store. Sessions are not
+//!   ended when idle, only at the end of their lifetime: the replica that
+//!   sealed one keeps its id until then (not its state) to end it at its
+//!   backend and give back what limits held for it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use mcp_gateway_core::session::{SessionId, SessionRecord, SessionStore, StoreError};
+use mcp_gateway_core::session::{RemoteEnd, SessionId, SessionRecord, SessionStore, StoreError};
 use mcp_gateway_core::{Answer, ProtocolVersion};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -125,8 +126,16 @@ struct Inner {
     revoked: RwLock<HashMap<NonceBytes, u64>>,
     /// Sessions moved since they were sealed (a drain): id → record.
     moved: RwLock<HashMap<Arc<str>, Arc<SessionRecord>>>,
+    /// The ids this replica sealed, until they end or expire (Unix ms):
+    /// what the sweep ends at their backend, giving back their slots.
+    minted: std::sync::Mutex<HashMap<Arc<str>, u64>>,
     live: AtomicUsize,
+    remote_end: RwLock<Option<RemoteEnd>>,
 }
+
+/// Sealed ids a replica remembers for its sweep at most; past it the
+/// oldest are forgotten (their backends expire them).
+const MAX_MINTED: usize = 1_000_000;
 
 /// Sessions whose state is sealed into their ids. See the module docs.
 #[derive(Clone)]
@@ -156,17 +165,30 @@ impl SealedSessionStore {
             nonces: std::sync::Mutex::new(Nonces { fixed, counter: 0 }),
             revoked: RwLock::new(HashMap::new()),
             moved: RwLock::new(HashMap::new()),
+            minted: std::sync::Mutex::new(HashMap::new()),
             live: AtomicUsize::new(0),
+            remote_end: RwLock::new(None),
         });
         if let Some(redis) = redis {
             let weak = Arc::downgrade(&inner);
             redis.listen(move |n| {
                 let Some(inner) = weak.upgrade() else { return };
                 match n {
-                    Notice::Revoked(hex) => {
-                        if let Some(nonce) = from_hex(hex) {
-                            let until = unix_ms() + inner.cfg.ttl.as_millis() as u64;
-                            inner.revoke_here(nonce, until);
+                    Notice::Revoked(id) => {
+                        // Ended on another replica: refused here too, and
+                        // what this replica holds for it let go.
+                        let store = SealedSessionStore(inner.clone());
+                        if let Some((_, nonce, eol)) = store.open_with_nonce(id) {
+                            inner.revoke_here(nonce, eol);
+                        }
+                        inner.forget_minted(id);
+                        let hook = inner
+                            .remote_end
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone();
+                        if let Some(hook) = hook {
+                            hook(id);
                         }
                     }
                     Notice::Resync => {
@@ -229,8 +251,13 @@ impl SealedSessionStore {
         self.open_with_nonce(id).map(|(rec, _, _)| rec)
     }
 
-    /// [`open`](Self::open), with the id's nonce (hex) and end of life.
+    /// [`open`](Self::open), with the id's nonce and end of life.
     fn open_with_nonce(&self, id: &str) -> Option<(SessionRecord, NonceBytes, u64)> {
+        self.unseal(id, true)
+    }
+
+    /// Opens `id`; `live` refuses it past its lifetime or revoked.
+    fn unseal(&self, id: &str, live: bool) -> Option<(SessionRecord, NonceBytes, u64)> {
         let inner = &self.0;
         let mut raw = URL_SAFE_NO_PAD.decode(id).ok()?;
         if raw.len() < 1 + NONCE_LEN + 16 {
@@ -257,10 +284,10 @@ impl SealedSessionStore {
         let upstream = r.field()?;
         let now = unix_ms();
         let eol = started + inner.cfg.ttl.as_millis() as u64;
-        if now >= eol {
+        if live && now >= eol {
             return None;
         }
-        {
+        if live {
             let revoked = inner.revoked.read().unwrap_or_else(|e| e.into_inner());
             if !revoked.is_empty() && revoked.contains_key(&nonce) {
                 return None;
@@ -333,6 +360,20 @@ impl Inner {
         Ok(nonce)
     }
 
+    fn forget_minted(&self, id: &str) {
+        if self
+            .minted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .is_some()
+        {
+            let _ = self
+                .live
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
     fn revoke_here(&self, nonce: NonceBytes, until: u64) {
         let mut r = self.revoked.write().unwrap_or_else(|e| e.into_inner());
         if r.len() >= 1_000_000 {
@@ -395,6 +436,21 @@ impl SessionStore for SealedSessionStore {
         .with_protocol_version(record.protocol_version())
         .with_owner(record.owner().map(str::to_owned))
         .with_setup(record.setup().cloned());
+        let eol = unix_ms().saturating_sub(record.age().as_millis() as u64)
+            + self.0.cfg.ttl.as_millis() as u64;
+        {
+            let mut minted = self.0.minted.lock().unwrap_or_else(|e| e.into_inner());
+            if minted.len() >= MAX_MINTED {
+                let oldest = minted
+                    .iter()
+                    .min_by_key(|(_, e)| **e)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    minted.remove(&k);
+                }
+            }
+            minted.insert(rec.id().as_str().into(), eol);
+        }
         self.0.live.fetch_add(1, Ordering::Relaxed);
         Answer::ready(Ok(Arc::new(rec)))
     }
@@ -419,15 +475,14 @@ impl SessionStore for SealedSessionStore {
         };
         let inner = &self.0;
         inner.revoke_here(nonce, eol);
+        inner.forget_minted(id);
         let nonce = to_hex(&nonce);
+        let notice_id = id.to_owned();
         inner
             .moved
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        let _ = inner
-            .live
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         let rec = Arc::new(rec);
         let Some(redis) = inner.redis.clone() else {
             return Answer::ready(Some(rec));
@@ -444,7 +499,7 @@ impl SessionStore for SealedSessionStore {
                 .ignore()
                 .cmd("PUBLISH")
                 .arg(redis.channel())
-                .arg(redis.notice('r', &nonce))
+                .arg(redis.notice('r', &notice_id))
                 .ignore();
             let mut c = redis.conn();
             let _ = redis.run("revoke", pipe.query_async::<()>(&mut c)).await;
@@ -454,14 +509,42 @@ impl SessionStore for SealedSessionStore {
 
     fn sweep(&self) -> Answer<'_, Vec<Arc<SessionRecord>>> {
         let now = unix_ms();
-        self.0
+        let inner = &self.0;
+        inner
             .revoked
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, until| *until > now);
-        let mut moved = self.0.moved.write().unwrap_or_else(|e| e.into_inner());
-        moved.retain(|id, _| self.open(id).is_some());
-        Answer::ready(Vec::new())
+        inner
+            .moved
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| self.open(id).is_some());
+        // The sessions sealed here that reached the end of their lifetime:
+        // ended (audit, slots) and closed at their backend by the router.
+        let expired: Vec<Arc<str>> = {
+            let mut minted = inner.minted.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<Arc<str>> = minted
+                .iter()
+                .filter(|(_, eol)| **eol <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &gone {
+                minted.remove(id);
+            }
+            gone
+        };
+        let _ = inner
+            .live
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(expired.len()))
+            });
+        Answer::ready(
+            expired
+                .iter()
+                .filter_map(|id| self.unseal(id, false).map(|(rec, _, _)| Arc::new(rec)))
+                .collect(),
+        )
     }
 
     fn update(&self, record: SessionRecord) -> Answer<'_, Option<Arc<SessionRecord>>> {
@@ -491,6 +574,10 @@ impl SessionStore for SealedSessionStore {
 
     fn len(&self) -> usize {
         self.0.live.load(Ordering::Relaxed)
+    }
+
+    fn on_remote_end(&self, hook: RemoteEnd) {
+        *self.0.remote_end.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 }
 
@@ -582,6 +669,13 @@ mod tests {
         let old = record().with_age(Duration::from_secs(61));
         let id = block(store.insert(old)).unwrap().id().as_str().to_owned();
         assert!(block(store.get(&id)).is_none());
+        // The replica that sealed it ends it once (audit, slots, backend).
+        let swept = block(store.sweep());
+        assert_eq!(swept.len(), 1);
+        assert_eq!(swept[0].id().as_str(), id);
+        assert_eq!(swept[0].upstream_id(), Some("backend-session"));
+        assert!(block(store.sweep()).is_empty());
+        assert_eq!(store.len(), 0);
     }
 
     #[test]
