@@ -478,6 +478,9 @@ impl McpGatewayBuilder {
         if let Some(s) = self.selector {
             sessions = sessions.selector(s);
         }
+        if self.resume.is_some() {
+            sessions = sessions.tell_session();
+        }
         let limit = self
             .limits
             .map(|(cfg, limiter)| LimitLayer::new(cfg, self.backend.clone(), limiter));

@@ -128,6 +128,9 @@ async fn write_loop(
                 Some(StreamEnd::Cut) => {
                     cmd.arg("e").arg("c");
                 }
+                Some(StreamEnd::Paused) => {
+                    cmd.arg("e").arg("p");
+                }
                 None => {}
             }
             pipe.add_command(cmd).ignore();
@@ -161,6 +164,7 @@ fn entry(id: &str, fields: &std::collections::HashMap<String, Value>) -> Option<
     let end = match bytes("e").as_deref() {
         Some(b"d") => Some(StreamEnd::Done),
         Some(b"c") => Some(StreamEnd::Cut),
+        Some(b"p") => Some(StreamEnd::Paused),
         _ => None,
     };
     Some(StoredEvent {

@@ -130,7 +130,7 @@ struct Inner {
     /// what the sweep ends at their backend, giving back their slots.
     minted: std::sync::Mutex<HashMap<Arc<str>, u64>>,
     live: AtomicUsize,
-    remote_end: RwLock<Option<RemoteEnd>>,
+    remote_end: RwLock<Vec<RemoteEnd>>,
 }
 
 /// Sealed ids a replica remembers for its sweep at most; past it the
@@ -167,7 +167,7 @@ impl SealedSessionStore {
             moved: RwLock::new(HashMap::new()),
             minted: std::sync::Mutex::new(HashMap::new()),
             live: AtomicUsize::new(0),
-            remote_end: RwLock::new(None),
+            remote_end: RwLock::new(Vec::new()),
         });
         if let Some(redis) = redis {
             let weak = Arc::downgrade(&inner);
@@ -182,12 +182,12 @@ impl SealedSessionStore {
                             inner.revoke_here(nonce, eol);
                         }
                         inner.forget_minted(id);
-                        let hook = inner
+                        let hooks = inner
                             .remote_end
                             .read()
                             .unwrap_or_else(|e| e.into_inner())
                             .clone();
-                        if let Some(hook) = hook {
+                        for hook in hooks {
                             hook(id);
                         }
                     }
@@ -577,7 +577,11 @@ impl SessionStore for SealedSessionStore {
     }
 
     fn on_remote_end(&self, hook: RemoteEnd) {
-        *self.0.remote_end.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+        self.0
+            .remote_end
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 }
 

@@ -148,7 +148,7 @@ struct Inner {
     /// Sessions across the replicas, as last counted (plus local changes).
     count: AtomicUsize,
     epoch: Instant,
-    remote_end: RwLock<Option<RemoteEnd>>,
+    remote_end: RwLock<Vec<RemoteEnd>>,
     index: String,
     channel: String,
 }
@@ -180,7 +180,7 @@ impl RedisSessionStore {
             cached: AtomicUsize::new(0),
             count: AtomicUsize::new(0),
             epoch: Instant::now(),
-            remote_end: RwLock::new(None),
+            remote_end: RwLock::new(Vec::new()),
         });
         let weak = Arc::downgrade(&inner);
         redis.listen(move |n| {
@@ -188,12 +188,12 @@ impl RedisSessionStore {
             match n {
                 Notice::Ended(id) => {
                     inner.forget(id);
-                    let hook = inner
+                    let hooks = inner
                         .remote_end
                         .read()
                         .unwrap_or_else(|e| e.into_inner())
                         .clone();
-                    if let Some(hook) = hook {
+                    for hook in hooks {
                         hook(id);
                     }
                 }
@@ -518,6 +518,10 @@ impl SessionStore for RedisSessionStore {
     }
 
     fn on_remote_end(&self, hook: RemoteEnd) {
-        *self.0.remote_end.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+        self.0
+            .remote_end
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Body as _, Frame, SizeHint};
 use mcp_gateway_core::sse::{SseEvent, SseScanner};
-use mcp_gateway_core::{ErrorKind, GatewayError, RequestId};
+use mcp_gateway_core::{ErrorKind, GatewayError, MessageKind, RequestId};
 
 use super::{EventStore, ResumeConfig, StoredEvent, StreamEnd, StreamKey};
 use crate::body::{Body, BoxError};
@@ -44,6 +44,9 @@ pub(super) struct Recorder {
     store: Arc<dyn EventStore>,
     cfg: Arc<ResumeConfig>,
     call_id: Option<RequestId>,
+    /// The call's answer went by (a call stream that ends without it was
+    /// closed by the backend for the client to come back: SSE polling).
+    answered: bool,
     /// The stream's end is stored.
     ended: bool,
 }
@@ -63,6 +66,7 @@ impl Recorder {
             store,
             cfg,
             call_id,
+            answered: false,
             ended: false,
         }
     }
@@ -73,8 +77,8 @@ impl Recorder {
     fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
         let mut out = Vec::new();
         let mut too_large = false;
-        let (key, store) = (&self.key, &self.store);
-        let seq = &mut self.seq;
+        let (key, store, call_id) = (&self.key, &self.store, &self.call_id);
+        let (seq, answered) = (&mut self.seq, &mut self.answered);
         self.scanner.feed(chunk, |ev| {
             if too_large {
                 return;
@@ -82,6 +86,9 @@ impl Recorder {
             if ev.oversized {
                 too_large = true;
                 return;
+            }
+            if !*answered {
+                *answered = call_id.as_ref().is_some_and(|id| answers(ev.data, id));
             }
             *seq += 1;
             let start = out.len();
@@ -104,22 +111,35 @@ impl Recorder {
         Ok(out)
     }
 
-    /// Stores the clean end of the stream.
-    fn done(&mut self) {
+    /// Stores the end of the backend's stream: done, or, for a call
+    /// stream the backend closed before the answer, paused (with the
+    /// backend's last event id, to ask it for the rest). Returns an error
+    /// event for the client when the stream cannot go on.
+    fn done(&mut self) -> Vec<u8> {
         if self.ended {
-            return;
+            return Vec::new();
         }
+        let upstream = self.scanner.last_event_id();
+        let end = match (&self.call_id, self.answered) {
+            (Some(_), false) if upstream.is_empty() => {
+                return self.cut("the backend ended the call's stream before its answer");
+            }
+            (Some(_), false) => StreamEnd::Paused,
+            _ => StreamEnd::Done,
+        };
+        let upstream_id = (end == StreamEnd::Paused).then(|| Bytes::copy_from_slice(upstream));
         self.ended = true;
         self.seq += 1;
         self.store.append(
             &self.key,
             StoredEvent {
                 seq: self.seq,
-                upstream_id: None,
+                upstream_id,
                 wire: Bytes::new(),
-                end: Some(StreamEnd::Done),
+                end: Some(end),
             },
         );
+        Vec::new()
     }
 
     /// Stores the end of a stream cut short: the error a resuming client
@@ -162,6 +182,18 @@ pub(super) fn cut_event(id: &RequestId, why: &str) -> Vec<u8> {
         &String::from_utf8_lossy(&json),
     );
     out
+}
+
+/// Whether SSE data `data` is the answer (result or error) to call `id`.
+fn answers(data: &[u8], id: &RequestId) -> bool {
+    let maybe = memchr::memmem::find(data, b"\"result\"").is_some()
+        || memchr::memmem::find(data, b"\"error\"").is_some();
+    maybe
+        && mcp_gateway_core::Envelope::parse(Bytes::copy_from_slice(data)).is_ok_and(|e| {
+            e.messages().iter().any(|m| {
+                matches!(m.kind(), MessageKind::Response | MessageKind::Error) && m.id() == Some(id)
+            })
+        })
 }
 
 /// Writes `ev` with `id` instead of its own.
@@ -228,8 +260,11 @@ impl http_body::Body for Recording {
                     return Poll::Ready(Some(Err(e)));
                 }
                 None => {
-                    this.recorder.done();
+                    let last = this.recorder.done();
                     this.inner = None;
+                    if !last.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(last.into()))));
+                    }
                     return Poll::Ready(None);
                 }
             }

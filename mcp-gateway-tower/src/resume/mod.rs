@@ -26,7 +26,9 @@
 //! - An id the gateway did not issue is passed to the backend as before.
 //!
 //! The layer runs under the session router (which tells it the session,
-//! [`GatewaySession`]) and above the upstreams; stateless 2026-07-28
+//! [`GatewaySession`], once asked with
+//! [`SessionLayer::tell_session`](crate::session::SessionLayer::tell_session))
+//! and above the upstreams; stateless 2026-07-28
 //! requests (no session, nothing to resume) pass through untouched.
 
 use std::convert::Infallible;
@@ -51,7 +53,8 @@ mod replay;
 pub use self::memory::InMemoryEventStore;
 
 /// The gateway session a routed request belongs to: put in the request
-/// extensions by the session router when resumption is on.
+/// extensions by the session router when told to
+/// ([`SessionLayer::tell_session`](crate::session::SessionLayer::tell_session)).
 #[derive(Debug, Clone)]
 pub struct GatewaySession(pub SessionId);
 
@@ -138,6 +141,11 @@ fn getrandom_fill(buf: &mut [u8]) {
 pub enum StreamEnd {
     /// The backend ended it: everything was stored.
     Done,
+    /// The backend closed a call's stream before the answer, for the
+    /// client to come back (SSE polling): a resuming client gets what was
+    /// stored, then the backend is asked for the rest with its own last
+    /// event id (the entry's `upstream_id`).
+    Paused,
     /// The gateway stopped storing it (a bound was hit while the client was
     /// away, the backend failed, or an event was too large): the entry's
     /// bytes are the error the resuming client gets.

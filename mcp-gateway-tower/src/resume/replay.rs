@@ -10,12 +10,13 @@ use futures_util::StreamExt;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
+use http_body_util::BodyExt;
 use mcp_gateway_core::sse::KEEP_ALIVE;
 use mcp_gateway_core::{ErrorKind, GatewayError, RequestId};
 use tower_service::Service;
 
 use super::body::{cut_event, record};
-use super::{is_sse, EventStore, EventStoreError, ResumeConfig, StreamKey};
+use super::{is_sse, EventStore, EventStoreError, ResumeConfig, StreamEnd, StreamKey};
 use crate::body::{Body, BoxError};
 use crate::error::error_response;
 
@@ -31,7 +32,8 @@ pub(super) async fn resume<S>(
     after: u64,
 ) -> Result<Response<Body>, Infallible>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S::Future: Send,
 {
     if key.is_get() {
         return resume_get(inner, req, store, cfg, key, after).await;
@@ -46,7 +48,8 @@ where
     };
     let call_id = RequestId::from_raw_json(&header);
     tracing::debug!(stream = %key.stream, after, "call stream resumed from the store");
-    // The request goes no further: the call's events come from the store.
+    // The call's events come from the store; the request goes on to the
+    // backend only if the backend paused the stream (SSE polling).
     req.headers_mut().remove(LAST_EVENT_ID);
     let tail = Tail {
         store,
@@ -57,10 +60,17 @@ where
         idle: Duration::ZERO,
         call_id,
         done: false,
+        paused: None,
     };
-    let stream = futures_util::stream::unfold(tail, |mut t| async move {
-        let chunk = t.next().await?;
-        Some((Ok::<_, BoxError>(Frame::data(chunk)), t))
+    let (parts, _) = req.into_parts();
+    let state = Resumed {
+        tail,
+        again: Some((inner, parts)),
+        rest: None,
+    };
+    let stream = futures_util::stream::unfold(state, |mut r| async move {
+        let chunk = r.next().await?;
+        Some((Ok::<_, BoxError>(Frame::data(chunk)), r))
     })
     .boxed();
     let body = Body::new(http_body_util::StreamBody::new(stream));
@@ -148,6 +158,67 @@ fn refusal(e: &EventStoreError) -> Response<Body> {
     res
 }
 
+/// A resumed call stream: the stored events, then, if the backend paused
+/// the stream, the rest from the backend (recorded like the first part).
+struct Resumed<S> {
+    tail: Tail,
+    /// The service and the request to ask the backend with.
+    again: Option<(S, http::request::Parts)>,
+    /// The backend's continuation.
+    rest: Option<Body>,
+}
+
+impl<S> Resumed<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(rest) = &mut self.rest {
+                return match rest.frame().await {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => Some(data),
+                        Err(_) => continue,
+                    },
+                    _ => None,
+                };
+            }
+            if let Some(chunk) = self.tail.next().await {
+                if !chunk.is_empty() {
+                    return Some(chunk);
+                }
+                continue;
+            }
+            let (seq, upstream_id) = self.tail.paused.take()?;
+            let (mut inner, parts) = self.again.take()?;
+            let mut req = Request::from_parts(parts, Body::empty());
+            match HeaderValue::from_bytes(&upstream_id) {
+                Ok(v) => {
+                    req.headers_mut().insert(LAST_EVENT_ID, v);
+                }
+                Err(_) => return Some(self.tail.cut("the backend's event id is not a header")),
+            }
+            let Ok(res) = inner.call(req).await;
+            if !is_sse(&res) {
+                return Some(
+                    self.tail
+                        .cut("the backend did not resume the call's stream"),
+                );
+            }
+            let t = &self.tail;
+            let res = record(
+                res,
+                Bytes::new(),
+                t.key.clone(),
+                seq,
+                (t.store.clone(), t.cfg.clone()),
+                t.call_id.clone(),
+            );
+            self.rest = Some(res.into_body());
+        }
+    }
+}
+
 /// Follows a stored call stream to its end.
 struct Tail {
     store: Arc<dyn EventStore>,
@@ -159,6 +230,9 @@ struct Tail {
     idle: Duration,
     call_id: Option<RequestId>,
     done: bool,
+    /// The stream's end was a pause: its position and the backend's last
+    /// event id.
+    paused: Option<(u64, Bytes)>,
 }
 
 impl Tail {
@@ -204,6 +278,9 @@ impl Tail {
                 self.after = e.seq;
                 out.extend_from_slice(&e.wire);
                 if e.end.is_some() {
+                    if e.end == Some(StreamEnd::Paused) {
+                        self.paused = Some((e.seq, e.upstream_id.clone().unwrap_or_default()));
+                    }
                     self.done = true;
                     break;
                 }

@@ -146,7 +146,7 @@ async fn events_get_the_gateways_ids_and_a_dropped_call_is_resumed_exactly_once(
     // The client goes away; the call goes on into the store.
     drop(body);
     tx.send(data("data: {\"p\":2}\n\n")).await.unwrap();
-    tx.send(data("data: {\"result\":{},\"id\":7}\n\n"))
+    tx.send(data("data: {\"jsonrpc\":\"2.0\",\"result\":{},\"id\":7}\n\n"))
         .await
         .unwrap();
     drop(tx);
@@ -155,7 +155,10 @@ async fn events_get_the_gateways_ids_and_a_dropped_call_is_resumed_exactly_once(
     let text = res.into_body().collect().await.unwrap().to_bytes();
     let got = events(std::str::from_utf8(&text).unwrap());
     let datas: Vec<&str> = got.iter().map(|(_, d)| d.as_str()).collect();
-    assert_eq!(datas, ["{\"p\":2}", "{\"result\":{},\"id\":7}"]);
+    assert_eq!(
+        datas,
+        ["{\"p\":2}", "{\"jsonrpc\":\"2.0\",\"result\":{},\"id\":7}"]
+    );
     assert!(got[1].0.ends_with(".3"));
     // The backend was asked once: the resumption came from the store.
     assert_eq!(backend.seen.lock().unwrap().len(), 1);
@@ -178,9 +181,14 @@ async fn a_resumption_waits_for_events_still_coming() {
     while !text.contains("data: b") {
         text.push_str(&next_text(&mut resumed).await);
     }
+    tx.send(data("data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"))
+        .await
+        .unwrap();
     drop(tx);
     let rest = resumed.collect().await.unwrap().to_bytes();
-    assert!(rest.iter().all(|b| *b != b'b'), "b came once");
+    let rest = std::str::from_utf8(&rest).unwrap();
+    assert!(!rest.contains("data: b"), "b came once: {rest}");
+    assert!(rest.contains("\"result\""), "then the answer: {rest}");
 }
 
 #[tokio::test]
@@ -274,4 +282,58 @@ fn only_the_gateways_ids_are_read_as_its_own() {
     ] {
         assert_eq!(StreamKey::parse(&sid, other.as_bytes()), None, "{other}");
     }
+}
+
+#[tokio::test]
+async fn a_stream_the_backend_closes_before_the_answer_goes_on_from_the_backend() {
+    // SSE polling (2025-11-25): the backend closes the call's stream
+    // early; the client comes back with the last id it saw.
+    let (backend, mut svc, sid) = setup(ResumeConfig::default());
+    let tx = backend.next_stream();
+    let res = ask(&mut svc, call(&sid, 7)).await;
+    tx.send(data(
+        "id: u1\nretry: 10\ndata: \n\nid: u2\ndata: {\"p\":1}\n\n",
+    ))
+    .await
+    .unwrap();
+    drop(tx);
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    let text = std::str::from_utf8(&text).unwrap();
+    assert!(text.contains("retry: 10"), "{text}");
+    let got = events(text);
+    assert_eq!(got.len(), 2);
+    let tx2 = backend.next_stream();
+    tx2.send(data(
+        "id: u3\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n",
+    ))
+    .await
+    .unwrap();
+    drop(tx2);
+    let res = ask(&mut svc, resume_req(&sid, &got[1].0)).await;
+    assert_eq!(res.status(), 200);
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    let rest = events(std::str::from_utf8(&text).unwrap());
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0].1, "{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}");
+    assert!(
+        rest[0].0.ends_with(".4"),
+        "after the pause's own position: {rest:?}"
+    );
+    // The backend was asked for the rest after its own last id.
+    assert_eq!(*backend.seen.lock().unwrap(), [None, Some("u2".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_call_stream_ended_early_without_ids_gets_an_error_for_the_call() {
+    let (backend, mut svc, sid) = setup(ResumeConfig::default());
+    let tx = backend.next_stream();
+    let res = ask(&mut svc, call(&sid, 3)).await;
+    tx.send(data("data: {\"p\":1}\n\n")).await.unwrap();
+    drop(tx);
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    let got = events(std::str::from_utf8(&text).unwrap());
+    assert_eq!(got.len(), 2, "{got:?}");
+    let err: serde_json::Value = serde_json::from_str(&got[1].1).unwrap();
+    assert_eq!(err["id"], 3);
+    assert_eq!(err["error"]["code"], -32058);
 }

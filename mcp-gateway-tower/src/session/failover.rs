@@ -210,11 +210,14 @@ pub(super) fn set_route(req: &mut Request<Body>, rec: &SessionRecord) {
             req.headers_mut().remove(&header_names::MCP_SESSION_ID);
         }
     }
-    let ext = req.extensions_mut();
-    ext.insert(Instance(rec.instance()));
-    // For the layers below that key state by the gateway's session
-    // (resumption): the header now names the backend's.
-    ext.insert(crate::resume::GatewaySession(rec.id().clone()));
+    req.extensions_mut().insert(Instance(rec.instance()));
+}
+
+/// Tells the layers below which gateway session `req` belongs to (the
+/// header now names the backend's): what resumption keys its streams by.
+pub(super) fn tell_session(req: &mut Request<Body>, rec: &SessionRecord) {
+    req.extensions_mut()
+        .insert(crate::resume::GatewaySession(rec.id().clone()));
 }
 
 /// A move to ask of [`reestablish`].

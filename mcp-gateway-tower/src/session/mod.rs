@@ -46,7 +46,7 @@ use crate::upstream::{own_request, Instance, Instances, NotSent};
 mod failover;
 mod select;
 
-use self::failover::{copy, note_setup, reestablish, set_route, Move, Resend};
+use self::failover::{copy, note_setup, reestablish, set_route, tell_session, Move, Resend};
 pub use self::failover::{Failover, Moved};
 use self::select::choose;
 pub use self::select::BackendSelector;
@@ -156,6 +156,9 @@ struct Shared {
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
     observers: arc_swap::ArcSwap<Vec<Arc<dyn SessionObserver>>>,
+    /// Put a [`GatewaySession`](crate::resume::GatewaySession) in routed
+    /// requests (a resumption layer below needs it).
+    tell_session: bool,
 }
 
 impl Shared {
@@ -261,25 +264,16 @@ impl SessionLayer {
 
     /// Like [`SessionLayer::new`] with a shared store.
     pub fn from_arcs(store: Arc<dyn SessionStore>, instances: Instances) -> Self {
-        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
-            let weak = weak.clone();
-            store.on_remote_end(Arc::new(move |id: &str| {
-                if let Some(shared) = weak.upgrade() {
-                    for o in shared.observers.load().iter() {
-                        o.gone(id);
-                    }
-                }
-            }));
-            Shared {
-                store,
-                instances,
-                selector: None,
-                failover: Failover::default(),
-                moving: Default::default(),
-                sweep_interval: Duration::from_secs(30),
-                sweeper_started: AtomicBool::new(false),
-                observers: Default::default(),
-            }
+        let shared = Arc::new(Shared {
+            store,
+            instances,
+            selector: None,
+            failover: Failover::default(),
+            moving: Default::default(),
+            sweep_interval: Duration::from_secs(30),
+            sweeper_started: AtomicBool::new(false),
+            observers: Default::default(),
+            tell_session: false,
         });
         SessionLayer { shared }
     }
@@ -315,6 +309,17 @@ impl SessionLayer {
     pub fn failover(mut self, failover: Failover) -> Self {
         if let Some(s) = Arc::get_mut(&mut self.shared) {
             s.failover = failover;
+        }
+        self
+    }
+
+    /// Puts a [`GatewaySession`](crate::resume::GatewaySession) in every
+    /// request routed in a session, for a
+    /// [`ResumeLayer`](crate::resume::ResumeLayer) below (without it, that
+    /// layer resumes nothing). Must be called before the layer is used.
+    pub fn tell_session(mut self) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.tell_session = true;
         }
         self
     }
@@ -401,6 +406,16 @@ where
             self.shared.sweeper_started.store(false, Ordering::Release);
             return;
         };
+        // Sessions ended on another replica: the observers let go of what
+        // they hold here.
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        self.shared.store.on_remote_end(Arc::new(move |id: &str| {
+            if let Some(shared) = weak.upgrade() {
+                for o in shared.observers.load().iter() {
+                    o.gone(id);
+                }
+            }
+        }));
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
         let inner = self.inner.clone();
         let every = self.shared.sweep_interval;
@@ -715,6 +730,9 @@ where
     }
     let again = (movable && !is_delete).then(|| Resend::of(&req)).flatten();
     set_route(&mut req, &rec);
+    if shared.tell_session {
+        tell_session(&mut req, &rec);
+    }
     // Ready: see `route`.
     let mut res = inner.call(req).await?;
     let status = res.status();
@@ -735,7 +753,10 @@ where
             };
             match reestablish(&shared, inner.clone(), &rec, m).await {
                 Ok(moved) => {
-                    let again = again.request(&moved);
+                    let mut again = again.request(&moved);
+                    if shared.tell_session {
+                        tell_session(&mut again, &moved);
+                    }
                     rec = moved;
                     res = inner.clone().oneshot(again).await?;
                 }
