@@ -851,7 +851,9 @@ mod library {
         for seq in 1..=3 {
             store.append(&k, event(seq, None));
         }
-        // Waits for what is still on its way (the writer is asynchronous).
+        // Waits for what is still on its way (the writer is asynchronous):
+        // the header first, as a resumption does.
+        assert_eq!(store.header(&k).await.unwrap(), event(0, None).wire);
         let mut got = Vec::new();
         while got.len() < 3 {
             let after = got.last().map_or(0, |e: &StoredEvent| e.seq);
@@ -869,7 +871,6 @@ mod library {
         let tail = reader.await.unwrap().unwrap();
         assert_eq!(tail.len(), 1);
         assert_eq!(tail[0].end, Some(StreamEnd::Done));
-        assert_eq!(store.header(&k).await.unwrap(), event(0, None).wire);
         let unknown = StreamKey::fresh(&SessionId::random(), true);
         assert_eq!(
             store.read(&unknown, 0, Duration::ZERO).await.unwrap_err(),

@@ -198,20 +198,22 @@ impl EventStore for RedisEventStore {
             let mut c = self.redis.conn();
             let start = format!("({}", entry_id(after));
             let mut pipe = redis::pipe();
+            // The stream exists once its header or an event is written.
             pipe.cmd("EXISTS")
                 .arg(&k)
+                .arg(format!("{k}:h"))
                 .cmd("XRANGE")
                 .arg(&k)
                 .arg(&start)
                 .arg("+")
                 .arg("COUNT")
                 .arg(1000);
-            let (exists, range): (bool, StreamRangeReply) = self
+            let (exists, range): (u32, StreamRangeReply) = self
                 .redis
                 .run("events read", pipe.query_async(&mut c))
                 .await
                 .map_err(EventStoreError::Backend)?;
-            if !exists {
+            if exists == 0 {
                 return Err(EventStoreError::Unknown);
             }
             let mut out: Vec<StoredEvent> = range

@@ -146,9 +146,11 @@ async fn events_get_the_gateways_ids_and_a_dropped_call_is_resumed_exactly_once(
     // The client goes away; the call goes on into the store.
     drop(body);
     tx.send(data("data: {\"p\":2}\n\n")).await.unwrap();
-    tx.send(data("data: {\"jsonrpc\":\"2.0\",\"result\":{},\"id\":7}\n\n"))
-        .await
-        .unwrap();
+    tx.send(data(
+        "data: {\"jsonrpc\":\"2.0\",\"result\":{},\"id\":7}\n\n",
+    ))
+    .await
+    .unwrap();
     drop(tx);
     let res = ask(&mut svc, resume_req(&sid, id1)).await;
     assert_eq!(res.status(), 200);
@@ -181,9 +183,11 @@ async fn a_resumption_waits_for_events_still_coming() {
     while !text.contains("data: b") {
         text.push_str(&next_text(&mut resumed).await);
     }
-    tx.send(data("data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"))
-        .await
-        .unwrap();
+    tx.send(data(
+        "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n",
+    ))
+    .await
+    .unwrap();
     drop(tx);
     let rest = resumed.collect().await.unwrap().to_bytes();
     let rest = std::str::from_utf8(&rest).unwrap();
