@@ -461,7 +461,7 @@ pub struct SessionsSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// `redis://host:port/db` (`rediss://` for TLS). Required with
+    /// `redis://[user:password@]host:port/db` (plain TCP). Required with
     /// `session_ids = "store"`; with `"sealed"` it shares revocations,
     /// limits and streams when given.
     pub redis_url: Option<Spanned<String>>,

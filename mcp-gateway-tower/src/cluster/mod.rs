@@ -7,7 +7,8 @@
 //! | limits | [`RedisLimiter`]: token buckets (GCRA), in-flight and session slots as leases, budgets; one script, one round trip per call | `limiter` |
 //! | resumable streams | [`RedisEventStore`]: Redis Streams, bounded per stream, with a TTL | `events` |
 //!
-//! Redis is the engine: a single primary (or one Sentinel keeps), reached
+//! Redis is the engine: a single primary (Redis Cluster's sharding is not
+//! supported: the scripts name keys they compute), reached
 //! through the `redis` crate's connection manager (multiplexed, pipelined,
 //! reconnecting by itself; chosen over `fred` for being the crate most
 //! Rust services already run, with the manager and scripts we need and
@@ -42,7 +43,9 @@ pub use self::sessions::{RedisSessionConfig, RedisSessionStore};
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db` (or `rediss://` for TLS).
+    /// `redis://[user:password@]host:port/db`.
+    /// Plain TCP: TLS to Redis (`rediss://`) is not built in; keep Redis on
+    /// a private network or behind a TLS tunnel.
     pub url: String,
     /// Prefix of every key and channel the gateway uses, so that several
     /// gateways (or other applications) can share one Redis. Default:
