@@ -46,6 +46,30 @@ fn config(backend: &Served, cluster: &str, extra: &str) -> String {
     )
 }
 
+/// A Redis, the backend, and a configuration file for replicas sharing
+/// state through that Redis (`cluster` more `[cluster]` keys, `extra` more
+/// tables); `None` when redis-server is missing (the test is skipped).
+struct Shared {
+    redis: RedisServer,
+    backend: Served,
+    dir: Scratch,
+    file: String,
+}
+
+async fn shared(tag: &str, cluster: &str, extra: &str) -> Option<Shared> {
+    let redis = RedisServer::start(tag)?;
+    let backend = backend().await;
+    let dir = Scratch::new(&format!("cluster-{tag}"));
+    let keys = format!("redis_url = \"{}\"\n{cluster}", redis.url());
+    let file = dir.file("gw.toml", &config(&backend, &keys, extra));
+    Some(Shared {
+        redis,
+        backend,
+        dir,
+        file,
+    })
+}
+
 /// Starts a replica with the configuration in `file`.
 async fn replica(file: &str, env: &[(&str, &str)]) -> GatewayProcess {
     let (file, env): (String, Vec<(String, String)>) = (
@@ -194,15 +218,11 @@ fn check_burst(r: &Reply, id: u64, count: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn any_replica_serves_any_request_and_a_dead_one_loses_only_its_own() {
-    let Some(redis) = RedisServer::start("replicas") else {
+    // Kept whole: Redis and the backend live as long as it does.
+    let Some(setup) = shared("replicas", "", "").await else {
         return;
     };
-    let backend = backend().await;
-    let dir = Scratch::new("cluster-replicas");
-    let file = dir.file(
-        "gw.toml",
-        &config(&backend, &format!("redis_url = \"{}\"", redis.url()), ""),
-    );
+    let file = setup.file.clone();
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(replica(&file, &[]).await);
@@ -299,19 +319,13 @@ async fn any_replica_serves_any_request_and_a_dead_one_loses_only_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limits_hold_across_replicas_and_a_dead_replicas_slots_come_back() {
-    let Some(redis) = RedisServer::start("limits") else {
+    let limits =
+        "[limits]\nprincipal_rate = { burst = 10, per_second = 0.01 }\nprincipal_sessions = 2\n";
+    // Kept whole: Redis and the backend live as long as it does.
+    let Some(setup) = shared("limits", "lease_secs = 2", limits).await else {
         return;
     };
-    let backend = backend().await;
-    let dir = Scratch::new("cluster-limits");
-    let file = dir.file(
-        "gw.toml",
-        &config(
-            &backend,
-            &format!("redis_url = \"{}\"\nlease_secs = 2", redis.url()),
-            "[limits]\nprincipal_rate = { burst = 10, per_second = 0.01 }\nprincipal_sessions = 2\n",
-        ),
-    );
+    let file = setup.file.clone();
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(replica(&file, &[]).await);
@@ -419,15 +433,11 @@ async fn read_progress(body: &mut hyper::body::Incoming, want: usize) -> (String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_dropped_on_one_replica_is_resumed_on_another_exactly_once() {
-    let Some(redis) = RedisServer::start("resume") else {
+    // Kept whole: Redis and the backend live as long as it does.
+    let Some(setup) = shared("resume", "", "").await else {
         return;
     };
-    let backend = backend().await;
-    let dir = Scratch::new("cluster-resume");
-    let file = dir.file(
-        "gw.toml",
-        &config(&backend, &format!("redis_url = \"{}\"", redis.url()), ""),
-    );
+    let file = setup.file.clone();
     let a = replica(&file, &[]).await;
     let b = replica(&file, &[]).await;
     resume_elsewhere(&a.url, &b.url).await;
@@ -503,20 +513,17 @@ async fn resume_elsewhere(a: &str, b: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_and_restarted_under_load() {
-    let Some(mut redis) = RedisServer::start("outage") else {
+    let limits = "[limits]\nprincipal_rate = { burst = 100000, per_second = 100000.0 }\n";
+    let metrics = format!("{limits}[observability]\nmetrics_path = \"/metrics\"\n");
+    let Some(Shared {
+        mut redis,
+        backend,
+        dir,
+        file: open,
+    }) = shared("outage", "timeout_ms = 300", &metrics).await
+    else {
         return;
     };
-    let backend = backend().await;
-    let dir = Scratch::new("cluster-outage");
-    let limits = "[limits]\nprincipal_rate = { burst = 100000, per_second = 100000.0 }\n";
-    let open = dir.file(
-        "open.toml",
-        &config(
-            &backend,
-            &format!("redis_url = \"{}\"\ntimeout_ms = 300", redis.url()),
-            &format!("{limits}[observability]\nmetrics_path = \"/metrics\"\n"),
-        ),
-    );
     let closed = dir.file(
         "closed.toml",
         &config(

@@ -104,6 +104,17 @@ impl Client {
         h.extend_from_slice(extra);
         raw("POST", &self.url, &h, body).await
     }
+
+    /// Ends the session (`DELETE`).
+    async fn end(&self) {
+        let h = [
+            V,
+            ("mcp-session-id", self.sid.as_str()),
+            ("authorization", self.auth.as_str()),
+        ];
+        let r = raw("DELETE", &self.url, &h, "").await;
+        assert!(r.status == 200 || r.status == 204);
+    }
 }
 
 /// `name{labels} value` rows of a scrape, parsed by `prometheus-parse`.
@@ -355,14 +366,7 @@ path = "{}"
     );
 
     // The session's end: its duration recorded, no session open.
-    let r = raw(
-        "DELETE",
-        &gw.url,
-        &[V, ("mcp-session-id", &c.sid), ("authorization", &c.auth)],
-        "",
-    )
-    .await;
-    assert!(r.status == 200 || r.status == 204);
+    c.end().await;
     let (s2, _) = scrape(&format!("{admin}/metrics")).await;
     assert_eq!(
         s2.value(
@@ -848,14 +852,7 @@ async fn audit_records_reach_clickhouse() {
             .await;
         assert!(r.answer()["result"].is_object());
     }
-    let r = raw(
-        "DELETE",
-        &gw.url,
-        &[V, ("mcp-session-id", &c.sid), ("authorization", &c.auth)],
-        "",
-    )
-    .await;
-    assert!(r.status == 200 || r.status == 204);
+    c.end().await;
     // Inserted in batches while the gateway runs (flush_ms = 100): wait
     // for the session's end to arrive, without stopping the gateway.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -286,7 +286,8 @@ impl RedisLimiter {
         }
         let mut members = Vec::new();
         for c in &checks {
-            inv.key(self.key(&c.key));
+            let key = self.key(&c.key);
+            inv.key(&key);
             match c.op {
                 CheckOp::Hit(q) => {
                     let interval = 1000.0 / q.per_second.max(1e-9);
@@ -298,9 +299,9 @@ impl RedisLimiter {
                 }
                 CheckOp::Acquire(max) => {
                     let id = inner.next_lease.fetch_add(1, Ordering::Relaxed);
-                    let member = format!("{}:{id}", inner.redis.notice('a', ""));
+                    let member = format!("{}:{id}", inner.redis.replica());
                     inv.arg("a").arg(max).arg(0).arg(0).arg(&member);
-                    members.push((id, self.key(&c.key), member));
+                    members.push((id, key, member));
                 }
                 CheckOp::Charge(b, amount) => {
                     inv.arg("c")

@@ -209,6 +209,11 @@ impl Redis {
         format!("{}|{kind}|{id}", self.0.replica)
     }
 
+    /// This replica's id (random, per process).
+    pub(crate) fn replica(&self) -> &str {
+        &self.0.replica
+    }
+
     /// The per-command timeout.
     pub(crate) fn timeout(&self) -> Duration {
         self.0.timeout
@@ -351,6 +356,25 @@ async fn listen(weak: std::sync::Weak<Inner>) {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
+        }
+    }
+}
+
+/// The hooks a shared session store calls with each session another
+/// replica ended ([`SessionStore::on_remote_end`](mcp_gateway_core::session::SessionStore::on_remote_end)).
+#[derive(Default)]
+pub(crate) struct RemoteEnds(Mutex<Vec<mcp_gateway_core::session::RemoteEnd>>);
+
+impl RemoteEnds {
+    pub(crate) fn add(&self, hook: mcp_gateway_core::session::RemoteEnd) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(hook);
+    }
+
+    /// Tells every hook that session `id` ended elsewhere.
+    pub(crate) fn ended(&self, id: &str) {
+        let hooks = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for hook in hooks {
+            hook(id);
         }
     }
 }

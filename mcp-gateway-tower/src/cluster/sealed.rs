@@ -35,7 +35,7 @@ use mcp_gateway_core::{Answer, ProtocolVersion};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::{unix_ms, Notice, Redis};
+use super::{unix_ms, Notice, Redis, RemoteEnds};
 
 const AAD: &[u8] = b"mcp-gateway sealed session v1";
 const FORMAT: u8 = 1;
@@ -130,7 +130,7 @@ struct Inner {
     /// what the sweep ends at their backend, giving back their slots.
     minted: std::sync::Mutex<HashMap<Arc<str>, u64>>,
     live: AtomicUsize,
-    remote_end: RwLock<Vec<RemoteEnd>>,
+    remote_end: RemoteEnds,
 }
 
 /// Sealed ids a replica remembers for its sweep at most; past it the
@@ -167,7 +167,7 @@ impl SealedSessionStore {
             moved: RwLock::new(HashMap::new()),
             minted: std::sync::Mutex::new(HashMap::new()),
             live: AtomicUsize::new(0),
-            remote_end: RwLock::new(Vec::new()),
+            remote_end: RemoteEnds::default(),
         });
         if let Some(redis) = redis {
             let weak = Arc::downgrade(&inner);
@@ -182,14 +182,7 @@ impl SealedSessionStore {
                             inner.revoke_here(nonce, eol);
                         }
                         inner.forget_minted(id);
-                        let hooks = inner
-                            .remote_end
-                            .read()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .clone();
-                        for hook in hooks {
-                            hook(id);
-                        }
+                        inner.remote_end.ended(id);
                     }
                     Notice::Resync => {
                         // Revocations published while the channel was away
@@ -577,11 +570,7 @@ impl SessionStore for SealedSessionStore {
     }
 
     fn on_remote_end(&self, hook: RemoteEnd) {
-        self.0
-            .remote_end
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(hook);
+        self.0.remote_end.add(hook);
     }
 }
 

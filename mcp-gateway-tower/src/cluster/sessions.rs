@@ -27,7 +27,7 @@ use mcp_gateway_core::session::{RemoteEnd, SessionRecord, SessionStore, StoreErr
 use mcp_gateway_core::Answer;
 use redis::Script;
 
-use super::{record, unix_ms, Notice, Redis};
+use super::{record, unix_ms, Notice, Redis, RemoteEnds};
 
 /// Settings of a [`RedisSessionStore`].
 #[derive(Debug, Clone)]
@@ -148,7 +148,7 @@ struct Inner {
     /// Sessions across the replicas, as last counted (plus local changes).
     count: AtomicUsize,
     epoch: Instant,
-    remote_end: RwLock<Vec<RemoteEnd>>,
+    remote_end: RemoteEnds,
     index: String,
     channel: String,
 }
@@ -180,7 +180,7 @@ impl RedisSessionStore {
             cached: AtomicUsize::new(0),
             count: AtomicUsize::new(0),
             epoch: Instant::now(),
-            remote_end: RwLock::new(Vec::new()),
+            remote_end: RemoteEnds::default(),
         });
         let weak = Arc::downgrade(&inner);
         redis.listen(move |n| {
@@ -188,14 +188,7 @@ impl RedisSessionStore {
             match n {
                 Notice::Ended(id) => {
                     inner.forget(id);
-                    let hooks = inner
-                        .remote_end
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone();
-                    for hook in hooks {
-                        hook(id);
-                    }
+                    inner.remote_end.ended(id);
                 }
                 Notice::Updated(id) => inner.forget(id),
                 Notice::Resync => inner.forget_all(),
@@ -518,10 +511,6 @@ impl SessionStore for RedisSessionStore {
     }
 
     fn on_remote_end(&self, hook: RemoteEnd) {
-        self.0
-            .remote_end
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(hook);
+        self.0.remote_end.add(hook);
     }
 }

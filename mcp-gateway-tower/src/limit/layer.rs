@@ -219,11 +219,7 @@ struct SlotReleaser(Arc<Shared>);
 
 impl SessionObserver for SlotReleaser {
     fn ended(&self, record: &SessionRecord, _why: SessionEnd) {
-        self.0
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(record.id().as_str());
+        self.gone(record.id().as_str());
     }
 
     fn gone(&self, id: &str) {

@@ -29,8 +29,7 @@ pub(super) fn record(
     // The body changes (the ids): its length with it.
     parts.headers.remove(http::header::CONTENT_LENGTH);
     let body = Recording {
-        recorder: Recorder::new(key, seq, shared.0, shared.1, call_id),
-        inner: Some(inner),
+        live: Some((inner, Recorder::new(key, seq, shared.0, shared.1, call_id))),
         prefix: (!prefix.is_empty()).then_some(prefix),
     };
     Response::from_parts(parts, Body::new(body))
@@ -128,6 +127,12 @@ impl Recorder {
             _ => StreamEnd::Done,
         };
         let upstream_id = (end == StreamEnd::Paused).then(|| Bytes::copy_from_slice(upstream));
+        self.end(end, upstream_id, Bytes::new());
+        Vec::new()
+    }
+
+    /// Stores the stream's last entry.
+    fn end(&mut self, end: StreamEnd, upstream_id: Option<Bytes>, wire: Bytes) {
         self.ended = true;
         self.seq += 1;
         self.store.append(
@@ -135,11 +140,10 @@ impl Recorder {
             StoredEvent {
                 seq: self.seq,
                 upstream_id,
-                wire: Bytes::new(),
+                wire,
                 end: Some(end),
             },
         );
-        Vec::new()
     }
 
     /// Stores the end of a stream cut short: the error a resuming client
@@ -151,17 +155,7 @@ impl Recorder {
             _ => Vec::new(),
         };
         if !self.ended {
-            self.ended = true;
-            self.seq += 1;
-            self.store.append(
-                &self.key,
-                StoredEvent {
-                    seq: self.seq,
-                    upstream_id: None,
-                    wire: Bytes::copy_from_slice(&wire),
-                    end: Some(StreamEnd::Cut),
-                },
-            );
+            self.end(StreamEnd::Cut, None, Bytes::copy_from_slice(&wire));
         }
         wire
     }
@@ -221,8 +215,8 @@ fn encode(out: &mut Vec<u8>, ev: &SseEvent<'_>, id: &str) {
 
 /// The body the client reads. See [`record`].
 struct Recording {
-    recorder: Recorder,
-    inner: Option<Body>,
+    /// The backend's body and its recorder, until the stream ends.
+    live: Option<(Body, Recorder)>,
     prefix: Option<Bytes>,
 }
 
@@ -239,40 +233,37 @@ impl http_body::Body for Recording {
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
         loop {
-            let Some(inner) = this.inner.as_mut() else {
+            let Some((inner, rec)) = this.live.as_mut() else {
                 return Poll::Ready(None);
             };
-            match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
+            let (out, last) = match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(chunk) => match this.recorder.feed(&chunk) {
+                    Ok(chunk) => match rec.feed(&chunk) {
                         Ok(out) if out.is_empty() => continue,
-                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out.into())))),
-                        Err(out) => {
-                            this.inner = None;
-                            return Poll::Ready(Some(Ok(Frame::data(out.into()))));
-                        }
+                        Ok(out) => (out, false),
+                        Err(out) => (out, true),
                     },
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
                 Some(Err(e)) => {
-                    this.recorder.cut("the backend's stream failed");
-                    this.inner = None;
+                    rec.cut("the backend's stream failed");
+                    this.live = None;
                     return Poll::Ready(Some(Err(e)));
                 }
-                None => {
-                    let last = this.recorder.done();
-                    this.inner = None;
-                    if !last.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(last.into()))));
-                    }
-                    return Poll::Ready(None);
-                }
+                None => (rec.done(), true),
+            };
+            if last {
+                this.live = None;
             }
+            if out.is_empty() {
+                return Poll::Ready(None);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(out.into()))));
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.prefix.is_none() && self.live.as_ref().is_none_or(|(b, _)| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -282,40 +273,18 @@ impl http_body::Body for Recording {
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        let Some(inner) = self.inner.take() else {
+        let Some((inner, mut rec)) = self.live.take() else {
             return;
         };
-        if self.recorder.ended {
-            return;
-        }
         // A GET stream is the backend's to continue: a resuming client
         // asks it again. A call's stream is read on into the store.
-        if self.recorder.key.is_get() || self.recorder.call_id.is_none() {
-            self.recorder.done_get();
+        if rec.ended || rec.key.is_get() || rec.call_id.is_none() {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.recorder.cut("the gateway was shutting down");
-            return;
-        };
-        let placeholder = Recorder::new(
-            self.recorder.key.clone(),
-            0,
-            self.recorder.store.clone(),
-            self.recorder.cfg.clone(),
-            None,
-        );
-        let recorder = std::mem::replace(&mut self.recorder, placeholder);
-        self.recorder.ended = true;
-        rt.spawn(drain(inner, recorder));
-    }
-}
-
-impl Recorder {
-    /// A `GET` stream whose client went away: nothing more is stored (the
-    /// backend continues it for the next client).
-    fn done_get(&mut self) {
-        self.ended = true;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(drain(inner, rec))),
+            Err(_) => drop(rec.cut("the gateway was shutting down")),
+        }
     }
 }
 

@@ -143,14 +143,21 @@ where
 
 /// The answer to a resumption that cannot be served.
 fn refusal(e: &EventStoreError) -> Response<Body> {
-    let kind = match e {
-        EventStoreError::Backend(_) => ErrorKind::StateUnavailable,
-        _ => ErrorKind::CannotResume,
+    let err = match e {
+        EventStoreError::Backend(cause) => {
+            // The cause names the network behind the gateway: logged only.
+            tracing::warn!(error = %cause, "event store unavailable");
+            GatewayError::new(
+                ErrorKind::StateUnavailable,
+                "cannot resume the stream: the event store cannot be reached",
+            )
+        }
+        _ => GatewayError::new(
+            ErrorKind::CannotResume,
+            format!("cannot resume the stream: {e}"),
+        ),
     };
-    let mut res = error_response(
-        &GatewayError::new(kind, format!("cannot resume the stream: {e}")),
-        None,
-    );
+    let mut res = error_response(&err, None);
     if res.status() == StatusCode::SERVICE_UNAVAILABLE {
         res.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -252,9 +259,14 @@ impl Tail {
             };
             let events = match events {
                 Ok(e) => e,
+                Err(EventStoreError::Backend(cause)) => {
+                    tracing::warn!(error = %cause, "event store unavailable");
+                    self.done = true;
+                    return Some(self.cut("the event store cannot be reached"));
+                }
                 Err(e) => {
                     self.done = true;
-                    return Some(self.cut(&format!("{e}")));
+                    return Some(self.cut(&e.to_string()));
                 }
             };
             if events.is_empty() {

@@ -121,6 +121,21 @@ fn setup(cfg: ResumeConfig) -> (Backend, Resume<Backend>, SessionId) {
     (backend, svc, SessionId::random())
 }
 
+/// Starts call `id` of session `sid`, has the backend send one event `a`,
+/// and reads it: the backend's sender, the client's body, the event's id.
+async fn call_with_one_event(
+    svc: &mut Resume<Backend>,
+    backend: &Backend,
+    sid: &SessionId,
+    id: u32,
+) -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, Body, String) {
+    let tx = backend.next_stream();
+    let mut body = ask(svc, call(sid, id)).await.into_body();
+    tx.send(data("data: a\n\n")).await.unwrap();
+    let first = events(&next_text(&mut body).await)[0].0.clone();
+    (tx, body, first)
+}
+
 async fn next_text(body: &mut Body) -> String {
     let frame = body.frame().await.unwrap().unwrap();
     String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
@@ -169,11 +184,7 @@ async fn events_get_the_gateways_ids_and_a_dropped_call_is_resumed_exactly_once(
 #[tokio::test]
 async fn a_resumption_waits_for_events_still_coming() {
     let (backend, mut svc, sid) = setup(ResumeConfig::default());
-    let tx = backend.next_stream();
-    let res = ask(&mut svc, call(&sid, 1)).await;
-    let mut body = res.into_body();
-    tx.send(data("data: a\n\n")).await.unwrap();
-    let id1 = events(&next_text(&mut body).await)[0].0.clone();
+    let (tx, body, id1) = call_with_one_event(&mut svc, &backend, &sid, 1).await;
     drop(body);
     let res = ask(&mut svc, resume_req(&sid, &id1)).await;
     let mut resumed = res.into_body();
@@ -198,11 +209,7 @@ async fn a_resumption_waits_for_events_still_coming() {
 #[tokio::test]
 async fn unknown_and_foreign_streams_are_refused_clearly() {
     let (backend, mut svc, sid) = setup(ResumeConfig::default());
-    let tx = backend.next_stream();
-    let res = ask(&mut svc, call(&sid, 1)).await;
-    let mut body = res.into_body();
-    tx.send(data("data: a\n\n")).await.unwrap();
-    let id1 = events(&next_text(&mut body).await)[0].0.clone();
+    let (_tx, _body, id1) = call_with_one_event(&mut svc, &backend, &sid, 1).await;
     // Another session cannot read this one's stream.
     let other = SessionId::random();
     let res = ask(&mut svc, resume_req(&other, &id1)).await;
@@ -220,11 +227,7 @@ async fn a_call_cut_while_its_client_is_away_ends_with_an_error_for_the_call() {
         drain_bytes: 8,
         ..ResumeConfig::default()
     });
-    let tx = backend.next_stream();
-    let res = ask(&mut svc, call(&sid, 5)).await;
-    let mut body = res.into_body();
-    tx.send(data("data: a\n\n")).await.unwrap();
-    let id1 = events(&next_text(&mut body).await)[0].0.clone();
+    let (tx, body, id1) = call_with_one_event(&mut svc, &backend, &sid, 5).await;
     drop(body);
     tx.send(data("data: more than eight bytes\n\n"))
         .await

@@ -634,13 +634,7 @@ where
             let orphan =
                 SessionRecord::new(gid, instance, upstream_id).with_protocol_version(version);
             tokio::spawn(async move { end_upstream(inner, &orphan).await });
-            let kind = match e {
-                StoreError::Full { .. } => ErrorKind::SessionCapacity,
-                StoreError::Backend(_) => ErrorKind::StateUnavailable,
-                _ => ErrorKind::Internal,
-            };
-            let err = GatewayError::new(kind, format!("cannot start a session: {e}"));
-            Ok(error_response(&err, id.as_ref()))
+            Ok(store_failure(&e, "cannot start a session", id.as_ref()))
         }
     }
 }
@@ -668,14 +662,11 @@ where
         Ok(Some(rec)) => rec,
         Ok(None) => return Ok(not_found(first_id(&req).as_ref())),
         Err(e) => {
-            let e = GatewayError::new(
-                ErrorKind::StateUnavailable,
-                format!("Service Unavailable: {e}"),
-            );
-            let mut res = error_response(&e, first_id(&req).as_ref());
-            res.headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Ok(res);
+            return Ok(store_failure(
+                &e,
+                "Service Unavailable",
+                first_id(&req).as_ref(),
+            ))
         }
     };
     let owner = session_owner(&req);
@@ -788,6 +779,31 @@ where
             .insert(header_names::MCP_SESSION_ID, rec.id_header().clone());
     }
     Ok(res)
+}
+
+/// The answer when the session store failed: a full table is 503 /
+/// -32052; a shared store out of reach 503 / -32057 with `Retry-After`, its
+/// cause logged, not answered (it names the network behind the gateway).
+fn store_failure(e: &StoreError, what: &str, id: Option<&RequestId>) -> Response<Body> {
+    let err = match e {
+        StoreError::Full { .. } => {
+            GatewayError::new(ErrorKind::SessionCapacity, format!("{what}: {e}"))
+        }
+        StoreError::Backend(cause) => {
+            tracing::warn!(error = %cause, "session store unavailable");
+            GatewayError::new(
+                ErrorKind::StateUnavailable,
+                format!("{what}: the session store cannot be reached"),
+            )
+        }
+        _ => GatewayError::new(ErrorKind::Internal, format!("{what}: {e}")),
+    };
+    let mut res = error_response(&err, id);
+    if err.kind() == ErrorKind::StateUnavailable {
+        res.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    res
 }
 
 fn no_content() -> Response<Body> {
