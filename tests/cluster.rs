@@ -444,6 +444,46 @@ async fn a_call_dropped_on_one_replica_is_resumed_on_another_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_resumed_elsewhere_ends_with_an_error_when_its_replica_dies() {
+    let Some(setup) = shared("orphan", "", "").await else {
+        return;
+    };
+    let a = replica(&setup.file, &[]).await;
+    let b = replica(&setup.file, &[]).await;
+    let sid = initialize(&a.url).await.unwrap();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::post(&a.url)
+        .header(JSON.0, JSON.1)
+        .header(ACCEPT.0, ACCEPT.1)
+        .header(V.0, V.1)
+        .header("mcp-session-id", &sid)
+        .body(Full::new(Bytes::from(burst(11, 100, 200))))
+        .unwrap();
+    let mut body = client.request(req).await.unwrap().into_body();
+    let (last, _) = read_progress(&mut body, 2).await;
+    drop(body);
+    // The replica running the call dies while its client is away.
+    drop(a);
+    let started = Instant::now();
+    let r = send(
+        "GET",
+        &b.url,
+        Some(&sid),
+        &[("accept", "text/event-stream"), ("last-event-id", &last)],
+        "",
+    )
+    .await
+    .unwrap();
+    let answer = r.answer();
+    assert_eq!(answer["id"], 11, "{answer}");
+    assert_eq!(answer["error"]["code"], -32058, "{answer}");
+    println!(
+        "a resumed call whose replica died ended with -32058 after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_single_gateway_resumes_from_its_own_store() {
     let backend = backend().await;
     let dir = Scratch::new("resume-memory");

@@ -107,6 +107,14 @@ async fn write_loop(
                     .arg(e.wire.as_ref())
                     .arg("PX")
                     .arg(ttl)
+                    .ignore()
+                    // Who records the stream: a resuming client on another
+                    // replica learns soon if it died.
+                    .cmd("SET")
+                    .arg(format!("{key}:w"))
+                    .arg(redis.replica())
+                    .arg("PX")
+                    .arg(ttl)
                     .ignore();
                 continue;
             }
@@ -253,6 +261,32 @@ impl EventStore for RedisEventStore {
                 return Err(EventStoreError::Gap);
             }
             Ok(out)
+        })
+    }
+
+    fn writer_alive(&self, key: &StreamKey) -> Answer<'_, bool> {
+        let k = format!("{}:w", self.key(key));
+        Answer::pending(async move {
+            let mut c = self.redis.conn();
+            let writer: Option<String> = match self
+                .redis
+                .run(
+                    "events writer",
+                    redis::cmd("GET").arg(&k).query_async(&mut c),
+                )
+                .await
+            {
+                Ok(w) => w,
+                // Not known now: the drain's own bound decides.
+                Err(_) => return true,
+            };
+            let Some(writer) = writer else { return true };
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(self.redis.alive_key(&writer));
+            self.redis
+                .run("events writer", exists.query_async::<bool>(&mut c))
+                .await
+                .unwrap_or(true)
         })
     }
 

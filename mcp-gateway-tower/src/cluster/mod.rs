@@ -170,7 +170,14 @@ impl Redis {
             failures: AtomicU64::new(0),
         }));
         tokio::spawn(listen(Arc::downgrade(&redis.0)));
+        tokio::spawn(heartbeat(Arc::downgrade(&redis.0)));
         Ok(redis)
+    }
+
+    /// The key that exists while replica `replica` runs (renewed every
+    /// [`HEARTBEAT`], lives three times that).
+    pub(crate) fn alive_key(&self, replica: &str) -> String {
+        self.key(&format!("replica:{replica}"))
     }
 
     /// This thread's connection: each serving thread keeps to one (whose
@@ -376,6 +383,28 @@ impl RemoteEnds {
         for hook in hooks {
             hook(id);
         }
+    }
+}
+
+/// How often a replica says it runs: what others wait at most, three
+/// times over, before they take it for dead (a call stream it was
+/// recording is then cut for the clients resuming it).
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(300);
+
+/// Keeps this replica's liveness key; stops when the handle is dropped.
+async fn heartbeat(weak: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        let redis = Redis(inner);
+        let mut c = redis.conn();
+        let key = redis.alive_key(redis.replica());
+        let ttl = (HEARTBEAT * 3).as_millis() as u64;
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(1).arg("PX").arg(ttl);
+        let _ = redis.run("heartbeat", set.query_async::<()>(&mut c)).await;
     }
 }
 

@@ -216,6 +216,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// it is, empty for a `GET` stream); [`EventStoreError::Unknown`] when
     /// the stream is not kept.
     fn header(&self, key: &StreamKey) -> Answer<'_, Result<Bytes, EventStoreError>>;
+
+    /// Whether whoever records stream `key` still runs. A shared store
+    /// answers from the recording replica's heartbeat, so a client resuming
+    /// on another replica learns within about a second that the call's
+    /// replica died. Default (one process): true.
+    fn writer_alive(&self, _key: &StreamKey) -> Answer<'_, bool> {
+        Answer::ready(true)
+    }
 }
 
 /// Settings of [`ResumeLayer`].

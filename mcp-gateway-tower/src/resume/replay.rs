@@ -226,6 +226,10 @@ where
     }
 }
 
+/// How long a tail waits for new events before it looks whether the call's
+/// replica still runs (and sends a keep-alive every `keep_alive`).
+const TAIL_WAIT: Duration = Duration::from_secs(1);
+
 /// Follows a stored call stream to its end.
 struct Tail {
     store: Arc<dyn EventStore>,
@@ -251,11 +255,7 @@ impl Tail {
         loop {
             let events = match self.pending.take() {
                 Some(e) => Ok(e),
-                None => {
-                    self.store
-                        .read(&self.key, self.after, self.cfg.keep_alive)
-                        .await
-                }
+                None => self.store.read(&self.key, self.after, TAIL_WAIT).await,
             };
             let events = match events {
                 Ok(e) => e,
@@ -270,14 +270,20 @@ impl Tail {
                 }
             };
             if events.is_empty() {
-                self.idle += self.cfg.keep_alive;
-                if self.idle > self.cfg.drain_for + self.cfg.keep_alive {
+                self.idle += TAIL_WAIT;
+                let quiet_too_long = self.idle > self.cfg.drain_for + self.cfg.keep_alive;
+                if quiet_too_long || !self.store.writer_alive(&self.key).await {
                     // Whoever was reading the call stopped without an end:
                     // the replica running it is gone.
                     self.done = true;
                     return Some(self.cut("the gateway running the call went away"));
                 }
-                return Some(Bytes::from_static(KEEP_ALIVE));
+                if self.idle.as_millis() % self.cfg.keep_alive.as_millis().max(1)
+                    < TAIL_WAIT.as_millis()
+                {
+                    return Some(Bytes::from_static(KEEP_ALIVE));
+                }
+                continue;
             }
             self.idle = Duration::ZERO;
             let mut out = BytesMut::new();
