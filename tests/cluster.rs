@@ -86,6 +86,15 @@ async fn replica(file: &str, env: &[(&str, &str)]) -> GatewayProcess {
     .unwrap()
 }
 
+/// Three replicas with the configuration in `file`.
+async fn three(file: &str) -> Vec<GatewayProcess> {
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(file, &[]).await);
+    }
+    replicas
+}
+
 /// One request, read to the end; `Err` when the replica cannot be reached
 /// (or breaks the connection).
 async fn send(
@@ -223,10 +232,7 @@ async fn any_replica_serves_any_request_and_a_dead_one_loses_only_its_own() {
         return;
     };
     let file = setup.file.clone();
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(replica(&file, &[]).await);
-    }
+    let mut replicas = three(&file).await;
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
     let sid = initialize(&urls[0]).await.unwrap();
     let mut client = RoundRobin {
@@ -288,9 +294,7 @@ async fn any_replica_serves_any_request_and_a_dead_one_loses_only_its_own() {
         r.terminate();
         drop(r);
     }
-    for _ in 0..3 {
-        replicas.push(replica(&file, &[]).await);
-    }
+    replicas.extend(three(&file).await);
     let mut client = RoundRobin {
         urls: replicas.iter().map(|r| r.url.clone()).collect(),
         next: 0,
@@ -326,10 +330,7 @@ async fn limits_hold_across_replicas_and_a_dead_replicas_slots_come_back() {
         return;
     };
     let file = setup.file.clone();
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(replica(&file, &[]).await);
-    }
+    let mut replicas = three(&file).await;
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
     // Two sessions on replica 0 fill the cap for every replica.
     let sid = initialize(&urls[0]).await.unwrap();
