@@ -8,26 +8,18 @@
 mod fixtures;
 #[path = "support/net.rs"]
 mod net;
+#[path = "support/rmcp_client.rs"]
+mod rmcp_client;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use mcp_gateway_axum::McpGateway;
 use mcp_gateway_tower::upstream::{HttpClient, HttpUpstreamConfig};
 use rmcp::model::*;
-use rmcp::service::{NotificationContext, RequestContext, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{ClientHandler, ErrorData as McpError, RoleClient, ServiceExt};
-use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use net::{raw, serve, url, Served, ACCEPT, JSON, V};
-
-fn from<T: DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("test JSON matches the rmcp model")
-}
+use rmcp_client::*;
 
 async fn backend(name: &str) -> Served {
     serve(axum::Router::new().nest_service("/mcp", fixtures::service(name))).await
@@ -45,172 +37,6 @@ async fn gateway_with(backends: &[&Served], client: HttpClient) -> Served {
         b = b.upstream_url(&format!("http://{}/mcp", s.addr)).unwrap();
     }
     serve(b.build().unwrap()).await
-}
-
-/// A client that answers sampling and elicitation and records notifications.
-#[derive(Clone, Default)]
-struct TestClient {
-    progress: Arc<Mutex<HashMap<String, Vec<f64>>>>,
-    progress_total: Arc<AtomicUsize>,
-    tool_list_changed: Arc<AtomicUsize>,
-    changed: Arc<tokio::sync::Notify>,
-}
-
-impl ClientHandler for TestClient {
-    async fn create_message(
-        &self,
-        params: CreateMessageRequestParams,
-        _ctx: RequestContext<RoleClient>,
-    ) -> Result<CreateMessageResult, McpError> {
-        let asked = serde_json::to_value(&params.messages).unwrap()[0]["content"]["text"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        Ok(from(
-            json!({"role": "assistant", "model": "test-model", "stopReason": "endTurn",
-            "content": {"type": "text", "text": format!("echo:{asked}")}}),
-        ))
-    }
-
-    async fn create_elicitation(
-        &self,
-        _request: ElicitRequestParams,
-        _ctx: RequestContext<RoleClient>,
-    ) -> Result<ElicitResult, McpError> {
-        Ok(from(
-            json!({"action": "accept", "content": {"response": "yes please"}}),
-        ))
-    }
-
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _ctx: NotificationContext<RoleClient>,
-    ) {
-        let token = match serde_json::to_value(&params.progress_token).unwrap() {
-            Value::String(s) => s,
-            v => v.to_string(),
-        };
-        self.progress
-            .lock()
-            .unwrap()
-            .entry(token)
-            .or_default()
-            .push(params.progress);
-        self.progress_total.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
-    }
-
-    async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
-        self.tool_list_changed.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
-    }
-
-    fn get_info(&self) -> ClientConfig {
-        from(json!({"protocolVersion": "2025-11-25",
-            "capabilities": {"sampling": {}, "elicitation": {"form": {}}},
-            "clientInfo": {"name": "mcp-gateway-tests", "version": "0.1.0"}}))
-    }
-}
-
-impl TestClient {
-    /// Waits (bounded) until `cond` holds, re-checking on every notification.
-    async fn wait_until(&self, what: &str, cond: impl Fn(&Self) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let notified = self.changed.notified();
-            if cond(self) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                assert!(cond(self), "timed out waiting for {what}");
-                return;
-            }
-        }
-    }
-}
-
-async fn connect_session(url: &str) -> (RunningService<RoleClient, TestClient>, TestClient) {
-    let handler = TestClient::default();
-    let client = handler
-        .clone()
-        .serve(StreamableHttpClientTransport::from_uri(url.to_owned()))
-        .await
-        .expect("initialize through the gateway");
-    (client, handler)
-}
-
-async fn connect_stateless(url: &str) -> (RunningService<RoleClient, TestClient>, TestClient) {
-    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
-    let handler = TestClient::default();
-    let client = handler
-        .clone()
-        .serve_with_lifecycle(
-            StreamableHttpClientTransport::from_uri(url.to_owned()),
-            ClientLifecycleMode::Discover {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-            },
-        )
-        .await
-        .expect("server/discover through the gateway");
-    (client, handler)
-}
-
-fn text_of(r: &CallToolResult) -> String {
-    serde_json::to_value(r).unwrap()["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-async fn call(
-    client: &RunningService<RoleClient, TestClient>,
-    name: &str,
-    args: Value,
-) -> CallToolResult {
-    client
-        .call_tool(from(json!({"name": name, "arguments": args})))
-        .await
-        .unwrap_or_else(|e| panic!("tools/call {name}: {e}"))
-}
-
-/// 50 concurrent calls, each streaming 20 progress notifications: every
-/// notification arrives, in order, none lost.
-async fn progress_under_concurrency(
-    client: &RunningService<RoleClient, TestClient>,
-    handler: &TestClient,
-) {
-    const CALLS: usize = 50;
-    const EACH: usize = 20;
-    let mut tasks = Vec::new();
-    for i in 0..CALLS {
-        let peer = client.peer().clone();
-        tasks.push(tokio::spawn(async move {
-            let params: CallToolRequestParams = from(json!({"name": "progress_burst",
-                "arguments": {"count": EACH}, "_meta": {"progressToken": format!("tok-{i}")}}));
-            peer.call_tool(params).await.unwrap()
-        }));
-    }
-    for t in tasks {
-        assert_eq!(text_of(&t.await.unwrap()), EACH.to_string());
-    }
-    handler
-        .wait_until("every progress notification", |h| {
-            h.progress_total.load(Ordering::SeqCst) >= CALLS * EACH
-        })
-        .await;
-    let progress = handler.progress.lock().unwrap();
-    assert_eq!(progress.len(), CALLS, "one progress token per call");
-    for (token, seen) in progress.iter() {
-        let mut sorted = seen.clone();
-        sorted.sort_by(f64::total_cmp);
-        let want: Vec<f64> = (1..=EACH).map(|i| i as f64).collect();
-        assert_eq!(
-            sorted, want,
-            "progress of {token}: lost or duplicated notifications"
-        );
-    }
-    assert_eq!(handler.progress_total.load(Ordering::SeqCst), CALLS * EACH);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -581,3 +581,178 @@ pub fn handshake_only(
         }
     })
 }
+
+/// A second kind of server, for aggregates: `tools` tools `p_0`, `p_1`, …
+/// (each returns its own name), `paged_echo`, and `echo` when `with_echo`
+/// (a name it then shares with [`Fixtures`]); resources `paged://r/{i}`
+/// and the template `paged://t/{id}`; the prompt `paged_prompt`. Every list
+/// comes in pages of `page` entries.
+#[derive(Clone)]
+pub struct Paged {
+    pub name: Arc<str>,
+    pub tools: usize,
+    pub resources: usize,
+    pub page: usize,
+    pub with_echo: bool,
+}
+
+impl Paged {
+    /// `tools` tools and as many resources, in pages of `page`.
+    pub fn new(name: &str, tools: usize, page: usize, with_echo: bool) -> Self {
+        Paged {
+            name: name.into(),
+            tools,
+            resources: tools,
+            page: page.max(1),
+            with_echo,
+        }
+    }
+
+    fn page_of(&self, all: Vec<Value>, cursor: Option<&str>) -> (Vec<Value>, Option<String>) {
+        let start: usize = cursor
+            .and_then(|c| c.strip_prefix("page-")?.parse().ok())
+            .unwrap_or(0);
+        let end = (start + self.page).min(all.len());
+        let next = (end < all.len()).then(|| format!("page-{end}"));
+        (all.get(start..end).unwrap_or_default().to_vec(), next)
+    }
+
+    fn all_tools(&self) -> Vec<Value> {
+        let empty = json!({"type": "object", "properties": {}});
+        let mut t: Vec<Value> = (0..self.tools)
+            .map(|i| json!({"name": format!("p_{i}"), "description": "Returns its own name", "inputSchema": empty}))
+            .collect();
+        t.push(
+            json!({"name": "paged_echo", "description": "Echoes `text` with this server's name",
+            "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}),
+        );
+        if self.with_echo {
+            t.push(
+                json!({"name": "echo", "description": "Echoes `text` with this server's name",
+                "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}),
+            );
+        }
+        t
+    }
+}
+
+impl ServerHandler for Paged {
+    fn get_info(&self) -> ServerConfig {
+        let caps: ServerCapabilities = from(json!({
+            "tools": {"listChanged": true},
+            "resources": {},
+            "prompts": {},
+        }));
+        ServerConfig::new(caps)
+            .with_server_info(from(json!({"name": &*self.name, "version": "0.1.0"})))
+            .with_instructions(format!("{} lists in pages of {}", self.name, self.page))
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let cursor = request.as_ref().and_then(|r| r.cursor.clone());
+        let (page, next) = self.page_of(self.all_tools(), cursor.as_deref());
+        Ok(from(json!({"tools": page, "nextCursor": next})))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let args = request.arguments.clone().unwrap_or_default();
+        let name = &*request.name;
+        if name == "echo" || name == "paged_echo" {
+            let t = args.get("text").and_then(Value::as_str).unwrap_or("");
+            return Ok(text(format!("{}:{t}", self.name)));
+        }
+        if self.all_tools().iter().any(|t| t["name"] == name) {
+            return Ok(text(name));
+        }
+        Err(McpError::invalid_params(
+            format!("Unknown tool: {name}"),
+            None,
+        ))
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let all = (0..self.resources)
+            .map(|i| json!({"uri": format!("paged://r/{i}"), "name": format!("r{i}"), "mimeType": "text/plain"}))
+            .collect();
+        let cursor = request.as_ref().and_then(|r| r.cursor.clone());
+        let (page, next) = self.page_of(all, cursor.as_deref());
+        Ok(from(json!({"resources": page, "nextCursor": next})))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(from(json!({"resourceTemplates": [
+            {"uriTemplate": "paged://t/{id}", "name": "paged-template", "mimeType": "text/plain"}
+        ]})))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let uri = request.uri.clone();
+        if uri.starts_with("paged://") {
+            let c = json!({"uri": uri, "mimeType": "text/plain", "text": format!("{} has {uri}", self.name)});
+            return Ok(ReadResourceResponse::Complete(from(
+                json!({"contents": [c]}),
+            )));
+        }
+        Err(McpError::resource_not_found(
+            format!("Resource not found: {uri}"),
+            Some(json!({"uri": uri})),
+        ))
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(from(json!({"prompts": [
+            {"name": "paged_prompt", "description": "A prompt of the paged server"}
+        ]})))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if &*request.name != "paged_prompt" {
+            return Err(McpError::invalid_params("Unknown prompt", None));
+        }
+        Ok(GetPromptResponse::Complete(from(json!({"messages": [
+            {"role": "user", "content": {"type": "text", "text": format!("prompt of {}", self.name)}}
+        ]}))))
+    }
+}
+
+/// [`Paged`] as a tower service (rmcp's Streamable HTTP server).
+pub fn paged_service(
+    p: Paged,
+) -> rmcp::transport::streamable_http_server::StreamableHttpService<
+    Paged,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    rmcp::transport::streamable_http_server::StreamableHttpService::new(
+        move || Ok(p.clone()),
+        Default::default(),
+        rmcp::transport::streamable_http_server::StreamableHttpServerConfig::default(),
+    )
+}

@@ -23,6 +23,9 @@
 //! ```
 #![deny(missing_docs)]
 
+mod backend;
+pub use backend::Backend;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +39,8 @@ pub use mcp_gateway_core::McpRequest;
 use mcp_gateway_core::Principal;
 use mcp_gateway_core::{ErrorKind, GatewayError};
 use mcp_gateway_tower::acl::{Access, AclLayer, Decision, ToolPolicy};
+use mcp_gateway_tower::aggregate::Member;
+pub use mcp_gateway_tower::aggregate::{Aggregate, AggregateConfig, PrefixMode};
 use mcp_gateway_tower::audit::{AccessLog, AuditConfig, AuditLayer, AuditSink, FanOut};
 use mcp_gateway_tower::auth::{AuthConfig, AuthLayer, Authenticator, ProtectedResourceMetadata};
 use mcp_gateway_tower::credentials::CredentialProvider;
@@ -93,6 +98,8 @@ pub struct McpGatewayBuilder {
     failover: Failover,
     sweep_interval: Duration,
     metadata_url: Option<String>,
+    backends: Vec<Backend>,
+    aggregate: AggregateConfig,
     #[cfg(feature = "otel")]
     telemetry: mcp_gateway_tower::telemetry::Telemetry,
 }
@@ -128,6 +135,8 @@ impl Default for McpGatewayBuilder {
             failover: Failover::default(),
             sweep_interval: Duration::from_secs(30),
             metadata_url: None,
+            backends: Vec::new(),
+            aggregate: AggregateConfig::default(),
             #[cfg(feature = "otel")]
             telemetry: Default::default(),
         }
@@ -168,6 +177,25 @@ impl McpGatewayBuilder {
         self.instances
             .push(Box::new(move |name, creds| named_instance(up, name, creds)));
         Ok(self)
+    }
+
+    /// Adds a named backend: with two or more (or any, instead of
+    /// [`upstream_url`](Self::upstream_url)), the gateway serves them as one
+    /// server through an [`Aggregate`] (see
+    /// `mcp_gateway_tower::aggregate`): merged lists, names routed and
+    /// prefixed by [`aggregate_config`](Self::aggregate_config). Policies,
+    /// pins, credentials and limits see each backend by its name.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backends.push(backend);
+        self
+    }
+
+    /// How the backends added with [`backend`](Self::backend) are joined.
+    /// Default: [`AggregateConfig::default`] (prefix every name with
+    /// `{backend}__`).
+    pub fn aggregate_config(mut self, cfg: AggregateConfig) -> Self {
+        self.aggregate = cfg;
+        self
     }
 
     /// The backend's name, as policies, pins and credential providers see
@@ -383,7 +411,7 @@ impl McpGatewayBuilder {
     /// The assembled tower service (for hyper or tonic users), plus the
     /// session layer handle (for metrics).
     pub fn into_service(
-        self,
+        mut self,
     ) -> Result<
         (
             impl tower::Service<
@@ -396,22 +424,71 @@ impl McpGatewayBuilder {
                 + Sync
                 + 'static,
             SessionLayer,
+            Option<Aggregate>,
         ),
         BoxError,
     > {
-        if self.instances.is_empty() {
+        if self.instances.is_empty() && self.backends.is_empty() {
             return Err("McpGateway needs at least one upstream instance".into());
         }
+        if !self.instances.is_empty() && !self.backends.is_empty() {
+            return Err(
+                "McpGateway: name every backend with `backend(..)`, or use `upstream_url` alone"
+                    .into(),
+            );
+        }
         let creds = self.credentials;
-        let name = self.backend.clone();
-        let upstreams = Upstreams::new(
-            self.instances
-                .into_iter()
-                .map(|make| make(name.clone(), creds.clone()))
-                .collect(),
-        )
-        .named(name.clone())
-        .with_health(self.health);
+        let mut aggregate = None;
+        let name = if self.backends.is_empty() {
+            self.backend.clone()
+        } else {
+            Arc::from("aggregate")
+        };
+        let upstreams = if self.backends.is_empty() {
+            Upstreams::new(
+                self.instances
+                    .into_iter()
+                    .map(|make| make(name.clone(), creds.clone()))
+                    .collect(),
+            )
+            .named(name.clone())
+            .with_health(self.health)
+        } else {
+            let mut cfg = self.aggregate.clone();
+            cfg.private_lists |= self.policy.is_some();
+            let mut members = Vec::new();
+            for b in std::mem::take(&mut self.backends) {
+                #[cfg(feature = "otel")]
+                let metrics = self.telemetry.metrics.clone();
+                let bname = b.name.clone();
+                let up = Backend::build(b)?;
+                #[cfg(feature = "otel")]
+                let up = match metrics {
+                    Some(m) => up.with_metrics(m),
+                    None => up,
+                };
+                let mut member = Member::new(bname.clone(), up);
+                let acl = match (&self.policy, &self.pins) {
+                    (Some(p), pins) => {
+                        Some(AclLayer::shared(p.clone(), bname.clone(), pins.clone()))
+                    }
+                    (None, Some(pins)) => Some(AclLayer::shared(
+                        Arc::new(|_: &Access<'_>| Decision::Allow),
+                        bname.clone(),
+                        Some(pins.clone()),
+                    )),
+                    (None, None) => None,
+                };
+                if let Some(acl) = acl {
+                    member = member.with_acl(acl);
+                }
+                members.push(member);
+            }
+            let agg = Aggregate::new(members, cfg)?;
+            aggregate = Some(agg.clone());
+            Upstreams::new(vec![UpstreamInstance::Service(Upstreams::boxed(agg))])
+                .named(name.clone())
+        };
         #[cfg(feature = "otel")]
         let upstreams = match &self.telemetry.metrics {
             Some(m) => upstreams.with_metrics(m.clone()),
@@ -457,7 +534,12 @@ impl McpGatewayBuilder {
             }
             AuthLayer::shared(a, cfg)
         });
-        let acl = match (self.policy, self.pins) {
+        // An aggregate's backends each have their own policy layer.
+        let (policy, pins) = match aggregate {
+            Some(_) => (None, None),
+            None => (self.policy, self.pins),
+        };
+        let acl = match (policy, pins) {
             (Some(p), pins) => Some(AclLayer::shared(p, self.backend.clone(), pins)),
             // Pinning without a policy: everything allowed, definitions pinned.
             (None, Some(pins)) => Some(AclLayer::shared(
@@ -505,13 +587,14 @@ impl McpGatewayBuilder {
             .option_layer(audit)
             .option_layer(auth)
             .mcp_jsonrpc(self.jsonrpc)
+            .option_layer(aggregate.as_ref().map(Aggregate::route_layer))
             .option_layer(acl)
             .option_layer(limit)
             .mcp_session(sessions.clone())
             .layer(sse_layer)
             .option_layer(self.resume)
             .service(upstreams);
-        Ok((svc, sessions))
+        Ok((svc, sessions, aggregate))
     }
 
     /// The router: the MCP path with every method routed through the stack
@@ -527,10 +610,11 @@ impl McpGatewayBuilder {
         let path = self.path.clone();
         let metadata = self.metadata.clone();
         let cors = self.cors.as_ref().map(Cors::layer).transpose()?;
-        let (svc, sessions) = self.into_service()?;
+        let (svc, sessions, aggregate) = self.into_service()?;
         let handles = GatewayHandles {
             instances: sessions.instances().clone(),
             sessions: sessions.store().clone(),
+            aggregate,
         };
         let mut router = match cors {
             Some(cors) => Router::new().route_service(&path, tower::Layer::layer(&cors, svc)),
@@ -554,6 +638,10 @@ pub struct GatewayHandles {
     pub instances: Instances,
     /// Where sessions live.
     pub sessions: Arc<dyn SessionStore>,
+    /// The aggregate, when the gateway serves several named backends: call
+    /// [`Aggregate::discover`] before serving to list their names (and
+    /// refuse shared names with `prefix = "never"`).
+    pub aggregate: Option<Aggregate>,
 }
 
 impl std::fmt::Debug for GatewayHandles {

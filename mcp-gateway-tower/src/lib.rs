@@ -17,6 +17,7 @@
 //! | [`acl`] | tool-level authorization ([`acl::ToolPolicy`], [`rules`]), list filtering, tool pinning ([`pinning`]) |
 //! | [`limit`] | rate limits, session and in-flight caps, token and cost budgets ([`limit::Limiter`]) |
 //! | [`upstream`] | pooled HTTP backends, any tower service as a backend, instance sets, [`credentials`] injection |
+//! | [`aggregate`] | several named backends behind one endpoint: merged lists with their own cursors, routing by (prefixed) name or URI, server-to-client ids remapped |
 //!
 //! With the `otel` feature, `telemetry` records metrics and spans named by
 //! OpenTelemetry's MCP semantic conventions (through the audit layer and
@@ -30,6 +31,7 @@
 mod macros;
 
 pub mod acl;
+pub mod aggregate;
 pub mod audit;
 pub mod auth;
 pub mod body;

@@ -1,7 +1,8 @@
 //! [`Limit`]: the service, which admits or refuses each call.
 
-#[allow(unused_imports)]
 use super::*;
+#[allow(unused_imports)]
+use crate::aggregate::Routed;
 
 /// The client's address, in the request extensions. The axum builder
 /// copies it from axum's `ConnectInfo<SocketAddr>` when the app is served
@@ -159,10 +160,13 @@ impl Shared {
         &self,
         who: &Arc<str>,
         m: &Message,
+        routed: Option<&Arc<str>>,
     ) -> Result<(Slots, u64), (LimitKind, Duration)> {
         if self.limiter.batches() {
-            return self.admit_batched(who, m).await;
+            return self.admit_batched(who, m, routed).await;
         }
+        // An aggregate's call is counted against the backend it goes to.
+        let backend = routed.unwrap_or(&self.backend);
         // One key for the principal and one for the backend, whose kind
         // changes from check to check: fewer reference-count updates on the
         // shared names (every one a cache line bounced between threads).
@@ -176,8 +180,7 @@ impl Shared {
         // shared by every thread, and a clone touches that shared count.
         let backend_limited =
             self.cfg.backend_rate.is_some() || self.cfg.backend_in_flight.is_some();
-        let mut theirs =
-            backend_limited.then(|| self.key(LimitKind::BackendRate, &self.backend, None));
+        let mut theirs = backend_limited.then(|| self.key(LimitKind::BackendRate, backend, None));
         // Narrowest first: a call refused by its tool's limit does not
         // spend the principal's or the backend's allowance.
         if let (Some(q), true) = (self.cfg.principal_tool_rate, mine.tool.is_some()) {
@@ -252,7 +255,9 @@ impl Shared {
         &self,
         who: &Arc<str>,
         m: &Message,
+        routed: Option<&Arc<str>>,
     ) -> Result<(Slots, u64), (LimitKind, Duration)> {
+        let backend = routed.unwrap_or(&self.backend);
         let tool = (m.method() == Some(&Method::ToolsCall))
             .then(|| m.target_text().map(|t| t.as_bytes().clone()))
             .flatten();
@@ -276,7 +281,7 @@ impl Shared {
             check(LimitKind::PrincipalRate, who, None, CheckOp::Hit(q));
         }
         if let Some(q) = cfg.backend_rate {
-            check(LimitKind::BackendRate, &self.backend, None, CheckOp::Hit(q));
+            check(LimitKind::BackendRate, backend, None, CheckOp::Hit(q));
         }
         if let Some(max) = cfg.principal_in_flight.filter(|_| who.as_ref() != "anon") {
             check(
@@ -289,7 +294,7 @@ impl Shared {
         if let Some(max) = cfg.backend_in_flight {
             check(
                 LimitKind::BackendInFlight,
-                &self.backend,
+                backend,
                 None,
                 CheckOp::Acquire(max),
             );
@@ -343,7 +348,8 @@ where
             if let Some(parsed) = req.extensions().get::<McpRequest>() {
                 if !parsed.is_initialize() {
                     let who = limit_subject(&req);
-                    match in_flight_only(&self.shared, who, parsed) {
+                    let routed = req.extensions().get::<Routed>().map(|r| &r.backend);
+                    match in_flight_only(&self.shared, who, parsed, routed) {
                         Fast::Uncounted => return ResponseFuture::inner(self.inner.call(req)),
                         Fast::Refused(res) => return ResponseFuture::ready(res),
                         Fast::Held(slots) => {
@@ -390,7 +396,8 @@ where
         // service polled ready as it is (no clone of the stack below: see
         // `Audit::call`). A shared store's answers are awaited.
         let (s2, w2) = (shared.clone(), who.clone());
-        let mut admit = Box::pin(async move { admit_all(&s2, &w2, &mcp).await });
+        let routed = req.extensions().get::<Routed>().map(|r| r.backend.clone());
+        let mut admit = Box::pin(async move { admit_all(&s2, &w2, &mcp, routed.as_ref()).await });
         // One clock reading for all the checks that do not wait.
         match clock::pinned(|| crate::body::poll_once(&mut admit)) {
             Poll::Ready(Ok(None)) => Box::pin(self.inner.call(req)),
@@ -509,7 +516,12 @@ enum Fast {
 /// per-client cap of the defaults): one message, its slots taken from a
 /// limiter that answers at once, no future, no clock; anything else goes
 /// the general way.
-fn in_flight_only(shared: &Shared, who: Arc<str>, mcp: &McpRequest) -> Fast {
+fn in_flight_only(
+    shared: &Shared,
+    who: Arc<str>,
+    mcp: &McpRequest,
+    routed: Option<&Arc<str>>,
+) -> Fast {
     let Some(m) = mcp.message() else {
         return Fast::Waits;
     };
@@ -536,7 +548,7 @@ fn in_flight_only(shared: &Shared, who: Arc<str>, mcp: &McpRequest) -> Fast {
         let Some(max) = max else { continue };
         key.kind = kind;
         if kind == LimitKind::BackendInFlight {
-            key.subject = shared.backend.clone();
+            key.subject = routed.unwrap_or(&shared.backend).clone();
         }
         match shared.limiter.acquire(&key, max).now() {
             Ok(Some(s)) => slots[i] = Some(s),
@@ -566,6 +578,7 @@ async fn admit_all(
     shared: &Shared,
     who: &Arc<str>,
     mcp: &McpRequest,
+    routed: Option<&Arc<str>>,
 ) -> Result<Option<Admitted>, Response<Body>> {
     let mut admitted = Admitted {
         slots: Slots::default(),
@@ -577,7 +590,7 @@ async fn admit_all(
             continue;
         }
         counted = true;
-        match shared.admit(who, m).await {
+        match shared.admit(who, m, routed).await {
             Ok((s, c)) => {
                 // One message (the usual case): its slots as they are.
                 if admitted.slots.is_empty() {

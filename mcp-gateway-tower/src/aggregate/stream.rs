@@ -1,0 +1,376 @@
+//! A backend's answers on their way to the client: server-to-client
+//! requests get gateway ids, `list_changed` refreshes the catalog first,
+//! conflicting URIs are shown as the client knows them, event ids name
+//! the backend; and several backends' streams merged into one.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, StreamExt};
+use http::header;
+use http::Response;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use mcp_gateway_core::jsonrpc::{Envelope, MessageKind};
+use mcp_gateway_core::sse::{encode_event, SseScanner};
+use mcp_gateway_core::ErrorKind;
+use serde_json::Value;
+
+use super::forward::rpc_error;
+use super::names::Kind;
+use super::service::Inner;
+use super::session::{AggSession, CallGuard};
+use crate::body::{lock, Body, BoxError};
+
+/// The largest message (JSON answer or SSE event) the gateway reads whole.
+pub(crate) const MAX_MESSAGE: usize = 16 << 20;
+
+pub(crate) fn is_sse(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+/// What one event of a backend becomes.
+pub(crate) enum Seen {
+    /// Unchanged.
+    Pass,
+    /// Rewritten.
+    Data(Bytes),
+    /// A `list_changed` of these kinds: refresh, then pass.
+    Changed(&'static [Kind]),
+    /// The final answer of a merged stream: kept for the end.
+    Hold,
+}
+
+/// Rewrites one backend's events for the client.
+#[derive(Clone)]
+pub(crate) struct Rewriter {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) session: Option<Arc<AggSession>>,
+    pub(crate) member: usize,
+    /// Event ids become `{member}.{id}`.
+    pub(crate) prefix_ids: bool,
+    /// A read's `contents[].uri`: (the backend's URI, the client's).
+    pub(crate) rename: Option<Arc<(String, String)>>,
+    /// Where a merged stream keeps the answer it sends last.
+    pub(crate) hold: Option<Arc<Mutex<Option<Bytes>>>>,
+}
+
+impl Rewriter {
+    pub(crate) fn new(inner: Arc<Inner>, session: Option<Arc<AggSession>>, member: usize) -> Self {
+        Rewriter {
+            inner,
+            session,
+            member,
+            prefix_ids: false,
+            rename: None,
+            hold: None,
+        }
+    }
+
+    /// Looks at one event's data.
+    pub(crate) fn data(&self, data: &[u8]) -> Seen {
+        if data.is_empty() {
+            return Seen::Pass;
+        }
+        let has_method = memchr::memmem::find(data, b"\"method\"").is_some();
+        if !has_method && self.rename.is_none() && self.hold.is_none() {
+            return Seen::Pass;
+        }
+        let bytes = Bytes::copy_from_slice(data);
+        let Ok(env) = Envelope::parse(bytes.clone()) else {
+            return Seen::Pass;
+        };
+        let Some(msg) = env.single() else {
+            return Seen::Pass;
+        };
+        match msg.kind() {
+            MessageKind::Request => {
+                let (Some(s), Some(id)) = (&self.session, msg.id()) else {
+                    return Seen::Pass;
+                };
+                let gid = s.remember_request(self.member, id.clone());
+                if memchr::memmem::find(data, b"\"progressToken\"").is_some() {
+                    if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                        if let Some(t) = v.pointer("/params/_meta/progressToken") {
+                            s.remember_token(Bytes::from(t.to_string()), self.member);
+                        }
+                    }
+                }
+                match splice(&bytes, id.as_bytes(), &gid) {
+                    Some(b) => Seen::Data(b),
+                    None => Seen::Pass,
+                }
+            }
+            MessageKind::Notification => {
+                let method = msg.method().map_or("", |m| m.as_str());
+                let kinds = Kind::of_list_changed(method);
+                if !kinds.is_empty() {
+                    return Seen::Changed(kinds);
+                }
+                if method == "notifications/resources/updated" {
+                    return self.updated(data);
+                }
+                Seen::Pass
+            }
+            MessageKind::Response | MessageKind::Error => {
+                let out = match &self.rename {
+                    Some(r) => rename_contents(data, &r.0, &r.1).map_or(Seen::Pass, Seen::Data),
+                    None => Seen::Pass,
+                };
+                if let Some(hold) = &self.hold {
+                    let keep = match out {
+                        Seen::Data(b) => b,
+                        _ => bytes,
+                    };
+                    *lock(hold) = Some(keep);
+                    return Seen::Hold;
+                }
+                out
+            }
+        }
+    }
+
+    /// `resources/updated` of a URI the client knows rewritten.
+    fn updated(&self, data: &[u8]) -> Seen {
+        let Ok(mut v) = serde_json::from_slice::<Value>(data) else {
+            return Seen::Pass;
+        };
+        let Some(uri) = v.pointer("/params/uri").and_then(Value::as_str) else {
+            return Seen::Pass;
+        };
+        let client = self
+            .inner
+            .naming
+            .client_name(Kind::Resource, self.member, uri)
+            .into_owned();
+        if client == uri {
+            return Seen::Pass;
+        }
+        v["params"]["uri"] = Value::String(client);
+        Seen::Data(Bytes::from(v.to_string()))
+    }
+
+    fn event_id(&self, id: &[u8]) -> String {
+        let id = String::from_utf8_lossy(id);
+        if self.prefix_ids {
+            format!("{}.{id}", self.member)
+        } else {
+            id.into_owned()
+        }
+    }
+}
+
+/// `data` with the bytes of `part` (a slice of it) replaced by `with`.
+pub(crate) fn splice(data: &Bytes, part: &[u8], with: &[u8]) -> Option<Bytes> {
+    let start = (part.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+    let end = start + part.len();
+    if end > data.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(data.len() - part.len() + with.len());
+    out.extend_from_slice(&data[..start]);
+    out.extend_from_slice(with);
+    out.extend_from_slice(&data[end..]);
+    Some(Bytes::from(out))
+}
+
+/// A read result's `contents[].uri` equal to `own` becomes `client`.
+fn rename_contents(data: &[u8], own: &str, client: &str) -> Option<Bytes> {
+    let mut v: Value = serde_json::from_slice(data).ok()?;
+    let contents = v.pointer_mut("/result/contents")?.as_array_mut()?;
+    let mut changed = false;
+    for c in contents {
+        if c.get("uri").and_then(Value::as_str) == Some(own) {
+            c["uri"] = Value::String(client.to_owned());
+            changed = true;
+        }
+    }
+    changed.then(|| Bytes::from(v.to_string()))
+}
+
+/// Reads a backend's whole answer to a request of the gateway's own
+/// (JSON, or SSE up to its response): the response message and, rewritten
+/// by `rw`, the events before it.
+pub(crate) async fn collect(
+    res: Response<Body>,
+    rw: Option<&Rewriter>,
+) -> Result<(Value, Vec<Bytes>), Response<Body>> {
+    let (parts, body) = res.into_parts();
+    let unreadable = |what: &str| {
+        rpc_error(
+            None,
+            ErrorKind::UpstreamUnavailable,
+            format!("Bad Gateway: the backend's answer {what}"),
+            None,
+        )
+    };
+    let bytes = match http_body_util::Limited::new(body, MAX_MESSAGE)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            tracing::warn!(error = %e, "a backend's answer could not be read");
+            return Err(unreadable("could not be read"));
+        }
+    };
+    if !is_sse(&parts.headers) {
+        return serde_json::from_slice(&bytes)
+            .map(|v| (v, Vec::new()))
+            .map_err(|_| unreadable("is not JSON"));
+    }
+    let mut scanner = SseScanner::collecting(MAX_MESSAGE);
+    let mut answer = None;
+    let mut extra = Vec::new();
+    scanner.feed(&bytes, |ev| {
+        if ev.data.is_empty() || answer.is_some() {
+            return;
+        }
+        let is_answer = Envelope::parse(Bytes::copy_from_slice(ev.data))
+            .ok()
+            .and_then(|e| e.single().map(|m| m.kind()))
+            .is_some_and(|k| matches!(k, MessageKind::Response | MessageKind::Error));
+        if is_answer {
+            answer = serde_json::from_slice::<Value>(ev.data).ok();
+            return;
+        }
+        match rw.map(|rw| rw.data(ev.data)) {
+            Some(Seen::Data(b)) => extra.push(b),
+            Some(Seen::Changed(kinds)) => {
+                if let Some(rw) = rw {
+                    rw.inner.refresh_later(rw.member, kinds);
+                }
+                extra.push(Bytes::copy_from_slice(ev.data));
+            }
+            _ => extra.push(Bytes::copy_from_slice(ev.data)),
+        }
+    });
+    match answer {
+        Some(a) => Ok((a, extra)),
+        None => Err(unreadable("ended without a response")),
+    }
+}
+
+struct State {
+    body: Body,
+    scanner: SseScanner,
+    rw: Rewriter,
+    _guard: Option<CallGuard>,
+    done: bool,
+}
+
+/// One owned event, out of the scanner.
+struct Owned {
+    event: Option<String>,
+    id: Option<Vec<u8>>,
+    retry: Option<u64>,
+    data: Bytes,
+}
+
+fn stream_of(
+    rw: Rewriter,
+    body: Body,
+    guard: Option<CallGuard>,
+) -> BoxStream<'static, Result<Frame<Bytes>, BoxError>> {
+    let state = State {
+        body,
+        scanner: SseScanner::collecting(MAX_MESSAGE),
+        rw,
+        _guard: guard,
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            let frame = match st.body.frame().await {
+                None => return None,
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                Some(Ok(f)) => f,
+            };
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            let mut events = Vec::new();
+            let mut oversized = false;
+            st.scanner.feed(&chunk, |ev| {
+                if ev.oversized {
+                    oversized = true;
+                    return;
+                }
+                events.push(Owned {
+                    event: ev.event.map(|e| String::from_utf8_lossy(e).into_owned()),
+                    id: ev.id.map(<[u8]>::to_vec),
+                    retry: ev.retry,
+                    data: Bytes::copy_from_slice(ev.data),
+                });
+            });
+            if oversized {
+                st.done = true;
+                let e: BoxError = "a backend's SSE event exceeds 16 MiB".into();
+                return Some((Err(e), st));
+            }
+            let mut out = Vec::new();
+            for ev in events {
+                let data = match st.rw.data(&ev.data) {
+                    Seen::Pass => ev.data,
+                    Seen::Data(b) => b,
+                    Seen::Hold => continue,
+                    Seen::Changed(kinds) => {
+                        let refresh = st.rw.inner.refresh(st.rw.session.as_ref(), st.rw.member, kinds);
+                        if tokio::time::timeout(Duration::from_secs(5), refresh).await.is_err() {
+                            tracing::warn!(backend = %st.rw.inner.members[st.rw.member].name, "the catalog refresh after list_changed timed out");
+                        }
+                        ev.data
+                    }
+                };
+                if let Some(r) = ev.retry {
+                    out.extend_from_slice(format!("retry: {r}\n").as_bytes());
+                }
+                let id = ev.id.as_deref().map(|i| st.rw.event_id(i));
+                encode_event(
+                    &mut out,
+                    ev.event.as_deref(),
+                    id.as_deref(),
+                    &String::from_utf8_lossy(&data),
+                );
+            }
+            if !out.is_empty() {
+                return Some((Ok(Frame::data(Bytes::from(out))), st));
+            }
+        }
+    })
+    .boxed()
+}
+
+/// `body` (SSE) rewritten by `rw`; `guard` lives as long as the stream.
+pub(crate) fn rewrite_body(rw: Rewriter, body: Body, guard: Option<CallGuard>) -> Body {
+    Body::new(http_body_util::StreamBody::new(stream_of(rw, body, guard)))
+}
+
+/// Several backends' SSE streams as one; the answers the rewriters hold
+/// (`hold`) end it, the last one seen.
+pub(crate) fn merge(parts: Vec<(Rewriter, Body)>, hold: Option<Arc<Mutex<Option<Bytes>>>>) -> Body {
+    let streams = parts
+        .into_iter()
+        .map(|(rw, body)| stream_of(rw, body, None));
+    let merged = futures_util::stream::select_all(streams);
+    let tail = futures_util::stream::once(async move {
+        let held = hold.and_then(|h| lock(&h).take());
+        held.map(|data| {
+            let mut out = Vec::new();
+            encode_event(&mut out, None, None, &String::from_utf8_lossy(&data));
+            Ok(Frame::data(Bytes::from(out)))
+        })
+    })
+    .filter_map(|x| async move { x });
+    Body::new(http_body_util::StreamBody::new(merged.chain(tail).boxed()))
+}
