@@ -196,6 +196,8 @@ struct Plan {
     reloader: Option<(Arc<Reloader>, bool)>,
     admin: Option<(SocketAddr, Admin)>,
     summary: Summary,
+    /// Several named backends: their names are listed before serving.
+    aggregate: Option<mcp_gateway_axum::Aggregate>,
 }
 
 /// What startup logs about the gateway it runs: enough for an operator to
@@ -322,6 +324,14 @@ impl Cli {
                     .map_or("".into(), |p| p.display().to_string())
             );
             return Ok(());
+        }
+        if let Some(agg) = &plan.aggregate {
+            // Every backend's names, before the first client: shared names
+            // refuse to start with `prefix = "never"`.
+            agg.discover().await.map_err(|e| Failure {
+                message: format!("aggregate: {e}"),
+                code: 1,
+            })?;
         }
         let listeners = serve::bind_per_core(plan.listen, plan.threads).map_err(|e| Failure {
             message: format!("--listen {}: {e}", plan.listen),
@@ -460,6 +470,7 @@ impl Cli {
         let built = cfg.builder().map_err(bad)?;
         let listen = cfg.listen().map_err(bad)?.unwrap_or_else(default_listen);
         let (app, handles) = built.builder.build_with_handles().map_err(bad)?;
+        let aggregate = handles.aggregate.clone();
         let app = match (
             &cfg.observability.metrics_path,
             self.observability.as_ref().and_then(|o| o.scraper()),
@@ -515,7 +526,11 @@ impl Cli {
             (cfg.audit.is_some(), "audit"),
             (cfg.cors.is_some(), "cors"),
             (!cfg.trusted_proxies.is_empty(), "trusted proxies"),
-            (cfg.backend.credentials.is_some(), "backend credentials"),
+            (
+                cfg.backend.credentials.is_some()
+                    || cfg.backends.values().any(|b| b.credentials.is_some()),
+                "backend credentials",
+            ),
         ] {
             if on {
                 features.push(name);
@@ -535,12 +550,20 @@ impl Cli {
             features.push("resumable streams");
         }
         features.push("per-client caps");
+        if !cfg.backends.is_empty() {
+            features.push("aggregate");
+        }
         let summary = Summary {
             backends: cfg
                 .backend
                 .urls
                 .iter()
                 .map(|u| format!("{}={}", cfg.backend.name, shown_url(u.get_ref())))
+                .chain(cfg.backends.iter().flat_map(|(name, b)| {
+                    b.urls
+                        .iter()
+                        .map(move |u| format!("{name}={}", shown_url(u.get_ref())))
+                }))
                 .collect(),
             features,
             timeouts: cfg.timeouts.clone(),
@@ -555,6 +578,7 @@ impl Cli {
             audit: built.audit,
             reloader: Some((Arc::new(reloader), cfg.watch)),
             admin,
+            aggregate,
         })
     }
 
@@ -716,6 +740,7 @@ impl Cli {
             audit: None,
             reloader: None,
             admin,
+            aggregate: None,
         })
     }
 }

@@ -31,6 +31,8 @@ pub struct Reloader {
     policy: Option<Arc<RulePolicy>>,
     instances: Instances,
     live: Mutex<Vec<Live>>,
+    /// With `[backends.NAME]`: what the aggregate was built from.
+    aggregate: Option<String>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -87,6 +89,7 @@ impl Reloader {
             policy,
             instances,
             live: Mutex::new(live),
+            aggregate: (!started.backends.is_empty()).then(|| started.aggregate_fingerprint()),
         }
     }
 
@@ -94,6 +97,17 @@ impl Reloader {
     pub fn reload(&self) -> Result<Reloaded, ConfigError> {
         let mut cfg = GatewayConfig::load(&self.file)?;
         (self.fold)(&mut cfg);
+        if !cfg.backends.is_empty() || self.aggregate.is_some() {
+            // Several named backends: their instances are the aggregate's
+            // own; a change to them takes a restart.
+            if Some(cfg.aggregate_fingerprint()) != self.aggregate {
+                tracing::warn!("[backends] or [aggregate] changed: restart the gateway to apply it (the policy is reloaded)");
+            }
+            if let Some(p) = &self.policy {
+                p.replace(&cfg.policy.clone().unwrap_or_default());
+            }
+            return Ok(Reloaded::default());
+        }
         let fingerprint = cfg.backend_fingerprint();
         // Everything is built before anything changes.
         let built = cfg.backend_instances()?;

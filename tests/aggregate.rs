@@ -569,3 +569,106 @@ async fn a_backend_that_cannot_initialize_is_left_out_unless_all_are_required() 
     assert!(String::from_utf8_lossy(&r.body).contains("down"));
     let _: Value = r.json();
 }
+
+#[path = "support/process.rs"]
+mod process;
+
+fn config(alpha: &Served, beta: &Served, extra: &str) -> String {
+    format!(
+        "[backends.alpha]\nurls = [\"{}\"]\n\n[backends.beta]\nurls = [\"{}\"]\n\n{extra}",
+        url(alpha),
+        url(beta)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_backends_tables_with_per_backend_policy_and_limits() {
+    let alpha = serve(axum::Router::new().nest_service("/mcp", fixtures::service("alpha"))).await;
+    let beta = serve(axum::Router::new().nest_service(
+        "/mcp",
+        fixtures::paged_service(fixtures::Paged::new("beta", 4, 3, true)),
+    ))
+    .await;
+    let dir = process::Scratch::new("aggregate-binary");
+    let file = dir.file(
+        "gateway.toml",
+        &config(
+            &alpha,
+            &beta,
+            r#"[aggregate]
+prefix = "conflicts"
+
+[policy]
+default = "allow"
+
+[[policy.rules]]
+effect = "deny"
+backends = ["beta"]
+tools = ["p_1"]
+
+[limits]
+backend_rate = { burst = 3, per_second = 0.001 }
+"#,
+        ),
+    );
+    let gw = tokio::task::spawn_blocking(move || {
+        process::GatewayProcess::start(&["--config", &file, "--listen", "127.0.0.1:0"])
+    })
+    .await
+    .unwrap();
+    let (client, _) = connect_session(&gw.url).await;
+    let names = tool_names(&client).await;
+    assert!(names.contains(&"beta__echo".to_owned()) && names.contains(&"alpha__echo".to_owned()));
+    assert!(names.contains(&"p_0".to_owned()) && names.contains(&"whoami".to_owned()));
+    assert!(
+        !names.contains(&"p_1".to_owned()),
+        "beta's p_1 is denied: {names:?}"
+    );
+    let e = call_err(&client, "p_1").await;
+    assert!(e.contains("not allowed"), "{e}");
+    // Each backend has its own backend rate: three calls to beta, then
+    // refused; alpha still has its own three.
+    for _ in 0..3 {
+        assert_eq!(text_of(&call(&client, "p_0", json!({})).await), "p_0");
+    }
+    let e = call_err(&client, "p_2").await;
+    assert!(e.contains("-32055") || e.contains("limit"), "{e}");
+    for _ in 0..3 {
+        assert_eq!(text_of(&call(&client, "whoami", json!({})).await), "alpha");
+    }
+    client.cancel().await.unwrap();
+    assert!(
+        gw.log().contains("aggregate"),
+        "the startup summary names the aggregate"
+    );
+}
+
+#[test]
+fn the_binary_refuses_shared_names_with_prefix_never() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (alpha, beta) = rt.block_on(async {
+        let a = serve(axum::Router::new().nest_service("/mcp", fixtures::service("alpha"))).await;
+        let b = serve(axum::Router::new().nest_service(
+            "/mcp",
+            fixtures::paged_service(fixtures::Paged::new("beta", 2, 2, true)),
+        ))
+        .await;
+        (a, b)
+    });
+    let dir = process::Scratch::new("aggregate-never");
+    let file = dir.file(
+        "gateway.toml",
+        &config(&alpha, &beta, "[aggregate]\nprefix = \"never\"\n"),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
+        .args(["--config", &file, "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tool 'echo' is offered by backends alpha and beta"),
+        "{err}"
+    );
+    drop((alpha, beta));
+}

@@ -534,12 +534,7 @@ impl McpGatewayBuilder {
             }
             AuthLayer::shared(a, cfg)
         });
-        // An aggregate's backends each have their own policy layer.
-        let (policy, pins) = match aggregate {
-            Some(_) => (None, None),
-            None => (self.policy, self.pins),
-        };
-        let acl = match (policy, pins) {
+        let acl = match (self.policy, self.pins) {
             (Some(p), pins) => Some(AclLayer::shared(p, self.backend.clone(), pins)),
             // Pinning without a policy: everything allowed, definitions pinned.
             (None, Some(pins)) => Some(AclLayer::shared(
@@ -548,6 +543,13 @@ impl McpGatewayBuilder {
                 Some(pins),
             )),
             (None, None) => None,
+        };
+        // In front of an aggregate, the layer only guards the calls it
+        // routed (before limits count them); each backend filters its own
+        // lists.
+        let acl = match aggregate {
+            Some(_) => acl.map(AclLayer::guard_only),
+            None => acl,
         };
         let store = self
             .store

@@ -156,21 +156,33 @@ impl GatewayConfig {
 
     /// The backend's HTTP client settings, TLS files checked.
     pub(super) fn upstream_config(&self) -> Result<HttpUpstreamConfig, ConfigError> {
-        let be = &self.backend;
+        self.upstream_config_for(&self.backend, "backend")
+    }
+
+    /// [`upstream_config`](Self::upstream_config) of `be`, the table `table`.
+    pub(super) fn upstream_config_for(
+        &self,
+        be: &BackendConfig,
+        table: &str,
+    ) -> Result<HttpUpstreamConfig, ConfigError> {
         let mut tls = TlsClientConfig::default().insecure_skip_verify(be.insecure_skip_verify);
         for (key, v) in [
-            ("backend.ca_file", &be.ca_file),
-            ("backend.client_cert_file", &be.client_cert_file),
-            ("backend.client_key_file", &be.client_key_file),
+            ("ca_file", &be.ca_file),
+            ("client_cert_file", &be.client_cert_file),
+            ("client_key_file", &be.client_key_file),
         ] {
             let Some(v) = v else { continue };
             let path = self.path_of(Path::new(v.get_ref()));
             if let Err(e) = std::fs::metadata(&path) {
-                return self.err(Some(v.span()), key, format!("{}: {e}", path.display()));
+                return self.err(
+                    Some(v.span()),
+                    &format!("{table}.{key}"),
+                    format!("{}: {e}", path.display()),
+                );
             }
             match key {
-                "backend.ca_file" => tls.ca_file = Some(path),
-                "backend.client_cert_file" => tls.client_cert_file = Some(path),
+                "ca_file" => tls.ca_file = Some(path),
+                "client_cert_file" => tls.client_cert_file = Some(path),
                 _ => tls.client_key_file = Some(path),
             }
         }
@@ -187,7 +199,7 @@ impl GatewayConfig {
         match own.or(&self.timeouts).upstream(base) {
             Ok(mut cfg) => {
                 if let Some(m) = self.telemetry.as_ref().and_then(|t| t.metrics.as_ref()) {
-                    cfg.on_connect = Some(m.connect_observer(self.backend.name.as_str().into()));
+                    cfg.on_connect = Some(m.connect_observer(be.name.as_str().into()));
                 }
                 Ok(cfg)
             }
@@ -539,5 +551,99 @@ impl GatewayConfig {
             shared.events = Some(Arc::new(InMemoryEventStore::default()));
         }
         Ok(shared)
+    }
+}
+
+impl GatewayConfig {
+    /// `[backends.NAME]` and `[aggregate]`: the named backends, served as
+    /// one.
+    pub(super) fn backends(
+        &self,
+        mut b: McpGatewayBuilder,
+    ) -> Result<McpGatewayBuilder, ConfigError> {
+        for (name, be) in &self.backends {
+            let table = format!("backends.{name}");
+            if be.name != "default" && be.name != *name {
+                return self.err(
+                    None,
+                    &format!("{table}.name"),
+                    "the table's key is the backend's name: leave `name` out",
+                );
+            }
+            if be.urls.is_empty() {
+                return self.err(None, &format!("{table}.urls"), "at least one URL is needed");
+            }
+            let mut named = BackendConfig {
+                name: name.clone(),
+                urls: Vec::new(),
+                ..Default::default()
+            };
+            named.ca_file = be.ca_file.clone();
+            named.client_cert_file = be.client_cert_file.clone();
+            named.client_key_file = be.client_key_file.clone();
+            named.insecure_skip_verify = be.insecure_skip_verify;
+            named.http2_prior_knowledge = be.http2_prior_knowledge;
+            named.upstream_connect_ms = be.upstream_connect_ms;
+            named.upstream_first_byte_secs = be.upstream_first_byte_secs;
+            named.upstream_idle_secs = be.upstream_idle_secs;
+            let mut backend = Backend::new(name.as_str())
+                .http_upstream_config(self.upstream_config_for(&named, &table)?)
+                .health(self.health_config_for(be, &table)?);
+            for (i, u) in be.urls.iter().enumerate() {
+                backend = match backend.upstream_url(u.get_ref()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return self.err(
+                            Some(u.span()),
+                            &format!("{table}.urls[{i}]"),
+                            e.to_string(),
+                        )
+                    }
+                };
+            }
+            if let Some(c) = &be.credentials {
+                backend = backend.credentials(Arc::new(self.credentials(c)?));
+            }
+            b = b.backend(backend);
+        }
+        let a = self.aggregate.clone().unwrap_or_default();
+        let prefix = a.prefix.unwrap_or(if self.backends.len() > 1 {
+            PrefixMode::Always
+        } else {
+            PrefixMode::Never
+        });
+        let mut cfg = AggregateConfig::default()
+            .prefix(prefix)
+            .require_all(a.require_all);
+        if let Some(sep) = &a.separator {
+            if sep.is_empty() {
+                return self.err(None, "aggregate.separator", "must not be empty");
+            }
+            cfg = cfg.separator(sep.clone());
+        }
+        if let Some(ms) = a.init_timeout_ms {
+            if ms == 0 {
+                return self.err(None, "aggregate.init_timeout_ms", "must be more than 0");
+            }
+            cfg = cfg.init_timeout(Duration::from_millis(ms));
+        }
+        for name in self.backends.keys() {
+            if name.contains(cfg.separator.as_str())
+                || name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return self.err(
+                    None,
+                    &format!("backends.{name}"),
+                    format!(
+                        "a backend's name is its tools' namespace: letters, digits, '-' and '_', without the separator {:?}",
+                        cfg.separator
+                    ),
+                );
+            }
+        }
+        Ok(b.aggregate_config(cfg))
     }
 }

@@ -59,7 +59,7 @@ use mcp_gateway_tower::rules::{PolicyConfig, RulePolicy};
 use serde::Deserialize;
 use toml::Spanned;
 
-use mcp_gateway_axum::{Cors, McpGateway, McpGatewayBuilder};
+use mcp_gateway_axum::{AggregateConfig, Backend, Cors, McpGateway, McpGatewayBuilder, PrefixMode};
 use mcp_gateway_core::session::InMemoryConfig;
 use mcp_gateway_tower::auth::ClientCertAuthenticator;
 use mcp_gateway_tower::forwarded::TrustedProxies;
@@ -159,8 +159,15 @@ pub struct GatewayConfig {
     /// on SIGHUP. Default false.
     #[serde(default)]
     pub watch: bool,
-    /// The backend.
+    /// The backend (one; or several in `backends`).
+    #[serde(default)]
     pub backend: BackendConfig,
+    /// Several backends served as one (`[backends.NAME]`, the name their
+    /// namespace), joined by `aggregate`.
+    #[serde(default)]
+    pub backends: std::collections::BTreeMap<String, BackendConfig>,
+    /// How `backends` are joined.
+    pub aggregate: Option<AggregateSection>,
     /// Authentication; absent: none (anonymous).
     pub auth: Option<AuthSection>,
     /// Authorization rules; absent: everything allowed.
@@ -309,16 +316,29 @@ impl GatewayConfig {
 
     /// Health checks, balance and drain of the backend's instances.
     pub fn health_config(&self) -> Result<HealthConfig, ConfigError> {
-        let (h, o) = (&self.backend.health, &self.backend.outlier);
+        self.health_config_for(&self.backend, "backend")
+    }
+
+    /// [`health_config`](Self::health_config) of `be`, the table `key`.
+    pub(super) fn health_config_for(
+        &self,
+        be: &BackendConfig,
+        key: &str,
+    ) -> Result<HealthConfig, ConfigError> {
+        let (h, o) = (&be.health, &be.outlier);
         if h.active && (h.interval_secs == 0 || h.timeout_ms == 0) {
             return self.err(
                 None,
-                "backend.health",
+                &format!("{key}.health"),
                 "interval_secs and timeout_ms must be more than 0",
             );
         }
         if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
-            return self.err(None, "backend.health", "thresholds must be at least 1");
+            return self.err(
+                None,
+                &format!("{key}.health"),
+                "thresholds must be at least 1",
+            );
         }
         let active = h.active.then(|| {
             ActiveHealth::default()
@@ -334,8 +354,8 @@ impl GatewayConfig {
         let mut cfg = HealthConfig::default()
             .active(active)
             .outlier(outlier)
-            .balance(self.backend.balance);
-        if let Some(d) = self.backend.drain_timeout_secs {
+            .balance(be.balance);
+        if let Some(d) = be.drain_timeout_secs {
             cfg = cfg.drain_timeout(Duration::from_secs(d));
         }
         Ok(cfg)
@@ -372,6 +392,25 @@ impl GatewayConfig {
                 self.timeouts.upstream_idle_secs
             ),
         )
+    }
+
+    /// What the aggregate is built from (`[backends.NAME]`, `[aggregate]`):
+    /// a reload that changes it needs a restart.
+    pub fn aggregate_fingerprint(&self) -> String {
+        let backends: Vec<String> = self
+            .backends
+            .iter()
+            .map(|(n, b)| {
+                let urls: Vec<&String> = b.urls.iter().map(|u| u.get_ref()).collect();
+                format!(
+                    "{n} {urls:?} {:?}",
+                    b.credentials
+                        .as_ref()
+                        .map(|c| format!("{:?} {:?}", c.headers, c.headers_from_env))
+                )
+            })
+            .collect();
+        format!("{backends:?} {:?}", self.aggregate)
     }
 
     /// The admin listener's address, if one is set.
@@ -439,13 +478,27 @@ impl GatewayConfig {
         if !self.path.starts_with('/') {
             return self.err(None, "path", "must start with /");
         }
-        if self.backend.urls.is_empty() {
-            return self.err(None, "backend.urls", "at least one URL is needed");
+        if self.backends.is_empty() {
+            if self.aggregate.is_some() {
+                return self.err(None, "aggregate", "needs [backends.NAME] tables");
+            }
+            if self.backend.urls.is_empty() {
+                return self.err(None, "backend.urls", "at least one URL is needed");
+            }
+            b = b
+                .http_upstream_config(self.upstream_config()?)
+                .health(self.health_config()?)
+                .failover(self.backend.failover);
+        } else {
+            if !self.backend.urls.is_empty() {
+                return self.err(
+                    None,
+                    "backend",
+                    "use one [backend] or several [backends.NAME], not both",
+                );
+            }
+            b = self.backends(b)?;
         }
-        b = b
-            .http_upstream_config(self.upstream_config()?)
-            .health(self.health_config()?)
-            .failover(self.backend.failover);
         let sessions = self
             .timeouts
             .sessions(self.sessions_config())
@@ -460,7 +513,13 @@ impl GatewayConfig {
             cors.max_age = c.max_age_secs.map(Duration::from_secs);
             b = b.cors(cors);
         }
-        for (i, u) in self.backend.urls.iter().enumerate() {
+        for (i, u) in self
+            .backend
+            .urls
+            .iter()
+            .enumerate()
+            .filter(|_| self.backends.is_empty())
+        {
             b = match b.upstream_url(u.get_ref()) {
                 Ok(b) => b,
                 Err(e) => {

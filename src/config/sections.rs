@@ -3,14 +3,16 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// `[backend]`.
-#[derive(Debug, Deserialize)]
+/// `[backend]`, and each `[backends.NAME]`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// Its name (for policies, pins, credential providers). Default `default`.
+    /// Its name (for policies, pins, credential providers). Default
+    /// `default`; in `[backends.NAME]`, `NAME`.
     #[serde(default = "default_backend")]
     pub name: String,
     /// Instance URLs (several: instances of one backend).
+    #[serde(default)]
     pub urls: Vec<Spanned<String>>,
     /// Credentials added to every upstream request.
     pub credentials: Option<CredentialsSection>,
@@ -155,6 +157,23 @@ pub struct TlsSection {
     /// one they signed, and its identity becomes the caller's principal
     /// when no API key or token names one.
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// `[aggregate]`: how several `[backends.NAME]` are served as one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSection {
+    /// `"always"` (default with two or more backends: `db__query`),
+    /// `"conflicts"` (only names two backends share), or `"never"` (two
+    /// backends with one name refuse to start).
+    pub prefix: Option<mcp_gateway_axum::PrefixMode>,
+    /// Between the backend's name and its tool's. Default `__`.
+    pub separator: Option<String>,
+    /// A session starts only if every backend initializes. Default false.
+    #[serde(default)]
+    pub require_all: bool,
+    /// Milliseconds the backends get to answer `initialize`. Default 10 000.
+    pub init_timeout_ms: Option<u64>,
 }
 
 fn default_backend() -> String {

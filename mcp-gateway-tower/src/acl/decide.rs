@@ -85,21 +85,25 @@ impl Shared {
         }
     }
 
-    /// Checks one message; `Err` is the response to send instead.
+    /// Checks one message; `Err` is the response to send instead. A
+    /// request an aggregate routed is checked against its backend and the
+    /// name it has there.
     fn guard(
         &self,
         principal: Option<&Principal>,
         body: &Bytes,
         m: &Message,
+        routed: Option<&Routed>,
     ) -> Result<(), GatewayError> {
         let Some(method) = m.method() else {
             return Ok(());
         };
+        let backend = routed.map_or(&self.backend, |r| &r.backend);
         let owned;
         let target = match method {
-            Method::ToolsCall => Target::Tool(required(m)?),
-            Method::PromptsGet => Target::Prompt(required(m)?),
-            Method::ResourcesRead => Target::Resource(required(m)?),
+            Method::ToolsCall => Target::Tool(own_target(m, routed)?),
+            Method::PromptsGet => Target::Prompt(own_target(m, routed)?),
+            Method::ResourcesRead => Target::Resource(own_target(m, routed)?),
             Method::ResourcesSubscribe
             | Method::ResourcesUnsubscribe
             | Method::CompletionComplete => {
@@ -117,7 +121,7 @@ impl Shared {
             _ => return Ok(()),
         };
         if let (Target::Tool(name), Some(pins)) = (target, &self.pins) {
-            if pins.is_blocked(&self.backend, name) {
+            if pins.is_blocked(backend, name) {
                 return Err(GatewayError::new(
                     ErrorKind::ToolChanged,
                     format!("tool '{name}' changed its definition since it was approved; ask an operator to review it"),
@@ -125,15 +129,18 @@ impl Shared {
                 .with_data(&serde_json::json!({"type": "tool", "name": name, "reason": "definition changed"})));
             }
         }
-        match self
-            .policy
-            .check(&self.access(principal, method.as_str(), target))
-        {
+        let access = Access {
+            principal,
+            backend,
+            method: method.as_str(),
+            target,
+        };
+        match self.policy.check(&access) {
             Decision::Allow => Ok(()),
             Decision::Deny(reason) => {
                 tracing::info!(
                     principal = principal.map(|p| p.subject()),
-                    backend = %self.backend,
+                    backend = %backend,
                     kind = target.kind(),
                     name = target.name(),
                     reason = reason.as_deref(),
@@ -217,6 +224,12 @@ impl Shared {
     }
 }
 
+/// The target of `m`, as its backend names it when an aggregate routed it.
+fn own_target<'a>(m: &'a Message, routed: Option<&'a Routed>) -> Result<&'a str, GatewayError> {
+    let name = required(m)?;
+    Ok(routed.map_or(name, |r| &r.name))
+}
+
 fn required(m: &Message) -> Result<&str, GatewayError> {
     m.target().ok_or_else(|| {
         GatewayError::new(
@@ -249,12 +262,19 @@ where
         let shared = &self.shared;
         let principal = req.extensions().get::<Principal>().cloned();
         let mut list = None;
+        let routed = req.extensions().get::<Routed>();
         if let Some(mcp) = req.extensions().get::<McpRequest>() {
             for m in mcp.envelope().messages() {
-                if let Err(e) = shared.guard(principal.as_ref(), mcp.body(), m) {
+                if let Err(e) = shared.guard(principal.as_ref(), mcp.body(), m, routed) {
                     let mut res = error_response(&e, m.id());
-                    res.extensions_mut().insert(shared.backend_name());
+                    res.extensions_mut().insert(match routed {
+                        Some(r) => BackendName(r.backend.clone()),
+                        None => shared.backend_name(),
+                    });
                     return Box::pin(std::future::ready(Ok(res)));
+                }
+                if !shared.lists {
+                    continue;
                 }
                 if let Some(k) = m.method().and_then(ListKind::of) {
                     list = Some((k, m.id().cloned()));

@@ -16,6 +16,9 @@ pub(crate) struct Shared {
     /// would move between cores on every call).
     pub(crate) backend_here: ThreadLocal<Arc<str>>,
     pub(crate) pins: Option<Arc<ToolPins>>,
+    /// Filters list results (off for an aggregate's guard in front of its
+    /// backends, which filter their own lists).
+    pub(crate) lists: bool,
 }
 
 impl Shared {
@@ -61,6 +64,26 @@ impl AclLayer {
                 backend: backend.into(),
                 backend_here: ThreadLocal::new(),
                 pins,
+                lists: true,
+            }),
+        }
+    }
+
+    /// Only guards calls, leaving list results alone: in front of an
+    /// [`Aggregate`](crate::aggregate::Aggregate), whose backends filter
+    /// their own lists (each with its own `AclLayer`). Calls the aggregate
+    /// routed are checked against their backend and the name they have
+    /// there ([`Routed`](crate::aggregate::Routed)), before limits count
+    /// them.
+    pub fn guard_only(self) -> Self {
+        let s = &self.shared;
+        AclLayer {
+            shared: Arc::new(Shared {
+                policy: s.policy.clone(),
+                backend: s.backend.clone(),
+                backend_here: ThreadLocal::new(),
+                pins: s.pins.clone(),
+                lists: false,
             }),
         }
     }

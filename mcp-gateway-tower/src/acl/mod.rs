@@ -35,6 +35,7 @@ use serde_json::Value;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::aggregate::Routed;
 use crate::body::{Body, BoxFuture};
 use crate::error::error_response;
 use crate::pinning::ToolPins;
