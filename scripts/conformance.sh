@@ -7,6 +7,9 @@
 #                                                     fixture and against tests/peers/conformance_server.py,
 #                                                     built on the official Python SDK, which implements
 #                                                     that revision (rmcp 3.11 omits `resultType` there)
+# The rmcp fixture's runs are repeated against an aggregating gateway: the
+# fixture beside a second, different server (`conformance_server --paged`),
+# `[aggregate] prefix = "conflicts"`.
 # Fails if the gateway passes fewer checks than the direct server, or fails a
 # scenario not listed (with its reason) in conformance/expected-failures-*.yml.
 #
@@ -87,8 +90,16 @@ fi
 PY_DIRECT=$(wait_url "$WORK/py-server.log" "python conformance server on")
 "$TARGET/mcp-gateway" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream "$PY_DIRECT" >"$WORK/py-gateway.log" 2>&1 & PIDS+=($!)
 PY_GATEWAY=$(wait_url "$WORK/py-gateway.log" "mcp-gateway listening on")
+# The aggregate: the fixture and a second server behind one endpoint.
+"$BIN/conformance_server" --listen 127.0.0.1:0 --paged extra >"$WORK/extra.log" 2>&1 & PIDS+=($!)
+EXTRA=$(wait_url "$WORK/extra.log" "conformance server on")
+printf '[backends.conformance]\nurls = ["%s"]\n\n[backends.extra]\nurls = ["%s"]\n\n[aggregate]\nprefix = "conflicts"\n' \
+  "$DIRECT" "$EXTRA" >"$WORK/aggregate.toml"
+"$TARGET/mcp-gateway" --config "$WORK/aggregate.toml" --listen 127.0.0.1:0 >"$WORK/agg-gateway.log" 2>&1 & PIDS+=($!)
+AGGREGATE=$(wait_url "$WORK/agg-gateway.log" "mcp-gateway listening on")
 log "direct server: $DIRECT (python: $PY_DIRECT)"
 log "gateway:       $GATEWAY (python: $PY_GATEWAY)"
+log "aggregate:     $AGGREGATE (with $EXTRA)"
 
 # --- run and compare ------------------------------------------------------------
 run() { # name suite url out extra-args... ; prints "passed failed", returns the suite's status
@@ -128,6 +139,8 @@ compare "2025-11-25" "$SUITE_V1" conformance/expected-failures-2025.yml
 compare "2026-07-28" "$SUITE_V2" conformance/expected-failures-2026-07-28.yml --requirements 2026-07-28
 DIRECT=$PY_DIRECT GATEWAY=$PY_GATEWAY \
   compare "2026-07-28-python" "$SUITE_V2" conformance/expected-failures-2026-07-28-python.yml --requirements 2026-07-28
+GATEWAY=$AGGREGATE compare "2025-11-25-aggregate" "$SUITE_V1" conformance/expected-failures-2025.yml
+GATEWAY=$AGGREGATE compare "2026-07-28-aggregate" "$SUITE_V2" conformance/expected-failures-2026-07-28.yml --requirements 2026-07-28
 # What the gateway's metrics saw of the runs (its admin listener's scrape).
 admin=$(grep -o "mcp-gateway admin on http://[0-9.:]*" "$WORK/gateway.log" | head -n1 | sed "s|^mcp-gateway admin on ||")
 if [ -n "$admin" ]; then

@@ -409,7 +409,7 @@ impl McpGatewayBuilder {
     }
 
     /// The assembled tower service (for hyper or tonic users), plus the
-    /// session layer handle (for metrics).
+    /// handles an operator needs (instances, sessions, the aggregate).
     pub fn into_service(
         mut self,
     ) -> Result<
@@ -423,8 +423,7 @@ impl McpGatewayBuilder {
                 + Send
                 + Sync
                 + 'static,
-            SessionLayer,
-            Option<Aggregate>,
+            GatewayHandles,
         ),
         BoxError,
     > {
@@ -596,7 +595,12 @@ impl McpGatewayBuilder {
             .layer(sse_layer)
             .option_layer(self.resume)
             .service(upstreams);
-        Ok((svc, sessions, aggregate))
+        let handles = GatewayHandles {
+            instances: sessions.instances().clone(),
+            sessions: sessions.store().clone(),
+            aggregate,
+        };
+        Ok((svc, handles))
     }
 
     /// The router: the MCP path with every method routed through the stack
@@ -612,12 +616,7 @@ impl McpGatewayBuilder {
         let path = self.path.clone();
         let metadata = self.metadata.clone();
         let cors = self.cors.as_ref().map(Cors::layer).transpose()?;
-        let (svc, sessions, aggregate) = self.into_service()?;
-        let handles = GatewayHandles {
-            instances: sessions.instances().clone(),
-            sessions: sessions.store().clone(),
-            aggregate,
-        };
+        let (svc, handles) = self.into_service()?;
         let mut router = match cors {
             Some(cors) => Router::new().route_service(&path, tower::Layer::layer(&cors, svc)),
             None => Router::new().route_service(&path, svc),

@@ -288,9 +288,13 @@ where
         // shared count is left alone on every other call.
         let list = list.map(|(kind, id)| (kind, id, shared.clone(), principal));
         let fut = self.inner.call(req);
+        let lists = shared.lists;
         Box::pin(async move {
             let mut res = fut.await?;
-            res.extensions_mut().insert(name);
+            // In front of an aggregate, the backend that answered named itself.
+            if lists || res.extensions().get::<BackendName>().is_none() {
+                res.extensions_mut().insert(name);
+            }
             match list {
                 Some((kind, id, shared, principal)) if res.status().is_success() => {
                     Ok(filter_response(shared, principal, kind, id, res).await)

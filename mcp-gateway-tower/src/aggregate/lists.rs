@@ -36,8 +36,8 @@ fn request_body(id: &str, method: &str, params: &Value) -> Bytes {
     ))
 }
 
-fn ok(mcp: &McpRequest, result: Value, extra: Vec<Bytes>) -> Response<Body> {
-    super::service::ok_result(mcp.first_id(), result, extra)
+fn ok(mcp: &McpRequest, result: Value, extra: Vec<Bytes>, sse: bool) -> Response<Body> {
+    super::service::ok_result(mcp.first_id(), result, extra, sse)
 }
 
 /// Merges capability objects: a key is present if any has it; booleans
@@ -145,6 +145,7 @@ impl Inner {
         };
         let (array, key) = kind.members();
         let mut extra_all = Vec::new();
+        let mut sse = false;
         for _ in 0..n * MAX_PAGES {
             let m = cur.member;
             let next_member = (m + 1 < n).then(|| Cursor {
@@ -163,6 +164,7 @@ impl Inner {
             let body = request_body(&id, kind.list_method(), &Value::Object(p));
             let res = self.send(session.as_ref(), m, out, body, None).await;
             let rw = Rewriter::new(self.me(), session.clone(), m);
+            sse |= is_sse(res.headers());
             let page = if res.status().is_success() {
                 collect(res, Some(&rw)).await.ok()
             } else {
@@ -243,9 +245,9 @@ impl Inner {
             if self.cfg.private_lists && result.contains_key("cacheScope") {
                 result.insert("cacheScope".into(), Value::String("private".into()));
             }
-            return ok(mcp, Value::Object(result), extra_all);
+            return ok(mcp, Value::Object(result), extra_all, sse);
         }
-        ok(mcp, json!({ array: [] }), extra_all)
+        ok(mcp, json!({ array: [] }), extra_all, sse)
     }
 
     /// `logging/setLevel`: to every backend of the session; kept for the
@@ -272,8 +274,9 @@ impl Inner {
                     .send(Some(&s), m, out, mcp.body().clone(), Some(mcp.clone()))
                     .await;
                 let rw = Rewriter::new(self.me(), Some(s.clone()), m);
+                let sse = is_sse(res.headers());
                 match res.status().is_success() {
-                    true => collect(res, Some(&rw)).await.ok(),
+                    true => collect(res, Some(&rw)).await.ok().map(|(a, e)| (a, e, sse)),
                     false => None,
                 }
             }
@@ -281,12 +284,14 @@ impl Inner {
         let mut extra = Vec::new();
         let mut first_error = None;
         let mut any = false;
-        for (answer, ev) in futures_util::future::join_all(all)
+        let mut sse = false;
+        for (answer, ev, was_sse) in futures_util::future::join_all(all)
             .await
             .into_iter()
             .flatten()
         {
             extra.extend(ev);
+            sse |= was_sse;
             if answer.get("result").is_some() {
                 any = true;
             } else if first_error.is_none() {
@@ -294,7 +299,7 @@ impl Inner {
             }
         }
         if any || first_error.is_none() {
-            return ok(mcp, json!({}), extra);
+            return ok(mcp, json!({}), extra, sse);
         }
         let msg = first_error
             .as_ref()
@@ -312,24 +317,39 @@ impl Inner {
             let res = self
                 .send(None, m, out, mcp.body().clone(), Some(mcp.clone()))
                 .await;
-            match res.status().is_success() {
-                true => collect(res, None).await.ok().map(|(a, _)| (m, a)),
-                false => None,
+            let sse = is_sse(res.headers());
+            if !res.status().is_success() {
+                return Err(res);
+            }
+            let (parts, body) = res.into_parts();
+            match collect(Response::from_parts(parts.clone(), body), None).await {
+                Ok((a, _)) if a.get("result").is_some() => Ok((m, a, sse)),
+                Ok((a, _)) => Err(Response::from_parts(parts, Body::full(a.to_string()))),
+                Err(res) => Err(res),
             }
         });
-        let answers: Vec<(usize, Value)> = futures_util::future::join_all(all)
-            .await
-            .into_iter()
-            .flatten()
-            .filter(|(_, a)| a.get("result").is_some())
-            .collect();
+        let mut answers = Vec::new();
+        let mut refused = None;
+        for r in futures_util::future::join_all(all).await {
+            match r {
+                Ok(a) => answers.push(a),
+                Err(res) => {
+                    refused.get_or_insert(res);
+                }
+            }
+        }
+        let sse = answers.iter().any(|(_, _, s)| *s);
         if answers.is_empty() {
-            return rpc_error(
-                mcp.first_id(),
-                ErrorKind::UpstreamUnavailable,
-                "Bad Gateway: no backend answered server/discover".into(),
-                None,
-            );
+            // Every backend refused: the request's own fault (a version
+            // none supports, missing `_meta`) is answered as they did.
+            return refused.unwrap_or_else(|| {
+                rpc_error(
+                    mcp.first_id(),
+                    ErrorKind::UpstreamUnavailable,
+                    "Bad Gateway: no backend answered server/discover".into(),
+                    None,
+                )
+            });
         }
         let mut versions: Option<Vec<String>> = None;
         let mut caps = json!({});
@@ -337,7 +357,7 @@ impl Inner {
         let mut ttl: Option<u64> = None;
         let mut private = self.cfg.private_lists;
         let mut result_type = None;
-        for (m, a) in &answers {
+        for (m, a, _) in &answers {
             let r = &a["result"];
             let vs: Vec<String> = r
                 .get("supportedVersions")
@@ -384,7 +404,7 @@ impl Inner {
         if let Some(rt) = result_type {
             result["resultType"] = rt;
         }
-        ok(mcp, result, Vec::new())
+        ok(mcp, result, Vec::new(), sse)
     }
 
     /// `subscriptions/listen` (2026-07-28): every backend's stream, merged.

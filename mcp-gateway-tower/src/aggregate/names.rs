@@ -210,7 +210,7 @@ impl Catalog {
                 best.push((score, m));
             }
         }
-        best.sort_by(|a, b| b.0.cmp(&a.0));
+        best.sort_by_key(|b| std::cmp::Reverse(b.0));
         match best.as_slice() {
             [] => Vec::new(),
             [(top, _), ..] => best

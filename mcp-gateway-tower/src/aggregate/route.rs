@@ -93,7 +93,17 @@ where
             .flatten()
             .and_then(|mcp| {
                 let msg = mcp.message()?;
-                let kind = kind_of(msg.method()?)?;
+                let method = msg.method()?;
+                if mcp.era() == mcp_gateway_core::Era::Stateless
+                    && matches!(
+                        method,
+                        Method::ResourcesSubscribe | Method::ResourcesUnsubscribe
+                    )
+                {
+                    // Removed in that revision: the backend says so.
+                    return None;
+                }
+                let kind = kind_of(method)?;
                 let name = msg.target()?;
                 Some((kind, name.to_owned(), mcp.clone()))
             });

@@ -188,16 +188,20 @@ impl Service<Request<Body>> for Aggregate {
     }
 }
 
+/// The answer `result` to request `id`: JSON, or an event stream (the
+/// `extra` events first) when there are events or `sse` (the backends
+/// answered in SSE: so does the gateway).
 pub(crate) fn ok_result(
     id: Option<&RequestId>,
     result: Value,
     extra: Vec<Bytes>,
+    sse: bool,
 ) -> Response<Body> {
     let id = id.map_or("null", |i| {
         std::str::from_utf8(i.as_bytes()).unwrap_or("null")
     });
     let msg = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#);
-    if extra.is_empty() {
+    if extra.is_empty() && !sse {
         let mut res = Response::new(Body::full(msg));
         res.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -244,12 +248,18 @@ pub(crate) fn unresolved(
         Kind::Template => "resource template",
     };
     match why {
-        Unresolved::Unknown => rpc_error(
-            id,
-            ErrorKind::InvalidParams,
-            format!("Unknown {what}: {name}"),
-            Some(serde_json::json!({"type": what, "name": name})),
-        ),
+        Unresolved::Unknown => {
+            let data = match kind {
+                Kind::Resource | Kind::Template => serde_json::json!({"type": what, "uri": name}),
+                _ => serde_json::json!({"type": what, "name": name}),
+            };
+            rpc_error(
+                id,
+                ErrorKind::InvalidParams,
+                format!("Unknown {what}: {name}"),
+                Some(data),
+            )
+        }
         Unresolved::Ambiguous(ms) => {
             let names: Vec<&str> = ms.iter().map(|m| &*inner.members[*m].name).collect();
             rpc_error(
@@ -294,18 +304,14 @@ impl Inner {
         }
     }
 
-    fn session_of(
-        &self,
-        headers: &http::HeaderMap,
-    ) -> Result<Option<Arc<AggSession>>, Response<Body>> {
+    /// The session the request names: `Ok(None)` if it names none,
+    /// `Err` (answered 404) if it is unknown.
+    fn session_of(&self, headers: &http::HeaderMap) -> Result<Option<Arc<AggSession>>, Unknown> {
         match headers.get(&header_names::MCP_SESSION_ID) {
             None => Ok(None),
             Some(v) => match v.to_str().ok().and_then(|id| self.sessions.get(id)) {
                 Some(s) => Ok(Some(s)),
-                None => {
-                    let e = GatewayError::new(ErrorKind::SessionNotFound, "Session not found");
-                    Err(error_response(&e, None))
-                }
+                None => Err(Unknown),
             },
         }
     }
@@ -327,14 +333,24 @@ impl Inner {
             return error_response(&e, None);
         };
         let id = msg.id();
+        let stateless = mcp.era() == Era::Stateless;
+        if stateless && !routes_stateless(msg) {
+            // Nothing to merge or route (`initialize`, `ping` and the other
+            // methods the revision removed, unknown methods): the first
+            // backend answers as its revision says.
+            let out = Outgoing::of(&parts);
+            let res = self
+                .send(None, 0, &out, mcp.body().clone(), Some(mcp.clone()))
+                .await;
+            return self.relay(res, None, 0, None, None, id).await;
+        }
         if msg.is_initialize() {
             return self.initialize(&parts, &mcp).await;
         }
         let session = match self.session_of(&parts.headers) {
             Ok(s) => s,
-            Err(res) => return res,
+            Err(Unknown) => return session_not_found(),
         };
-        let stateless = mcp.era() == Era::Stateless;
         if session.is_none() && !stateless {
             let e = GatewayError::new(
                 ErrorKind::MissingSession,
@@ -352,7 +368,7 @@ impl Inner {
         }
         let routed = parts.extensions.get::<Routed>();
         match msg.method() {
-            Some(Method::Ping) => ok_result(id, serde_json::json!({}), Vec::new()),
+            Some(Method::Ping) => ok_result(id, serde_json::json!({}), Vec::new(), false),
             Some(Method::ToolsList) => self.list(Kind::Tool, session, &out, &mcp).await,
             Some(Method::PromptsList) => self.list(Kind::Prompt, session, &out, &mcp).await,
             Some(Method::ResourcesList) => self.list(Kind::Resource, session, &out, &mcp).await,
@@ -796,9 +812,18 @@ impl Inner {
             *lock(&s.version) = HeaderValue::from_str(v).ok();
         }
         self.sessions.insert(s.clone());
-        let mut res = ok_result(id, result, extra);
+        let mut res = ok_result(id, result, extra, false);
         if let Ok(v) = HeaderValue::from_str(&s.id) {
             res.headers_mut().insert(header_names::MCP_SESSION_ID, v);
+        }
+        if !failed.is_empty() {
+            // In the session's audit record: who was left out, and why.
+            let detail: Vec<String> = failed
+                .iter()
+                .map(|(m, why)| format!("backend {} left out: {why}", self.members[*m].name))
+                .collect();
+            res.extensions_mut()
+                .insert(crate::upstream::UpstreamFailure(detail.join("; ").into()));
         }
         res
     }
@@ -858,7 +883,7 @@ impl Inner {
                 );
                 return error_response(&e, None);
             }
-            Err(res) => return res,
+            Err(Unknown) => return session_not_found(),
         };
         let out = Outgoing::of(&parts);
         let last = parts
@@ -915,6 +940,38 @@ impl Inner {
         head.headers.remove(&header_names::MCP_SESSION_ID);
         head.headers.remove(header::CONTENT_LENGTH);
         Response::from_parts(head, merge(streams, None))
+    }
+}
+
+/// A session id the aggregate does not know.
+struct Unknown;
+
+fn session_not_found() -> Response<Body> {
+    let e = GatewayError::new(ErrorKind::SessionNotFound, "Session not found");
+    error_response(&e, None)
+}
+
+/// Whether the aggregate merges or routes `msg` in the stateless revision
+/// (the rest goes to the first backend as it is).
+fn routes_stateless(msg: &Message) -> bool {
+    match msg.kind() {
+        MessageKind::Request => matches!(
+            msg.method(),
+            Some(
+                Method::ToolsList
+                    | Method::PromptsList
+                    | Method::ResourcesList
+                    | Method::ResourcesTemplatesList
+                    | Method::ToolsCall
+                    | Method::PromptsGet
+                    | Method::ResourcesRead
+                    | Method::CompletionComplete
+                    | Method::ServerDiscover
+                    | Method::SubscriptionsListen
+            )
+        ),
+        // Notifications and answers: accepted and dropped below.
+        _ => true,
     }
 }
 
