@@ -83,12 +83,29 @@ use stack::bench_token;
 const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"18 degrees and sunny"}],"isError":false}}"#;
 const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris"}}}"#;
 const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
+/// [`CALL`] through the aggregate of three backends (`b0`, `b1`, `b2`):
+/// routed by its prefix to `b1`, which gets `get_weather`.
+const CALL_ROUTED: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"b1__get_weather","arguments":{"city":"Paris"}}}"#;
+const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+/// The stub's tool list: one page.
+const LIST_RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"get_weather","description":"18 degrees and sunny, always","inputSchema":{"type":"object","properties":{"city":{"type":"string"}}}},{"name":"search","description":"Finds things","inputSchema":{"type":"object"}}]}}"#;
 
 /// The stub: JSON for `/json`, a priming event plus the result as SSE for `/sse`.
 async fn stub(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let sse = req.uri().path() == "/sse";
-    let _ = req.into_body().collect().await;
-    let mut res = if sse {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let list = body.windows(12).any(|w| w == b"\"tools/list\"");
+    let mut res = if list {
+        let mut r = http::Response::new(Full::new(Bytes::from_static(LIST_RESULT.as_bytes())));
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r
+    } else if sse {
         let mut r = http::Response::new(Full::new(Bytes::from(format!(
             "id: 0\ndata: \n\nevent: message\ndata: {RESULT}\n\n"
         ))));
@@ -158,6 +175,24 @@ async fn serve_gateway(upstream: String, max_sessions: usize, caps: bool, logged
         b = b.limits(wide_session_caps());
     } else {
         b = b.without_limits();
+    }
+    serve_app(b.build().unwrap()).await;
+}
+
+/// The gateway over three backends (`b0`, `b1`, `b2`, each the stub),
+/// names prefixed (`aggregate.prefix = "always"`), with the default
+/// per-client caps: what routing by name costs beside `gateway`.
+async fn serve_aggregate(upstream: String, max_sessions: usize) {
+    use mcp_gateway_axum::{AggregateConfig, Backend};
+    let mut b = McpGateway::builder()
+        .aggregate_config(AggregateConfig::default())
+        .session_config(InMemoryConfig {
+            max_sessions,
+            ..Default::default()
+        })
+        .limits(wide_session_caps());
+    for name in ["b0", "b1", "b2"] {
+        b = b.backend(Backend::new(name).upstream_url(&upstream).unwrap());
     }
     serve_app(b.build().unwrap()).await;
 }
@@ -470,6 +505,19 @@ async fn post(
     auth: Option<&str>,
     body: &'static str,
 ) -> (u16, Option<String>) {
+    let (status, sid, _) =
+        post_body(tx, path, session, auth, Bytes::from_static(body.as_bytes())).await;
+    (status, sid)
+}
+
+/// [`post`], with the answer's body.
+async fn post_body(
+    tx: &mut SendRequest<Full<Bytes>>,
+    path: &str,
+    session: Option<&str>,
+    auth: Option<&str>,
+    body: Bytes,
+) -> (u16, Option<String>, Bytes) {
     let mut req = http::Request::post(path)
         .header("host", "127.0.0.1")
         .header("content-type", "application/json")
@@ -483,10 +531,7 @@ async fn post(
     }
     tx.ready().await.unwrap();
     let res = tx
-        .send_request(
-            req.body(Full::new(Bytes::from_static(body.as_bytes())))
-                .unwrap(),
-        )
+        .send_request(req.body(Full::new(body)).unwrap())
         .await
         .unwrap();
     let status = res.status().as_u16();
@@ -500,7 +545,7 @@ async fn post(
         "unexpected answer {status}: {}",
         String::from_utf8_lossy(&body)
     );
-    (status, sid)
+    (status, sid, body)
 }
 
 struct Run {
@@ -545,6 +590,19 @@ async fn run(
     conns: usize,
     calls: usize,
 ) -> Run {
+    run_with(server, path, gateway, auth, conns, calls, CALL).await
+}
+
+/// [`run`] with `call` as the request.
+async fn run_with(
+    server: &Server,
+    path: &str,
+    gateway: bool,
+    auth: Option<&str>,
+    conns: usize,
+    calls: usize,
+    call: &'static str,
+) -> Run {
     let auth = auth.map(str::to_owned);
     let per = calls / conns;
     let mut setup = Vec::new();
@@ -558,7 +616,7 @@ async fn run(
             Some("stub-session".to_owned())
         };
         // Warm the connection (and the server's upstream pool).
-        post(&mut tx, path, sid.as_deref(), auth.as_deref(), CALL).await;
+        post(&mut tx, path, sid.as_deref(), auth.as_deref(), call).await;
         setup.push((tx, sid));
     }
     let cpu0 = server.cpu_seconds();
@@ -573,7 +631,7 @@ async fn run(
             let mut lat = Vec::with_capacity(per);
             for _ in 0..per {
                 let t = Instant::now();
-                let (s, _) = post(&mut tx, &path, sid.as_deref(), auth.as_deref(), CALL).await;
+                let (s, _) = post(&mut tx, &path, sid.as_deref(), auth.as_deref(), call).await;
                 lat.push(t.elapsed());
                 assert_eq!(s, 200);
             }
@@ -666,6 +724,7 @@ fn server_role(args: &[String]) -> bool {
         match role.as_str() {
             "stub" => serve_stub().await,
             "gateway" => serve_gateway(upstream, max_sessions, true, false).await,
+            "aggregate" => serve_aggregate(upstream, max_sessions).await,
             "nocaps" => serve_gateway(upstream, max_sessions, false, false).await,
             "logged" => serve_gateway(upstream, max_sessions, true, true).await,
             "bare" => serve_bare_proxy(upstream).await,
@@ -728,6 +787,8 @@ struct Target {
     path: String,
     gateway: bool,
     auth: Option<String>,
+    /// The `tools/call` it is sent.
+    call: &'static str,
 }
 
 impl Target {
@@ -743,6 +804,7 @@ impl Target {
                 path: direct,
                 gateway: false,
                 auth: None,
+                call: CALL,
             };
         }
         let upstream = format!("http://{}{direct}", stub.addr);
@@ -759,17 +821,23 @@ impl Target {
             },
             gateway: role != "bare" && role != "relay",
             auth: matches!(role, "secure" | "full" | "limits" | "audit").then(|| bearer.to_owned()),
+            call: if role == "aggregate" {
+                CALL_ROUTED
+            } else {
+                CALL
+            },
         }
     }
 
     async fn run(&self, conns: usize, calls: usize) -> Run {
-        run(
+        run_with(
             &self.server,
             &self.path,
             self.gateway,
             self.auth.as_deref(),
             conns,
             calls,
+            self.call,
         )
         .await
     }
@@ -992,6 +1060,8 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
         }
     }
 
+    aggregate_section(&stub, calls, reps, (idle_sessions / 10).max(100)).await;
+
     // Idle sessions: created through a fresh gateway process (initialize),
     // then held; the figure is that process's resident memory.
     let max = (idle_sessions + 10).to_string();
@@ -1030,4 +1100,125 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
         rss1 - rss0,
         (rss1 - rss0) * 1024.0 * 1024.0 / idle_sessions as f64
     );
+}
+
+/// Several backends behind one endpoint: a routed `tools/call` beside the
+/// single-backend gateway (paired rounds at 32 connections), the whole
+/// merged `tools/list` of three backends (three pages, the client following
+/// the gateway's cursors) beside one backend's list, and the memory a
+/// session with three backends holds.
+async fn aggregate_section(stub: &Server, calls: usize, reps: usize, sessions: usize) {
+    for mode in ["json", "sse"] {
+        let upstream = format!("http://{}/{mode}", stub.addr);
+        let gw = Server::start(&["--role", "gateway", "--upstream", &upstream]);
+        let agg = Server::start(&["--role", "aggregate", "--upstream", &upstream]);
+        let (mut g, mut a) = (Vec::new(), Vec::new());
+        for rep in 0..reps * 3 {
+            for i in round_order(2, rep) {
+                if i == 0 {
+                    g.push(run_with(&gw, "/mcp", true, None, 32, calls, CALL).await);
+                } else {
+                    a.push(run_with(&agg, "/mcp", true, None, 32, calls, CALL_ROUTED).await);
+                }
+            }
+        }
+        let d_cpu = mid_f64(
+            g.iter()
+                .zip(&a)
+                .map(|(g, a)| (a.cpu_per_call - g.cpu_per_call) * 1e6)
+                .collect(),
+        );
+        let d_p50 = mid_f64(
+            g.iter()
+                .zip(&a)
+                .map(|(g, a)| us(a.p50) - us(g.p50))
+                .collect(),
+        );
+        for (name, runs) in [("gateway, one backend", &g), ("aggregate of 3, routed", &a)] {
+            let r = median(runs);
+            println!(
+                "{:<40} {:>9.0} {:>9.1} {:>9.1} {:>19.1} {:>8.1}",
+                format!("{mode} 32 conn {name}"),
+                r.rps,
+                us(r.p50),
+                us(r.p99),
+                r.cpu_per_call * 1e6,
+                r.sys_per_call * 1e6
+            );
+        }
+        println!(
+            "{:<40} added p50 {d_p50:.1} µs, CPU {d_cpu:.1} µs/call (routing by name: aggregate minus gateway)",
+            format!("{mode} 32 conn routing by name")
+        );
+    }
+    let upstream = format!("http://{}/json", stub.addr);
+    let gw = Server::start(&["--role", "gateway", "--upstream", &upstream]);
+    let agg = Server::start(&["--role", "aggregate", "--upstream", &upstream]);
+    let walks = (calls / 10).max(50);
+    let (one, one_pages) = list_walk(&gw, walks).await;
+    let (all, all_pages) = list_walk(&agg, walks).await;
+    println!(
+        "tools/list: one backend {:.1} µs CPU per list ({one_pages} page); aggregate of 3 {:.1} µs CPU per whole list ({all_pages} pages, {:.1} µs per page)",
+        one * 1e6,
+        all * 1e6,
+        all * 1e6 / all_pages as f64
+    );
+    drop((gw, agg));
+    let max = (sessions + 10).to_string();
+    let agg = Server::start(&[
+        "--role",
+        "aggregate",
+        "--upstream",
+        &upstream,
+        "--max-sessions",
+        &max,
+    ]);
+    let rss0 = agg.rss_mb();
+    let mut tx = connect(agg.addr).await;
+    for _ in 0..sessions {
+        let (s, sid) = post(&mut tx, "/mcp", None, None, INIT).await;
+        assert_eq!(s, 200);
+        assert!(sid.is_some());
+    }
+    let rss1 = agg.rss_mb();
+    println!(
+        "aggregate sessions: {sessions} with 3 backends each; gateway resident +{:.1} MB ({:.0} bytes/session)",
+        rss1 - rss0,
+        (rss1 - rss0) * 1024.0 * 1024.0 / sessions as f64
+    );
+}
+
+/// `walks` whole `tools/list`s on one connection, following `nextCursor`:
+/// the server's CPU seconds per whole list, and the pages of one.
+async fn list_walk(server: &Server, walks: usize) -> (f64, usize) {
+    let mut tx = connect(server.addr).await;
+    let (_, sid) = post(&mut tx, "/mcp", None, None, INIT).await;
+    let sid = sid.expect("a session");
+    let pages = walk_once(&mut tx, &sid).await;
+    let on0 = server.on_cpu_seconds();
+    for _ in 0..walks {
+        walk_once(&mut tx, &sid).await;
+    }
+    ((server.on_cpu_seconds() - on0) / walks as f64, pages)
+}
+
+/// One whole `tools/list`, page by page: the number of pages.
+async fn walk_once(tx: &mut SendRequest<Full<Bytes>>, sid: &str) -> usize {
+    let mut pages = 0;
+    let mut body = Bytes::from_static(LIST.as_bytes());
+    loop {
+        let (s, _, answer) = post_body(tx, "/mcp", Some(sid), None, body).await;
+        assert_eq!(s, 200);
+        pages += 1;
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        match v["result"]["nextCursor"].as_str() {
+            Some(c) => {
+                body = Bytes::from(
+                    serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"cursor": c}})
+                        .to_string(),
+                )
+            }
+            None => return pages,
+        }
+    }
 }
