@@ -47,6 +47,11 @@
 //! it with the tuning knobs instead: the built-in HTTP/1.1 server and 50 µs
 //! of busy polling (`MCPGW_BENCH_COMPARE=gateway,gateway+builtin`). The full
 //! run measures both side by side.
+//! `aggregate` serves three backends (the stub thrice) as one, names
+//! prefixed: `MCPGW_BENCH_COMPARE=gateway,aggregate` measures routing by
+//! name, `MCPGW_BENCH_AGGREGATE=1` runs only the aggregate's figures (a
+//! routed call beside one backend, a whole merged `tools/list`, memory
+//! per session).
 //! `MCPGW_BENCH_THREADS=N` changes the servers' threads (default one per
 //! core), `MCPGW_BENCH_BUSY_POLL_US=N` their busy-polling window,
 //! `MCPGW_BENCH_HTTP1=builtin` serves HTTP/1 with the built-in server, and
@@ -934,6 +939,11 @@ async fn client_main(calls: usize, reps: usize, idle_sessions: usize) {
             None
         };
         compare(&stub, &bearer, &roles, &mode, conns, calls, reps).await;
+        return;
+    }
+    // MCPGW_BENCH_AGGREGATE=1: only the aggregate's figures.
+    if std::env::var("MCPGW_BENCH_AGGREGATE").is_ok() {
+        aggregate_section(&stub, calls, reps, (idle_sessions / 10).max(100)).await;
         return;
     }
     // Profiling aid: MCPGW_BENCH_PROFILE=<role> runs only that server,

@@ -594,7 +594,12 @@ impl McpGatewayBuilder {
             .mcp_session(sessions.clone())
             .layer(sse_layer)
             .option_layer(self.resume)
-            .service(upstreams);
+            // An aggregate is called in place: its one instance in
+            // `upstreams` only gives the session router something to pick.
+            .service(match &aggregate {
+                Some(agg) => tower::util::Either::Right(agg.clone()),
+                None => tower::util::Either::Left(upstreams),
+            });
         let handles = GatewayHandles {
             instances: sessions.instances().clone(),
             sessions: sessions.store().clone(),

@@ -98,7 +98,7 @@ impl Shared {
         let Some(method) = m.method() else {
             return Ok(());
         };
-        let backend = routed.map_or(&self.backend, |r| &r.backend);
+        let backend = routed.map_or(&self.backend, |r| r.backend());
         let owned;
         let target = match method {
             Method::ToolsCall => Target::Tool(own_target(m, routed)?),
@@ -227,7 +227,7 @@ impl Shared {
 /// The target of `m`, as its backend names it when an aggregate routed it.
 fn own_target<'a>(m: &'a Message, routed: Option<&'a Routed>) -> Result<&'a str, GatewayError> {
     let name = required(m)?;
-    Ok(routed.map_or(name, |r| &r.name))
+    Ok(routed.map_or(name, Routed::name))
 }
 
 fn required(m: &Message) -> Result<&str, GatewayError> {
@@ -268,7 +268,7 @@ where
                 if let Err(e) = shared.guard(principal.as_ref(), mcp.body(), m, routed) {
                     let mut res = error_response(&e, m.id());
                     res.extensions_mut().insert(match routed {
-                        Some(r) => BackendName(r.backend.clone()),
+                        Some(r) => BackendName(r.backend().clone()),
                         None => shared.backend_name(),
                     });
                     return Box::pin(std::future::ready(Ok(res)));

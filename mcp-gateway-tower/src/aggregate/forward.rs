@@ -9,7 +9,6 @@ use mcp_gateway_core::jsonrpc::Envelope;
 use mcp_gateway_core::protocol::header_names;
 use mcp_gateway_core::{ErrorKind, GatewayError, McpRequest, Principal, ProtocolVersion};
 use serde_json::Value;
-use tower::ServiceExt;
 
 use super::service::Inner;
 use super::session::{AggSession, Joined};
@@ -32,7 +31,13 @@ pub(crate) struct Outgoing {
 
 impl Outgoing {
     pub(crate) fn of(parts: &http::request::Parts) -> Self {
-        let mut headers = parts.headers.clone();
+        let mut parts = http::request::Parts::clone(parts);
+        Self::take(&mut parts)
+    }
+
+    /// [`of`](Self::of), the headers moved out of `parts` (no copy).
+    pub(crate) fn take(parts: &mut http::request::Parts) -> Self {
+        let mut headers = std::mem::take(&mut parts.headers);
         headers.remove(&header_names::MCP_SESSION_ID);
         headers.remove(&header_names::LAST_EVENT_ID);
         headers.remove(header::CONTENT_LENGTH);
@@ -48,6 +53,19 @@ impl Outgoing {
             principal: parts.extensions.get::<Principal>().cloned(),
             version,
             from_header,
+        }
+    }
+
+    /// Requests for session `s` made without the client's request at hand
+    /// (a call sent again after its backend's part was initialized again):
+    /// the headers of the client's `initialize`.
+    pub(crate) fn of_session(s: &AggSession) -> Self {
+        Outgoing {
+            uri: Uri::from_static("/"),
+            headers: s.setup.headers.clone(),
+            principal: s.setup.principal.clone(),
+            version: ProtocolVersion::DEFAULT_WITHOUT_HEADER,
+            from_header: false,
         }
     }
 
@@ -91,6 +109,23 @@ impl Outgoing {
         if let Some(m) = mcp {
             req.extensions_mut().insert(m);
         }
+        req
+    }
+
+    /// A routed call: the client's parse and the route travel with the
+    /// rewritten body (the backend's layers read the id, and the policy
+    /// the route), with no second parse.
+    pub(crate) fn post_routed(
+        &self,
+        body: Bytes,
+        joined: Option<&Joined>,
+        instance: usize,
+        mcp: &McpRequest,
+        routed: &super::Routed,
+    ) -> Request<Body> {
+        let mut req = self.request(Method::POST, Body::full(body), joined, instance);
+        req.extensions_mut().insert(mcp.clone());
+        req.extensions_mut().insert(routed.clone());
         req
     }
 
@@ -166,11 +201,9 @@ impl Inner {
             };
             let req = make(i);
             let Ok(res) = if raw {
-                tower::util::BoxCloneSyncService::new(member.upstreams.clone())
-                    .oneshot(req)
-                    .await
+                tower_service::Service::call(&mut member.upstreams.clone(), req).await
             } else {
-                member.stack.clone().oneshot(req).await
+                member.stack.call(req).await
             };
             if unreachable(&res) && tried.len() + 1 < member.instances.len() {
                 tried.push(i);
@@ -195,17 +228,20 @@ impl Inner {
         for attempt in 0..2 {
             let joined = match (s.slots[m].current(), seen) {
                 (Some(j), None) => j,
-                (cur, _) => match self.join(s, m, cur.map(|j| j.generation), true).await {
-                    Ok((j, _, _)) => j,
-                    Err(res) => return res,
-                },
+                // Rare: boxed, so the common path's future stays small.
+                (cur, _) => {
+                    match Box::pin(self.join(s, m, cur.map(|j| j.generation), true)).await {
+                        Ok((j, _, _)) => j,
+                        Err(res) => return res,
+                    }
+                }
             };
             if attempt == 0 && member.instances.is_lost(joined.instance) {
                 tracing::info!(backend = %member.name, session = %s.id, "instance lost: the backend's part of the session is initialized on another");
                 seen = Some(joined.generation);
                 continue;
             }
-            let Ok(res) = member.stack.clone().oneshot(make(&joined)).await;
+            let Ok(res) = member.stack.call(make(&joined)).await;
             let forgot = res.status() == StatusCode::NOT_FOUND && joined.sid.is_some();
             if attempt == 0 && (forgot || unreachable(&res)) {
                 tracing::info!(backend = %member.name, session = %s.id, forgot, "the backend's part of the session is initialized again");
@@ -257,8 +293,7 @@ impl Inner {
             };
             let Ok(res) = member
                 .stack
-                .clone()
-                .oneshot(out.post(s.setup.init.clone(), None, i, None))
+                .call(out.post(s.setup.init.clone(), None, i, None))
                 .await;
             if unreachable(&res) && tried.len() + 1 < member.instances.len() {
                 tried.push(i);
@@ -305,7 +340,7 @@ impl Inner {
                 let out = out.clone();
                 tokio::spawn(async move {
                     let req = out.request(Method::DELETE, Body::empty(), Some(&old), old.instance);
-                    let _ = me.members[m].stack.clone().oneshot(req).await;
+                    let _ = me.members[m].stack.call(req).await;
                 });
             }
         }
@@ -328,7 +363,7 @@ impl Inner {
         }
         for b in bodies {
             let req = out.post(b, Some(joined), joined.instance, None);
-            let Ok(res) = member.stack.clone().oneshot(req).await;
+            let Ok(res) = member.stack.call(req).await;
             let _ = http_body_util::BodyExt::collect(res.into_body()).await;
         }
     }

@@ -541,7 +541,8 @@ impl Inner {
     }
 
     async fn raw(&self, m: usize, req: http::Request<Body>) -> Response<Body> {
-        let Ok(res) = tower::ServiceExt::oneshot(member_raw(&self.members[m]), req).await;
+        let Ok(res) =
+            tower_service::Service::call(&mut self.members[m].upstreams.clone(), req).await;
         res
     }
 
@@ -608,7 +609,8 @@ impl Inner {
             let res = match instance {
                 Some(i) => {
                     let req = o.post(body, joined, i, None);
-                    let Ok(res) = tower::ServiceExt::oneshot(member_raw(member), req).await;
+                    let Ok(res) =
+                        tower_service::Service::call(&mut member.upstreams.clone(), req).await;
                     res
                 }
                 None => {
@@ -714,11 +716,4 @@ impl Inner {
         }
         (!lines.is_empty()).then(|| lines.join("; "))
     }
-}
-
-fn member_raw(
-    member: &super::Member,
-) -> tower::util::BoxCloneSyncService<http::Request<Body>, Response<Body>, std::convert::Infallible>
-{
-    tower::util::BoxCloneSyncService::new(member.upstreams.clone())
 }

@@ -55,7 +55,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::AclLayer;
+use crate::acl::{Acl, AclLayer};
 use crate::upstream::{Instances, Upstreams};
 
 mod forward;
@@ -150,13 +150,23 @@ impl AggregateConfig {
     }
 }
 
-/// The service a member's requests go through: its policy layer (if any)
-/// over its instances.
-pub(crate) type MemberService = tower::util::BoxCloneSyncService<
-    http::Request<crate::Body>,
-    http::Response<crate::Body>,
-    std::convert::Infallible,
->;
+/// What a member's requests go through: its instances, behind its policy
+/// layer when it has one. Called in place (a clone of either is a
+/// reference count).
+#[derive(Clone)]
+pub(crate) enum Stack {
+    Plain(Upstreams),
+    Guarded(Acl<Upstreams>),
+}
+
+impl Stack {
+    pub(crate) fn call(&self, req: http::Request<crate::Body>) -> crate::body::BoxFuture {
+        match self {
+            Stack::Plain(u) => tower_service::Service::call(&mut u.clone(), req),
+            Stack::Guarded(a) => tower_service::Service::call(&mut a.clone(), req),
+        }
+    }
+}
 
 /// One named backend of an [`Aggregate`].
 #[derive(Clone)]
@@ -164,7 +174,7 @@ pub struct Member {
     pub(crate) name: Arc<str>,
     pub(crate) upstreams: Upstreams,
     pub(crate) instances: Instances,
-    pub(crate) stack: MemberService,
+    pub(crate) stack: Stack,
 }
 
 impl std::fmt::Debug for Member {
@@ -176,7 +186,7 @@ impl std::fmt::Debug for Member {
 impl Member {
     /// The backend `name` (its namespace), served by `upstreams`.
     pub fn new(name: impl Into<Arc<str>>, upstreams: Upstreams) -> Self {
-        let stack = MemberService::new(upstreams.clone());
+        let stack = Stack::Plain(upstreams.clone());
         Member {
             name: name.into(),
             instances: upstreams.instances(),
@@ -189,7 +199,7 @@ impl Member {
     /// with this backend's name): policies and pins see the backend's own
     /// names, without prefixes.
     pub fn with_acl(mut self, acl: AclLayer) -> Self {
-        self.stack = MemberService::new(tower_layer::Layer::layer(&acl, self.upstreams.clone()));
+        self.stack = Stack::Guarded(tower_layer::Layer::layer(&acl, self.upstreams.clone()));
         self
     }
 

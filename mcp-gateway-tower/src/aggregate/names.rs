@@ -227,6 +227,7 @@ pub(crate) struct Naming {
     pub(crate) members: Vec<Arc<str>>,
     pub(crate) prefix: PrefixMode,
     pub(crate) separator: Box<str>,
+    finder: memchr::memmem::Finder<'static>,
     pub(crate) catalog: Catalog,
 }
 
@@ -237,6 +238,7 @@ impl Naming {
             members,
             prefix,
             separator: separator.into(),
+            finder: memchr::memmem::Finder::new(separator.as_bytes()).into_owned(),
             catalog: Catalog::new(n),
         }
     }
@@ -268,7 +270,8 @@ impl Naming {
 
     /// `db__query` → (db, `query`), if `db` is a member.
     fn split<'a>(&self, name: &'a str) -> Option<(usize, &'a str)> {
-        let (head, rest) = name.split_once(&*self.separator)?;
+        let at = self.finder.find(name.as_bytes())?;
+        let (head, rest) = (&name[..at], &name[at + self.separator.len()..]);
         Some((self.member(head)?, rest))
     }
 

@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{Method as HttpMethod, Request, Response};
 use mcp_gateway_core::jsonrpc::Method;
 use mcp_gateway_core::McpRequest;
@@ -20,12 +21,41 @@ use crate::body::{take_ready, Body, BoxFuture};
 /// Where the [`RouteLayer`] sent a named request: in its extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
+    member: usize,
+    backend: Arc<str>,
+    /// UTF-8: a slice of the request body's name, or a copy.
+    name: Bytes,
+}
+
+impl Routed {
+    pub(crate) fn new(member: usize, backend: Arc<str>, name: Bytes) -> Self {
+        debug_assert!(std::str::from_utf8(&name).is_ok());
+        Routed {
+            member,
+            backend,
+            name,
+        }
+    }
+
     /// The backend's index in the aggregate.
-    pub member: usize,
+    pub fn member(&self) -> usize {
+        self.member
+    }
+
     /// The backend's name.
-    pub backend: Arc<str>,
+    pub fn backend(&self) -> &Arc<str> {
+        &self.backend
+    }
+
     /// The tool's, prompt's or resource's name at that backend (no prefix).
-    pub name: Arc<str>,
+    pub fn name(&self) -> &str {
+        std::str::from_utf8(&self.name).unwrap_or_default()
+    }
+
+    /// [`name`](Self::name) as UTF-8 bytes (no check).
+    pub(crate) fn name_bytes(&self) -> &Bytes {
+        &self.name
+    }
 }
 
 /// Routes `tools/call`, `prompts/get` and `resources/read` /
@@ -104,48 +134,47 @@ where
                     return None;
                 }
                 let kind = kind_of(method)?;
-                let name = msg.target()?;
-                Some((kind, name.to_owned(), mcp.clone()))
+                Some((kind, msg.target_text()?.clone()))
             });
-        let Some((kind, name, mcp)) = found else {
+        let Some((kind, name)) = found else {
             return Box::pin(self.inner.call(req));
         };
-        let naming = &self.agg.inner.naming;
-        match naming.resolve(kind, &name) {
+        let inner = &self.agg.inner;
+        match inner.naming.resolve(kind, name.as_str()) {
             Ok((m, own)) => {
-                req.extensions_mut().insert(Routed {
-                    member: m,
-                    backend: self.agg.inner.members[m].name.clone(),
-                    name: own.into(),
-                });
+                // The backend's name is the end of the client's: shared.
+                let own = name.as_bytes().slice_ref(own.as_bytes());
+                let routed = Routed::new(m, inner.members[m].name.clone(), own);
+                req.extensions_mut().insert(routed);
                 Box::pin(self.inner.call(req))
             }
             Err(why) => {
-                let inner = take_ready(&mut self.inner);
+                let mut svc = take_ready(&mut self.inner);
                 let agg = self.agg.clone();
                 Box::pin(async move {
+                    let inner = &agg.inner;
                     let why = match why {
                         Unresolved::Unknown => {
-                            agg.inner
-                                .resolve_or_refresh(kind, &name)
-                                .await
-                                .map(|(m, own)| {
-                                    req.extensions_mut().insert(Routed {
-                                        member: m,
-                                        backend: agg.inner.members[m].name.clone(),
-                                        name: own.into(),
-                                    });
-                                })
+                            match inner.resolve_or_refresh(kind, name.as_str()).await {
+                                Ok((m, own)) => {
+                                    let b = inner.members[m].name.clone();
+                                    req.extensions_mut().insert(Routed::new(
+                                        m,
+                                        b,
+                                        Bytes::from(own),
+                                    ));
+                                    return svc.call(req).await;
+                                }
+                                Err(e) => e,
+                            }
                         }
-                        other => Err(other),
+                        other => other,
                     };
-                    match why {
-                        Ok(()) => {
-                            let mut inner = inner;
-                            inner.call(req).await
-                        }
-                        Err(why) => Ok(unresolved(&agg.inner, mcp.first_id(), kind, &name, why)),
-                    }
+                    let id = req
+                        .extensions()
+                        .get::<McpRequest>()
+                        .and_then(|m| m.first_id().cloned());
+                    Ok(unresolved(inner, id.as_ref(), kind, name.as_str(), why))
                 })
             }
         }

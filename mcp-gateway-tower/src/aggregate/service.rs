@@ -1,6 +1,5 @@
 //! [`Aggregate`]: the service, and how each message is dispatched.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,9 +182,28 @@ impl Service<Request<Body>> for Aggregate {
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
+        // A routed call in a session (or stateless) whose backend part is
+        // up: prepared here, its future only waits for the backend.
+        let req = match self.inner.fast(req) {
+            Ok(fut) => return fut,
+            Err(req) => req,
+        };
         let inner = self.inner.clone();
         Box::pin(async move { Ok(inner.handle(req).await) })
     }
+}
+
+/// What a routed call needs once the backend answered.
+struct Sent {
+    session: Option<Arc<AggSession>>,
+    m: usize,
+    guard: Option<CallGuard>,
+    id: Option<RequestId>,
+    /// For sending it again after a re-initialization.
+    body: Bytes,
+    mcp: McpRequest,
+    routed: Routed,
+    sid: bool,
 }
 
 /// The answer `result` to request `id`: JSON, or an event stream (the
@@ -292,11 +310,179 @@ impl Inner {
         self.generation.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The common case without a suspended state of its own: a routed
+    /// `tools/call`, `prompts/get` or `resources/read` whose route the
+    /// [`RouteLayer`] decided, in a session whose backend part is up (or
+    /// stateless). Anything else comes back for [`handle`](Self::handle).
+    fn fast(self: &Arc<Self>, req: Request<Body>) -> Result<BoxFuture, Request<Body>> {
+        if req.method() != HttpMethod::POST {
+            return Err(req);
+        }
+        let ext = req.extensions();
+        let (Some(mcp), Some(routed)) = (ext.get::<McpRequest>(), ext.get::<Routed>()) else {
+            return Err(req);
+        };
+        let (mcp, routed) = (mcp.clone(), routed.clone());
+        let Some(msg) = mcp.message() else {
+            return Err(req);
+        };
+        let kind = match msg.method() {
+            Some(Method::ToolsCall) => Kind::Tool,
+            Some(Method::PromptsGet) => Kind::Prompt,
+            Some(Method::ResourcesRead) => Kind::Resource,
+            _ => return Err(req),
+        };
+        let stateless = mcp.era() == Era::Stateless;
+        let (m, own) = (routed.member(), routed.name_bytes());
+        let Some(target) = msg.target_text() else {
+            return Err(req);
+        };
+        let same = own == &target.as_bytes()[..];
+        if kind == Kind::Resource && !same {
+            // A rewritten URI: its answer is rewritten back (the slow way).
+            return Err(req);
+        }
+        let member = &self.members[m];
+        let session = match req.headers().get(&header_names::MCP_SESSION_ID) {
+            None if stateless => None,
+            None => return Err(req),
+            Some(v) => match v.to_str().ok().and_then(|id| self.sessions.get(id)) {
+                Some(s) => Some(s),
+                None => return Err(req),
+            },
+        };
+        let joined = match &session {
+            Some(s) => match s.slots[m].current() {
+                Some(j) if !member.instances.is_lost(j.instance) => Some(j),
+                _ => return Err(req),
+            },
+            None => None,
+        };
+        let instance = match &joined {
+            Some(j) => j.instance,
+            None => match member.instances.pick() {
+                Some(i) if member.instances.len() == 1 => i,
+                // Several instances: the slow way retries another.
+                _ => return Err(req),
+            },
+        };
+        let (mut parts, _) = req.into_parts();
+        let body = if same {
+            mcp.body().clone()
+        } else {
+            // The name is the end of the body's own (unescaped) text: its
+            // bytes go in as they are.
+            match splice(mcp.body(), target.as_bytes(), own) {
+                Some(b) => b,
+                None => return Err(Request::from_parts(parts, Body::empty())),
+            }
+        };
+        if !same {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            if parts.headers.contains_key(&header_names::MCP_NAME) {
+                if let Ok(v) = HeaderValue::from_str(&encode_header_value(routed.name())) {
+                    parts.headers.insert(header_names::MCP_NAME, v);
+                }
+            }
+        }
+        let id = msg.id().cloned();
+        let guard = match (&session, &id) {
+            (Some(s), Some(id)) => Some(s.call_started(id, m)),
+            _ => None,
+        };
+        let sent = Sent {
+            sid: joined.as_ref().is_some_and(|j| j.sid.is_some()),
+            session,
+            m,
+            guard,
+            id,
+            body: body.clone(),
+            mcp: mcp.clone(),
+            routed: routed.clone(),
+        };
+        let fut = member
+            .stack
+            .call(in_part(parts, body, joined.as_ref(), instance));
+        let inner = self.clone();
+        Ok(Box::pin(async move {
+            let Ok(res) = fut.await;
+            let forgot = res.status() == StatusCode::NOT_FOUND && sent.sid;
+            if forgot
+                || res.status().is_server_error()
+                || res.extensions().get::<crate::upstream::NotSent>().is_some()
+            {
+                return Ok(Box::pin(inner.answered(res, sent)).await);
+            }
+            Ok(inner.relay_now(res, sent.session, sent.m, sent.guard))
+        }))
+    }
+
+    /// After the backend answered a call of [`fast`](Self::fast): sent
+    /// again if the backend forgot the session, relayed.
+    async fn answered(&self, res: Response<Body>, sent: Sent) -> Response<Body> {
+        let Sent {
+            session,
+            m,
+            guard,
+            id,
+            body,
+            mcp,
+            routed,
+            sid,
+        } = sent;
+        let forgot = res.status() == StatusCode::NOT_FOUND && sid;
+        let unreachable = res.extensions().get::<crate::upstream::NotSent>().is_some();
+        let res = match &session {
+            Some(s) if forgot || unreachable => {
+                tracing::info!(backend = %self.members[m].name, session = %s.id, forgot, "the backend's part of the session is initialized again");
+                let out = Outgoing::of_session(s);
+                Box::pin(self.send_in(s, m, |j| {
+                    let mut r = out.post_routed(body.clone(), Some(j), j.instance, &mcp, &routed);
+                    r.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                    r
+                }))
+                .await
+            }
+            _ => res,
+        };
+        if !res.status().is_server_error() {
+            return self.relay_now(res, session, m, guard);
+        }
+        Box::pin(self.relay(res, session, m, guard, None, id.as_ref())).await
+    }
+
+    /// [`relay`](Self::relay) for an answer that needs no reading: a
+    /// success or a client error, no URI to rewrite.
+    fn relay_now(
+        &self,
+        res: Response<Body>,
+        session: Option<Arc<AggSession>>,
+        m: usize,
+        guard: Option<CallGuard>,
+    ) -> Response<Body> {
+        let (mut parts, body) = res.into_parts();
+        parts.headers.remove(&header_names::MCP_SESSION_ID);
+        parts
+            .extensions
+            .insert(BackendName(self.members[m].name.clone()));
+        if is_sse(&parts.headers) {
+            let mut rw = Rewriter::new(self.me(), session, m);
+            rw.prefix_ids = true;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return Response::from_parts(parts, rewrite_body(rw, body, guard));
+        }
+        Response::from_parts(parts, body)
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
+        // The rare requests are boxed: the common one's future stays small.
         match *req.method() {
             HttpMethod::POST => self.post(req).await,
-            HttpMethod::GET => self.get(req).await,
-            HttpMethod::DELETE => self.delete(req).await,
+            HttpMethod::GET => Box::pin(self.get(req)).await,
+            HttpMethod::DELETE => Box::pin(self.delete(req)).await,
             _ => {
                 let e = GatewayError::new(ErrorKind::MethodNotAllowed, "Method Not Allowed");
                 error_response(&e, None)
@@ -334,6 +520,35 @@ impl Inner {
         };
         let id = msg.id();
         let stateless = mcp.era() == Era::Stateless;
+        let named = match (msg.kind(), msg.method()) {
+            (MessageKind::Request, Some(Method::ToolsCall)) => Some(Kind::Tool),
+            (MessageKind::Request, Some(Method::PromptsGet)) => Some(Kind::Prompt),
+            (MessageKind::Request, Some(Method::ResourcesRead)) => Some(Kind::Resource),
+            _ => None,
+        };
+        if let Some(kind) = named {
+            // The common case: a call routed by name.
+            let session = match self.session_of(&parts.headers) {
+                Ok(s) => s,
+                Err(Unknown) => return session_not_found(),
+            };
+            if session.is_none() && !stateless {
+                return missing_session(id);
+            }
+            return self.routed(kind, session, parts, &mcp).await;
+        }
+        Box::pin(self.post_other(parts, mcp)).await
+    }
+
+    /// Every `POST` but a routed call.
+    async fn post_other(
+        self: Arc<Self>,
+        mut parts: http::request::Parts,
+        mcp: McpRequest,
+    ) -> Response<Body> {
+        let msg = mcp.message().expect("checked by post");
+        let id = msg.id();
+        let stateless = mcp.era() == Era::Stateless;
         if stateless && !routes_stateless(msg) {
             // Nothing to merge or route (`initialize`, `ping` and the other
             // methods the revision removed, unknown methods): the first
@@ -352,13 +567,9 @@ impl Inner {
             Err(Unknown) => return session_not_found(),
         };
         if session.is_none() && !stateless {
-            let e = GatewayError::new(
-                ErrorKind::MissingSession,
-                "Bad Request: Mcp-Session-Id header is required",
-            );
-            return error_response(&e, id);
+            return missing_session(id);
         }
-        let out = Outgoing::of(&parts);
+        let out = Outgoing::take(&mut parts);
         match msg.kind() {
             MessageKind::Response | MessageKind::Error => {
                 return self.client_answer(session, &out, &mcp, msg).await
@@ -375,18 +586,8 @@ impl Inner {
             Some(Method::ResourcesTemplatesList) => {
                 self.list(Kind::Template, session, &out, &mcp).await
             }
-            Some(Method::ToolsCall) => {
-                self.routed(Kind::Tool, session, out, &mcp, msg, routed)
-                    .await
-            }
-            Some(Method::PromptsGet) => {
-                self.routed(Kind::Prompt, session, out, &mcp, msg, routed)
-                    .await
-            }
-            Some(
-                Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe,
-            ) => {
-                self.routed(Kind::Resource, session, out, &mcp, msg, routed)
+            Some(Method::ResourcesSubscribe | Method::ResourcesUnsubscribe) => {
+                self.routed_with(Kind::Resource, session, out, &mcp, msg, routed)
                     .await
             }
             Some(Method::CompletionComplete) => self.completion(session, out, &mcp, msg).await,
@@ -438,7 +639,154 @@ impl Inner {
             .map(|(m, own)| (m, own.to_owned()))
     }
 
+    /// A call routed by name, the client's request reused for the
+    /// backend: its extensions as they are (the parse, the route, the
+    /// principal), its headers with the backend session's.
     async fn routed(
+        &self,
+        kind: Kind,
+        session: Option<Arc<AggSession>>,
+        mut parts: http::request::Parts,
+        mcp: &McpRequest,
+    ) -> Response<Body> {
+        let msg = mcp.message().expect("checked by post");
+        let id = msg.id();
+        let Some(target) = msg.target_text() else {
+            let e = GatewayError::new(
+                ErrorKind::InvalidParams,
+                format!(
+                    "{} needs params.name (or params.uri)",
+                    msg.method().map_or("", Method::as_str)
+                ),
+            );
+            return rpc_error(id, e.kind(), e.message().to_owned(), None);
+        };
+        let name = target.as_str();
+        let routed = match parts.extensions.get::<Routed>() {
+            Some(r) => r.clone(),
+            None => match Box::pin(self.resolve_or_refresh(kind, name)).await {
+                Ok((m, own)) => {
+                    let r = Routed::new(m, self.members[m].name.clone(), Bytes::from(own));
+                    parts.extensions.insert(r.clone());
+                    r
+                }
+                Err(why) => return unresolved(self, id, kind, name, why),
+            },
+        };
+        let (m, own) = (routed.member(), routed.name());
+        let body = if own == name {
+            mcp.body().clone()
+        } else {
+            let field = if kind == Kind::Resource {
+                "uri"
+            } else {
+                "name"
+            };
+            let body = match splice(mcp.body(), target.as_bytes(), &json_string_body(own)) {
+                Some(b) => b,
+                None => match rewrite_param(mcp.body(), field, own) {
+                    Some(b) => b,
+                    None => {
+                        return rpc_error(
+                            id,
+                            ErrorKind::InvalidParams,
+                            "the request's params could not be read".into(),
+                            None,
+                        )
+                    }
+                },
+            };
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            if parts.headers.contains_key(&header_names::MCP_NAME) {
+                if let Ok(v) = HeaderValue::from_str(&encode_header_value(own)) {
+                    parts.headers.insert(header_names::MCP_NAME, v);
+                }
+            }
+            body
+        };
+        let rename = (kind == Kind::Resource && own != name)
+            .then(|| Arc::new((own.to_owned(), name.to_owned())));
+        let guard = match (&session, id) {
+            (Some(s), Some(id)) => Some(s.call_started(id, m)),
+            _ => None,
+        };
+        let member = &self.members[m];
+        let res = match &session {
+            Some(s) => {
+                let joined = match s.slots[m].current() {
+                    Some(j) if !member.instances.is_lost(j.instance) => Ok(j),
+                    cur => Box::pin(self.join(s, m, cur.map(|j| j.generation), true))
+                        .await
+                        .map(|(j, _, _)| j),
+                };
+                match joined {
+                    Err(res) => res,
+                    Ok(joined) => {
+                        let req = in_part(parts, body.clone(), Some(&joined), joined.instance);
+                        let Ok(res) = member.stack.call(req).await;
+                        let forgot = res.status() == StatusCode::NOT_FOUND && joined.sid.is_some();
+                        if forgot || res.extensions().get::<crate::upstream::NotSent>().is_some() {
+                            // The backend forgot the session, or could not be
+                            // reached: its part again, the call again (the
+                            // headers of the client's initialize).
+                            tracing::info!(backend = %member.name, session = %s.id, forgot, "the backend's part of the session is initialized again");
+                            let out = Outgoing::of_session(s);
+                            Box::pin(self.send_in(s, m, |j| {
+                                let mut r = out.post_routed(
+                                    body.clone(),
+                                    Some(j),
+                                    j.instance,
+                                    mcp,
+                                    &routed,
+                                );
+                                r.headers_mut()
+                                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                                r
+                            }))
+                            .await
+                        } else {
+                            res
+                        }
+                    }
+                }
+            }
+            None => {
+                // Stateless: another instance if this one cannot be reached.
+                let again = (member.instances.len() > 1).then(|| Outgoing::of(&parts));
+                match member.instances.pick() {
+                    None => {
+                        let e = GatewayError::new(
+                            ErrorKind::NoHealthyInstance,
+                            format!("backend {} has no healthy instance", member.name),
+                        );
+                        error_response(&e, id)
+                    }
+                    Some(i) => {
+                        let req = in_part(parts, body.clone(), None, i);
+                        let Ok(res) = member.stack.call(req).await;
+                        match again {
+                            Some(out)
+                                if res.extensions().get::<crate::upstream::NotSent>().is_some() =>
+                            {
+                                Box::pin(self.send_fresh(m, false, |i| {
+                                    out.post_routed(body.clone(), None, i, mcp, &routed)
+                                }))
+                                .await
+                            }
+                            _ => res,
+                        }
+                    }
+                }
+            }
+        };
+        self.relay(res, session, m, guard, rename, id).await
+    }
+
+    /// A call routed by name, for the rare methods (subscriptions): built
+    /// from the request's copy.
+    async fn routed_with(
         &self,
         kind: Kind,
         session: Option<Arc<AggSession>>,
@@ -459,24 +807,26 @@ impl Inner {
             return rpc_error(id, e.kind(), e.message().to_owned(), None);
         };
         let name = target.as_str();
-        let (m, own): (usize, Cow<'_, str>) = match routed {
-            Some(r) => (r.member, Cow::Owned(r.name.to_string())),
-            None => match self.resolve_or_refresh(kind, name).await {
-                Ok((m, own)) => (m, Cow::Owned(own)),
+        let routed = match routed {
+            Some(r) => r.clone(),
+            // Without a `RouteLayer` in front: routed here (boxed: rare).
+            None => match Box::pin(self.resolve_or_refresh(kind, name)).await {
+                Ok((m, own)) => Routed::new(m, self.members[m].name.clone(), Bytes::from(own)),
                 Err(why) => return unresolved(self, id, kind, name, why),
             },
         };
-        let (body, parsed) = if own == name {
-            (mcp.body().clone(), Some(mcp.clone()))
+        let (m, own) = (routed.member(), routed.name());
+        let body = if own == name {
+            mcp.body().clone()
         } else {
             let field = if kind == Kind::Resource {
                 "uri"
             } else {
                 "name"
             };
-            let body = match splice(mcp.body(), target.as_bytes(), &json_string_body(&own)) {
+            let body = match splice(mcp.body(), target.as_bytes(), &json_string_body(own)) {
                 Some(b) => b,
-                None => match rewrite_param(mcp.body(), field, &own) {
+                None => match rewrite_param(mcp.body(), field, own) {
                     Some(b) => b,
                     None => {
                         return rpc_error(
@@ -489,37 +839,44 @@ impl Inner {
                 },
             };
             if out.headers.contains_key(&header_names::MCP_NAME) {
-                if let Ok(v) = HeaderValue::from_str(&encode_header_value(&own)) {
+                if let Ok(v) = HeaderValue::from_str(&encode_header_value(own)) {
                     out.headers.insert(header_names::MCP_NAME, v);
                 }
             }
-            (body, None)
+            body
         };
         let rename = (kind == Kind::Resource && own != name)
-            .then(|| Arc::new((own.to_string(), name.to_owned())));
+            .then(|| Arc::new((own.to_owned(), name.to_owned())));
         if let Some(s) = &session {
             let subs = &s.slots[m].subscriptions;
             match msg.method() {
                 Some(Method::ResourcesSubscribe) => {
-                    lock(subs).insert(own.to_string());
+                    lock(subs).insert(own.to_owned());
                 }
                 Some(Method::ResourcesUnsubscribe) => {
-                    lock(subs).remove(own.as_ref());
+                    lock(subs).remove(own);
                 }
                 _ => {}
             }
         }
         let guard = match (&session, id) {
-            (Some(s), Some(id)) => {
-                s.call_started(id, m);
-                Some(CallGuard {
-                    session: s.clone(),
-                    id: Bytes::copy_from_slice(id.as_bytes()),
-                })
-            }
+            (Some(s), Some(id)) => Some(s.call_started(id, m)),
             _ => None,
         };
-        let res = self.send(session.as_ref(), m, &out, body, parsed).await;
+        let res = match &session {
+            Some(s) => {
+                self.send_in(s, m, |j| {
+                    out.post_routed(body.clone(), Some(j), j.instance, mcp, &routed)
+                })
+                .await
+            }
+            None => {
+                self.send_fresh(m, false, |i| {
+                    out.post_routed(body.clone(), None, i, mcp, &routed)
+                })
+                .await
+            }
+        };
         self.relay(res, session, m, guard, rename, id).await
     }
 
@@ -568,7 +925,7 @@ impl Inner {
             // One backend out of reach is not the whole server failing: its
             // JSON-RPC error goes to the client as an answer (clients give
             // up on a session whose endpoint answers 5xx).
-            return match collect(Response::from_parts(parts.clone(), body), None).await {
+            return match Box::pin(collect(Response::from_parts(parts.clone(), body), None)).await {
                 Ok((mut v, _)) if v.get("error").is_some() => {
                     // The error may be another request's (a failed
                     // initialize of the backend's part): it answers this one.
@@ -587,18 +944,18 @@ impl Inner {
                 ),
             };
         }
-        let mut rw = Rewriter::new(self.me(), session, m);
-        rw.prefix_ids = true;
-        rw.rename = rename;
         if is_sse(&parts.headers) {
+            let mut rw = Rewriter::new(self.me(), session, m);
+            rw.prefix_ids = true;
+            rw.rename = rename;
             parts.headers.remove(header::CONTENT_LENGTH);
             return Response::from_parts(parts, rewrite_body(rw, body, guard));
         }
         drop(guard);
-        let Some(r) = rw.rename.clone() else {
+        let Some(r) = rename else {
             return Response::from_parts(parts, body);
         };
-        match collect(Response::from_parts(parts.clone(), body), None).await {
+        match Box::pin(collect(Response::from_parts(parts.clone(), body), None)).await {
             Ok((mut v, _)) => {
                 if let Some(contents) = v
                     .pointer_mut("/result/contents")
@@ -670,13 +1027,7 @@ impl Inner {
             }
         }
         let guard = match (&session, id) {
-            (Some(s), Some(id)) => {
-                s.call_started(id, m);
-                Some(CallGuard {
-                    session: s.clone(),
-                    id: Bytes::copy_from_slice(id.as_bytes()),
-                })
-            }
+            (Some(s), Some(id)) => Some(s.call_started(id, m)),
             _ => None,
         };
         let body = Bytes::from(v.to_string());
@@ -841,7 +1192,7 @@ impl Inner {
             let stack = self.members[m].stack.clone();
             async move {
                 let req = out.request(HttpMethod::DELETE, Body::empty(), Some(&j), j.instance);
-                let _ = tower::ServiceExt::oneshot(stack, req).await;
+                let _ = stack.call(req).await;
             }
         });
         futures_util::future::join_all(all).await;
@@ -945,6 +1296,39 @@ impl Inner {
 
 /// A session id the aggregate does not know.
 struct Unknown;
+
+fn missing_session(id: Option<&RequestId>) -> Response<Body> {
+    let e = GatewayError::new(
+        ErrorKind::MissingSession,
+        "Bad Request: Mcp-Session-Id header is required",
+    );
+    error_response(&e, id)
+}
+
+/// The client's request, reused for backend `m`'s part of the session (or
+/// outside any): its session id and protocol version, its instance.
+fn in_part(
+    mut parts: http::request::Parts,
+    body: Bytes,
+    joined: Option<&super::session::Joined>,
+    instance: usize,
+) -> Request<Body> {
+    if let Some(j) = joined {
+        match &j.sid {
+            Some(sid) => parts
+                .headers
+                .insert(header_names::MCP_SESSION_ID, sid.clone()),
+            None => parts.headers.remove(&header_names::MCP_SESSION_ID),
+        };
+        if let Some(v) = &j.version {
+            parts
+                .headers
+                .insert(header_names::MCP_PROTOCOL_VERSION, v.clone());
+        }
+    }
+    parts.extensions.insert(crate::upstream::Instance(instance));
+    Request::from_parts(parts, Body::full(body))
+}
 
 fn session_not_found() -> Response<Body> {
     let e = GatewayError::new(ErrorKind::SessionNotFound, "Session not found");

@@ -66,8 +66,8 @@ pub(crate) struct AggSession {
     max_pending: usize,
     /// Progress tokens (JSON text) of server-to-client requests → backend.
     tokens: Mutex<HashMap<Bytes, usize>>,
-    /// The client's requests in flight (id JSON text) → backend.
-    calls: Mutex<HashMap<Bytes, usize>>,
+    /// The client's requests in flight → backend (a handful: scanned).
+    calls: Mutex<Vec<(RequestId, usize)>>,
     /// The last `logging/setLevel` body.
     pub(crate) level: Mutex<Option<Bytes>>,
     next: AtomicU64,
@@ -85,7 +85,7 @@ impl AggSession {
             pending: Mutex::new((HashMap::new(), VecDeque::new())),
             max_pending: max_pending.max(1),
             tokens: Mutex::new(HashMap::new()),
-            calls: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Vec::new()),
             level: Mutex::new(None),
             next: AtomicU64::new(1),
         }
@@ -134,16 +134,27 @@ impl AggSession {
         lock(&self.tokens).get(token).copied()
     }
 
-    pub(crate) fn call_started(&self, id: &RequestId, member: usize) {
-        lock(&self.calls).insert(Bytes::copy_from_slice(id.as_bytes()), member);
+    /// Notes request `id` as `member`'s until the guard is dropped.
+    pub(crate) fn call_started(self: &Arc<Self>, id: &RequestId, member: usize) -> CallGuard {
+        lock(&self.calls).push((id.clone(), member));
+        CallGuard {
+            session: self.clone(),
+            id: id.clone(),
+        }
     }
 
-    pub(crate) fn call_ended(&self, id: &[u8]) {
-        lock(&self.calls).remove(id);
+    fn call_ended(&self, id: &RequestId) {
+        let mut calls = lock(&self.calls);
+        if let Some(i) = calls.iter().position(|(c, _)| c == id) {
+            calls.swap_remove(i);
+        }
     }
 
     pub(crate) fn call_owner(&self, id: &[u8]) -> Option<usize> {
-        lock(&self.calls).get(id).copied()
+        lock(&self.calls)
+            .iter()
+            .find(|(c, _)| c.as_bytes() == id)
+            .map(|(_, m)| *m)
     }
 
     /// The members that are part of the session now.
@@ -159,8 +170,8 @@ impl AggSession {
 /// Ends a call's entry in [`AggSession`]'s table when dropped (with the
 /// call's response body).
 pub(crate) struct CallGuard {
-    pub(crate) session: Arc<AggSession>,
-    pub(crate) id: Bytes,
+    session: Arc<AggSession>,
+    id: RequestId,
 }
 
 impl Drop for CallGuard {
@@ -169,9 +180,11 @@ impl Drop for CallGuard {
     }
 }
 
+type Fast = foldhash::fast::RandomState;
+
 /// The live sessions, by the aggregate's own id.
 #[derive(Default)]
-pub(crate) struct Sessions(RwLock<HashMap<Arc<str>, Arc<AggSession>>>);
+pub(crate) struct Sessions(RwLock<HashMap<Arc<str>, Arc<AggSession>, Fast>>);
 
 impl Sessions {
     pub(crate) fn get(&self, id: &str) -> Option<Arc<AggSession>> {

@@ -33,6 +33,67 @@ pub(crate) fn is_sse(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
 }
 
+/// Whether `data` names a `"method"` (requests and notifications do; a
+/// response may, in its content).
+fn has_method(data: &[u8]) -> bool {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    FINDER
+        .get_or_init(|| memchr::memmem::Finder::new(b"\"method\""))
+        .find(data)
+        .is_some()
+}
+
+/// A frame of whole events with nothing to rewrite but their ids (no
+/// message in it names a method): the frame as it is, each `id:` line
+/// prefixed with `{member}.`. `None` when the frame needs reading event
+/// by event (a method named, or it does not end at an event boundary).
+pub(crate) fn ids_only(chunk: &[u8], prefix: Option<usize>) -> Option<Bytes> {
+    let ends = chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\r") || chunk.ends_with(b"\r\n\r\n");
+    if !ends || has_method(chunk) {
+        return None;
+    }
+    let Some(m) = prefix else {
+        return Some(Bytes::copy_from_slice(chunk));
+    };
+    let mut tag = itoa::Buffer::new();
+    let tag = tag.format(m).as_bytes();
+    let mut out = Vec::with_capacity(chunk.len() + 16);
+    let mut rest = chunk;
+    loop {
+        if let Some(v) = rest.strip_prefix(b"id:") {
+            out.extend_from_slice(b"id:");
+            let v = match v.strip_prefix(b" ") {
+                Some(v) => {
+                    out.push(b' ');
+                    v
+                }
+                None => v,
+            };
+            out.extend_from_slice(tag);
+            out.push(b'.');
+            rest = v;
+        }
+        match memchr::memchr2(b'\n', b'\r', rest) {
+            Some(i) => {
+                let mut end = i + 1;
+                if rest[i] == b'\r' && rest.get(end) == Some(&b'\n') {
+                    end += 1;
+                }
+                out.extend_from_slice(&rest[..end]);
+                rest = &rest[end..];
+                if rest.is_empty() {
+                    return Some(Bytes::from(out));
+                }
+            }
+            None => {
+                out.extend_from_slice(rest);
+                return Some(Bytes::from(out));
+            }
+        }
+    }
+}
+
 /// What one event of a backend becomes.
 pub(crate) enum Seen {
     /// Unchanged.
@@ -76,7 +137,7 @@ impl Rewriter {
         if data.is_empty() {
             return Seen::Pass;
         }
-        let has_method = memchr::memmem::find(data, b"\"method\"").is_some();
+        let has_method = has_method(data);
         if !has_method && self.rename.is_none() && self.hold.is_none() {
             return Seen::Pass;
         }
@@ -152,15 +213,6 @@ impl Rewriter {
         }
         v["params"]["uri"] = Value::String(client);
         Seen::Data(Bytes::from(v.to_string()))
-    }
-
-    fn event_id(&self, id: &[u8]) -> String {
-        let id = String::from_utf8_lossy(id);
-        if self.prefix_ids {
-            format!("{}.{id}", self.member)
-        } else {
-            id.into_owned()
-        }
     }
 }
 
@@ -255,20 +307,208 @@ pub(crate) async fn collect(
     }
 }
 
-struct State {
+/// Appends one event: `event`, the id (prefixed with the backend's index
+/// when `prefix` is set), `retry`, and `data` line by line.
+fn write_event(
+    out: &mut Vec<u8>,
+    event: Option<&[u8]>,
+    id: Option<&[u8]>,
+    prefix: Option<usize>,
+    retry: Option<u64>,
+    data: &[u8],
+) {
+    if let Some(r) = retry {
+        out.extend_from_slice(b"retry: ");
+        out.extend_from_slice(itoa::Buffer::new().format(r).as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(e) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(e);
+        out.push(b'\n');
+    }
+    if let Some(i) = id {
+        out.extend_from_slice(b"id: ");
+        if let Some(m) = prefix {
+            out.extend_from_slice(itoa::Buffer::new().format(m).as_bytes());
+            out.push(b'.');
+        }
+        out.extend_from_slice(i);
+        out.push(b'\n');
+    }
+    for line in data.split(|b| *b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// An event whose list change must refresh the catalog before it is sent.
+struct Held {
+    kinds: &'static [Kind],
+    event: Option<Vec<u8>>,
+    id: Option<Vec<u8>>,
+    retry: Option<u64>,
+    data: Bytes,
+}
+
+/// A backend's SSE body rewritten for the client (see [`Rewriter`]): a
+/// frame of whole events with only ids to rewrite is copied once; any
+/// other is read event by event; a list change waits for the catalog.
+struct Rewritten {
     body: Body,
     scanner: SseScanner,
     rw: Rewriter,
     _guard: Option<CallGuard>,
+    /// A list change being refreshed, then the bytes to send.
+    waiting: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>>,
     done: bool,
 }
 
-/// One owned event, out of the scanner.
-struct Owned {
-    event: Option<String>,
-    id: Option<Vec<u8>>,
-    retry: Option<u64>,
-    data: Bytes,
+impl Rewritten {
+    fn new(rw: Rewriter, body: Body, guard: Option<CallGuard>) -> Self {
+        Rewritten {
+            body,
+            scanner: SseScanner::collecting(MAX_MESSAGE),
+            rw,
+            _guard: guard,
+            waiting: None,
+            done: false,
+        }
+    }
+
+    /// Reads one frame event by event: the bytes to send now, and the
+    /// events held behind a list change.
+    fn read(&mut self, chunk: &[u8]) -> Result<(Vec<u8>, Vec<Held>), BoxError> {
+        let mut out = Vec::with_capacity(chunk.len() + 16);
+        let mut held: Vec<Held> = Vec::new();
+        let mut oversized = false;
+        let prefix = self.rw.prefix_ids.then_some(self.rw.member);
+        let rw = &self.rw;
+        self.scanner.feed(chunk, |ev| {
+            if ev.oversized {
+                oversized = true;
+                return;
+            }
+            let seen = rw.data(ev.data);
+            if let (Seen::Changed(kinds), true) = (&seen, held.is_empty()) {
+                held.push(Held {
+                    kinds,
+                    event: ev.event.map(<[u8]>::to_vec),
+                    id: ev.id.map(<[u8]>::to_vec),
+                    retry: ev.retry,
+                    data: Bytes::copy_from_slice(ev.data),
+                });
+                return;
+            }
+            if !held.is_empty() {
+                // After a held event: in order, behind it.
+                let data = match seen {
+                    Seen::Data(b) => b,
+                    Seen::Hold => return,
+                    _ => Bytes::copy_from_slice(ev.data),
+                };
+                held.push(Held {
+                    kinds: &[],
+                    event: ev.event.map(<[u8]>::to_vec),
+                    id: ev.id.map(<[u8]>::to_vec),
+                    retry: ev.retry,
+                    data,
+                });
+                return;
+            }
+            match seen {
+                Seen::Hold => {}
+                Seen::Data(b) => write_event(&mut out, ev.event, ev.id, prefix, ev.retry, &b),
+                _ => write_event(&mut out, ev.event, ev.id, prefix, ev.retry, ev.data),
+            }
+        });
+        if oversized {
+            return Err("a backend's SSE event exceeds 16 MiB".into());
+        }
+        Ok((out, held))
+    }
+}
+
+impl http_body::Body for Rewritten {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if let Some(w) = &mut this.waiting {
+                let out = std::task::ready!(w.as_mut().poll(cx));
+                this.waiting = None;
+                if !out.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                }
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let frame = match std::task::ready!(std::pin::Pin::new(&mut this.body).poll_frame(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Some(Ok(f)) => f,
+            };
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            let rw = &this.rw;
+            if this.scanner.at_event_boundary() && rw.rename.is_none() && rw.hold.is_none() {
+                if let Some(out) = ids_only(&chunk, rw.prefix_ids.then_some(rw.member)) {
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+            }
+            let (out, held) = match this.read(&chunk) {
+                Ok(x) => x,
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
+            if held.is_empty() {
+                if out.is_empty() {
+                    continue;
+                }
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
+            let rw = this.rw.clone();
+            this.waiting = Some(Box::pin(async move {
+                let mut out = out;
+                let prefix = rw.prefix_ids.then_some(rw.member);
+                for h in held {
+                    if !h.kinds.is_empty() {
+                        let refresh = rw.inner.refresh(rw.session.as_ref(), rw.member, h.kinds);
+                        if tokio::time::timeout(Duration::from_secs(5), refresh)
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!(backend = %rw.inner.members[rw.member].name, "the catalog refresh after list_changed timed out");
+                        }
+                    }
+                    write_event(
+                        &mut out,
+                        h.event.as_deref(),
+                        h.id.as_deref(),
+                        prefix,
+                        h.retry,
+                        &h.data,
+                    );
+                }
+                out
+            }));
+        }
+    }
 }
 
 fn stream_of(
@@ -276,84 +516,14 @@ fn stream_of(
     body: Body,
     guard: Option<CallGuard>,
 ) -> BoxStream<'static, Result<Frame<Bytes>, BoxError>> {
-    let state = State {
-        body,
-        scanner: SseScanner::collecting(MAX_MESSAGE),
-        rw,
-        _guard: guard,
-        done: false,
-    };
-    futures_util::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        loop {
-            let frame = match st.body.frame().await {
-                None => return None,
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(e), st));
-                }
-                Some(Ok(f)) => f,
-            };
-            let Ok(chunk) = frame.into_data() else {
-                continue;
-            };
-            let mut events = Vec::new();
-            let mut oversized = false;
-            st.scanner.feed(&chunk, |ev| {
-                if ev.oversized {
-                    oversized = true;
-                    return;
-                }
-                events.push(Owned {
-                    event: ev.event.map(|e| String::from_utf8_lossy(e).into_owned()),
-                    id: ev.id.map(<[u8]>::to_vec),
-                    retry: ev.retry,
-                    data: Bytes::copy_from_slice(ev.data),
-                });
-            });
-            if oversized {
-                st.done = true;
-                let e: BoxError = "a backend's SSE event exceeds 16 MiB".into();
-                return Some((Err(e), st));
-            }
-            let mut out = Vec::new();
-            for ev in events {
-                let data = match st.rw.data(&ev.data) {
-                    Seen::Pass => ev.data,
-                    Seen::Data(b) => b,
-                    Seen::Hold => continue,
-                    Seen::Changed(kinds) => {
-                        let refresh = st.rw.inner.refresh(st.rw.session.as_ref(), st.rw.member, kinds);
-                        if tokio::time::timeout(Duration::from_secs(5), refresh).await.is_err() {
-                            tracing::warn!(backend = %st.rw.inner.members[st.rw.member].name, "the catalog refresh after list_changed timed out");
-                        }
-                        ev.data
-                    }
-                };
-                if let Some(r) = ev.retry {
-                    out.extend_from_slice(format!("retry: {r}\n").as_bytes());
-                }
-                let id = ev.id.as_deref().map(|i| st.rw.event_id(i));
-                encode_event(
-                    &mut out,
-                    ev.event.as_deref(),
-                    id.as_deref(),
-                    &String::from_utf8_lossy(&data),
-                );
-            }
-            if !out.is_empty() {
-                return Some((Ok(Frame::data(Bytes::from(out))), st));
-            }
-        }
-    })
-    .boxed()
+    futures_util::StreamExt::boxed(http_body_util::BodyStream::new(Rewritten::new(
+        rw, body, guard,
+    )))
 }
 
 /// `body` (SSE) rewritten by `rw`; `guard` lives as long as the stream.
 pub(crate) fn rewrite_body(rw: Rewriter, body: Body, guard: Option<CallGuard>) -> Body {
-    Body::new(http_body_util::StreamBody::new(stream_of(rw, body, guard)))
+    Body::boxed(Rewritten::new(rw, body, guard))
 }
 
 /// Several backends' SSE streams as one; the answers the rewriters hold

@@ -124,3 +124,28 @@ fn cursors_round_trip_and_foreign_ones_are_refused() {
     assert_eq!(Cursor::decode("not base64 !", 2), None);
     assert_eq!(Cursor::decode("bm9jb2xvbg", 2), None, "no separator");
 }
+
+#[test]
+fn frames_of_whole_events_get_their_ids_prefixed_as_they_are() {
+    use super::stream::ids_only;
+    let frame = b"id: 0\ndata: \n\nevent: message\nid: 0/1\ndata: {\"result\":{}}\n\n";
+    let out = ids_only(frame, Some(2)).unwrap();
+    assert_eq!(
+        &out[..],
+        b"id: 2.0\ndata: \n\nevent: message\nid: 2.0/1\ndata: {\"result\":{}}\n\n"
+    );
+    let crlf = b"id:7\r\ndata: x\r\n\r\n";
+    assert_eq!(
+        &ids_only(crlf, Some(0)).unwrap()[..],
+        b"id:0.7\r\ndata: x\r\n\r\n"
+    );
+    assert_eq!(
+        &ids_only(frame, None).unwrap()[..],
+        &frame[..],
+        "no prefix: unchanged"
+    );
+    // A message naming a method is read event by event; so is a frame
+    // that ends inside an event.
+    assert!(ids_only(b"data: {\"method\":\"x\"}\n\n", Some(1)).is_none());
+    assert!(ids_only(b"id: 1\ndata: {\"res", Some(1)).is_none());
+}

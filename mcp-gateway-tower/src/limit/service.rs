@@ -348,7 +348,7 @@ where
             if let Some(parsed) = req.extensions().get::<McpRequest>() {
                 if !parsed.is_initialize() {
                     let who = limit_subject(&req);
-                    let routed = req.extensions().get::<Routed>().map(|r| &r.backend);
+                    let routed = req.extensions().get::<Routed>().map(Routed::backend);
                     match in_flight_only(&self.shared, who, parsed, routed) {
                         Fast::Uncounted => return ResponseFuture::inner(self.inner.call(req)),
                         Fast::Refused(res) => return ResponseFuture::ready(res),
@@ -396,7 +396,10 @@ where
         // service polled ready as it is (no clone of the stack below: see
         // `Audit::call`). A shared store's answers are awaited.
         let (s2, w2) = (shared.clone(), who.clone());
-        let routed = req.extensions().get::<Routed>().map(|r| r.backend.clone());
+        let routed = req
+            .extensions()
+            .get::<Routed>()
+            .map(|r| r.backend().clone());
         let mut admit = Box::pin(async move { admit_all(&s2, &w2, &mcp, routed.as_ref()).await });
         // One clock reading for all the checks that do not wait.
         match clock::pinned(|| crate::body::poll_once(&mut admit)) {
