@@ -4,9 +4,7 @@ use std::sync::Arc;
 
 use mcp_gateway_tower::credentials::CredentialProvider;
 use mcp_gateway_tower::upstream::health::HealthConfig;
-use mcp_gateway_tower::upstream::{
-    HttpUpstreamConfig, ServiceUpstream, UpstreamInstance, Upstreams,
-};
+use mcp_gateway_tower::upstream::{HttpUpstreamConfig, UpstreamInstance, Upstreams};
 use mcp_gateway_tower::{Body, BoxError};
 
 use crate::PendingUpstream;
@@ -84,13 +82,7 @@ impl Backend {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.instances.push(Box::new(move |name, creds| {
-            let up = ServiceUpstream::new(svc);
-            UpstreamInstance::Service(match creds {
-                Some(p) => Upstreams::boxed(up.with_credentials(p, name)),
-                None => Upstreams::boxed(up),
-            })
-        }));
+        self.instances.push(crate::service_instance(svc));
         self
     }
 

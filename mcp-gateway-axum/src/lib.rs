@@ -315,13 +315,7 @@ impl McpGatewayBuilder {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.instances.push(Box::new(move |name, creds| {
-            let up = ServiceUpstream::new(svc);
-            UpstreamInstance::Service(match creds {
-                Some(p) => Upstreams::boxed(up.with_credentials(p, name)),
-                None => Upstreams::boxed(up),
-            })
-        }));
+        self.instances.push(service_instance(svc));
         self
     }
 
@@ -758,6 +752,29 @@ fn client_addr<B>(mut req: http::Request<B>) -> http::Request<B> {
 
 /// An upstream instance waiting for the credentials chosen at build time.
 /// It is given the backend's name and credential provider.
+/// An instance that is any tower service, named and given its
+/// credentials when the backend is built.
+pub(crate) fn service_instance<S, B>(svc: S) -> PendingUpstream
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Box::new(move |name, creds| {
+        let up = ServiceUpstream::new(svc);
+        UpstreamInstance::Service(match creds {
+            Some(p) => Upstreams::boxed(up.with_credentials(p, name)),
+            None => Upstreams::boxed(up),
+        })
+    })
+}
+
 type PendingUpstream =
     Box<dyn FnOnce(Arc<str>, Option<Arc<dyn CredentialProvider>>) -> UpstreamInstance + Send>;
 

@@ -305,7 +305,12 @@ impl Inner {
             tracing::debug!(backend = %member.name, session = %s.id, status = %res.status(), "join refused");
             return Err(res);
         }
-        let sid = res.headers().get(&header_names::MCP_SESSION_ID).cloned();
+        // A copy: the value shares the buffer the answer's head was read
+        // into, which the session must not keep alive.
+        let sid = res
+            .headers()
+            .get(&header_names::MCP_SESSION_ID)
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
         let rw = Rewriter::new(self.me(), Some(s.clone()), m);
         let (answer, extra) = collect(res, Some(&rw)).await?;
         if answer.get("error").is_some() || answer.get("result").is_none() {

@@ -185,12 +185,21 @@ impl Service<Request<Body>> for Aggregate {
         // A routed call in a session (or stateless) whose backend part is
         // up: prepared here, its future only waits for the backend.
         let req = match self.inner.fast(req) {
-            Ok(fut) => return fut,
-            Err(req) => req,
+            Fast::Sent(fut) => return fut,
+            Fast::Slow(req) => req,
         };
         let inner = self.inner.clone();
         Box::pin(async move { Ok(inner.handle(req).await) })
     }
+}
+
+/// Whether [`Inner::fast`] sent the call, or it goes the slow way.
+// Returned once and matched at once: the request moves back as it is
+// rather than through a box.
+#[allow(clippy::large_enum_variant)]
+enum Fast {
+    Sent(BoxFuture),
+    Slow(Request<Body>),
 }
 
 /// What a routed call needs once the backend answered.
@@ -314,47 +323,47 @@ impl Inner {
     /// `tools/call`, `prompts/get` or `resources/read` whose route the
     /// [`RouteLayer`] decided, in a session whose backend part is up (or
     /// stateless). Anything else comes back for [`handle`](Self::handle).
-    fn fast(self: &Arc<Self>, req: Request<Body>) -> Result<BoxFuture, Request<Body>> {
+    fn fast(self: &Arc<Self>, req: Request<Body>) -> Fast {
         if req.method() != HttpMethod::POST {
-            return Err(req);
+            return Fast::Slow(req);
         }
         let ext = req.extensions();
         let (Some(mcp), Some(routed)) = (ext.get::<McpRequest>(), ext.get::<Routed>()) else {
-            return Err(req);
+            return Fast::Slow(req);
         };
         let (mcp, routed) = (mcp.clone(), routed.clone());
         let Some(msg) = mcp.message() else {
-            return Err(req);
+            return Fast::Slow(req);
         };
         let kind = match msg.method() {
             Some(Method::ToolsCall) => Kind::Tool,
             Some(Method::PromptsGet) => Kind::Prompt,
             Some(Method::ResourcesRead) => Kind::Resource,
-            _ => return Err(req),
+            _ => return Fast::Slow(req),
         };
         let stateless = mcp.era() == Era::Stateless;
         let (m, own) = (routed.member(), routed.name_bytes());
         let Some(target) = msg.target_text() else {
-            return Err(req);
+            return Fast::Slow(req);
         };
         let same = own == &target.as_bytes()[..];
         if kind == Kind::Resource && !same {
             // A rewritten URI: its answer is rewritten back (the slow way).
-            return Err(req);
+            return Fast::Slow(req);
         }
         let member = &self.members[m];
         let session = match req.headers().get(&header_names::MCP_SESSION_ID) {
             None if stateless => None,
-            None => return Err(req),
+            None => return Fast::Slow(req),
             Some(v) => match v.to_str().ok().and_then(|id| self.sessions.get(id)) {
                 Some(s) => Some(s),
-                None => return Err(req),
+                None => return Fast::Slow(req),
             },
         };
         let joined = match &session {
             Some(s) => match s.slots[m].current() {
                 Some(j) if !member.instances.is_lost(j.instance) => Some(j),
-                _ => return Err(req),
+                _ => return Fast::Slow(req),
             },
             None => None,
         };
@@ -363,7 +372,7 @@ impl Inner {
             None => match member.instances.pick() {
                 Some(i) if member.instances.len() == 1 => i,
                 // Several instances: the slow way retries another.
-                _ => return Err(req),
+                _ => return Fast::Slow(req),
             },
         };
         let (mut parts, _) = req.into_parts();
@@ -374,7 +383,7 @@ impl Inner {
             // bytes go in as they are.
             match splice(mcp.body(), target.as_bytes(), own) {
                 Some(b) => b,
-                None => return Err(Request::from_parts(parts, Body::empty())),
+                None => return Fast::Slow(Request::from_parts(parts, Body::empty())),
             }
         };
         if !same {
@@ -406,7 +415,7 @@ impl Inner {
             .stack
             .call(in_part(parts, body, joined.as_ref(), instance));
         let inner = self.clone();
-        Ok(Box::pin(async move {
+        Fast::Sent(Box::pin(async move {
             let Ok(res) = fut.await;
             let forgot = res.status() == StatusCode::NOT_FOUND && sent.sid;
             if forgot
@@ -464,7 +473,11 @@ impl Inner {
         guard: Option<CallGuard>,
     ) -> Response<Body> {
         let (mut parts, body) = res.into_parts();
-        parts.headers.remove(&header_names::MCP_SESSION_ID);
+        if session.is_none() {
+            // In a session, the session router puts the client's id in its
+            // place, as for any backend.
+            parts.headers.remove(&header_names::MCP_SESSION_ID);
+        }
         parts
             .extensions
             .insert(BackendName(self.members[m].name.clone()));
@@ -524,6 +537,11 @@ impl Inner {
             (MessageKind::Request, Some(Method::ToolsCall)) => Some(Kind::Tool),
             (MessageKind::Request, Some(Method::PromptsGet)) => Some(Kind::Prompt),
             (MessageKind::Request, Some(Method::ResourcesRead)) => Some(Kind::Resource),
+            // Removed in 2026-07-28: there, the first backend answers.
+            (
+                MessageKind::Request,
+                Some(Method::ResourcesSubscribe | Method::ResourcesUnsubscribe),
+            ) if !stateless => Some(Kind::Resource),
             _ => None,
         };
         if let Some(kind) = named {
@@ -577,7 +595,6 @@ impl Inner {
             MessageKind::Notification => return self.notification(session, &out, &mcp, msg).await,
             MessageKind::Request => {}
         }
-        let routed = parts.extensions.get::<Routed>();
         match msg.method() {
             Some(Method::Ping) => ok_result(id, serde_json::json!({}), Vec::new(), false),
             Some(Method::ToolsList) => self.list(Kind::Tool, session, &out, &mcp).await,
@@ -585,10 +602,6 @@ impl Inner {
             Some(Method::ResourcesList) => self.list(Kind::Resource, session, &out, &mcp).await,
             Some(Method::ResourcesTemplatesList) => {
                 self.list(Kind::Template, session, &out, &mcp).await
-            }
-            Some(Method::ResourcesSubscribe | Method::ResourcesUnsubscribe) => {
-                self.routed_with(Kind::Resource, session, out, &mcp, msg, routed)
-                    .await
             }
             Some(Method::CompletionComplete) => self.completion(session, out, &mcp, msg).await,
             Some(Method::LoggingSetLevel) => self.set_level(session, &out, &mcp).await,
@@ -708,6 +721,19 @@ impl Inner {
         };
         let rename = (kind == Kind::Resource && own != name)
             .then(|| Arc::new((own.to_owned(), name.to_owned())));
+        if let Some(s) = &session {
+            // Replayed if the backend's part is initialized again.
+            let subs = &s.slots[m].subscriptions;
+            match msg.method() {
+                Some(Method::ResourcesSubscribe) => {
+                    lock(subs).insert(own.to_owned());
+                }
+                Some(Method::ResourcesUnsubscribe) => {
+                    lock(subs).remove(own);
+                }
+                _ => {}
+            }
+        }
         let guard = match (&session, id) {
             (Some(s), Some(id)) => Some(s.call_started(id, m)),
             _ => None,
@@ -779,102 +805,6 @@ impl Inner {
                         }
                     }
                 }
-            }
-        };
-        self.relay(res, session, m, guard, rename, id).await
-    }
-
-    /// A call routed by name, for the rare methods (subscriptions): built
-    /// from the request's copy.
-    async fn routed_with(
-        &self,
-        kind: Kind,
-        session: Option<Arc<AggSession>>,
-        mut out: Outgoing,
-        mcp: &McpRequest,
-        msg: &Message,
-        routed: Option<&Routed>,
-    ) -> Response<Body> {
-        let id = msg.id();
-        let Some(target) = msg.target_text() else {
-            let e = GatewayError::new(
-                ErrorKind::InvalidParams,
-                format!(
-                    "{} needs params.name (or params.uri)",
-                    msg.method().map_or("", Method::as_str)
-                ),
-            );
-            return rpc_error(id, e.kind(), e.message().to_owned(), None);
-        };
-        let name = target.as_str();
-        let routed = match routed {
-            Some(r) => r.clone(),
-            // Without a `RouteLayer` in front: routed here (boxed: rare).
-            None => match Box::pin(self.resolve_or_refresh(kind, name)).await {
-                Ok((m, own)) => Routed::new(m, self.members[m].name.clone(), Bytes::from(own)),
-                Err(why) => return unresolved(self, id, kind, name, why),
-            },
-        };
-        let (m, own) = (routed.member(), routed.name());
-        let body = if own == name {
-            mcp.body().clone()
-        } else {
-            let field = if kind == Kind::Resource {
-                "uri"
-            } else {
-                "name"
-            };
-            let body = match splice(mcp.body(), target.as_bytes(), &json_string_body(own)) {
-                Some(b) => b,
-                None => match rewrite_param(mcp.body(), field, own) {
-                    Some(b) => b,
-                    None => {
-                        return rpc_error(
-                            id,
-                            ErrorKind::InvalidParams,
-                            "the request's params could not be read".into(),
-                            None,
-                        )
-                    }
-                },
-            };
-            if out.headers.contains_key(&header_names::MCP_NAME) {
-                if let Ok(v) = HeaderValue::from_str(&encode_header_value(own)) {
-                    out.headers.insert(header_names::MCP_NAME, v);
-                }
-            }
-            body
-        };
-        let rename = (kind == Kind::Resource && own != name)
-            .then(|| Arc::new((own.to_owned(), name.to_owned())));
-        if let Some(s) = &session {
-            let subs = &s.slots[m].subscriptions;
-            match msg.method() {
-                Some(Method::ResourcesSubscribe) => {
-                    lock(subs).insert(own.to_owned());
-                }
-                Some(Method::ResourcesUnsubscribe) => {
-                    lock(subs).remove(own);
-                }
-                _ => {}
-            }
-        }
-        let guard = match (&session, id) {
-            (Some(s), Some(id)) => Some(s.call_started(id, m)),
-            _ => None,
-        };
-        let res = match &session {
-            Some(s) => {
-                self.send_in(s, m, |j| {
-                    out.post_routed(body.clone(), Some(j), j.instance, mcp, &routed)
-                })
-                .await
-            }
-            None => {
-                self.send_fresh(m, false, |i| {
-                    out.post_routed(body.clone(), None, i, mcp, &routed)
-                })
-                .await
             }
         };
         self.relay(res, session, m, guard, rename, id).await
@@ -1106,9 +1036,11 @@ impl Inner {
     async fn initialize(&self, parts: &http::request::Parts, mcp: &McpRequest) -> Response<Body> {
         let id = mcp.first_id();
         let out = Outgoing::of(parts);
+        // Copies: the parse and the header values share the buffers the
+        // request was read into, which a session must not keep alive.
         let setup = Setup {
-            init: mcp.body().clone(),
-            headers: out.headers.clone(),
+            init: Bytes::copy_from_slice(mcp.body()),
+            headers: owned_headers(&out.headers),
             principal: out.principal.clone(),
         };
         let s = Arc::new(AggSession::new(
@@ -1294,6 +1226,17 @@ impl Inner {
     }
 }
 
+/// `headers` with values of their own (not slices of a read buffer).
+fn owned_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(headers.len());
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+            out.append(k.clone(), v);
+        }
+    }
+    out
+}
+
 /// A session id the aggregate does not know.
 struct Unknown;
 
@@ -1321,9 +1264,12 @@ fn in_part(
             None => parts.headers.remove(&header_names::MCP_SESSION_ID),
         };
         if let Some(v) = &j.version {
-            parts
-                .headers
-                .insert(header_names::MCP_PROTOCOL_VERSION, v.clone());
+            // Usually the client's own: left as it is.
+            if parts.headers.get(&header_names::MCP_PROTOCOL_VERSION) != Some(v) {
+                parts
+                    .headers
+                    .insert(header_names::MCP_PROTOCOL_VERSION, v.clone());
+            }
         }
     }
     parts.extensions.insert(crate::upstream::Instance(instance));
