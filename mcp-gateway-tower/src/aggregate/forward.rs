@@ -15,7 +15,7 @@ use super::session::{AggSession, Joined};
 use super::stream::{collect, Rewriter};
 use crate::body::{lock, Body};
 use crate::error::error_response;
-use crate::upstream::{Instance, NotSent};
+use crate::upstream::{own_request, Instance, NotSent};
 
 /// What every request sent on the client's behalf copies from the
 /// client's: the headers (no session id, no `Last-Event-ID`), the
@@ -71,19 +71,11 @@ impl Outgoing {
 
     /// The gateway's own requests (the catalog): no client.
     pub(crate) fn own(version: ProtocolVersion) -> Self {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("localhost"));
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        // The headers of the gateway's other requests of its own.
+        let (parts, _) = own_request(Method::POST, Bytes::new(), None, None).into_parts();
         Outgoing {
             uri: Uri::from_static("/"),
-            headers,
+            headers: parts.headers,
             principal: None,
             version,
             from_header: true,
@@ -355,9 +347,7 @@ impl Inner {
     /// After a re-initialization: what the client had set up.
     async fn replay(&self, s: &AggSession, m: usize, out: &Outgoing, joined: &Joined) {
         let member = &self.members[m];
-        let mut bodies = vec![Bytes::from_static(
-            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        )];
+        let mut bodies = vec![Bytes::from_static(crate::upstream::INITIALIZED)];
         if let Some(level) = lock(&s.level).clone() {
             bodies.push(level);
         }

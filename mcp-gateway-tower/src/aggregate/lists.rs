@@ -507,9 +507,7 @@ impl Inner {
                     version,
                     generation: 0,
                 };
-                let note = Bytes::from_static(
-                    br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-                );
+                let note = Bytes::from_static(crate::upstream::INITIALIZED);
                 let _ = self.raw(m, out.post(note, Some(&joined), i, None)).await;
                 let caps = a
                     .pointer("/result/capabilities")
@@ -681,9 +679,9 @@ impl Inner {
         }
     }
 
-    /// A refresh of backend `m`'s catalog in the background (one at a
-    /// time per backend).
-    pub(crate) fn refresh_later(&self, m: usize, _kinds: &'static [Kind]) {
+    /// A refresh of backend `m`'s whole catalog in the background (one at
+    /// a time per backend).
+    pub(crate) fn refresh_later(&self, m: usize) {
         if !lock(&self.refreshing).insert(m) {
             return;
         }

@@ -408,8 +408,8 @@ impl Inner {
             guard,
             id,
             body: body.clone(),
-            mcp: mcp.clone(),
-            routed: routed.clone(),
+            mcp,
+            routed,
         };
         let fut = member
             .stack

@@ -292,9 +292,9 @@ pub(crate) async fn collect(
         }
         match rw.map(|rw| rw.data(ev.data)) {
             Some(Seen::Data(b)) => extra.push(b),
-            Some(Seen::Changed(kinds)) => {
+            Some(Seen::Changed(_)) => {
                 if let Some(rw) = rw {
-                    rw.inner.refresh_later(rw.member, kinds);
+                    rw.inner.refresh_later(rw.member);
                 }
                 extra.push(Bytes::copy_from_slice(ev.data));
             }
