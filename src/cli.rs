@@ -28,6 +28,7 @@ use mcp_gateway_axum::Cors;
 use mcp_gateway_core::session::InMemoryConfig;
 use mcp_gateway_tower::forwarded::TrustedProxies;
 use mcp_gateway_tower::sse::SseRelayConfig;
+use mcp_gateway_tower::upstream::bridge::{Bridge, BridgeConfig, StdioCommand};
 use mcp_gateway_tower::upstream::HttpUpstreamConfig;
 
 /// A production gateway for the Model Context Protocol (MCP): one endpoint
@@ -50,9 +51,16 @@ pub struct Cli {
     #[arg(
         long = "upstream",
         value_name = "URL",
-        required_unless_present = "config"
+        required_unless_present_any = ["config", "stdio"]
     )]
     pub upstreams: Vec<String>,
+
+    /// A stdio MCP server to serve on --listen: the command line, split as
+    /// a shell would split it (quotes, backslashes) but run without a
+    /// shell, e.g. `--stdio "npx -y @modelcontextprotocol/server-everything"`.
+    /// One child per client session. Not with --upstream or --config.
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["config", "upstreams"])]
+    pub stdio: Option<String>,
 
     /// The MCP endpoint path. With --config, the file's `path` is used.
     #[arg(long, value_name = "PATH", default_value = "/mcp", value_parser = endpoint_path)]
@@ -198,6 +206,8 @@ struct Plan {
     summary: Summary,
     /// Several named backends: their names are listed before serving.
     aggregate: Option<mcp_gateway_axum::Aggregate>,
+    /// stdio and legacy SSE backends: stopped at shutdown.
+    bridges: Vec<Bridge>,
 }
 
 /// What startup logs about the gateway it runs: enough for an operator to
@@ -375,6 +385,10 @@ impl Cli {
         }
         let served =
             serve::serve_per_core_with(listeners, plan.app, shutdown_signal(), plan.opts).await;
+        // Every server the gateway started stops with it.
+        for b in &plan.bridges {
+            b.shutdown().await;
+        }
         if let Some(sink) = plan.audit {
             // Every record of the requests that just finished reaches the disk.
             sink.flush();
@@ -576,6 +590,7 @@ impl Cli {
             path: cfg.path.clone(),
             opts: self.serve_options(Some(&cfg))?.tls(tls),
             audit: built.audit,
+            bridges: built.bridges,
             reloader: Some((Arc::new(reloader), cfg.watch)),
             admin,
             aggregate,
@@ -692,6 +707,15 @@ impl Cli {
                 .upstream_url(u)
                 .map_err(|e| bad(format!("--upstream {u}: {e}")))?;
         }
+        let mut bridges = Vec::new();
+        if let Some(line) = &self.stdio {
+            let cmd = StdioCommand::parse(line).map_err(|e| bad(format!("--stdio: {e}")))?;
+            let br = Bridge::stdio("default", cmd.inherit_env(true), BridgeConfig::default());
+            builder = builder
+                .upstream_service(br.clone())
+                .failover(mcp_gateway_tower::session::Failover::Error);
+            bridges.push(br);
+        }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(
                 serve::tls::server_config(cert, key, self.client_ca.as_deref())
@@ -705,7 +729,13 @@ impl Cli {
                 AuthConfig::default(),
             );
         }
-        let builder = builder.health(HealthConfig::default().active(Some(ActiveHealth::default())));
+        // Probes are for HTTP backends (a probe of a stdio backend would
+        // hold a child of its own).
+        let builder = if bridges.is_empty() {
+            builder.health(HealthConfig::default().active(Some(ActiveHealth::default())))
+        } else {
+            builder
+        };
         let (app, handles) = builder.build_with_handles().map_err(bad)?;
         let admin = self.admin(self.admin_listen, self.admin_token_env.as_deref(), handles)?;
         let mut features = vec!["per-client caps"];
@@ -738,6 +768,7 @@ impl Cli {
             path: self.path.clone(),
             opts: self.serve_options(None)?.tls(tls),
             audit: None,
+            bridges,
             reloader: None,
             admin,
             aggregate: None,

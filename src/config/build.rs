@@ -3,6 +3,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use mcp_gateway_tower::upstream::bridge::{Bridge, BridgeConfig, SseTarget, StdioCommand, Target};
 
 impl GatewayConfig {
     pub(super) fn audit_sink(&self, a: &AuditSection) -> Result<Arc<dyn AuditSink>, ConfigError> {
@@ -555,11 +556,117 @@ impl GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The stdio or legacy SSE servers a backend table describes (none for
+    /// a Streamable HTTP backend).
+    pub(super) fn bridges(
+        &self,
+        be: &BackendConfig,
+        table: &str,
+        name: &str,
+    ) -> Result<Vec<Bridge>, ConfigError> {
+        let sse = be.transport == Some(BackendTransport::Sse);
+        let stdio_keys = [
+            ("env", !be.env.is_empty()),
+            ("inherit_env", be.inherit_env),
+            ("cwd", be.cwd.is_some()),
+            ("max_line_bytes", be.max_line_bytes.is_some()),
+        ];
+        if be.command.is_none() {
+            if let Some((k, _)) = stdio_keys.iter().find(|(_, set)| *set) {
+                return self.err(
+                    None,
+                    &format!("{table}.{k}"),
+                    "only for a stdio backend (`command`)",
+                );
+            }
+            if !sse {
+                for (k, set) in [
+                    ("mode", be.mode.is_some()),
+                    ("max_processes", be.max_processes.is_some()),
+                    ("restart", be.restart.is_some()),
+                ] {
+                    if set {
+                        return self.err(
+                            None,
+                            &format!("{table}.{k}"),
+                            "only for a stdio (`command`) or legacy SSE (`transport = \"sse\"`) backend",
+                        );
+                    }
+                }
+                return Ok(Vec::new());
+            }
+        }
+        let mut cfg = BridgeConfig::default().mode(be.mode.unwrap_or_default());
+        if let Some(n) = be.max_processes {
+            if n == 0 {
+                return self.err(
+                    None,
+                    &format!("{table}.max_processes"),
+                    "must be more than 0",
+                );
+            }
+            cfg = cfg.max_processes(n);
+        }
+        if let Some(r) = &be.restart {
+            cfg = cfg.restart_per_minute(r.max_per_minute);
+        }
+        if let Some(n) = be.max_line_bytes {
+            if n < 1024 {
+                return self.err(
+                    None,
+                    &format!("{table}.max_line_bytes"),
+                    "must be at least 1024",
+                );
+            }
+            cfg = cfg.max_line_bytes(n);
+        }
+        if let Some(cmd) = &be.command {
+            if !be.urls.is_empty() || sse {
+                return self.err(
+                    None,
+                    &format!("{table}.command"),
+                    "a stdio backend has a `command`, not `urls` or `transport`",
+                );
+            }
+            if cmd.is_empty() || cmd[0].is_empty() {
+                return self.err(
+                    None,
+                    &format!("{table}.command"),
+                    "needs the program to run",
+                );
+            }
+            let mut c = StdioCommand::new(cmd.iter().cloned()).inherit_env(be.inherit_env);
+            for (k, v) in &be.env {
+                c = c.env(k, v);
+            }
+            if let Some(d) = &be.cwd {
+                c = c.cwd(self.path_of(Path::new(d)));
+            }
+            return Ok(vec![Bridge::stdio(name, c, cfg)]);
+        }
+        let http = self.upstream_config_for(be, table)?;
+        let mut out = Vec::new();
+        for (i, u) in be.urls.iter().enumerate() {
+            if !u.get_ref().starts_with("http://") && !u.get_ref().starts_with("https://") {
+                return self.err(
+                    Some(u.span()),
+                    &format!("{table}.urls[{i}]"),
+                    "not an http:// or https:// URL",
+                );
+            }
+            let mut t = SseTarget::new(u.get_ref().clone());
+            t.http = http.clone();
+            out.push(Bridge::new(name, Target::Sse(t), cfg.clone()));
+        }
+        Ok(out)
+    }
+
     /// `[backends.NAME]` and `[aggregate]`: the named backends, served as
     /// one.
     pub(super) fn backends(
         &self,
         mut b: McpGatewayBuilder,
+        started: &mut Vec<Bridge>,
     ) -> Result<McpGatewayBuilder, ConfigError> {
         for (name, be) in &self.backends {
             let table = format!("backends.{name}");
@@ -570,8 +677,22 @@ impl GatewayConfig {
                     "the table's key is the backend's name: leave `name` out",
                 );
             }
-            if be.urls.is_empty() {
-                return self.err(None, &format!("{table}.urls"), "at least one URL is needed");
+            let bridges = self.bridges(be, &table, name)?;
+            if be.urls.is_empty() && bridges.is_empty() {
+                return self.err(
+                    None,
+                    &format!("{table}.urls"),
+                    "at least one URL (or a stdio `command`) is needed",
+                );
+            }
+            if !bridges.is_empty() {
+                let mut backend = Backend::new(name.as_str());
+                for br in bridges {
+                    started.push(br.clone());
+                    backend = backend.upstream_service(br);
+                }
+                b = b.backend(backend);
+                continue;
             }
             let mut named = BackendConfig {
                 name: name.clone(),

@@ -219,6 +219,8 @@ pub struct Built {
     pub pins: Option<Arc<ToolPins>>,
     /// The audit sink, to flush at shutdown.
     pub audit: Option<Arc<dyn AuditSink>>,
+    /// The stdio and legacy SSE backends, to stop at shutdown.
+    pub bridges: Vec<mcp_gateway_tower::upstream::bridge::Bridge>,
 }
 
 impl fmt::Debug for Built {
@@ -469,6 +471,7 @@ impl GatewayConfig {
 
     /// The gateway this file describes.
     pub fn builder(&self) -> Result<Built, ConfigError> {
+        let mut bridges = Vec::new();
         let mut b = McpGateway::builder()
             .path(&self.path)
             .backend_name(self.backend.name.as_str());
@@ -482,13 +485,28 @@ impl GatewayConfig {
             if self.aggregate.is_some() {
                 return self.err(None, "aggregate", "needs [backends.NAME] tables");
             }
-            if self.backend.urls.is_empty() {
-                return self.err(None, "backend.urls", "at least one URL is needed");
+            bridges = self.bridges(&self.backend, "backend", &self.backend.name)?;
+            if self.backend.urls.is_empty() && bridges.is_empty() {
+                return self.err(
+                    None,
+                    "backend.urls",
+                    "at least one URL (or a stdio `command`) is needed",
+                );
             }
-            b = b
-                .http_upstream_config(self.upstream_config()?)
-                .health(self.health_config()?)
-                .failover(self.backend.failover);
+            if bridges.is_empty() {
+                b = b
+                    .http_upstream_config(self.upstream_config()?)
+                    .health(self.health_config()?)
+                    .failover(self.backend.failover);
+            } else {
+                // A server's state dies with it: a session whose server
+                // ended gets 404 and starts over (no probes either: a probe
+                // would hold a server of its own).
+                for br in &bridges {
+                    b = b.upstream_service(br.clone());
+                }
+                b = b.failover(Failover::Error);
+            }
         } else {
             if !self.backend.urls.is_empty() {
                 return self.err(
@@ -497,7 +515,7 @@ impl GatewayConfig {
                     "use one [backend] or several [backends.NAME], not both",
                 );
             }
-            b = self.backends(b)?;
+            b = self.backends(b, &mut bridges)?;
         }
         let sessions = self
             .timeouts
@@ -518,7 +536,7 @@ impl GatewayConfig {
             .urls
             .iter()
             .enumerate()
-            .filter(|_| self.backends.is_empty())
+            .filter(|_| self.backends.is_empty() && bridges.is_empty())
         {
             b = match b.upstream_url(u.get_ref()) {
                 Ok(b) => b,
@@ -598,6 +616,7 @@ impl GatewayConfig {
             policy,
             pins,
             audit,
+            bridges,
         })
     }
 }

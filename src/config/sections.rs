@@ -55,6 +55,50 @@ pub struct BackendConfig {
     /// Seconds a draining instance keeps its sessions before they move.
     /// Default 300.
     pub drain_timeout_secs: Option<u64>,
+    /// How `urls` are spoken to: `"streamable_http"` (default) or `"sse"`
+    /// (the legacy 2024-11-05 HTTP+SSE transport: each URL is the server's
+    /// `GET` stream, e.g. `http://10.0.0.7:3000/sse`).
+    pub transport: Option<BackendTransport>,
+    /// A stdio server instead of `urls`: the program and its arguments,
+    /// run without a shell.
+    pub command: Option<Vec<String>>,
+    /// stdio: variables set for the child, added to a cleared environment
+    /// (keeping `PATH` and `HOME`) unless `inherit_env`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// stdio: start the child from the gateway's environment. Default false.
+    #[serde(default)]
+    pub inherit_env: bool,
+    /// stdio: the child's working directory.
+    pub cwd: Option<String>,
+    /// stdio / sse: `"per_session"` (default: a server per client session)
+    /// or `"shared"` (one for all sessions, for stateless servers).
+    pub mode: Option<mcp_gateway_tower::upstream::bridge::BridgeMode>,
+    /// per_session: servers at once; new sessions beyond it get 503 /
+    /// -32052. Default 64.
+    pub max_processes: Option<usize>,
+    /// shared: restarts after a crash, with backoff.
+    pub restart: Option<RestartSection>,
+    /// stdio: the longest line the child may write. Default 16 MiB.
+    pub max_line_bytes: Option<usize>,
+}
+
+/// `transport` of a backend with `urls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendTransport {
+    /// Streamable HTTP (2025-03-26 and later).
+    StreamableHttp,
+    /// Legacy HTTP+SSE (2024-11-05).
+    Sse,
+}
+
+/// `restart = { max_per_minute = 5 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSection {
+    /// Restarts allowed in any minute. Default 5.
+    pub max_per_minute: u32,
 }
 
 /// `[backend.health]`: active probes (see `docs/resilience.md`).

@@ -62,7 +62,7 @@ pub use self::select::BackendSelector;
 pub struct SessionOwner(pub Arc<str>);
 
 /// The owner of `req`'s session: see [`SessionOwner`].
-fn session_owner<B>(req: &Request<B>) -> Option<&str> {
+pub(crate) fn session_owner<B>(req: &Request<B>) -> Option<&str> {
     let ext = req.extensions();
     ext.get::<SessionOwner>()
         .map(|o| &*o.0)

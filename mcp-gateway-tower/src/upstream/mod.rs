@@ -20,6 +20,7 @@
 //! | `own` | the requests the gateway sends on its own behalf (probes, failover, session ends) |
 //! | [`health`] | instance health: active probes, passive outlier detection, loss |
 //! | `set` | [`Upstreams`], [`Instance`], [`Instances`] |
+//! | [`bridge`] | stdio and legacy HTTP+SSE servers served as Streamable HTTP ([`bridge::Bridge`]) |
 
 use std::convert::Infallible;
 
@@ -28,6 +29,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::body::Body;
 
+pub mod bridge;
 mod client;
 pub mod credentials;
 mod headers;
