@@ -149,6 +149,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_access_log: bool,
 
+    /// Do not serve legacy HTTP+SSE clients (2024-11-05: `GET {path}/sse`
+    /// and `POST {path}/message`, on by default). Also `legacy_sse = false`.
+    #[arg(long)]
+    pub no_legacy_sse: bool,
+
     /// Serve the admin routes (`/healthz`, `/readyz`, `/admin/…`) on this
     /// address. Also `admin_listen`. Off unless set.
     #[arg(long, value_name = "ADDR")]
@@ -622,6 +627,9 @@ impl Cli {
         if self.no_access_log {
             cfg.access_log = false;
         }
+        if self.no_legacy_sse {
+            cfg.legacy_sse = false;
+        }
         cfg.trusted_proxies.extend(
             self.trusted_proxies
                 .iter()
@@ -698,7 +706,8 @@ impl Cli {
             .session_config(sessions)
             .sse_config(timeouts.sse(SseRelayConfig::default()))
             .trusted_proxies(trusted)
-            .access_log(!self.no_access_log);
+            .access_log(!self.no_access_log)
+            .legacy_sse(!self.no_legacy_sse);
         if !self.cors_origins.is_empty() {
             builder = builder.cors(Cors::new(self.cors_origins.iter().cloned()));
         }

@@ -46,6 +46,7 @@ use mcp_gateway_tower::auth::{AuthConfig, AuthLayer, Authenticator, ProtectedRes
 use mcp_gateway_tower::credentials::CredentialProvider;
 use mcp_gateway_tower::forwarded::{forward, TrustedProxies};
 use mcp_gateway_tower::jsonrpc::JsonRpcConfig;
+use mcp_gateway_tower::legacy::{LegacySseConfig, LegacySseLayer};
 use mcp_gateway_tower::limit::{ClientAddr, InMemoryLimiter, LimitConfig, LimitLayer, Limiter};
 use mcp_gateway_tower::origin::OriginPolicy;
 use mcp_gateway_tower::pinning::ToolPins;
@@ -100,6 +101,7 @@ pub struct McpGatewayBuilder {
     metadata_url: Option<String>,
     backends: Vec<Backend>,
     aggregate: AggregateConfig,
+    legacy_sse: bool,
     #[cfg(feature = "otel")]
     telemetry: mcp_gateway_tower::telemetry::Telemetry,
 }
@@ -123,6 +125,7 @@ impl Default for McpGatewayBuilder {
             access_log: false,
             trusted: TrustedProxies::default(),
             cors: None,
+            legacy_sse: true,
             http: HttpUpstreamConfig::default(),
             origin: OriginPolicy::loopback(),
             jsonrpc: JsonRpcConfig::default(),
@@ -602,6 +605,14 @@ impl McpGatewayBuilder {
         Ok((svc, handles))
     }
 
+    /// Whether legacy HTTP+SSE clients (2024-11-05) are served:
+    /// `GET {path}/sse` and `POST {path}/message`, through the same stack
+    /// (see `mcp_gateway_tower::legacy`). Default true.
+    pub fn legacy_sse(mut self, yes: bool) -> Self {
+        self.legacy_sse = yes;
+        self
+    }
+
     /// The router: the MCP path with every method routed through the stack
     /// (the stack itself answers 405 for methods MCP does not use).
     pub fn build(self) -> Result<Router, BoxError> {
@@ -615,10 +626,17 @@ impl McpGatewayBuilder {
         let path = self.path.clone();
         let metadata = self.metadata.clone();
         let cors = self.cors.as_ref().map(Cors::layer).transpose()?;
+        let legacy = self.legacy_sse;
         let (svc, handles) = self.into_service()?;
-        let mut router = match cors {
-            Some(cors) => Router::new().route_service(&path, tower::Layer::layer(&cors, svc)),
-            None => Router::new().route_service(&path, svc),
+        let mut router = if legacy {
+            let layer = LegacySseLayer::with_body(
+                LegacySseConfig::new(path.clone()),
+                axum::body::Body::new,
+            );
+            let extra = [layer.sse_path(), layer.message_path()];
+            mount(&path, tower::Layer::layer(&layer, svc), cors, &extra)
+        } else {
+            mount(&path, svc, cors, &[])
         };
         if let Some(m) = metadata {
             router = router
@@ -627,6 +645,42 @@ impl McpGatewayBuilder {
         }
         Ok((router, handles))
     }
+}
+
+/// The router serving `svc` at `path` (and `extra` paths), behind CORS
+/// when set.
+fn mount<S>(
+    path: &str,
+    svc: S,
+    cors: Option<tower_http::cors::CorsLayer>,
+    extra: &[String],
+) -> Router
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut router = Router::new();
+    match cors {
+        Some(cors) => {
+            let svc = tower::Layer::layer(&cors, svc);
+            for p in std::iter::once(path).chain(extra.iter().map(String::as_str)) {
+                router = router.route_service(p, svc.clone());
+            }
+        }
+        None => {
+            for p in std::iter::once(path).chain(extra.iter().map(String::as_str)) {
+                router = router.route_service(p, svc.clone());
+            }
+        }
+    }
+    router
 }
 
 /// What [`McpGatewayBuilder::build_with_handles`] returns beside the

@@ -17,6 +17,7 @@
 //! | [`acl`] | tool-level authorization ([`acl::ToolPolicy`], [`rules`]), list filtering, tool pinning ([`pinning`]) |
 //! | [`limit`] | rate limits, session and in-flight caps, token and cost budgets ([`limit::Limiter`]) |
 //! | [`upstream`] | pooled HTTP backends, any tower service as a backend, instance sets, [`credentials`] injection |
+//! | [`legacy`] | legacy HTTP+SSE clients (2024-11-05): `GET {path}/sse` and its `POST` endpoint, in front of the whole stack |
 //! | [`aggregate`] | several named backends behind one endpoint: merged lists with their own cursors, routing by (prefixed) name or URI, server-to-client ids remapped |
 //!
 //! With the `otel` feature, `telemetry` records metrics and spans named by
@@ -41,6 +42,7 @@ pub mod cluster;
 pub mod error;
 pub mod forwarded;
 pub mod jsonrpc;
+pub mod legacy;
 pub mod limit;
 pub mod origin;
 pub mod resume;

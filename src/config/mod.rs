@@ -128,6 +128,11 @@ pub struct GatewayConfig {
     /// true; `--no-access-log` turns it off.
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Serve legacy HTTP+SSE clients (2024-11-05) at `{path}/sse` and
+    /// `{path}/message`, through the same checks. Default true;
+    /// `--no-legacy-sse` turns it off.
+    #[serde(default = "yes")]
+    pub legacy_sse: bool,
     /// Every timeout (flags of the same names override).
     #[serde(default)]
     pub timeouts: TimeoutsSection,
@@ -525,7 +530,8 @@ impl GatewayConfig {
             .session_config(sessions.clone())
             .sse_config(self.timeouts.sse(SseRelayConfig::default()))
             .trusted_proxies(self.trusted_proxies()?)
-            .access_log(self.access_log);
+            .access_log(self.access_log)
+            .legacy_sse(self.legacy_sse);
         if let Some(c) = &self.cors {
             let mut cors = Cors::new(c.allow_origins.iter().cloned());
             cors.max_age = c.max_age_secs.map(Duration::from_secs);

@@ -82,6 +82,21 @@ where
         let (parts, body) = req.into_parts();
         match parts.method {
             HttpMethod::POST => {}
+            HttpMethod::GET
+                if parts
+                    .extensions
+                    .get::<crate::legacy::LegacyProbe>()
+                    .is_some() =>
+            {
+                // A legacy client's stream is opening: it got past the
+                // origin guard and authentication. Who it is goes back.
+                let mut res = http::Response::new(Body::empty());
+                *res.status_mut() = http::StatusCode::NO_CONTENT;
+                if let Some(p) = parts.extensions.get::<mcp_gateway_core::Principal>() {
+                    res.extensions_mut().insert(p.clone());
+                }
+                return ready(res);
+            }
             HttpMethod::GET | HttpMethod::DELETE => {
                 if let Err(refused) = check_get_or_delete(&parts) {
                     return ready(refused);
