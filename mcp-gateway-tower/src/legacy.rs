@@ -414,12 +414,17 @@ where
             h.insert(header_names::MCP_PROTOCOL_VERSION, v);
         }
     }
-    *lock(&client.last) = Some((parts.headers, parts.extensions));
+    // What the session's owner sent: kept (once the stack accepted it) for
+    // the session's GET stream and its DELETE at the end.
+    let sent = (parts.headers, parts.extensions);
     if !is_request {
         // In order: passed on before the client may send the next one.
         let Ok(res) = inner.clone().oneshot(modern).await;
         let ok = res.status().is_success();
-        pump(&client, res, false).await;
+        if ok {
+            *lock(&client.last) = Some(sent);
+        }
+        pump(&client, res, false, None).await;
         if ok && is_initialized {
             stream_of_session(client.clone(), inner, &shared);
         }
@@ -435,12 +440,15 @@ where
     };
     tokio::spawn(async move {
         let Ok(res) = inner.oneshot(modern).await;
-        if is_initialize && res.status().is_success() {
-            if let Some(s) = res.headers().get(&header_names::MCP_SESSION_ID) {
-                *lock(&client.session) = Some(s.clone());
+        if res.status().is_success() {
+            *lock(&client.last) = Some(sent);
+            if is_initialize {
+                if let Some(s) = res.headers().get(&header_names::MCP_SESSION_ID) {
+                    *lock(&client.session) = Some(s.clone());
+                }
             }
         }
-        pump(&client, res, is_initialize).await;
+        pump(&client, res, is_initialize, id.as_ref()).await;
         drop(permit);
     });
     accepted()
@@ -481,13 +489,21 @@ where
     tokio::spawn(async move {
         let Ok(res) = inner.oneshot(req).await;
         if res.status() == StatusCode::OK {
-            pump(&client, res, false).await;
+            pump(&client, res, false, None).await;
         }
     });
 }
 
 /// Passes the messages of a response (JSON or SSE) to the client's stream.
-async fn pump(client: &Client, res: Response<Body>, initialize: bool) {
+/// A refusal that could not name the request (401 before the body was
+/// read) is given `id`, so the client's call does not wait forever.
+async fn pump(
+    client: &Client,
+    res: Response<Body>,
+    initialize: bool,
+    id: Option<&mcp_gateway_core::RequestId>,
+) {
+    let refused = !res.status().is_success();
     let sse = res
         .headers()
         .get(CONTENT_TYPE)
@@ -501,6 +517,10 @@ async fn pump(client: &Client, res: Response<Body>, initialize: bool) {
             if initialize {
                 note_version(client, &b);
             }
+            let b = match id {
+                Some(id) if refused => with_id(b, id),
+                _ => b,
+            };
             let _ = client.tx.send(b).await;
         }
         return;
@@ -527,6 +547,21 @@ async fn pump(client: &Client, res: Response<Body>, initialize: bool) {
             }
         }
     }
+}
+
+/// `msg` answering `id` when it answers no one (`"id": null`).
+fn with_id(msg: Bytes, id: &mcp_gateway_core::RequestId) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&msg) else {
+        return msg;
+    };
+    if !v.get("id").is_some_and(serde_json::Value::is_null) {
+        return msg;
+    }
+    match serde_json::from_slice(id.as_bytes()) {
+        Ok(id) => v["id"] = id,
+        Err(_) => return msg,
+    }
+    serde_json::to_vec(&v).map(Bytes::from).unwrap_or(msg)
 }
 
 fn note_version(client: &Client, msg: &[u8]) {

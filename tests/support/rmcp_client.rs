@@ -103,6 +103,8 @@ impl TestClient {
 }
 
 pub async fn connect_session(url: &str) -> (RunningService<RoleClient, TestClient>, TestClient) {
+    // reqwest is built without a TLS provider of its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let handler = TestClient::default();
     let client = handler
         .clone()
@@ -114,6 +116,7 @@ pub async fn connect_session(url: &str) -> (RunningService<RoleClient, TestClien
 
 pub async fn connect_stateless(url: &str) -> (RunningService<RoleClient, TestClient>, TestClient) {
     use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let handler = TestClient::default();
     let client = handler
         .clone()
