@@ -391,6 +391,12 @@ impl Cli {
         let served =
             serve::serve_per_core_with(listeners, plan.app, shutdown_signal(), plan.opts).await;
         // Every server the gateway started stops with it.
+        if !plan.bridges.is_empty() {
+            tracing::info!(
+                backends = plan.bridges.len(),
+                "stopping the backend processes and streams"
+            );
+        }
         for b in &plan.bridges {
             b.shutdown().await;
         }

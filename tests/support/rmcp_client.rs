@@ -50,7 +50,7 @@ impl ClientHandler for TestClient {
         _ctx: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, McpError> {
         Ok(from(
-            json!({"action": "accept", "content": {"response": "yes please"}}),
+            json!({"action": "accept", "content": {"response": "yes please", "name": "yes please"}}),
         ))
     }
 

@@ -50,6 +50,33 @@ pub use self::service::Bridge;
 pub use self::sse_client::SseTarget;
 pub use self::stdio::StdioCommand;
 
+/// Where a bridge's background work runs: the runtime that built it.
+///
+/// A server process outlives the request that started it, and may be
+/// started from a serving thread whose runtime stops before the gateway
+/// does (the binary's per-core runtimes): its pipes, its exit and its
+/// stopping are driven by the runtime the [`Bridge`] was made in, which
+/// runs until every server is stopped.
+#[derive(Clone, Debug)]
+pub(crate) struct Spawner(Option<tokio::runtime::Handle>);
+
+impl Spawner {
+    fn current() -> Self {
+        Spawner(tokio::runtime::Handle::try_current().ok())
+    }
+
+    pub(crate) fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(h) => h.spawn(fut),
+            None => tokio::spawn(fut),
+        }
+    }
+}
+
 /// Where a [`Bridge`] reaches its server.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

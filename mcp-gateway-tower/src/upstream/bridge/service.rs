@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use mcp_gateway_core::protocol::header_names;
 use mcp_gateway_core::session::SessionId;
 use mcp_gateway_core::{Era, ErrorKind, GatewayError, McpRequest, RequestId};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tower_service::Service;
 
 use super::peer::{CallStream, Conn, Item, Peer, PeerLimits};
@@ -56,6 +56,7 @@ pub(super) struct Inner {
     closing: AtomicBool,
     pub(super) parked: Mutex<HashMap<String, super::stateless::Parked>>,
     sweeping: AtomicBool,
+    spawner: super::Spawner,
 }
 
 #[derive(Default)]
@@ -190,6 +191,7 @@ impl Bridge {
                 closing: AtomicBool::new(false),
                 parked: Mutex::new(HashMap::new()),
                 sweeping: AtomicBool::new(false),
+                spawner: super::Spawner::current(),
             }),
         }
     }
@@ -254,6 +256,7 @@ impl Bridge {
             peers.push(p);
         }
         lock(&self.inner.parked).clear();
+        tracing::debug!(backend = %self.inner.name, servers = peers.len(), "stopping the backend's servers");
         for p in &peers {
             p.stop();
         }
@@ -281,30 +284,40 @@ impl Inner {
                 "Bad Gateway: the gateway is shutting down",
             ));
         }
+        let (name, limits) = (self.name.clone(), self.peer_limits());
+        let lost = || {
+            GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("Bad Gateway: backend {} could not be started", self.name),
+            )
+        };
+        // Started on the bridge's runtime: see `Spawner`.
         match &self.target {
             Target::Stdio(cmd) => {
-                let limits = StdioLimits {
+                let stdio = StdioLimits {
                     max_line: self.cfg.max_line_bytes,
                     grace: self.cfg.grace,
                 };
-                super::stdio::spawn(self.name.clone(), cmd, self.peer_limits(), limits)
-                    .map(|(p, _)| p)
-                    .map_err(|e| {
-                        tracing::error!(backend = %self.name, command = ?cmd.command, error = %e, "cannot start the backend's command");
-                        GatewayError::new(
-                            ErrorKind::UpstreamUnavailable,
-                            format!("Bad Gateway: backend {} could not be started", self.name),
-                        )
+                let cmd = cmd.clone();
+                let started = self
+                    .spawner
+                    .spawn(async move {
+                        super::stdio::spawn(name.clone(), &cmd, limits, stdio).map_err(|e| {
+                            tracing::error!(backend = %name, command = ?cmd.command, error = %e, "cannot start the backend's command");
+                        })
                     })
+                    .await;
+                match started {
+                    Ok(Ok((p, _))) => Ok(p),
+                    _ => Err(lost()),
+                }
             }
             Target::Sse(t) => {
-                super::sse_client::connect(
-                    self.name.clone(),
-                    t,
-                    self.peer_limits(),
-                    self.cfg.init_timeout,
-                )
-                .await
+                let (t, wait) = (t.clone(), self.cfg.init_timeout);
+                self.spawner
+                    .spawn(async move { super::sse_client::connect(name, &t, limits, wait).await })
+                    .await
+                    .unwrap_or_else(|_| Err(lost()))
             }
         }
     }
@@ -321,7 +334,11 @@ impl Inner {
             ));
         };
         let peer = self.start().await?;
-        hold_until_ended(peer.clone(), permit);
+        let p = peer.clone();
+        self.spawner.spawn(async move {
+            p.ended_wait().await;
+            drop(permit);
+        });
         Ok(peer)
     }
 
@@ -445,7 +462,7 @@ impl Inner {
         let weak = Arc::downgrade(self);
         let every =
             (self.cfg.stateless_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
-        tokio::spawn(async move {
+        self.spawner.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(inner) = weak.upgrade() else { return };
@@ -650,7 +667,7 @@ impl Inner {
             // The session ends with its server.
             let weak = Arc::downgrade(&self);
             let (p, sid) = (p.clone(), sid.clone());
-            tokio::spawn(async move {
+            self.spawner.spawn(async move {
                 p.ended_wait().await;
                 if let Some(inner) = weak.upgrade() {
                     lock(&inner.sessions).remove(&sid);
@@ -702,14 +719,6 @@ impl Inner {
         self.end(&session).await;
         Response::new(Body::empty())
     }
-}
-
-/// Keeps `permit` (a process slot) until `peer` has ended.
-fn hold_until_ended(peer: Arc<Peer>, permit: OwnedSemaphorePermit) {
-    tokio::spawn(async move {
-        peer.ended_wait().await;
-        drop(permit);
-    });
 }
 
 fn is_result(msg: &[u8]) -> bool {

@@ -234,6 +234,7 @@ async fn watch_child(
     let status = tokio::select! {
         s = child.wait() => s,
         _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            tracing::debug!(pid, "stopping the backend process");
             // stdin is closed by the writer on the same signal.
             match tokio::time::timeout(grace, child.wait()).await {
                 Ok(s) => s,
