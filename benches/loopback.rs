@@ -52,6 +52,11 @@
 //! name, `MCPGW_BENCH_AGGREGATE=1` runs only the aggregate's figures (a
 //! routed call beside one backend, a whole merged `tools/list`, memory
 //! per session).
+//! `stdio` and `stdio-shared` serve the stub as a stdio server (this
+//! binary, `--role stdio-stub`: the same answers on stdin / stdout), a
+//! child per session or one for all:
+//! `MCPGW_BENCH_COMPARE=gateway,stdio,stdio-shared` sets them beside the
+//! stub over HTTP.
 //! `MCPGW_BENCH_THREADS=N` changes the servers' threads (default one per
 //! core), `MCPGW_BENCH_BUSY_POLL_US=N` their busy-polling window,
 //! `MCPGW_BENCH_HTTP1=builtin` serves HTTP/1 with the built-in server, and
@@ -181,6 +186,59 @@ async fn serve_gateway(upstream: String, max_sessions: usize, caps: bool, logged
     } else {
         b = b.without_limits();
     }
+    serve_app(b.build().unwrap()).await;
+}
+
+/// The stub as a stdio server (`--role stdio-stub`): one JSON-RPC message
+/// a line on stdin, the same answers as the HTTP stub on stdout, each with
+/// its request's id.
+fn serve_stdio_stub() {
+    use std::io::Write;
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = &RESULT[RESULT.find(",\"result\"").unwrap()..];
+    let list = &LIST_RESULT[LIST_RESULT.find(",\"result\"").unwrap()..];
+    let init = r#","result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"stdio-stub","version":"1"}}}"#;
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let v: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let Some(id) = v.get("id") else { continue };
+        let tail = match v["method"].as_str() {
+            Some("initialize") => init,
+            Some("tools/list") => list,
+            _ => result,
+        };
+        let _ = write!(out, "{{\"jsonrpc\":\"2.0\",\"id\":{id}{tail}\n");
+        let _ = out.flush();
+    }
+}
+
+/// The gateway in front of the stdio stub (this binary, `--role
+/// stdio-stub`): a child per session, or one shared by all (`shared`).
+async fn serve_stdio(max_sessions: usize, shared: bool) {
+    use mcp_gateway_tower::upstream::bridge::{Bridge, BridgeConfig, BridgeMode, StdioCommand};
+    let exe = std::env::current_exe().unwrap();
+    let cmd = StdioCommand::new([exe.to_str().unwrap(), "--role", "stdio-stub"]);
+    let mode = if shared {
+        BridgeMode::Shared
+    } else {
+        BridgeMode::PerSession
+    };
+    let bridge = Bridge::stdio(
+        "stub",
+        cmd,
+        BridgeConfig::default().mode(mode).max_processes(4096),
+    );
+    let b = McpGateway::builder()
+        .upstream_service(bridge)
+        .session_config(InMemoryConfig {
+            max_sessions,
+            ..Default::default()
+        })
+        .limits(wide_session_caps());
     serve_app(b.build().unwrap()).await;
 }
 
@@ -707,6 +765,10 @@ fn server_role(args: &[String]) -> bool {
     let Some(mut role) = arg("--role") else {
         return false;
     };
+    if role == "stdio-stub" {
+        serve_stdio_stub();
+        return true;
+    }
     if let Some(base) = role.strip_suffix("+builtin") {
         role = base.to_owned();
         let _ = TUNED.set(true);
@@ -735,6 +797,8 @@ fn server_role(args: &[String]) -> bool {
             "gateway" => serve_gateway(upstream, max_sessions, true, false).await,
             "aggregate" => serve_aggregate(upstream, max_sessions, true).await,
             "aggregate-nocaps" => serve_aggregate(upstream, max_sessions, false).await,
+            "stdio" => serve_stdio(max_sessions, false).await,
+            "stdio-shared" => serve_stdio(max_sessions, true).await,
             "nocaps" => serve_gateway(upstream, max_sessions, false, false).await,
             "logged" => serve_gateway(upstream, max_sessions, true, true).await,
             "bare" => serve_bare_proxy(upstream).await,

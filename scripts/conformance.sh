@@ -97,9 +97,13 @@ printf '[backends.conformance]\nurls = ["%s"]\n\n[backends.extra]\nurls = ["%s"]
   "$DIRECT" "$EXTRA" >"$WORK/aggregate.toml"
 "$TARGET/mcp-gateway" --config "$WORK/aggregate.toml" --listen 127.0.0.1:0 >"$WORK/agg-gateway.log" 2>&1 & PIDS+=($!)
 AGGREGATE=$(wait_url "$WORK/agg-gateway.log" "mcp-gateway listening on")
+# The fixture as a stdio child of the gateway (a child per session).
+"$TARGET/mcp-gateway" --listen 127.0.0.1:0 --stdio "$BIN/conformance_server --stdio" >"$WORK/stdio-gateway.log" 2>&1 & PIDS+=($!)
+STDIO=$(wait_url "$WORK/stdio-gateway.log" "mcp-gateway listening on")
 log "direct server: $DIRECT (python: $PY_DIRECT)"
 log "gateway:       $GATEWAY (python: $PY_GATEWAY)"
 log "aggregate:     $AGGREGATE (with $EXTRA)"
+log "stdio:         $STDIO (the fixture as a stdio child)"
 
 # --- run and compare ------------------------------------------------------------
 run() { # name suite url out extra-args... ; prints "passed failed", returns the suite's status
@@ -141,6 +145,32 @@ DIRECT=$PY_DIRECT GATEWAY=$PY_GATEWAY \
   compare "2026-07-28-python" "$SUITE_V2" conformance/expected-failures-2026-07-28-python.yml --requirements 2026-07-28
 GATEWAY=$AGGREGATE compare "2025-11-25-aggregate" "$SUITE_V1" conformance/expected-failures-2025.yml
 GATEWAY=$AGGREGATE compare "2026-07-28-aggregate" "$SUITE_V2" conformance/expected-failures-2026-07-28.yml --requirements 2026-07-28
+# The fixture as a stdio child: translated, so compared scenario by scenario
+# (it may answer JSON where the fixture streams, and makes 2026-07-28
+# scenarios pass that the fixture fails over HTTP): no scenario that passes
+# directly may fail through it.
+compare_scenarios() { # label suite baseline extra-args...
+  local label=$1 suite=$2 baseline=$3; shift 3
+  local d g grc=0
+  d=$(run "direct-$label" "$suite" "$DIRECT" "$WORK/direct-$label.txt" "$@" || true)
+  g=$(run "gateway-$label" "$suite" "$GATEWAY" "$WORK/gateway-$label.txt" --expected-failures "$baseline" "$@") || grc=$?
+  read -r dp df <<<"$d"; read -r gp gf <<<"$g"
+  echo "conformance $label: direct $dp passed, $df failed; gateway $gp passed, $gf failed"
+  local lost
+  lost=$(comm -23 <(grep -E '^✓' "$WORK/direct-$label.txt" | sed 's/^✓ \([^:]*\):.*/\1/' | sort) \
+                  <(grep -E '^✓' "$WORK/gateway-$label.txt" | sed 's/^✓ \([^:]*\):.*/\1/' | sort))
+  if [ -n "$lost" ]; then
+    log "FAIL ($label): scenarios that pass directly fail through the gateway: $lost"
+    status=1
+  fi
+  if [ "$grc" -ne 0 ]; then
+    log "FAIL ($label): scenarios failed outside $baseline (or a listed one now passes):"
+    grep -E '^(✗|.*[Uu]nexpected|.*[Ss]tale)' "$WORK/gateway-$label.txt" >&2 || tail -n 40 "$WORK/gateway-$label.txt" >&2
+    status=1
+  fi
+}
+GATEWAY=$STDIO compare_scenarios "2025-11-25-stdio" "$SUITE_V1" conformance/expected-failures-2025.yml
+GATEWAY=$STDIO compare_scenarios "2026-07-28-stdio" "$SUITE_V2" conformance/expected-failures-2026-07-28-stdio.yml --requirements 2026-07-28
 # What the gateway's metrics saw of the runs (its admin listener's scrape).
 admin=$(grep -o "mcp-gateway admin on http://[0-9.:]*" "$WORK/gateway.log" | head -n1 | sed "s|^mcp-gateway admin on ||")
 if [ -n "$admin" ]; then

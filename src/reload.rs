@@ -108,6 +108,15 @@ impl Reloader {
             }
             return Ok(Reloaded::default());
         }
+        if cfg.backend_is_bridged() {
+            // A stdio or legacy SSE backend runs servers of its own: a
+            // change to it takes a restart.
+            tracing::info!("the [backend] is a stdio or legacy SSE backend: its settings apply at restart (the policy is reloaded)");
+            if let Some(p) = &self.policy {
+                p.replace(&cfg.policy.clone().unwrap_or_default());
+            }
+            return Ok(Reloaded::default());
+        }
         let fingerprint = cfg.backend_fingerprint();
         // Everything is built before anything changes.
         let built = cfg.backend_instances()?;

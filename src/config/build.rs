@@ -596,6 +596,13 @@ impl GatewayConfig {
                 return Ok(Vec::new());
             }
         }
+        if be.credentials.is_some() {
+            return self.err(
+                None,
+                &format!("{table}.credentials"),
+                "not applied to stdio or legacy SSE backends yet: give a stdio server its secrets through `env`",
+            );
+        }
         let mut cfg = BridgeConfig::default().mode(be.mode.unwrap_or_default());
         if let Some(n) = be.max_processes {
             if n == 0 {

@@ -288,6 +288,12 @@ impl GatewayConfig {
         })
     }
 
+    /// Is `[backend]` a stdio (`command`) or legacy SSE (`transport =
+    /// "sse"`) backend?
+    pub fn backend_is_bridged(&self) -> bool {
+        self.backend.command.is_some() || self.backend.transport == Some(BackendTransport::Sse)
+    }
+
     /// The backend's instances as the file describes them: (URL, instance),
     /// each built with the backend's name, credentials and client
     /// settings. Nothing is started.

@@ -74,6 +74,11 @@ pub(super) async fn post(
     let params: Value = super::service::params_of(&line)
         .and_then(|p| serde_json::from_slice(&p).ok())
         .unwrap_or(Value::Null);
+    // The server speaks an older revision: what a 2026-07-28 server must
+    // refuse, the gateway refuses for it.
+    if let Err(e) = check(head.method(), &params) {
+        return error_response(&e, RequestId::from_raw_json(&id).as_ref());
+    }
     if let Some(state) = params.get("requestState").and_then(Value::as_str) {
         return resume(inner, owner, id, state, &params, sse).await;
     }
@@ -108,8 +113,76 @@ pub(super) async fn post(
         stream: Some(stream),
         reply_id: id,
         method: head.method().into(),
+        logs: wants_logs(&params),
     };
     drive.respond(sse).await
+}
+
+/// The methods of 2026-07-28 (what a caller of that revision may ask).
+const METHODS: [&str; 10] = [
+    "server/discover",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "subscriptions/listen",
+];
+
+/// The checks of a 2026-07-28 server: a method of the revision, and the
+/// `_meta` every request carries (its version the one the gateway speaks).
+fn check(method: &str, params: &Value) -> Result<(), GatewayError> {
+    if !METHODS.contains(&method) {
+        return Err(GatewayError::new(
+            ErrorKind::MethodNotFound,
+            format!("Method not found: {method} (not a 2026-07-28 method)"),
+        ));
+    }
+    let meta = params.get("_meta");
+    let version = meta
+        .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+        .and_then(Value::as_str);
+    let caps = meta
+        .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
+        .filter(|c| c.is_object());
+    let mut missing = Vec::new();
+    if version.is_none() {
+        missing.push("io.modelcontextprotocol/protocolVersion");
+    }
+    if caps.is_none() {
+        missing.push("io.modelcontextprotocol/clientCapabilities");
+    }
+    if !missing.is_empty() {
+        return Err(GatewayError::new(
+            ErrorKind::InvalidParams,
+            format!(
+                "Invalid params: request _meta is missing or has malformed required fields: {}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    match version {
+        Some("2026-07-28") => Ok(()),
+        other => Err(GatewayError::new(
+            ErrorKind::UnsupportedVersion,
+            "Unsupported protocol version",
+        )
+        .with_data(&json!({
+            "requested": other,
+            "supported": supported(),
+        }))),
+    }
+}
+
+/// The revisions the gateway serves.
+fn supported() -> Vec<&'static str> {
+    mcp_gateway_core::ProtocolVersion::ALL
+        .iter()
+        .map(|v| v.as_str())
+        .collect()
 }
 
 /// The retry of a call that was answered `input_required`.
@@ -159,6 +232,7 @@ async fn resume(
         stream: Some(parked.stream),
         reply_id: id,
         method: parked.method,
+        logs: wants_logs(params),
     };
     drive.respond(sse).await
 }
@@ -219,7 +293,8 @@ fn older_request(line: &Bytes) -> Bytes {
 fn discover_result(init: &[u8]) -> Vec<u8> {
     let init: Value = serde_json::from_slice(init).unwrap_or(Value::Null);
     let mut out = Map::new();
-    out.insert("supportedVersions".into(), json!(["2026-07-28"]));
+    // The gateway speaks every revision to its clients, whatever the server's.
+    out.insert("supportedVersions".into(), json!(supported()));
     out.insert(
         "capabilities".into(),
         init.get("capabilities")
@@ -269,6 +344,15 @@ fn complete(msg: &[u8], reply_id: &[u8], method: &str) -> Bytes {
     if let Ok(id) = serde_json::from_slice::<Value>(reply_id) {
         v["id"] = id;
     }
+    if method == "resources/read" {
+        // SEP-2164: an unknown resource is -32602 from 2026-07-28 on (the
+        // older revisions' servers say -32002).
+        if let Some(code) = v.pointer_mut("/error/code") {
+            if code == -32002 {
+                *code = json!(-32602);
+            }
+        }
+    }
     if let Some(r) = v.get_mut("result").and_then(Value::as_object_mut) {
         r.entry("resultType").or_insert(json!("complete"));
         if method.ends_with("/list") || method == "resources/read" {
@@ -287,6 +371,15 @@ struct Drive {
     stream: Option<CallStream>,
     reply_id: Bytes,
     method: Box<str>,
+    /// The request set `_meta["io.modelcontextprotocol/logLevel"]`: only
+    /// then do log messages reach it.
+    logs: bool,
+}
+
+fn wants_logs(params: &Value) -> bool {
+    params
+        .pointer("/_meta/io.modelcontextprotocol~1logLevel")
+        .is_some()
 }
 
 /// A message to pass on, or the last one.
@@ -297,8 +390,16 @@ enum Step {
 
 impl Drive {
     async fn step(&mut self) -> Option<Step> {
-        let stream = self.stream.as_mut()?;
-        let item = stream.next().await?;
+        let item = loop {
+            let item = self.stream.as_mut()?.next().await?;
+            if !self.logs
+                && !item.last
+                && Head::parse(&item.msg).is_some_and(|h| h.method() == "notifications/message")
+            {
+                continue;
+            }
+            break item;
+        };
         if item.last {
             self.stream = None;
             return Some(Step::Last(complete(
@@ -417,7 +518,10 @@ mod tests {
             br#"{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"s","version":"1"},"instructions":"hi"}"#,
         );
         let v: Value = serde_json::from_slice(&d).unwrap();
-        assert_eq!(v["supportedVersions"], json!(["2026-07-28"]));
+        assert!(v["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("2026-07-28")));
         assert_eq!(v["capabilities"], json!({"tools": {}}));
         assert_eq!(v["instructions"], "hi");
         assert_eq!(
