@@ -345,6 +345,22 @@ async fn a_child_killed_mid_call_fails_the_call_with_its_exit_and_ends_the_sessi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_over_the_bound_stops_the_child_and_fails_its_call() {
+    let scratch = Scratch::new("stdio-line");
+    // A server that answers its first message with 5 000 bytes on one line.
+    let gw = config_gateway(
+        &scratch,
+        r#"command = ["sh", "-c", "read l; head -c 5000 /dev/zero | tr -c a a; echo; sleep 60"]
+max_line_bytes = 1024"#,
+    );
+    let r = raw("POST", &gw.url, &[JSON, ACCEPT], INIT).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.error_code(), Some(-32050));
+    assert!(r.text().contains("over 1024 bytes"), "{}", r.text());
+    wait_children(gw.pid(), 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_stops_every_child_when_it_stops() {
     let mut gw = stdio_gateway();
     for _ in 0..3 {

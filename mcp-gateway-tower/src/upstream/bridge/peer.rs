@@ -131,6 +131,11 @@ impl Peer {
         &self.backend
     }
 
+    /// Why it ended, once it has.
+    pub(crate) fn exit_reason(&self) -> Option<&Arc<str>> {
+        self.exit.get()
+    }
+
     /// Is it still serving?
     pub(crate) fn alive(&self) -> bool {
         self.exit.get().is_none() && !*self.stop.borrow()
@@ -647,5 +652,134 @@ impl std::fmt::Debug for CallStream {
         f.debug_struct("CallStream")
             .field("gid", &self.gid)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(in_flight: usize) -> PeerLimits {
+        PeerLimits {
+            in_flight,
+            queue_wait: Duration::from_millis(50),
+            deliver_wait: Duration::from_secs(1),
+            backlog: 4,
+        }
+    }
+
+    fn head(line: &Bytes) -> Head {
+        Head::parse(line).unwrap()
+    }
+
+    fn json(b: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_progress_and_requests_find_their_session_and_call() {
+        let (peer, mut io) = Peer::new("t".into(), limits(8));
+        peer.attach(1);
+        peer.attach(2);
+        // Two sessions use the same id and token.
+        let line = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"progressToken":"p"}}}"#,
+        );
+        let mut a = peer.call(1, line.clone(), &head(&line)).await.unwrap();
+        let mut b = peer.call(2, line.clone(), &head(&line)).await.unwrap();
+        let sent_a = json(&io.out.recv().await.unwrap());
+        let sent_b = json(&io.out.recv().await.unwrap());
+        assert_ne!(sent_a["id"], sent_b["id"], "ids rewritten apart");
+        assert_eq!(sent_a["id"], sent_a["params"]["_meta"]["progressToken"]);
+        let (ga, gb) = (sent_a["id"].clone(), sent_b["id"].clone());
+        // Progress for b, then a request of the server's (to the latest call: b).
+        let p = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{gb},"progress":1}}}}"#
+        );
+        peer.inbound(Bytes::from(p)).await;
+        let got = b.next().await.unwrap();
+        assert!(!got.last);
+        assert_eq!(json(&got.msg)["params"]["progressToken"], "p");
+        peer.inbound(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":"srv-1","method":"sampling/createMessage","params":{}}"#,
+        ))
+        .await;
+        let ask = json(&b.next().await.unwrap().msg);
+        let ask_id = ask["id"].as_str().unwrap().to_owned();
+        assert!(ask_id.starts_with(ASK_PREFIX));
+        // The other session cannot answer it; its own can, and the server
+        // gets its own id back.
+        let answer = Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":"{ask_id}","result":{{}}}}"#
+        ));
+        peer.answer(1, answer.clone(), &head(&answer))
+            .await
+            .unwrap();
+        peer.answer(2, answer.clone(), &head(&answer))
+            .await
+            .unwrap();
+        assert_eq!(json(&io.out.recv().await.unwrap())["id"], "srv-1");
+        assert!(
+            io.out.try_recv().is_err(),
+            "the wrong session's answer was dropped"
+        );
+        // Answers, each with its client's id.
+        for (g, s) in [(ga, &mut a), (gb, &mut b)] {
+            let r = format!(r#"{{"jsonrpc":"2.0","id":{g},"result":{{"ok":true}}}}"#);
+            peer.inbound(Bytes::from(r)).await;
+            let last = s.next().await.unwrap();
+            assert!(last.last);
+            assert_eq!(json(&last.msg)["id"], 1);
+            assert!(s.next().await.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_ends_fails_its_calls_with_the_reason() {
+        let (peer, mut io) = Peer::new("files".into(), limits(8));
+        peer.attach(1);
+        let line = Bytes::from_static(br#"{"jsonrpc":"2.0","id":"q","method":"tools/list"}"#);
+        let mut call = peer.call(1, line.clone(), &head(&line)).await.unwrap();
+        io.out.recv().await.unwrap();
+        peer.ended("signal: 9 (SIGKILL)");
+        let last = call.next().await.unwrap();
+        assert!(last.last);
+        let v = json(&last.msg);
+        assert_eq!(v["id"], "q");
+        assert_eq!(v["error"]["code"], -32050);
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("signal: 9"));
+        // New calls are refused at once.
+        let e = peer.call(1, line.clone(), &head(&line)).await.unwrap_err();
+        assert_eq!(e.code(), -32050);
+    }
+
+    #[tokio::test]
+    async fn a_full_server_makes_calls_wait_then_fail() {
+        let (peer, _io) = Peer::new("slow".into(), limits(1));
+        peer.attach(1);
+        let line = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+        let _first = peer.call(1, line.clone(), &head(&line)).await.unwrap();
+        let e = peer.call(1, line.clone(), &head(&line)).await.unwrap_err();
+        assert_eq!(e.code(), -32051, "{}", e.message());
+        assert!(e.message().contains("busy"));
+    }
+
+    #[tokio::test]
+    async fn messages_for_no_call_wait_bounded_for_a_stream() {
+        let (peer, _io) = Peer::new("t".into(), limits(8));
+        peer.attach(7);
+        for i in 0..6 {
+            let n = format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"n":{i}}}}}"#
+            );
+            peer.inbound(Bytes::from(n)).await;
+        }
+        let mut rx = peer.open_stream(7).unwrap();
+        // The bound is 4: the oldest two were dropped.
+        let first = json(&rx.recv().await.unwrap().msg);
+        assert_eq!(first["params"]["n"], 2);
     }
 }

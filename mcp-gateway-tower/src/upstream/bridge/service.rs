@@ -157,7 +157,14 @@ pub(super) async fn respond(mut stream: CallStream, sse: bool) -> Response<Body>
         return gateway_error(ErrorKind::Internal, "a call with no answer", None);
     };
     if first.last {
-        return json_response(first.msg);
+        let mut res = json_response(first.msg);
+        if let Some(why) = stream.peer().exit_reason() {
+            // The server ended before answering: the audit record says why.
+            *res.status_mut() = StatusCode::BAD_GATEWAY;
+            res.extensions_mut()
+                .insert(crate::upstream::UpstreamFailure(why.clone()));
+        }
+        return res;
     }
     if !sse {
         // The client takes JSON only: the answer alone.
@@ -632,7 +639,18 @@ impl Inner {
                     }
                 };
                 if !is_result(&answer) {
+                    let ended = peer.exit_reason().cloned();
                     peer.stop();
+                    if let Some(why) = ended {
+                        // It died on the way: a gateway error, not the server's answer.
+                        let mut res = error_response(
+                            &peer.gone_error(),
+                            id.and_then(RequestId::from_raw_json).as_ref(),
+                        );
+                        res.extensions_mut()
+                            .insert(crate::upstream::UpstreamFailure(why));
+                        return res;
+                    }
                     return json_response(answer);
                 }
                 (SessionPeer::Own(peer), None, answer)
