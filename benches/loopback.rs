@@ -211,7 +211,7 @@ fn serve_stdio_stub() {
             Some("tools/list") => list,
             _ => result,
         };
-        let _ = write!(out, "{{\"jsonrpc\":\"2.0\",\"id\":{id}{tail}\n");
+        let _ = writeln!(out, "{{\"jsonrpc\":\"2.0\",\"id\":{id}{tail}");
         let _ = out.flush();
     }
 }

@@ -171,11 +171,7 @@ async fn write_lines(
 async fn read_lines(peer: Arc<Peer>, stdout: ChildStdout, max_line: usize) {
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let mut line = BytesMut::new();
-    loop {
-        let buf = match reader.fill_buf().await {
-            Ok(b) => b,
-            Err(_) => break,
-        };
+    while let Ok(buf) = reader.fill_buf().await {
         if buf.is_empty() {
             break;
         }
