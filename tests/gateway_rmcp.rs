@@ -139,18 +139,7 @@ async fn sessions_stick_to_their_instance_and_stay_separate() {
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
 async fn raw_session(gw: &str) -> String {
-    let r = raw("POST", gw, &[JSON, ACCEPT], INIT).await;
-    assert_eq!(r.status, 200);
-    let sid = r.headers["mcp-session-id"].to_str().unwrap().to_owned();
-    let n = raw(
-        "POST",
-        gw,
-        &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-    )
-    .await;
-    assert_eq!(n.status, 202);
-    sid
+    net::open_session(gw, INIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

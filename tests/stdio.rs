@@ -56,27 +56,6 @@ fn config_gateway(scratch: &Scratch, backend: &str) -> GatewayProcess {
     GatewayProcess::start(&["--config", &file])
 }
 
-/// The pids whose parent is `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …: comm may hold spaces, so read after ')'.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let mut f = rest.split(' ');
-        let state = f.next();
-        if f.next().and_then(|s| s.parse::<u32>().ok()) == Some(pid) && state != Some("Z") {
-            out.push(p);
-        }
-    }
-    out
-}
-
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -90,7 +69,7 @@ fn alive(pid: u32) -> bool {
 async fn wait_children(pid: u32, n: usize) -> Vec<u32> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let c = children(pid);
+        let c = process::children_of(pid);
         if c.len() == n || Instant::now() > deadline {
             assert_eq!(c.len(), n, "children of the gateway: {c:?}");
             return c;
@@ -107,20 +86,8 @@ fn kill9(pid: u32) {
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
-/// A raw session: initialize and initialized; its id.
 async fn open_raw(url: &str) -> String {
-    let r = raw("POST", url, &[JSON, ACCEPT], INIT).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let sid = r.header("mcp-session-id");
-    let r = raw(
-        "POST",
-        url,
-        &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 202);
-    sid
+    net::open_session(url, INIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,12 +20,8 @@ mod rmcp_client;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
-use rmcp::RoleClient;
 use serde_json::{json, Value};
 
 use process::{GatewayProcess, Scratch};
@@ -124,38 +120,6 @@ fn pylegacy() -> Profile {
     }
 }
 
-/// 50 concurrent calls of `tool`, each reporting 20 progress
-/// notifications: every one arrives.
-async fn progress_counted(
-    client: &RunningService<RoleClient, TestClient>,
-    handler: &TestClient,
-    (tool, args): &(&'static str, Value),
-) {
-    const CALLS: usize = 50;
-    const EACH: usize = 20;
-    let mut tasks = Vec::new();
-    for i in 0..CALLS {
-        let peer = client.peer().clone();
-        let params: CallToolRequestParams = from(json!({"name": tool, "arguments": args,
-            "_meta": {"progressToken": format!("tok-{i}")}}));
-        tasks.push(tokio::spawn(async move { peer.call_tool(params).await }));
-    }
-    for t in tasks {
-        let r = t.await.unwrap().expect("the call succeeds");
-        assert_ne!(r.is_error, Some(true), "{r:?}");
-    }
-    handler
-        .wait_until("every progress notification", |h| {
-            h.progress_total.load(Ordering::SeqCst) >= CALLS * EACH
-        })
-        .await;
-    let progress = handler.progress.lock().unwrap();
-    assert_eq!(progress.len(), CALLS, "one progress token per call");
-    for (token, seen) in progress.iter() {
-        assert_eq!(seen.len(), EACH, "progress of {token}: lost or duplicated");
-    }
-}
-
 async fn exercise(url: &str, p: &Profile, stateless: bool) {
     let (client, handler) = if stateless {
         connect_stateless(url).await
@@ -166,7 +130,13 @@ async fn exercise(url: &str, p: &Profile, stateless: bool) {
     assert!(tools.iter().any(|t| t.name == p.echo.0), "tools listed");
     let t = text_of(&call(&client, p.echo.0, p.echo.1.clone()).await);
     assert!(t.contains(p.echo.2), "echo: {t}");
-    progress_counted(&client, &handler, &p.progress).await;
+    progress_calls(
+        &client,
+        &handler,
+        &[(p.progress.0, p.progress.1.clone())],
+        20,
+    )
+    .await;
     let s =
         serde_json::to_string(&call(&client, p.sampling.0, p.sampling.1.clone()).await).unwrap();
     assert!(s.contains("echo:"), "sampling round trip: {s}");
@@ -176,23 +146,9 @@ async fn exercise(url: &str, p: &Profile, stateless: bool) {
     client.cancel().await.unwrap();
 }
 
-/// Children of `pid` (not zombies).
-fn children(pid: u32) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            let mut f = rest.split(' ');
-            f.next() != Some("Z") && f.next().and_then(|s| s.parse::<u32>().ok()) == Some(pid)
-        })
-        .count()
-}
-
 async fn no_children_left(gw: &GatewayProcess) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while children(gw.pid()) > 0 {
+    while !process::children_of(gw.pid()).is_empty() {
         assert!(std::time::Instant::now() < deadline, "children left");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

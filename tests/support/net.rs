@@ -163,3 +163,20 @@ pub const JSON: (&str, &str) = ("content-type", "application/json");
 pub const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
 /// `MCP-Protocol-Version: 2025-11-25`.
 pub const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
+
+/// A raw session: `init` (an `initialize` body), then
+/// `notifications/initialized`; its id.
+pub async fn open_session(url: &str, init: &str) -> String {
+    let r = raw("POST", url, &[JSON, ACCEPT], init).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let sid = r.headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let n = raw(
+        "POST",
+        url,
+        &[JSON, ACCEPT, V, ("mcp-session-id", &sid)],
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    )
+    .await;
+    assert_eq!(n.status, 202);
+    sid
+}

@@ -165,24 +165,42 @@ pub async fn progress_spread(
     handler: &TestClient,
     tools: &[&str],
 ) {
-    const CALLS: usize = 50;
     const EACH: usize = 20;
+    let calls: Vec<(&str, Value)> = tools.iter().map(|t| (*t, json!({"count": EACH}))).collect();
+    for r in progress_calls(client, handler, &calls, EACH).await {
+        assert_eq!(text_of(&r), EACH.to_string());
+    }
+}
+
+/// 50 concurrent calls, spread over `calls` (tool, arguments) in turn, each
+/// with its own progress token and reporting `each` progress notifications
+/// (1 to `each`): every notification arrives, none twice. The results.
+pub async fn progress_calls(
+    client: &RunningService<RoleClient, TestClient>,
+    handler: &TestClient,
+    calls: &[(&str, Value)],
+    each: usize,
+) -> Vec<CallToolResult> {
+    const CALLS: usize = 50;
     let mut tasks = Vec::new();
     for i in 0..CALLS {
         let peer = client.peer().clone();
-        let tool = tools[i % tools.len()].to_owned();
+        let (tool, args) = &calls[i % calls.len()];
+        let params: CallToolRequestParams = from(json!({"name": tool,
+            "arguments": args, "_meta": {"progressToken": format!("tok-{i}")}}));
         tasks.push(tokio::spawn(async move {
-            let params: CallToolRequestParams = from(json!({"name": tool,
-                "arguments": {"count": EACH}, "_meta": {"progressToken": format!("tok-{i}")}}));
             peer.call_tool(params).await.unwrap()
         }));
     }
+    let mut results = Vec::new();
     for t in tasks {
-        assert_eq!(text_of(&t.await.unwrap()), EACH.to_string());
+        let r = t.await.unwrap();
+        assert_ne!(r.is_error, Some(true), "{r:?}");
+        results.push(r);
     }
     handler
         .wait_until("every progress notification", |h| {
-            h.progress_total.load(Ordering::SeqCst) >= CALLS * EACH
+            h.progress_total.load(Ordering::SeqCst) >= CALLS * each
         })
         .await;
     let progress = handler.progress.lock().unwrap();
@@ -190,11 +208,12 @@ pub async fn progress_spread(
     for (token, seen) in progress.iter() {
         let mut sorted = seen.clone();
         sorted.sort_by(f64::total_cmp);
-        let want: Vec<f64> = (1..=EACH).map(|i| i as f64).collect();
+        let want: Vec<f64> = (1..=each).map(|i| i as f64).collect();
         assert_eq!(
             sorted, want,
             "progress of {token}: lost or duplicated notifications"
         );
     }
-    assert_eq!(handler.progress_total.load(Ordering::SeqCst), CALLS * EACH);
+    assert_eq!(handler.progress_total.load(Ordering::SeqCst), CALLS * each);
+    results
 }
