@@ -172,6 +172,55 @@ async fn a_2026_client_is_served_by_a_stdio_server_of_an_older_revision() {
     // A forged or spent state is refused clearly.
     let r = raw("POST", &gw.url, &h, &retry.to_string()).await;
     assert_eq!(r.error_code(), Some(-32602), "{}", r.text());
+
+    // `subscriptions/listen`: acknowledged first, then the server's list
+    // changes, tagged with the subscription's id.
+    let listen = json!({"jsonrpc": "2.0", "id": 30, "method": "subscriptions/listen",
+        "params": {"notifications": {"toolsListChanged": true, "promptsListChanged": true}, "_meta": meta}});
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let req = http::Request::post(&gw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .body(http_body_util::Full::new(Bytes::from(listen.to_string())))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    let mut stream = LegacyStream {
+        body: res.into_body(),
+        buf: String::new(),
+    };
+    let ack: Value = serde_json::from_str(&stream.next().await.1).unwrap();
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(ack["params"]["notifications"]["toolsListChanged"], true);
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        30
+    );
+    let notify = json!({"jsonrpc": "2.0", "id": 31, "method": "tools/call",
+        "params": {"name": "notify_later", "arguments": {}, "_meta": meta}});
+    let h = [
+        JSON,
+        ACCEPT,
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "notify_later"),
+    ];
+    let r = raw("POST", &gw.url, &h, &notify.to_string()).await;
+    assert_eq!(r.answer()["result"]["content"][0]["text"], "scheduled");
+    let changed: Value = serde_json::from_str(&stream.next().await.1).unwrap();
+    assert_eq!(
+        changed["method"], "notifications/tools/list_changed",
+        "{changed}"
+    );
+    assert_eq!(
+        changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        30
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -423,6 +472,22 @@ impl LegacyStream {
             .await
             .unwrap_or_else(|_| panic!("no answer to {id} on the stream"))
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legacy_endpoint_can_be_turned_off() {
+    let cmd = format!("{} --stdio", fixture());
+    let gw = GatewayProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--no-legacy-sse",
+        "--stdio",
+        &cmd,
+    ]);
+    assert_eq!(LegacyStream::open(&gw.url, None).await.err(), Some(404));
+    let on = stdio_gateway();
+    let mut s = LegacyStream::open(&on.url, None).await.unwrap();
+    assert_eq!(s.next().await.0, "endpoint");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

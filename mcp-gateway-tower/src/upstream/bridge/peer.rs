@@ -59,6 +59,9 @@ struct Ask {
 struct ConnState {
     get: Option<mpsc::Sender<Item>>,
     backlog: VecDeque<Bytes>,
+    /// 2026-07-28 `subscriptions/listen` streams: each gets the session's
+    /// list-changed and resource-updated notifications.
+    listeners: Vec<mpsc::Sender<Item>>,
 }
 
 #[derive(Default)]
@@ -384,6 +387,20 @@ impl Peer {
         Some(rx)
     }
 
+    /// Adds a listener to session `conn`: the list-changed and
+    /// resource-updated notifications of the server from now on.
+    pub(crate) fn listen(&self, conn: Conn) -> Option<mpsc::Receiver<Item>> {
+        if !self.alive() {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(self.limits.backlog.max(16));
+        let mut st = lock(&self.state);
+        let c = st.conns.get_mut(&conn)?;
+        c.listeners.retain(|l| !l.is_closed());
+        c.listeners.push(tx);
+        Some(rx)
+    }
+
     /// One line from the server.
     pub(crate) async fn inbound(&self, line: Bytes) {
         let Some(head) = Head::parse(&line) else {
@@ -472,7 +489,26 @@ impl Peer {
                     tracing::debug!(backend = %self.backend, method = m, "a notification for no session: dropped");
                 }
                 for c in conns {
-                    self.to_conn(c, line.clone()).await;
+                    let listeners: Vec<mpsc::Sender<Item>> = {
+                        let mut st = lock(&self.state);
+                        match st.conns.get_mut(&c) {
+                            Some(cs) if broadcast => {
+                                cs.listeners.retain(|l| !l.is_closed());
+                                cs.listeners.clone()
+                            }
+                            _ => Vec::new(),
+                        }
+                    };
+                    if listeners.is_empty() {
+                        self.to_conn(c, line.clone()).await;
+                    }
+                    for l in listeners {
+                        let item = Item {
+                            msg: line.clone(),
+                            last: false,
+                        };
+                        self.deliver(&l, item).await;
+                    }
                 }
             }
         }

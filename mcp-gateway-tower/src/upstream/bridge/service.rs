@@ -542,9 +542,16 @@ impl Inner {
             });
         let sse = accepts_sse(&parts.headers);
         if stateless {
-            let owner: Arc<str> = crate::session::session_owner(&Request::from_parts(parts, ()))
-                .map(Arc::from)
-                .unwrap_or_else(|| Arc::from(""));
+            // Callers without a principal are told apart by address, as
+            // the limits tell them apart: they never share a server's state.
+            let req = Request::from_parts(parts, ());
+            let owner: Arc<str> = match crate::session::session_owner(&req) {
+                Some(o) => Arc::from(o),
+                None => match req.extensions().get::<crate::limit::ClientAddr>() {
+                    Some(a) => format!("anon:{}", a.0.ip()).into(),
+                    None => Arc::from("anon"),
+                },
+            };
             return super::stateless::post(self, owner, line, head, sse).await;
         }
         let Some(sid) = parts
@@ -700,9 +707,8 @@ impl Inner {
         res
     }
 
-    fn get(&self, req: &Request<Body>) -> Response<Body> {
-        let Some(sid) = req
-            .headers()
+    async fn get(self: Arc<Self>, headers: http::HeaderMap) -> Response<Body> {
+        let Some(sid) = headers
             .get(&header_names::MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
         else {
@@ -715,10 +721,7 @@ impl Inner {
         let Some(session) = self.session(sid) else {
             return gateway_error(ErrorKind::SessionNotFound, "Session not found", None);
         };
-        let peer = match &session.peer {
-            SessionPeer::Own(p) => Some(p.clone()),
-            SessionPeer::Shared => self.shared.try_lock().ok().and_then(|s| s.peer.clone()),
-        };
+        let peer = self.peer_of(&session).await.ok();
         let Some(rx) = peer.and_then(|p| p.open_stream(session.conn)) else {
             return gateway_error(ErrorKind::SessionNotFound, "Session not found", None);
         };
@@ -812,7 +815,10 @@ impl Service<Request<Body>> for Bridge {
         let inner = self.inner.clone();
         match *req.method() {
             Method::POST => Box::pin(async move { Ok(inner.post(req).await) }),
-            Method::GET => Box::pin(std::future::ready(Ok(inner.get(&req)))),
+            Method::GET => {
+                let headers = req.into_parts().0.headers;
+                Box::pin(async move { Ok(inner.get(headers).await) })
+            }
             Method::DELETE => {
                 let headers = req.into_parts().0.headers;
                 Box::pin(async move { Ok(inner.delete(headers).await) })

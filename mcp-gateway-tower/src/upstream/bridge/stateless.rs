@@ -91,6 +91,9 @@ pub(super) async fn post(
         let result = discover_result(session.init_result.as_deref().unwrap_or(b"{}"));
         return json_response(wire::result_message(&id, &result));
     }
+    if head.method() == "subscriptions/listen" {
+        return listen(&inner, session, id, &params).await;
+    }
     let peer = match inner.peer_of(&session).await {
         Ok(p) => p,
         Err(e) => return error_response(&e, RequestId::from_raw_json(&id).as_ref()),
@@ -287,6 +290,136 @@ fn older_request(line: &Bytes) -> Bytes {
         }
     }
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// The `_meta` key naming the subscription a listen-stream message is for.
+const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// `subscriptions/listen`: a stream of the principal's session's list
+/// changes and resource updates, as the filter asks and the server can
+/// (its capabilities), each tagged with the subscription's id (the
+/// request's); the acknowledgement first. Resource subscriptions are made
+/// at the server (`resources/subscribe`).
+async fn listen(
+    inner: &Arc<Inner>,
+    session: Arc<Session>,
+    id: Bytes,
+    params: &Value,
+) -> Response<Body> {
+    let peer = match inner.peer_of(&session).await {
+        Ok(p) => p,
+        Err(e) => return error_response(&e, RequestId::from_raw_json(&id).as_ref()),
+    };
+    let init: Value = session
+        .init_result
+        .as_deref()
+        .and_then(|r| serde_json::from_slice(r).ok())
+        .unwrap_or(Value::Null);
+    let caps = &init["capabilities"];
+    let asked = &params["notifications"];
+    let mut honored = Map::new();
+    for (key, kind) in [
+        ("toolsListChanged", "tools"),
+        ("promptsListChanged", "prompts"),
+        ("resourcesListChanged", "resources"),
+    ] {
+        if asked[key] == json!(true) && caps[kind]["listChanged"] == json!(true) {
+            honored.insert(key.into(), json!(true));
+        }
+    }
+    let uris: Vec<String> = match (
+        asked["resourceSubscriptions"].as_array(),
+        caps["resources"]["subscribe"] == json!(true),
+    ) {
+        (Some(list), true) => list
+            .iter()
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let Some(rx) = peer.listen(session.conn) else {
+        return error_response(&peer.gone_error(), RequestId::from_raw_json(&id).as_ref());
+    };
+    for uri in &uris {
+        let p = json!({ "uri": uri }).to_string();
+        if let Err(e) = peer
+            .request_own("resources/subscribe", p.as_bytes(), inner.cfg.init_timeout)
+            .await
+        {
+            tracing::warn!(backend = %inner.name, uri, error = %e.message(), "the backend refused a resource subscription");
+        }
+    }
+    if !uris.is_empty() {
+        honored.insert("resourceSubscriptions".into(), json!(uris));
+    }
+    let sub: Value = serde_json::from_slice(&id).unwrap_or(Value::Null);
+    let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+        "params": {"notifications": Value::Object(honored.clone()), "_meta": {SUBSCRIPTION_ID: sub.clone()}}});
+    let filter = Value::Object(honored);
+    // The principal's session stays while it listens.
+    session.busy.fetch_add(1, Ordering::Relaxed);
+    let guard = Busy(session);
+    let rest = futures_util::stream::unfold((rx, guard), move |(mut rx, guard)| {
+        let (filter, sub) = (filter.clone(), sub.clone());
+        async move {
+            loop {
+                let item = rx.recv().await?;
+                if let Some(m) = tagged(&item.msg, &filter, &sub) {
+                    return Some((m, (rx, guard)));
+                }
+            }
+        }
+    });
+    let mut res = Response::new(sse_body(Some(Bytes::from(ack.to_string())), rest));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    res
+}
+
+/// Holds a session busy (not swept) while it lives.
+struct Busy(Arc<Session>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A listen stream's notification, if its filter takes it, tagged with
+/// the subscription's id.
+fn tagged(msg: &[u8], filter: &Value, sub: &Value) -> Option<Bytes> {
+    let mut v: Value = serde_json::from_slice(msg).ok()?;
+    let wanted = match v["method"].as_str()? {
+        "notifications/tools/list_changed" => filter["toolsListChanged"] == json!(true),
+        "notifications/prompts/list_changed" => filter["promptsListChanged"] == json!(true),
+        "notifications/resources/list_changed" => filter["resourcesListChanged"] == json!(true),
+        "notifications/resources/updated" => {
+            let uri = v
+                .pointer("/params/uri")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            filter["resourceSubscriptions"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|u| u == uri))
+        }
+        _ => false,
+    };
+    if !wanted {
+        return None;
+    }
+    let params = v
+        .as_object_mut()?
+        .entry("params")
+        .or_insert_with(|| json!({}));
+    let meta = params
+        .as_object_mut()?
+        .entry("_meta")
+        .or_insert_with(|| json!({}));
+    meta.as_object_mut()?
+        .insert(SUBSCRIPTION_ID.into(), sub.clone());
+    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 /// `server/discover`'s result, from the server's `InitializeResult`.
@@ -550,6 +683,30 @@ mod tests {
         let v: Value = serde_json::from_slice(&e).unwrap();
         assert_eq!(v["id"], 2);
         assert!(v.get("result").is_none());
+    }
+
+    #[test]
+    fn listen_streams_take_what_they_asked_for_tagged() {
+        let filter = json!({"toolsListChanged": true, "resourceSubscriptions": ["a://x"]});
+        let sub = json!(9);
+        let t = tagged(
+            br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
+            &filter,
+            &sub,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&t).unwrap();
+        assert_eq!(v["params"]["_meta"][SUBSCRIPTION_ID], 9);
+        assert!(tagged(
+            br#"{"jsonrpc":"2.0","method":"notifications/prompts/list_changed"}"#,
+            &filter,
+            &sub
+        )
+        .is_none());
+        let u = br#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"a://x"}}"#;
+        assert!(tagged(u, &filter, &sub).is_some());
+        let other = br#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"a://y"}}"#;
+        assert!(tagged(other, &filter, &sub).is_none());
     }
 
     #[test]
