@@ -264,6 +264,7 @@ impl Peer {
             rx,
             client_id,
             finished: false,
+            failed: false,
             cancel_on_drop: false,
             _permit: permit,
         };
@@ -629,6 +630,8 @@ pub(crate) struct CallStream {
     rx: mpsc::Receiver<Item>,
     client_id: Bytes,
     finished: bool,
+    /// The answer is the gateway's: the server ended first.
+    failed: bool,
     cancel_on_drop: bool,
     _permit: OwnedSemaphorePermit,
 }
@@ -647,11 +650,18 @@ impl CallStream {
             }
             None => {
                 self.finished = true;
+                self.failed = true;
                 let e = self.peer.gone_error();
                 let msg = wire::error_message(&self.client_id, e.code(), e.message());
                 Some(Item { msg, last: true })
             }
         }
+    }
+
+    /// Why the server ended, when the call's answer is the gateway's error
+    /// because of it.
+    pub(crate) fn failure(&self) -> Option<&Arc<str>> {
+        self.failed.then(|| self.peer.exit_reason()).flatten()
     }
 
     /// Closing the stream early cancels the call at the server.

@@ -158,7 +158,7 @@ pub(super) async fn respond(mut stream: CallStream, sse: bool) -> Response<Body>
     };
     if first.last {
         let mut res = json_response(first.msg);
-        if let Some(why) = stream.peer().exit_reason() {
+        if let Some(why) = stream.failure() {
             // The server ended before answering: the audit record says why.
             *res.status_mut() = StatusCode::BAD_GATEWAY;
             res.extensions_mut()
@@ -632,23 +632,25 @@ impl Inner {
                     }
                 };
                 peer.attach(conn);
-                let answer = match peer.call(conn, line, &head).await {
-                    Ok(mut s) => loop {
-                        match s.next().await {
-                            Some(i) if i.last => break i.msg,
-                            Some(_) => continue,
-                            None => break Bytes::new(),
-                        }
-                    },
+                let (answer, failed) = match peer.call(conn, line, &head).await {
+                    Ok(mut s) => {
+                        let msg = loop {
+                            match s.next().await {
+                                Some(i) if i.last => break i.msg,
+                                Some(_) => continue,
+                                None => break Bytes::new(),
+                            }
+                        };
+                        (msg, s.failure().cloned())
+                    }
                     Err(e) => {
                         peer.stop();
                         return error_response(&e, id.and_then(RequestId::from_raw_json).as_ref());
                     }
                 };
                 if !is_result(&answer) {
-                    let ended = peer.exit_reason().cloned();
                     peer.stop();
-                    if let Some(why) = ended {
+                    if let Some(why) = failed {
                         // It died on the way: a gateway error, not the server's answer.
                         let mut res = error_response(
                             &peer.gone_error(),
