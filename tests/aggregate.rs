@@ -157,7 +157,7 @@ async fn always_prefixes_every_name_and_routes_every_message() {
     .await;
     assert_eq!(
         text_of(&r),
-        r#"User response: action=accept, content={"response":"yes please"}"#
+        r#"User response: action=accept, content={"name":"yes please","response":"yes please"}"#
     );
 
     // Resources: unique URIs unchanged, routed by URI or by template.

@@ -73,7 +73,7 @@ async fn session_era_round_trip(url: &str) {
     let r = call(&client, "test_elicitation", json!({"message": "ok?"})).await;
     assert_eq!(
         text_of(&r),
-        r#"User response: action=accept, content={"response":"yes please"}"#
+        r#"User response: action=accept, content={"name":"yes please","response":"yes please"}"#
     );
 
     // The standalone GET stream delivers server-initiated notifications.
