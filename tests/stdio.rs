@@ -377,6 +377,39 @@ max_line_bytes = 1024"#,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_stops_its_child() {
+    use mcp_gateway_core::session::InMemoryConfig;
+    use mcp_gateway_tower::upstream::bridge::{Bridge, BridgeConfig, StdioCommand};
+    let bridge = Bridge::stdio(
+        "files",
+        StdioCommand::new([fixture(), "--stdio".to_owned()]),
+        BridgeConfig::default(),
+    );
+    let app = mcp_gateway_axum::McpGateway::builder()
+        .upstream_service(bridge.clone())
+        .session_config(InMemoryConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .sweep_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let served = net::serve(app).await;
+    open_raw(&net::url(&served)).await;
+    assert_eq!(bridge.live(), 1);
+    // Idle past the timeout: the sweep ends the session, and its child.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bridge.live() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the expired session's child lives on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bridge.sessions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_stops_every_child_when_it_stops() {
     let mut gw = stdio_gateway();
     for _ in 0..3 {
