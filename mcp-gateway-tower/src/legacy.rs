@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -189,35 +190,32 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture;
+    /// Every other request goes on as it came, without a box of its own.
+    type Future = Either<S::Future, BoxFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> BoxFuture {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let path = req.uri().path();
-        if path == self.shared.sse_path {
-            if req.method() != Method::GET {
-                return Box::pin(std::future::ready(Ok(refuse(
-                    ErrorKind::MethodNotAllowed,
-                    "Method Not Allowed",
-                ))));
-            }
-            let (inner, shared) = (self.inner.clone(), self.shared.clone());
-            return Box::pin(async move { Ok(open(shared, inner, req).await) });
+        let (allowed, stream) = if path == self.shared.sse_path {
+            (Method::GET, true)
+        } else if path == self.shared.message_path {
+            (Method::POST, false)
+        } else {
+            return Either::Left(self.inner.call(req));
+        };
+        if req.method() != allowed {
+            let refused = refuse(ErrorKind::MethodNotAllowed, "Method Not Allowed");
+            return Either::Right(Box::pin(std::future::ready(Ok(refused))));
         }
-        if path == self.shared.message_path {
-            if req.method() != Method::POST {
-                return Box::pin(std::future::ready(Ok(refuse(
-                    ErrorKind::MethodNotAllowed,
-                    "Method Not Allowed",
-                ))));
-            }
-            let (inner, shared) = (self.inner.clone(), self.shared.clone());
-            return Box::pin(async move { Ok(message(shared, inner, req).await) });
-        }
-        Box::pin(self.inner.call(req))
+        let (inner, shared) = (self.inner.clone(), self.shared.clone());
+        Either::Right(if stream {
+            Box::pin(async move { Ok(open(shared, inner, req).await) })
+        } else {
+            Box::pin(async move { Ok(message(shared, inner, req).await) })
+        })
     }
 }
 

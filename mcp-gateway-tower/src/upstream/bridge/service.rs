@@ -86,6 +86,16 @@ enum SessionPeer {
     Shared,
 }
 
+/// An SSE response of `first` then the rest of the stream.
+pub(super) fn sse_response<S>(first: Option<Bytes>, rest: S) -> Response<Body>
+where
+    S: futures_util::Stream<Item = Bytes> + Send + 'static,
+{
+    let mut res = Response::new(sse_body(first, rest));
+    sse_headers(&mut res);
+    res
+}
+
 fn sse_headers(res: &mut Response<Body>) {
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -93,7 +103,7 @@ fn sse_headers(res: &mut Response<Body>) {
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
 }
 
-fn json_response(msg: Bytes) -> Response<Body> {
+pub(super) fn json_response(msg: Bytes) -> Response<Body> {
     let mut res = Response::new(Body::full(msg));
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -106,7 +116,7 @@ pub(super) fn accepted_response() -> Response<Body> {
     res
 }
 
-fn gateway_error(
+pub(super) fn gateway_error(
     kind: ErrorKind,
     msg: impl Into<std::borrow::Cow<'static, str>>,
     id: Option<&[u8]>,
@@ -116,7 +126,7 @@ fn gateway_error(
 }
 
 /// An SSE body of `first` then the rest of the stream.
-pub(super) fn sse_body<S>(first: Option<Bytes>, rest: S) -> Body
+fn sse_body<S>(first: Option<Bytes>, rest: S) -> Body
 where
     S: futures_util::Stream<Item = Bytes> + Send + 'static,
 {
@@ -176,9 +186,7 @@ pub(super) async fn respond(mut stream: CallStream, sse: bool) -> Response<Body>
             }
         }
     }
-    let mut res = Response::new(sse_body(Some(first.msg), call_rest(stream)));
-    sse_headers(&mut res);
-    res
+    sse_response(Some(first.msg), call_rest(stream))
 }
 
 impl Bridge {
@@ -554,11 +562,7 @@ impl Inner {
             };
             return super::stateless::post(self, owner, line, head, sse).await;
         }
-        let Some(sid) = parts
-            .headers
-            .get(&header_names::MCP_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-        else {
+        let Some(sid) = session_id(&parts.headers) else {
             if head.kind == Kind::Request && head.method() == "initialize" {
                 return self.initialize(line, head).await;
             }
@@ -648,7 +652,7 @@ impl Inner {
                         return error_response(&e, id.and_then(RequestId::from_raw_json).as_ref());
                     }
                 };
-                if !is_result(&answer) {
+                if result_of(&answer).is_none() {
                     peer.stop();
                     if let Some(why) = failed {
                         // It died on the way: a gateway error, not the server's answer.
@@ -710,10 +714,7 @@ impl Inner {
     }
 
     async fn get(self: Arc<Self>, headers: http::HeaderMap) -> Response<Body> {
-        let Some(sid) = headers
-            .get(&header_names::MCP_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-        else {
+        let Some(sid) = session_id(&headers) else {
             return gateway_error(
                 ErrorKind::MethodNotAllowed,
                 "Method Not Allowed: a GET stream needs a session",
@@ -727,16 +728,12 @@ impl Inner {
         let Some(rx) = peer.and_then(|p| p.open_stream(session.conn)) else {
             return gateway_error(ErrorKind::SessionNotFound, "Session not found", None);
         };
-        let mut res = Response::new(sse_body(None, channel_stream(rx)));
-        sse_headers(&mut res);
-        res
+        sse_response(None, channel_stream(rx))
     }
 
     async fn delete(&self, headers: http::HeaderMap) -> Response<Body> {
-        let sid = headers
-            .get(&header_names::MCP_SESSION_ID)
-            .and_then(|v| v.to_str().ok());
-        let Some(session) = sid.and_then(|sid| lock(&self.sessions).remove(sid)) else {
+        let Some(session) = session_id(&headers).and_then(|sid| lock(&self.sessions).remove(sid))
+        else {
             return gateway_error(ErrorKind::SessionNotFound, "Session not found", None);
         };
         self.end(&session).await;
@@ -744,35 +741,28 @@ impl Inner {
     }
 }
 
-fn is_result(msg: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct R<'a> {
-        #[serde(borrow)]
-        result: Option<&'a serde_json::value::RawValue>,
-    }
-    serde_json::from_slice::<R<'_>>(msg).is_ok_and(|r| r.result.is_some())
+/// The request's `Mcp-Session-Id`.
+fn session_id(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(&header_names::MCP_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The raw member `key` (`params`, `result`) of a message.
+fn member(line: &[u8], key: &str) -> Option<Bytes> {
+    let m: std::collections::HashMap<&str, &serde_json::value::RawValue> =
+        serde_json::from_slice(line).ok()?;
+    Some(Bytes::copy_from_slice(m.get(key)?.get().as_bytes()))
 }
 
 /// The raw `params` of a request.
 pub(super) fn params_of(line: &[u8]) -> Option<Bytes> {
-    #[derive(serde::Deserialize)]
-    struct P<'a> {
-        #[serde(borrow)]
-        params: Option<&'a serde_json::value::RawValue>,
-    }
-    let p = serde_json::from_slice::<P<'_>>(line).ok()?.params?;
-    Some(Bytes::copy_from_slice(p.get().as_bytes()))
+    member(line, "params")
 }
 
 /// The raw `result` of an answer.
 pub(super) fn result_of(line: &[u8]) -> Option<Bytes> {
-    #[derive(serde::Deserialize)]
-    struct R<'a> {
-        #[serde(borrow)]
-        result: Option<&'a serde_json::value::RawValue>,
-    }
-    let r = serde_json::from_slice::<R<'_>>(line).ok()?.result?;
-    Some(Bytes::copy_from_slice(r.get().as_bytes()))
+    member(line, "result")
 }
 
 fn version_asked(line: &[u8]) -> Option<String> {

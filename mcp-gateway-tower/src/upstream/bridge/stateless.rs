@@ -18,7 +18,7 @@ use mcp_gateway_core::{ErrorKind, GatewayError, RequestId};
 use serde_json::{json, Map, Value};
 
 use super::peer::CallStream;
-use super::service::{sse_body, Inner, Session};
+use super::service::{gateway_error, json_response, sse_response, Inner, Session};
 use super::wire::{self, Head, Kind};
 use crate::body::{lock, Body};
 use crate::error::error_response;
@@ -35,26 +35,6 @@ pub(super) struct Parked {
     keys: Vec<String>,
     method: Box<str>,
     pub(super) expires: Instant,
-}
-
-fn err(
-    kind: ErrorKind,
-    msg: impl Into<std::borrow::Cow<'static, str>>,
-    id: &[u8],
-) -> Response<Body> {
-    error_response(
-        &GatewayError::new(kind, msg),
-        RequestId::from_raw_json(id).as_ref(),
-    )
-}
-
-fn json_response(msg: Bytes) -> Response<Body> {
-    let mut res = Response::new(Body::full(msg));
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    res
 }
 
 /// A 2026-07-28 request.
@@ -102,7 +82,7 @@ pub(super) async fn post(
     // would make it answer as if it spoke this one.
     let line = older_request(&line);
     let Some(head) = Head::parse(&line) else {
-        return err(ErrorKind::InvalidRequest, "invalid request", &id);
+        return gateway_error(ErrorKind::InvalidRequest, "invalid request", Some(&id));
     };
     let mut stream = match peer.call(session.conn, line.clone(), &head).await {
         Ok(s) => s,
@@ -205,10 +185,10 @@ async fn resume(
         }
     };
     let Some(parked) = parked else {
-        return err(
+        return gateway_error(
             ErrorKind::InvalidParams,
             "invalid params: requestState is unknown, expired, or another caller's",
-            &id,
+            Some(&id),
         );
     };
     let peer = parked.stream.peer().clone();
@@ -370,12 +350,7 @@ async fn listen(
             }
         }
     });
-    let mut res = Response::new(sse_body(Some(Bytes::from(ack.to_string())), rest));
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream"),
-    );
-    res
+    sse_response(Some(Bytes::from(ack.to_string())), rest)
 }
 
 /// Holds a session busy (not swept) while it lives.
@@ -595,7 +570,11 @@ impl Drive {
         let first = match first {
             None => {
                 self.session.busy.fetch_sub(1, Ordering::Relaxed);
-                return err(ErrorKind::Internal, "a call with no answer", &self.reply_id);
+                return gateway_error(
+                    ErrorKind::Internal,
+                    "a call with no answer",
+                    Some(&self.reply_id),
+                );
             }
             Some(Step::Last(m)) => {
                 self.session.busy.fetch_sub(1, Ordering::Relaxed);
@@ -613,7 +592,11 @@ impl Drive {
                     Some(Step::Pass(_)) => continue,
                     None => {
                         self.session.busy.fetch_sub(1, Ordering::Relaxed);
-                        return err(ErrorKind::Internal, "a call with no answer", &self.reply_id);
+                        return gateway_error(
+                            ErrorKind::Internal,
+                            "a call with no answer",
+                            Some(&self.reply_id),
+                        );
                     }
                 }
             }
@@ -632,12 +615,7 @@ impl Drive {
                 }
             }
         });
-        let mut res = Response::new(sse_body(Some(first), rest));
-        res.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/event-stream"),
-        );
-        res
+        sse_response(Some(first), rest)
     }
 }
 
